@@ -1,0 +1,103 @@
+"""Inputs made of many files: a zip or a directory of slice images or of DICOM instances."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from ichseg.errors import InconsistentSeriesError, NoFramesError, ScanTooLargeError, UnsupportedFormatError
+from ichseg.limits import ScanLimits
+from ichseg.readers.archive import is_junk, iter_zip_members
+from ichseg.readers.detect import HEAD_BYTES, SLICE_CONTENTS, Content, detect_content
+from ichseg.readers.images import decode_slice_image, stack_slices
+from ichseg.readers.naming import natural_key
+from ichseg.scan import Scan
+
+MASK_SUFFIX = "_HGE_Seg"
+"""CT-ICH stores hemorrhage masks beside the slices as ``<n>_HGE_Seg.jpg``: never a slice."""
+
+CT_ICH_WINDOW_FOLDERS = ("brain", "bone")
+"""CT-ICH patient folders hold one sub-folder per window; ``brain`` is the one to segment."""
+
+
+def read_zip(data: bytes, name: str, limits: ScanLimits) -> Scan:
+    """A zip of slice images or of one DICOM series."""
+    return _read_members(iter_zip_members(data, name, limits), kind="zip", what=name, limits=limits)
+
+
+def read_directory(path: Path, limits: ScanLimits) -> Scan:
+    """A folder of slice images or DICOM files.
+
+    Slices directly in the folder win; otherwise a CT-ICH patient folder (``brain/`` beside
+    ``bone/``) reads its brain window; otherwise slices are gathered from sub-folders.
+    """
+    files = _slice_files(path, recursive=False)
+    if not files and (path / "brain").is_dir():
+        files = _slice_files(path / "brain", recursive=False)
+    if not files:
+        files = _slice_files(path, recursive=True)
+    total = sum(f.stat().st_size for f in files)
+    if total > limits.max_bytes:
+        raise ScanTooLargeError(
+            f"{path.name}: {total / 2**20:.1f} MiB of files; the limit is {limits.max_bytes / 2**20:.0f} MiB"
+        )
+    if len(files) > limits.max_archive_members:
+        raise ScanTooLargeError(f"{path.name}: {len(files)} files; the limit is {limits.max_archive_members}")
+    members = ((f.relative_to(path).as_posix(), f.read_bytes()) for f in files)
+    return _read_members(members, kind="directory", what=f"{path.name}/", limits=limits)
+
+
+def _slice_files(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return [
+        f for f in candidates
+        if f.is_file() and not f.is_symlink() and not is_junk(PurePosixPath(f.relative_to(folder).as_posix()))
+    ]
+
+
+def _read_members(members: Iterable[tuple[str, bytes]], kind: str, what: str, limits: ScanLimits) -> Scan:
+    images: dict[str, bytes] = {}
+    dicoms: list[tuple[str, bytes]] = []
+    ignored: dict[str, str] = {}
+    for member_name, payload in members:
+        content = detect_content(payload[:HEAD_BYTES])
+        stem = PurePosixPath(member_name).stem
+        if content in (Content.JPEG, Content.PNG) and not stem.endswith(MASK_SUFFIX):
+            images[member_name] = payload
+        elif content == Content.DICOM:
+            dicoms.append((member_name, payload))
+        elif content not in SLICE_CONTENTS:
+            ignored[member_name] = content.value
+        if len(images) + len(dicoms) > limits.max_frames:
+            raise ScanTooLargeError(f"{what} has more than {limits.max_frames} slices; the limit is {limits.max_frames}")
+    if images and dicoms:
+        raise InconsistentSeriesError(
+            f"{what} mixes {len(images)} slice images with {len(dicoms)} DICOM files; upload one kind"
+        )
+    if dicoms:
+        from ichseg.readers.dicom import read_dicom_instances
+
+        return read_dicom_instances(dicoms, fmt=f"dicom-{kind}", source=what, limits=limits)
+    if not images:
+        found = ", ".join(sorted({v for v in ignored.values()})) or "nothing"
+        if ignored and all(v == Content.ZIP.value for v in ignored.values()):
+            raise UnsupportedFormatError(f"{what} holds only nested zip archives; upload the slices themselves")
+        raise NoFramesError(f"{what} holds no JPEG/PNG slices or DICOM files (found: {found})")
+    return _images_to_scan(images, kind, what, limits)
+
+
+def _images_to_scan(images: dict[str, bytes], kind: str, what: str, limits: ScanLimits) -> Scan:
+    folders = {PurePosixPath(n).parent.as_posix() for n in images}
+    if len(folders) > 1:
+        raise InconsistentSeriesError(
+            f"{what} has slice images in several folders ({', '.join(sorted(folders)[:4])}); "
+            "point ichseg at one scan's folder"
+        )
+    names = sorted(images, key=lambda n: natural_key(PurePosixPath(n).name))
+    stems = [PurePosixPath(n).stem for n in names]
+    arrays = [decode_slice_image(images[n], n, limits) for n in names]
+    slices = stack_slices(arrays, names, what)
+    from ichseg.limits import check_scan_size
+
+    check_scan_size(limits, what, *slices.shape)
+    return Scan(slices=slices, slice_ids=tuple(stems), format=f"image-{kind}", hu=False, source=what)
