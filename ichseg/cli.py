@@ -40,8 +40,20 @@ def preview_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_h264(slices, out / "slices.mp4", fps=args.fps)
     write_contact_sheet(slices, out / "contact_sheet.png", labels=scan.slice_ids)
-    print(json.dumps({**scan.describe(), "video": str(out / "slices.mp4"), "contact_sheet": str(out / "contact_sheet.png")}))
+    print(
+        json.dumps(
+            {**scan.describe(), "video": str(out / "slices.mp4"), "contact_sheet": str(out / "contact_sheet.png")}
+        )
+    )
     return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Run the most complete job ichseg can do on the committed sample scan."""
+    from ichseg.paths import SAMPLE_VIDEO
+
+    args.input, args.window, args.fps = str(SAMPLE_VIDEO), "ct-ich-brain", 5.0
+    return preview_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--window", default=DEFAULT_WINDOW.name, choices=sorted(PRESETS), help="window for HU data")
     preview.add_argument("--fps", type=float, default=5.0)
     preview.set_defaults(handler=preview_command)
+
+    demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
+    demo.add_argument("--out", default="demo-output", help="output folder")
+    demo.set_defaults(handler=demo_command)
     return parser
 
 

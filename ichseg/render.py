@@ -45,7 +45,9 @@ def overlay_mask(
 
 def overlay_scan(slices_u8: np.ndarray, masks: np.ndarray, opacity: float = 0.4, outline: bool = True) -> np.ndarray:
     """Overlay every slice of a scan: ``(N, H, W)`` + ``(N, H, W)`` -> ``(N, H, W, 3)``."""
-    return np.stack([overlay_mask(s, m, opacity=opacity, outline=outline) for s, m in zip(slices_u8, masks, strict=True)])
+    return np.stack(
+        [overlay_mask(s, m, opacity=opacity, outline=outline) for s, m in zip(slices_u8, masks, strict=True)]
+    )
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -81,7 +83,9 @@ def write_h264(
     return data
 
 
-def _encode_h264(frames: np.ndarray | Sequence[np.ndarray], first: np.ndarray, path: Path, fps: float, crf: int) -> None:
+def _encode_h264(
+    frames: np.ndarray | Sequence[np.ndarray], first: np.ndarray, path: Path, fps: float, crf: int
+) -> None:
     pixel_format = "gray" if first.ndim == 2 else "rgb24"
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=_fps_fraction(fps))

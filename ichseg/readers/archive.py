@@ -17,11 +17,7 @@ _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "DICOMDIR"}
 
 def is_junk(path: PurePosixPath) -> bool:
     """Files that archivers and viewers add next to the slices (resource forks, indexes)."""
-    return (
-        any(part in _JUNK_PARTS for part in path.parts)
-        or path.name in _JUNK_NAMES
-        or path.name.startswith(".")
-    )
+    return any(part in _JUNK_PARTS for part in path.parts) or path.name in _JUNK_NAMES or path.name.startswith(".")
 
 
 def _check_member_name(name: str) -> None:
@@ -44,9 +40,7 @@ def iter_zip_members(data: bytes, name: str, limits: ScanLimits) -> Iterator[tup
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
         raise CorruptScanError(f"{name}: the zip archive is truncated or damaged ({exc})") from exc
     if len(infos) > limits.max_archive_members:
-        raise ScanTooLargeError(
-            f"{name}: {len(infos)} entries in the zip; the limit is {limits.max_archive_members}"
-        )
+        raise ScanTooLargeError(f"{name}: {len(infos)} entries in the zip; the limit is {limits.max_archive_members}")
     files = []
     total = 0
     for info in infos:

@@ -50,7 +50,8 @@ def read_directory(path: Path, limits: ScanLimits) -> Scan:
 def _slice_files(folder: Path, recursive: bool) -> list[Path]:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return [
-        f for f in candidates
+        f
+        for f in candidates
         if f.is_file() and not f.is_symlink() and not is_junk(PurePosixPath(f.relative_to(folder).as_posix()))
     ]
 
@@ -69,7 +70,9 @@ def _read_members(members: Iterable[tuple[str, bytes]], kind: str, what: str, li
         elif content not in SLICE_CONTENTS:
             ignored[member_name] = content.value
         if len(images) + len(dicoms) > limits.max_frames:
-            raise ScanTooLargeError(f"{what} has more than {limits.max_frames} slices; the limit is {limits.max_frames}")
+            raise ScanTooLargeError(
+                f"{what} has more than {limits.max_frames} slices; the limit is {limits.max_frames}"
+            )
     if images and dicoms:
         raise InconsistentSeriesError(
             f"{what} mixes {len(images)} slice images with {len(dicoms)} DICOM files; upload one kind"

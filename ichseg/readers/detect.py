@@ -43,8 +43,15 @@ class Content(StrEnum):
 
 
 READABLE_SINGLE = {
-    Content.MP4, Content.MOV, Content.AVI, Content.JPEG, Content.PNG,
-    Content.ZIP, Content.DICOM, Content.NIFTI, Content.NIFTI_GZ,
+    Content.MP4,
+    Content.MOV,
+    Content.AVI,
+    Content.JPEG,
+    Content.PNG,
+    Content.ZIP,
+    Content.DICOM,
+    Content.NIFTI,
+    Content.NIFTI_GZ,
 }
 """Contents :func:`ichseg.scan.read_scan` accepts as a whole input."""
 

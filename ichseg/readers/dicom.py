@@ -40,9 +40,7 @@ class _Instance:
     orientation: np.ndarray | None
 
 
-def read_dicom_instances(
-    files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits
-) -> Scan:
+def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits) -> Scan:
     """Turn DICOM files (name, bytes) of one CT series into a HU scan."""
     instances = _dedupe([_parse(name, data) for name, data in files])
     _check_single_series(instances, source)
@@ -82,12 +80,14 @@ def _parse(name: str, data: bytes) -> _Instance:
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptScanError(f"{name}: the DICOM file is truncated or damaged ({exc})") from exc
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
-        raise NoFramesError(f"{name}: DICOM object without pixel data (SOP class {getattr(dataset, 'SOPClassUID', '?')})")
-    if modality != "CT":
-        raise NotCTError(
-            f"{name}: DICOM modality is {modality or 'missing'}, not CT; ichseg segments head CT only"
+        raise NoFramesError(
+            f"{name}: DICOM object without pixel data (SOP class {getattr(dataset, 'SOPClassUID', '?')})"
         )
-    return _Instance(name, dataset, _vector(dataset, "ImagePositionPatient", 3), _vector(dataset, "ImageOrientationPatient", 6))
+    if modality != "CT":
+        raise NotCTError(f"{name}: DICOM modality is {modality or 'missing'}, not CT; ichseg segments head CT only")
+    return _Instance(
+        name, dataset, _vector(dataset, "ImagePositionPatient", 3), _vector(dataset, "ImageOrientationPatient", 6)
+    )
 
 
 def _vector(dataset: Dataset, keyword: str, length: int) -> np.ndarray | None:

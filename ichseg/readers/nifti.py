@@ -24,8 +24,11 @@ def read_nifti(data: bytes, content: Content, name: str, limits: ScanLimits) -> 
     if content == Content.NIFTI_GZ:
         data = _gunzip_capped(data, name, limits)
     try:
-        image = nib.Nifti2Image.from_bytes(data) if data[4:8] == b"n+2\x00" or data[:4] in (
-            b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image.from_bytes(data)
+        image = (
+            nib.Nifti2Image.from_bytes(data)
+            if data[4:8] == b"n+2\x00" or data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+            else nib.Nifti1Image.from_bytes(data)
+        )
     except Exception as exc:  # nibabel raises a wide variety on damaged headers
         raise CorruptScanError(f"{name}: the NIfTI file is truncated or damaged ({exc})") from exc
     shape = image.shape
@@ -34,9 +37,7 @@ def read_nifti(data: bytes, content: Content, name: str, limits: ScanLimits) -> 
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3:
-        raise InconsistentSeriesError(
-            f"{name}: NIfTI of shape {image.shape}; ichseg reads one 3-D CT volume"
-        )
+        raise InconsistentSeriesError(f"{name}: NIfTI of shape {image.shape}; ichseg reads one 3-D CT volume")
     if 0 in shape:
         raise NoFramesError(f"{name}: the NIfTI volume is empty (shape {image.shape})")
     # Axial slices are the third RAS axis: check sizes before loading any voxel.
@@ -68,7 +69,7 @@ def read_nifti(data: bytes, content: Content, name: str, limits: ScanLimits) -> 
 
 def _gunzip_capped(data: bytes, name: str, limits: ScanLimits) -> bytes:
     """Decompress a .nii.gz, refusing to expand beyond the configured limits (gzip bombs)."""
-    cap = min(limits.max_uncompressed_bytes, int(len(data) * limits.max_compression_ratio) + 1 << 20)
+    cap = min(limits.max_uncompressed_bytes, int(len(data) * limits.max_compression_ratio) + (1 << 20))
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
             out = stream.read(cap + 1)

@@ -23,7 +23,9 @@ def read_video(data: bytes, content: Content, name: str, limits: ScanLimits) -> 
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except av.FFmpegError as exc:
-        raise CorruptScanError(f"{name}: the {content.value} video cannot be opened; it is truncated or damaged ({exc})") from exc
+        raise CorruptScanError(
+            f"{name}: the {content.value} video cannot be opened; it is truncated or damaged ({exc})"
+        ) from exc
     with container:
         if not container.streams.video:
             raise NoFramesError(f"{name}: the {content.value} file has no video stream")

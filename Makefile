@@ -1,0 +1,53 @@
+# ichseg: the two commands a newcomer needs are `make demo` and `make test`.
+# Both bootstrap what they need on first run (virtual environments, pinned), then reuse it.
+
+PYTHON ?= python3
+PIP_FLAGS := --disable-pip-version-check --no-input -q
+VENV := .venv
+TRAIN_VENV := .venv-train
+HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+DEMO_OUT ?= demo-output
+
+.PHONY: demo test test-runtime test-training lint env train-env clean-env
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ichseg demo --out $(DEMO_OUT)
+
+test: lint test-runtime test-training
+
+env: $(VENV)/.installed
+train-env: $(TRAIN_VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test-runtime: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
+
+test-training: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python -m pytest tests/training -q
+
+# Runtime side: CLI, Lambda functions, local stack, inference server (no TensorFlow).
+$(VENV)/.installed: requirements.txt requirements/*.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) pip==25.2
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements.txt
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps -e .
+	$(VENV)/bin/pip check
+	touch $@
+
+# Training/export side: TensorFlow 2.15 + Keras 2, Horovod built from source (5-8 min), tf2onnx,
+# SageMaker SDK v2. Its pins conflict with the runtime side, hence its own environment.
+$(TRAIN_VENV)/.installed: requirements/training.txt requirements/training-constraints.txt requirements/core.txt pyproject.toml
+	test -x $(TRAIN_VENV)/bin/python || $(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) pip==25.2 wheel setuptools==75.8.0
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) -r requirements/training.txt -c requirements/training-constraints.txt
+	$(HOROVOD_ENV) $(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation \
+		-c requirements/training-constraints.txt horovod==0.28.1
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) --no-deps -e .
+	$(TRAIN_VENV)/bin/pip check
+	touch $@
+
+clean-env:
+	rm -rf $(VENV) $(TRAIN_VENV)

@@ -1,0 +1,161 @@
+"""Builders for test inputs with known geometry: DICOM series, NIfTI volumes, videos, zips.
+
+Each builder writes real files with the real libraries (pydicom, nibabel, PyAV), so readers are
+tested against the formats as the world produces them.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+HEAD_HU = 40.0
+
+
+def phantom_hu(index: int, rows: int, cols: int) -> np.ndarray:
+    """A head-like disc in air whose brightest value encodes the slice index (HEAD_HU + index)."""
+    yy, xx = np.mgrid[:rows, :cols]
+    disc = ((yy - rows / 2) / (rows * 0.4)) ** 2 + ((xx - cols / 2) / (cols * 0.35)) ** 2 <= 1
+    hu = np.full((rows, cols), -1000.0, dtype=np.float32)
+    hu[disc] = HEAD_HU + index
+    # An asymmetric marker (top-left of the disc) to check orientation handling.
+    hu[rows // 4 : rows // 4 + 3, cols // 3 : cols // 3 + 3] = 1000.0
+    return hu
+
+
+def dicom_series(
+    count: int = 6,
+    rows: int = 32,
+    cols: int = 40,
+    pixel_spacing: tuple[float, float] = (0.5, 0.45),
+    step_mm: float = 2.5,
+    orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
+    modality: str = "CT",
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+) -> list[Dataset]:
+    """A CT series whose slice k (in true spatial order) holds :func:`phantom_hu` (k).
+
+    InstanceNumber runs opposite to space, so readers that trust it instead of the position
+    sort are caught.
+    """
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame_uid = generate_uid()
+    cosines = np.array(orientation, dtype=float)
+    normal = np.cross(cosines[:3], cosines[3:])
+    datasets = []
+    for k in range(count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality = modality
+        ds.PatientID = "ICHSEG-TEST"
+        ds.SeriesDescription = "Head 2.5mm"
+        ds.InstanceNumber = count - k
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in cosines]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in (np.array([-100.0, -120.0, 30.0]) + k * step_mm * normal)]
+        ds.PixelSpacing = [str(pixel_spacing[0]), str(pixel_spacing[1])]
+        ds.SliceThickness = str(step_mm)
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+        stored = np.rint(phantom_hu(k, rows, cols) + 1024).astype(np.uint16)
+        ds.PixelData = stored.tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_dicom_series(folder: Path, datasets: list[Dataset], shuffle_seed: int = 3) -> list[Path]:
+    """Write instances under names that sort in neither spatial nor instance order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(shuffle_seed).permutation(len(datasets))
+    paths = []
+    for name_index, k in enumerate(order):
+        path = folder / f"IM{name_index:04d}"
+        path.write_bytes(dicom_bytes(datasets[k]))
+        paths.append(path)
+    return paths
+
+
+def zip_files(destination: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(destination, "w", compression=compression) as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    return destination
+
+
+def nifti_volume(
+    destination: Path,
+    shape: tuple[int, int, int] = (40, 32, 7),
+    zooms: tuple[float, float, float] = (0.45, 0.5, 5.0),
+    flip_x: bool = False,
+) -> Path:
+    """A HU volume stored (x, y, z) with slice k = phantom(k) shown radiologically.
+
+    With ``flip_x`` the affine runs right-to-left (LAS storage, as many scanners write) and the
+    data is flipped to match, so a correct reader returns the same slices either way.
+    """
+    nx, ny, nz = shape
+    volume = np.zeros(shape, dtype=np.int16)
+    for k in range(nz):
+        display = phantom_hu(k, ny, nx)  # rows = anterior..posterior, cols = right..left
+        ras = display[::-1, ::-1].T  # back to (x: left->right... R+, y: posterior->anterior)
+        volume[:, :, k] = np.rint(ras).astype(np.int16)
+    affine = np.diag([zooms[0], zooms[1], zooms[2], 1.0])
+    if flip_x:
+        volume = volume[::-1]
+        affine[0, 0] = -zooms[0]
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(destination))
+    return destination
+
+
+def encode_video(
+    destination: Path,
+    frames: np.ndarray,
+    container_format: str,
+    codec: str,
+    pix_fmt: str,
+    fps: int = 5,
+) -> Path:
+    """Encode grey frames with any PyAV codec into any container (mp4, mov, avi)."""
+    with av.open(str(destination), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="gray")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return destination
+
+
+def grey_frames(count: int = 5, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frames whose mean brightness encodes their index (frame k is brighter than k-1)."""
+    yy, xx = np.mgrid[:height, :width]
+    base = (xx + yy) % 32
+    step = min(30, 200 // max(count, 1))
+    return np.stack([np.clip(base + step * k + 20, 0, 255).astype(np.uint8) for k in range(count)])
