@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ichseg.preprocess import InputSpec, from_model_output, to_model_input
+from ichseg.preprocess import InputSpec, head_placement, place_mask, prepare_batch, restore_probabilities
 from ichseg.scan import Scan
 from ichseg.windowing import BONE, BRAIN, CT_ICH_BRAIN, apply_window, window_by_name, windowed_slices
 
@@ -34,17 +34,49 @@ def test_windowed_slices_passes_8bit_through_and_windows_hu() -> None:
 def test_model_input_shape_range_and_round_trip_geometry() -> None:
     slices = np.zeros((2, 300, 200), dtype=np.uint8)
     slices[:, 100:200, 50:150] = 255  # a square in a non-square slice
-    x = to_model_input(slices, InputSpec(size=64))
+    batch = prepare_batch(slices, InputSpec(size=64, crop_to_head=False))
+    x = batch.inputs
     assert x.shape == (2, 64, 64, 1) and x.dtype == np.float32
     assert x.min() >= 0.0 and x.max() <= 1.0
     # Letterboxing keeps the aspect ratio: the square stays square in model space.
     rows, cols = np.nonzero(x[0, ..., 0] > 0.5)
     assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1
-    back = from_model_output(x, 300, 200)
+    back = restore_probabilities(x, batch.placements)
     assert back.shape == (2, 300, 200)
     assert np.mean((back[0] > 0.5) == (slices[0] > 127)) > 0.98
 
 
+def _head(height: int, width: int, centre: tuple[int, int], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    image = np.zeros((height, width), dtype=np.uint8)
+    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = 120
+    image[-5:, :] = 200  # a CT table strip along the bottom edge, not part of the head
+    return image
+
+
+def test_crop_to_head_zooms_on_the_head_and_maps_back_exactly() -> None:
+    image = _head(400, 300, centre=(150, 170), radius=60)
+    placement = head_placement(image)
+    assert placement.side < 160 and abs(placement.top + placement.side / 2 - 150) < 8
+    batch = prepare_batch(image[None], InputSpec(size=96))
+    # The head fills most of the model's view instead of a small part of the frame.
+    assert (batch.inputs[0, ..., 0] > 0.2).mean() > 0.6
+    back = restore_probabilities(batch.inputs, batch.placements)[0]
+    head = image == 120
+    assert np.mean((back > 0.2) == head) > 0.99
+    target = place_mask(head, batch.placements[0], 96)
+    assert np.allclose(target, batch.inputs[0, ..., 0] / (120 / 255), atol=0.02)
+
+
+def test_crop_handles_a_head_past_the_frame_edge_and_an_empty_slice() -> None:
+    image = _head(200, 200, centre=(20, 100), radius=70)
+    batch = prepare_batch(np.stack([image, np.zeros_like(image)]), InputSpec(size=64))
+    assert batch.placements[0].top < 0  # zero-padded beyond the top edge
+    assert batch.placements[1].side == 200  # nothing to crop to: the whole frame
+    back = restore_probabilities(np.ones((2, 64, 64, 1), np.float32), batch.placements)
+    assert back.shape == (2, 200, 200) and back[1].min() == 1.0
+
+
 def test_model_input_rejects_hu() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        to_model_input(np.zeros((1, 8, 8), np.float32), InputSpec(size=8))
+        prepare_batch(np.zeros((1, 8, 8), np.float32), InputSpec(size=8))

@@ -14,22 +14,24 @@ from tests.conftest import REPO, SAMPLE
 PREPROCESS_DIGEST = """
 import hashlib, sys
 import numpy as np
-from ichseg.preprocess import InputSpec, to_model_input, from_model_output
+from ichseg.preprocess import InputSpec, prepare_batch, restore_probabilities
 from ichseg.scan import read_scan
 scan = read_scan(sys.argv[1])
-x = to_model_input(scan.slices[10:14], InputSpec(size=256))
-y = from_model_output(x, *scan.original_size)
+b = prepare_batch(scan.slices[10:14], InputSpec())
+x = b.inputs
+y = restore_probabilities(x, b.placements)
 print(hashlib.sha256(x.tobytes()).hexdigest(), hashlib.sha256(y.tobytes()).hexdigest())
 """
 
 
 def _digest_here(path: Path) -> list[str]:
-    from ichseg.preprocess import InputSpec, from_model_output, to_model_input
+    from ichseg.preprocess import InputSpec, prepare_batch, restore_probabilities
     from ichseg.scan import read_scan
 
     scan = read_scan(path)
-    x = to_model_input(scan.slices[10:14], InputSpec(size=256))
-    y = from_model_output(x, *scan.original_size)
+    batch = prepare_batch(scan.slices[10:14], InputSpec())
+    x = batch.inputs
+    y = restore_probabilities(x, batch.placements)
     return [hashlib.sha256(x.tobytes()).hexdigest(), hashlib.sha256(y.tobytes()).hexdigest()]
 
 
