@@ -48,6 +48,24 @@ def preview_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def segment_command(args: argparse.Namespace) -> int:
+    """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report."""
+    from ichseg.inference import OnnxSegmenter, segment_scan
+    from ichseg.scan import read_scan
+    from ichseg.segmentation import build_report, write_outputs
+
+    scan = read_scan(args.input)
+    segmenter = OnnxSegmenter(args.model)
+    slices, segmentation = segment_scan(scan, segmenter)
+    report = build_report(
+        scan.slice_ids, segmentation, segmenter.metadata, scan.pixel_spacing_mm, scan.slice_thickness_mm
+    )
+    paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report)
+    summary = {k: report[k] for k in ("finding", "hemorrhage_probability", "slices_with_hemorrhage", "volume_ml")}
+    print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
 def demo_command(args: argparse.Namespace) -> int:
     """Run the most complete job ichseg can do on the committed sample scan."""
     from ichseg.paths import SAMPLE_VIDEO
@@ -57,6 +75,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ichseg.paths import SHIPPED_MODEL
     from ichseg.windowing import DEFAULT_WINDOW, PRESETS
 
     parser = argparse.ArgumentParser(prog="ichseg", description="Intracranial hemorrhage segmentation in head CT.")
@@ -73,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--window", default=DEFAULT_WINDOW.name, choices=sorted(PRESETS), help="window for HU data")
     preview.add_argument("--fps", type=float, default=5.0)
     preview.set_defaults(handler=preview_command)
+
+    segment = commands.add_parser("segment", help="segment hemorrhage in a scan with the ONNX model")
+    segment.add_argument("input", help="any input `ichseg inspect` accepts")
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
+    segment.set_defaults(handler=segment_command)
 
     demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
     demo.add_argument("--out", default="demo-output", help="output folder")

@@ -1,0 +1,88 @@
+"""Running the shipped ONNX model in-process with ONNX Runtime (CLI and the inference server).
+
+The model's own metadata decides windowing, input size, cropping and thresholds. Heavy imports
+(onnxruntime) happen here only, never in the Lambda functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, ModelMetadata
+from ichseg.paths import SHIPPED_MODEL
+from ichseg.preprocess import prepare_batch, restore_probabilities
+from ichseg.scan import Scan
+from ichseg.segmentation import Segmentation, masks_from_probabilities
+from ichseg.windowing import windowed_slices
+
+log = logging.getLogger("ichseg.inference")
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model outputs for windowed slices, at each slice's original size."""
+
+    probabilities: np.ndarray
+    """(N, H, W) float32 per-pixel hemorrhage probability."""
+    slice_probabilities: np.ndarray
+    """(N,) float32 per-slice hemorrhage probability (the detection head)."""
+
+
+class OnnxSegmenter:
+    """An ONNX Runtime session over an ichseg model, with the model's metadata."""
+
+    def __init__(
+        self,
+        model_path: str | Path = SHIPPED_MODEL,
+        providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+        intra_op_threads: int | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads or int(os.environ.get("ICHSEG_ORT_THREADS", "0"))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+        self.provider = self.session.get_providers()[0]
+        log.info("model %s on %s", model_path, self.provider)
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in custom:
+            raise ValueError(f"{model_path} carries no ichseg metadata; export it with model_export.export")
+        self.metadata = ModelMetadata.from_json(custom[METADATA_KEY])
+        self.batch_size = batch_size
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, slices_u8: np.ndarray) -> Prediction:
+        """Windowed uint8 ``(N, H, W)`` slices -> probabilities at their original size."""
+        batch = prepare_batch(slices_u8, self.metadata.input)
+        pixel_maps, slice_scores = [], []
+        for start in range(0, len(batch.inputs), self.batch_size):
+            chunk = batch.inputs[start : start + self.batch_size]
+            outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
+            pixel_maps.append(outputs[MASK_OUTPUT])
+            slice_scores.append(outputs[SLICE_OUTPUT].reshape(-1))
+        probabilities = restore_probabilities(np.concatenate(pixel_maps), batch.placements)
+        return Prediction(probabilities, np.concatenate(slice_scores).astype(np.float32))
+
+
+def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segmentation]:
+    """Window (per the model's metadata), predict and threshold one scan.
+
+    Returns the windowed uint8 slices (for overlays) and the segmentation.
+    """
+    slices = windowed_slices(scan, segmenter.metadata.window_preset)
+    prediction = segmenter.predict(slices)
+    meta = segmenter.metadata
+    return slices, masks_from_probabilities(
+        prediction.probabilities, prediction.slice_probabilities, meta.pixel_threshold, meta.slice_threshold
+    )

@@ -1,0 +1,63 @@
+"""The metadata every ichseg model artifact carries, so no server ever guesses preprocessing.
+
+Stored as JSON under the ONNX metadata key :data:`METADATA_KEY` (and in the model card). Readers
+need only the ``onnx``-free runtime: onnxruntime exposes custom metadata, and this module is plain
+Python.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ichseg.preprocess import InputSpec
+from ichseg.windowing import PRESETS, Window
+
+METADATA_KEY = "ichseg"
+INPUT_NAME = "slices"
+MASK_OUTPUT = "mask"
+SLICE_OUTPUT = "hemorrhage"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything needed to run a model correctly and to know what it is."""
+
+    name: str
+    version: str
+    input: InputSpec = field(default_factory=InputSpec)
+    window: str = "ct-ich-brain"
+    """Window applied to HU inputs before the model (8-bit inputs pass through)."""
+    pixel_threshold: float = 0.5
+    """A pixel is hemorrhage when its probability reaches this."""
+    slice_threshold: float = 0.5
+    """A slice is reported as hemorrhage when its probability reaches this; masks on slices below it
+    are cleared (the detection head gates the mask head). Chosen on validation patients."""
+    architecture: str = "unet"
+    parameters: int = 0
+    gflop_per_frame: float = 0.0
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    intended_use: str = "Research and demonstration only. Not for clinical use."
+    opset: int = 17
+
+    @property
+    def window_preset(self) -> Window:
+        return PRESETS[self.window]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        raw = json.loads(text)
+        raw["input"] = InputSpec(**raw.get("input", {}))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def with_updates(self, **changes: Any) -> ModelMetadata:
+        values = asdict(self)
+        values["input"] = self.input
+        values.update(changes)
+        return ModelMetadata(**values)

@@ -1,0 +1,110 @@
+"""From model outputs to what people read: masks, per-slice findings, the report, the files.
+
+Pure numpy (no onnxruntime): the CLI and the assemble Lambda share it, so ``ichseg segment``
+and the pipeline write the same report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ichseg.metrics import volume_ml
+from ichseg.model_metadata import ModelMetadata
+from ichseg.render import overlay_scan, write_contact_sheet, write_h264
+
+HEMORRHAGE_DETECTED = "Hemorrhage detected"
+NORMAL = "Normal"
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The outcome for one scan."""
+
+    masks: np.ndarray
+    """(N, H, W) bool."""
+    slice_probabilities: np.ndarray
+    """(N,) float32."""
+
+
+def masks_from_probabilities(
+    probabilities: np.ndarray, slice_probabilities: np.ndarray, pixel_threshold: float, slice_threshold: float
+) -> Segmentation:
+    """Threshold pixel maps, keeping masks only on slices the detection head calls hemorrhage."""
+    masks = np.asarray(probabilities) >= pixel_threshold
+    gate = np.asarray(slice_probabilities) >= slice_threshold
+    masks &= gate[:, None, None]
+    return Segmentation(masks, np.asarray(slice_probabilities, dtype=np.float32))
+
+
+def build_report(
+    slice_ids: tuple[str, ...] | list[str],
+    segmentation: Segmentation,
+    model: ModelMetadata,
+    pixel_spacing_mm: tuple[float, float] | None,
+    slice_thickness_mm: float | None,
+) -> dict[str, Any]:
+    """The ``report.json`` document: per-slice probability and area, scan probability, volume."""
+    areas = segmentation.masks.reshape(len(slice_ids), -1).sum(axis=1)
+    pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1] if pixel_spacing_mm else None
+    slices = [
+        {
+            "id": slice_id,
+            "probability": round(float(p), 4),
+            "hemorrhage": bool(p >= model.slice_threshold),
+            "area_px": int(area),
+            "area_mm2": round(float(area) * pixel_mm2, 2) if pixel_mm2 is not None else None,
+        }
+        for slice_id, p, area in zip(slice_ids, segmentation.slice_probabilities, areas, strict=True)
+    ]
+    scan_probability = float(segmentation.slice_probabilities.max()) if len(slice_ids) else 0.0
+    detected = scan_probability >= model.slice_threshold
+    volume = (
+        round(volume_ml(segmentation.masks, pixel_spacing_mm, slice_thickness_mm), 3)
+        if pixel_spacing_mm and slice_thickness_mm
+        else None
+    )
+    return {
+        "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
+        "hemorrhage_probability": round(scan_probability, 4),
+        "slices_with_hemorrhage": [s["id"] for s in slices if s["hemorrhage"]],
+        "volume_ml": volume,
+        "pixel_spacing_mm": list(pixel_spacing_mm) if pixel_spacing_mm else None,
+        "slice_thickness_mm": slice_thickness_mm,
+        "thresholds": {"slice": model.slice_threshold, "pixel": model.pixel_threshold},
+        "model": {"name": model.name, "version": model.version},
+        "slices": slices,
+        "disclaimer": "Research software. Not for clinical use.",
+    }
+
+
+def write_outputs(
+    out_dir: str | Path,
+    slice_ids: tuple[str, ...] | list[str],
+    slices_u8: np.ndarray,
+    segmentation: Segmentation,
+    report: dict[str, Any],
+    fps: float = 5.0,
+) -> dict[str, Path]:
+    """Write ``masks/<id>.png`` (0/255), ``overlay.mp4`` (H.264), ``contact_sheet.png``, ``report.json``."""
+    out = Path(out_dir)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for slice_id, mask in zip(slice_ids, segmentation.masks, strict=True):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{slice_id}.png")
+    overlays = overlay_scan(slices_u8, segmentation.masks)
+    paths = {
+        "overlay": out / "overlay.mp4",
+        "contact_sheet": out / "contact_sheet.png",
+        "report": out / "report.json",
+        "masks": out / "masks",
+    }
+    write_h264(overlays, paths["overlay"], fps=fps, crf=20)
+    labels = [f"{i} {p:.2f}" for i, p in zip(slice_ids, segmentation.slice_probabilities, strict=True)]
+    write_contact_sheet(overlays, paths["contact_sheet"], labels=labels)
+    paths["report"].write_text(json.dumps(report, indent=2))
+    return paths

@@ -1,0 +1,1 @@
+"""Keras -> ONNX export, parity checking and packaging; the endpoint's inference server."""

@@ -1,0 +1,110 @@
+"""Export a trained Keras model to ONNX with its metadata.
+
+    .venv-train/bin/python -m model_export.export --keras build/model/model.h5 --out models/ichseg-unet.onnx
+
+The ONNX graph has a dynamic batch axis; the model card and preprocessing parameters travel in
+the ONNX metadata (``ichseg`` key, :class:`ichseg.model_metadata.ModelMetadata`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+
+from ichseg.model_metadata import INPUT_NAME, METADATA_KEY, ModelMetadata
+from ichseg.preprocess import InputSpec
+
+OPSET = 17
+
+
+def load_keras_model(path: str | Path) -> tf.keras.Model:
+    """Load a saved training model for inference (custom losses are not needed to run it)."""
+    return tf.keras.models.load_model(str(path), compile=False)
+
+
+def export_onnx(model: tf.keras.Model, destination: str | Path, metadata: ModelMetadata) -> onnx.ModelProto:
+    """Convert with tf2onnx (dynamic batch), attach metadata, save, and return the proto."""
+    size = model.input_shape[1]
+    channels = model.input_shape[-1]
+    signature = [tf.TensorSpec((None, size, size, channels), tf.float32, name=INPUT_NAME)]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+    set_metadata(proto, metadata)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(destination))
+    return proto
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Store (or replace) the ichseg metadata and the producer's version in the ONNX model."""
+    entries = {p.key: p.value for p in proto.metadata_props}
+    entries[METADATA_KEY] = metadata.to_json()
+    entries["model_version"] = metadata.version
+    del proto.metadata_props[:]
+    for key, value in sorted(entries.items()):
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"ichseg {metadata.name} {metadata.version}: {metadata.intended_use}"
+
+
+def stamp_metadata(onnx_path: str | Path, metadata: ModelMetadata) -> None:
+    """Rewrite the metadata of an exported model in place (e.g. thresholds chosen on validation)."""
+    proto = onnx.load(str(onnx_path))
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(onnx_path))
+
+
+def read_metadata(onnx_path: str | Path) -> ModelMetadata:
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    entries = {p.key: p.value for p in proto.metadata_props}
+    return ModelMetadata.from_json(entries[METADATA_KEY])
+
+
+def default_metadata(model: tf.keras.Model, name: str, version: str, summary: dict | None = None) -> ModelMetadata:
+    from training.model import count_flops_per_frame
+
+    summary = summary or {}
+    config = summary.get("config", {})
+    return ModelMetadata(
+        name=name,
+        version=version,
+        input=InputSpec(size=int(model.input_shape[1]), channels=int(model.input_shape[-1])),
+        architecture=str(config.get("variant", "unet")),
+        parameters=int(model.count_params()),
+        gflop_per_frame=round(count_flops_per_frame(model) / 1e9, 3),
+        training_data="CT-ICH (PhysioNet, CC BY 4.0) slice labels + weak masks, MBH-Seg mini masks, synthetic head CT",
+    )
+
+
+def keras_onnx_max_difference(model: tf.keras.Model, proto: onnx.ModelProto, inputs: np.ndarray) -> dict[str, float]:
+    """Largest absolute difference per output between Keras and ONNX Runtime on ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: inputs}), strict=True))
+    keras_out = model(inputs, training=False)
+    return {name: float(np.max(np.abs(onnx_out[name] - keras_out[name].numpy()))) for name in keras_out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export an ichseg Keras model to ONNX with metadata.")
+    parser.add_argument("--keras", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default="ichseg-unet")
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--summary", help="training_summary.json of the run")
+    args = parser.parse_args()
+    model = load_keras_model(args.keras)
+    summary = json.loads(Path(args.summary).read_text()) if args.summary else None
+    metadata = default_metadata(model, args.name, args.version, summary)
+    proto = export_onnx(model, args.out, metadata)
+    sample = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    print(json.dumps({"onnx": args.out, "max_abs_difference": keras_onnx_max_difference(model, proto, sample)}))
+
+
+if __name__ == "__main__":
+    main()

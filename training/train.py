@@ -1,0 +1,292 @@
+"""Train the ichseg segmentation model: one process, or several under Horovod, or on SageMaker.
+
+    .venv-train/bin/python -m training.train --data build/training-set-192.npz --out build/model
+    horovodrun -np 2 --gloo .venv-train/bin/python -m training.train --horovod ...
+
+Under Horovod each rank reads its own shard of the training set, the learning rate is scaled by
+the number of ranks, rank 0's initial weights are broadcast to all, gradients are averaged, and
+only rank 0 writes checkpoints and logs. On SageMaker the same entry point reads its data from
+``SM_CHANNEL_TRAINING`` and writes the model to ``SM_MODEL_DIR`` (see ``training/sagemaker_entry.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from training.losses import dice_metric, iou_metric, mask_loss
+from training.model import MASK_OUTPUT, SLICE_OUTPUT, VARIANTS, Variant, build_model
+from training.training_set import TrainingSet, load_training_set
+
+log = logging.getLogger("ichseg.train")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved beside the model."""
+
+    data: str
+    out: str
+    variant: Variant = "unet"
+    base_filters: int = 16
+    depth: int = 4
+    epochs: int = 12
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 7
+    positive_oversampling: int = 2
+    steps_per_epoch: int | None = None
+    """Cap on steps per epoch (None: one pass over this rank's shard)."""
+    horovod: bool = False
+    slice_loss_weight: float = 0.5
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Who this process is in a (possibly single-process) training job."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def init_distribution(use_horovod: bool) -> Distribution:
+    if not use_horovod:
+        return Distribution()
+    import horovod.tensorflow.keras as hvd
+
+    hvd.init()
+    return Distribution(rank=hvd.rank(), size=hvd.size())
+
+
+def augment(image: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Online augmentation, identical geometry for image and target: flips, rotation, scale,
+    shift; then intensity, window (contrast/brightness/gamma) and noise jitter on the image only."""
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    stacked = tf.concat([image, target], axis=-1)
+    stacked = tf.image.random_flip_left_right(stacked)
+    angle = tf.random.uniform([], -0.21, 0.21)  # about ±12 degrees
+    scale = tf.random.uniform([], 0.88, 1.12)
+    shift = tf.random.uniform([2], -0.05, 0.05) * size
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre = size / 2.0
+    # Output pixel (x, y) samples input at A (x - c) + c - shift.
+    transform = tf.stack(
+        [
+            cos,
+            -sin,
+            centre - cos * centre + sin * centre - shift[0],
+            sin,
+            cos,
+            centre - sin * centre - cos * centre - shift[1],
+            0.0,
+            0.0,
+        ]
+    )
+    stacked = tf.raw_ops.ImageProjectiveTransformV3(
+        images=stacked[None],
+        transforms=transform[None],
+        output_shape=tf.shape(image)[:2],
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+        fill_value=0.0,
+    )[0]
+    image, target = stacked[..., :1], stacked[..., 1:]
+    contrast = tf.random.uniform([], 0.85, 1.15)
+    brightness = tf.random.uniform([], -0.06, 0.06)
+    gamma = tf.exp(tf.random.uniform([], -0.2, 0.2))
+    image = tf.clip_by_value(image * contrast + brightness, 0.0, 1.0) ** gamma
+    image = image + tf.random.normal(tf.shape(image), stddev=tf.random.uniform([], 0.0, 0.02))
+    return tf.clip_by_value(image, 0.0, 1.0), target
+
+
+def make_dataset(
+    data: TrainingSet, indices: np.ndarray, batch_size: int, training: bool, dist: Distribution, seed: int
+) -> tf.data.Dataset:
+    """A tf.data pipeline over rows ``indices`` of the training set (this rank's shard when training)."""
+    if training:
+        indices = indices[dist.rank :: dist.size]
+    images = data.images[indices][..., None]
+    targets = np.stack([data.masks[indices], data.mask_weights[indices]], axis=-1)
+    labels = data.labels[indices][:, None].astype(np.float32)
+    label_weights = data.label_weights[indices].astype(np.float32)
+
+    def to_float(image, target, label, weight):  # type: ignore[no-untyped-def]
+        return tf.cast(image, tf.float32) / 255.0, tf.cast(target, tf.float32) / 255.0, label, weight
+
+    ds = tf.data.Dataset.from_tensor_slices((images, targets, labels, label_weights)).map(to_float)
+    if training:
+        ds = ds.shuffle(len(indices), seed=seed + dist.rank, reshuffle_each_iteration=True).repeat()
+
+        def augmented(image, target, label, weight):  # type: ignore[no-untyped-def]
+            image, target = augment(image, target)
+            return image, target, label, weight
+
+        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_keras(image, target, label, weight):  # type: ignore[no-untyped-def]
+        # Mask weights live in the target's second channel; the slice output uses sample weights.
+        return image, {MASK_OUTPUT: target, SLICE_OUTPUT: label}, {SLICE_OUTPUT: weight}
+
+    return ds.map(to_keras).batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+class AverageNonTrainableWeights(tf.keras.callbacks.Callback):
+    """Average batch-norm moving statistics across ranks at each epoch end.
+
+    Gradients are averaged by Horovod, but moving means/variances are updated from each rank's own
+    shard; averaging them keeps every rank's model identical and gives the saved model statistics
+    from all of the data, not just rank 0's shard. Runs before the checkpoint callback.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import horovod.tensorflow as hvd_tf
+
+        for variable in self.model.non_trainable_variables:
+            variable.assign(hvd_tf.allreduce(variable, op=hvd_tf.Average, name=f"avg_{variable.name}"))
+
+
+def oversample_positives(indices: np.ndarray, labels: np.ndarray, factor: int, rng: np.random.Generator) -> np.ndarray:
+    """Repeat hemorrhage slices ``factor`` times (about 1 slice in 9 is positive in CT-ICH)."""
+    positives = indices[labels[indices] > 0.5]
+    expanded = np.concatenate([indices] + [positives] * max(factor - 1, 0))
+    return rng.permutation(expanded)
+
+
+def compile_model(model: tf.keras.Model, learning_rate: float, slice_loss_weight: float, use_horovod: bool) -> None:
+    # The legacy Adam is what Horovod 0.28's DistributedOptimizer wraps reliably under Keras 2.
+    optimizer = tf.keras.optimizers.legacy.Adam(learning_rate)
+    if use_horovod:
+        import horovod.tensorflow.keras as hvd
+
+        optimizer = hvd.DistributedOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss={MASK_OUTPUT: mask_loss, SLICE_OUTPUT: tf.keras.losses.BinaryCrossentropy()},
+        loss_weights={MASK_OUTPUT: 1.0, SLICE_OUTPUT: slice_loss_weight},
+        metrics={MASK_OUTPUT: [dice_metric, iou_metric], SLICE_OUTPUT: [tf.keras.metrics.AUC(name="auc")]},
+        weighted_metrics=[],
+    )
+
+
+def train(config: TrainConfig) -> dict[str, object]:
+    """Run one training job; returns (and, on the chief, writes) a summary of the run."""
+    dist = init_distribution(config.horovod)
+    tf.keras.utils.set_random_seed(config.seed)  # same initial weights everywhere; rank 0's are broadcast anyway
+    data = load_training_set(config.data)
+    rng = np.random.default_rng(config.seed)
+    train_rows = oversample_positives(
+        np.flatnonzero(data.split == "train"), data.labels, config.positive_oversampling, rng
+    )
+    val_rows = np.flatnonzero(data.split == "val")
+    input_size = data.images.shape[1]
+    model = build_model(input_size, config.base_filters, config.depth, config.variant)
+    learning_rate = config.learning_rate * dist.size  # linear scaling with the global batch
+    compile_model(model, learning_rate, config.slice_loss_weight, config.horovod)
+
+    steps = config.steps_per_epoch or max(1, math.ceil(len(train_rows) / dist.size / config.batch_size))
+    train_ds = make_dataset(data, train_rows, config.batch_size, True, dist, config.seed)
+    val_ds = make_dataset(data, val_rows, config.batch_size, False, dist, config.seed) if len(val_rows) else None
+
+    out = Path(config.out)
+    callbacks: list[tf.keras.callbacks.Callback] = []
+    if config.horovod:
+        import horovod.tensorflow.keras as hvd
+
+        callbacks += [
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+            hvd.callbacks.MetricAverageCallback(),
+            AverageNonTrainableWeights(),
+        ]
+    callbacks.append(tf.keras.callbacks.ReduceLROnPlateau("val_loss" if val_ds else "loss", factor=0.5, patience=2))
+    if dist.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        monitor = "val_loss" if val_ds else "loss"
+        callbacks += [
+            tf.keras.callbacks.ModelCheckpoint(str(out / "model.h5"), monitor=monitor, save_best_only=True),
+            tf.keras.callbacks.CSVLogger(str(out / "history.csv")),
+        ]
+    started = time.time()
+    history = model.fit(
+        train_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=2 if dist.is_chief else 0,
+    )
+    seconds = time.time() - started
+    summary: dict[str, object] = {
+        "config": asdict(config),
+        "ranks": dist.size,
+        "input_size": int(input_size),
+        "parameters": int(model.count_params()),
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "seconds": round(seconds, 1),
+        "slices_per_second": round(steps * config.batch_size * dist.size * config.epochs / seconds, 2),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
+    if dist.is_chief:
+        if not (out / "model.h5").exists():
+            model.save(out / "model.h5")
+        (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    summary["weights_sha256"] = weights_digest(model)
+    # Every rank reports its digest: identical digests prove the ranks trained one model.
+    print(f"rank {dist.rank}/{dist.size} weights sha256 {summary['weights_sha256']}", flush=True)
+    return summary
+
+
+def weights_digest(model: tf.keras.Model) -> str:
+    """SHA-256 over every weight's bytes: equal only for bit-identical models."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description="Train the ichseg U-Net.")
+    parser.add_argument(
+        "--data", default=os.environ.get("SM_CHANNEL_TRAINING"), help="training set .npz (or a folder holding one)"
+    )
+    parser.add_argument("--out", default=os.environ.get("SM_MODEL_DIR", "build/model"))
+    parser.add_argument("--variant", choices=VARIANTS, default="unet")
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--positive-oversampling", type=int, default=2)
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--slice-loss-weight", type=float, default=0.5)
+    parser.add_argument("--horovod", action="store_true", help="run as one rank of a horovodrun job")
+    args = parser.parse_args(argv)
+    if not args.data:
+        parser.error("--data is required (or set SM_CHANNEL_TRAINING)")
+    return TrainConfig(**{k: v for k, v in vars(args).items()})
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = train(parse_args(argv))
+    log.info("trained %s slices/s over %s rank(s)", summary["slices_per_second"], summary["ranks"])
+
+
+if __name__ == "__main__":
+    main()

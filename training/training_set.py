@@ -1,0 +1,242 @@
+"""The training set: every source brought into model space by the serving preprocessing.
+
+Sources, each with what it can honestly teach:
+- **CT-ICH** (77 patients, slice labels, no pixel masks here): slice labels for the detection
+  head; weak pixel targets (:mod:`training.weak_labels`) for the mask head; empty masks on normal
+  slices. Split by patient; the demo patient 051 is always in test.
+- **MBH-Seg mini** (36 real slices with pixel masks, 25 scans): exact masks; split by scan, half of
+  the scans held out for testing Dice on real masks.
+- **Synthetic head CT** (:mod:`training.synthetic`): exact masks for every subtype; teaches shape.
+
+Build once (``python -m training.training_set``), then train from the ``.npz`` it writes.
+Evaluation does NOT read this file: it runs the full pipeline on the original slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.preprocess import InputSpec, place_mask, prepare_batch
+from ichseg.windowing import CT_ICH_BRAIN, apply_window
+from training.datasets import (
+    list_ct_ich_slices,
+    load_ct_ich_image,
+    load_ct_ich_mask,
+    load_mbhseg,
+    split_by_patient,
+    split_ct_ich,
+)
+from training.synthetic import SUBTYPES, synthetic_slice
+from training.weak_labels import weak_target
+
+log = logging.getLogger("ichseg.training_set")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SPLIT_SEED = 2026
+CT_ICH_FRACTIONS = (0.7, 0.15, 0.15)
+MBH_FRACTIONS = (0.3, 0.2, 0.5)
+"""MBH-Seg holds the only real masks: half its scans are kept for testing Dice."""
+WEAK_POSITIVE_WEIGHT = 0.5
+"""Pixel weight of weak targets on CT-ICH hemorrhage slices, relative to exact masks."""
+SYNTHETIC_LABEL_WEIGHT = 0.3
+"""Synthetic slices teach masks; their slice labels weigh less than real ones."""
+
+
+def mbh_to_ct_ich_orientation(image: np.ndarray) -> np.ndarray:
+    """MBH-Seg slices are stored upside down relative to CT-ICH (table at the top): flip rows."""
+    return np.ascontiguousarray(image[::-1])
+
+
+@dataclass
+class TrainingSet:
+    """Rows of model-space inputs and targets with their provenance."""
+
+    images: np.ndarray  # (N, S, S) uint8
+    masks: np.ndarray  # (N, S, S) uint8, 0..255
+    mask_weights: np.ndarray  # (N, S, S) uint8, 0..255
+    labels: np.ndarray  # (N,) float32 slice label
+    label_weights: np.ndarray  # (N,) float32
+    subtypes: np.ndarray  # (N, 5) uint8, SUBTYPES order
+    split: np.ndarray  # (N,) str: train / val / test
+    source: np.ndarray  # (N,) str: ct-ich / mbh / synthetic
+    patient: np.ndarray  # (N,) str
+    slice_id: np.ndarray  # (N,) str
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+
+
+def load_training_set(path: str | Path) -> TrainingSet:
+    """Load a saved set; ``path`` may be a folder holding one ``.npz`` (a SageMaker channel)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.npz"))
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no .npz training set inside")
+        path = candidates[0]
+    with np.load(path, allow_pickle=False) as data:
+        return TrainingSet(**{k: data[k] for k in TrainingSet.__dataclass_fields__})
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.rows: dict[str, list] = {k: [] for k in TrainingSet.__dataclass_fields__}
+
+    def add(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        weight: np.ndarray,
+        label: float,
+        label_weight: float,
+        subtypes: list[int],
+        split: str,
+        source: str,
+        patient: str,
+        slice_id: str,
+    ) -> None:
+        values = (image, mask, weight, label, label_weight, subtypes, split, source, patient, slice_id)
+        for key, value in zip(self.rows, values, strict=True):
+            self.rows[key].append(value)
+
+    def build(self) -> TrainingSet:
+        r = self.rows
+        return TrainingSet(
+            images=np.stack(r["images"]).astype(np.uint8),
+            masks=np.stack(r["masks"]).astype(np.uint8),
+            mask_weights=np.stack(r["mask_weights"]).astype(np.uint8),
+            labels=np.array(r["labels"], np.float32),
+            label_weights=np.array(r["label_weights"], np.float32),
+            subtypes=np.array(r["subtypes"], np.uint8).reshape(-1, len(SUBTYPES)),
+            split=np.array(r["split"]),
+            source=np.array(r["source"]),
+            patient=np.array(r["patient"]),
+            slice_id=np.array(r["slice_id"]),
+        )
+
+
+def _to_model_space(slice_u8: np.ndarray, mask: np.ndarray, weight: np.ndarray, spec: InputSpec):  # type: ignore[no-untyped-def]
+    batch = prepare_batch(slice_u8[None], spec)
+    placement = batch.placements[0]
+    image = np.rint(batch.inputs[0, ..., 0] * 255).astype(np.uint8)
+    target = np.rint(place_mask(mask.astype(np.float32) * 255, placement, spec.size) * 255).astype(np.uint8)
+    # Outside the slice (zero padding) nothing is known: weight stays as placed (0 there).
+    trust = np.rint(place_mask(weight.astype(np.float32) * 255, placement, spec.size) * 255).astype(np.uint8)
+    return image, target, trust
+
+
+def add_ct_ich(rows: _Rows, root: Path, spec: InputSpec, limit: int | None = None) -> None:
+    slices = list_ct_ich_slices(root)
+    splits = split_ct_ich(slices, CT_ICH_FRACTIONS, seed=SPLIT_SEED)
+    split_of = {p: name for name, patients in splits.items() for p in patients}
+    for item in slices[:limit]:
+        image = load_ct_ich_image(item)
+        real_mask = load_ct_ich_mask(item)
+        if real_mask is not None:  # the full release's radiologist masks win over weak targets
+            mask, weight = real_mask.astype(np.float32), np.ones(image.shape, np.float32)
+        else:
+            target = weak_target(image, item.any_hemorrhage)
+            # Weak positives are guesses: they count half as much as exact masks.
+            mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if item.any_hemorrhage else 1.0)
+        model_image, model_mask, model_weight = _to_model_space(image, mask, weight, spec)
+        rows.add(
+            model_image,
+            model_mask,
+            model_weight,
+            float(item.any_hemorrhage),
+            1.0,
+            [int(item.subtypes[s]) for s in SUBTYPES],
+            split_of[item.patient],
+            "ct-ich",
+            item.patient,
+            str(item.slice_number),
+        )
+
+
+def add_mbh(rows: _Rows, root: Path, spec: InputSpec) -> None:
+    slices = load_mbhseg(root, outside_air_hu=-1000.0)
+    splits = split_by_patient([s.case_id for s in slices], MBH_FRACTIONS, seed=SPLIT_SEED)
+    split_of = {p: name for name, patients in splits.items() for p in patients}
+    for item in slices:
+        image = mbh_to_ct_ich_orientation(apply_window(item.hu, CT_ICH_BRAIN))
+        mask = mbh_to_ct_ich_orientation(item.mask)
+        model_image, model_mask, model_weight = _to_model_space(image, mask, np.ones(mask.shape, np.float32), spec)
+        rows.add(
+            model_image,
+            model_mask,
+            model_weight,
+            1.0,
+            1.0,
+            [int(item.subtype_masks[s].any()) for s in SUBTYPES],
+            split_of[item.case_id],
+            "mbh",
+            f"mbh-{item.case_id}",
+            item.slice_id,
+        )
+
+
+def add_synthetic(rows: _Rows, count: int, spec: InputSpec, seed: int, val_fraction: float = 0.1) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        item = synthetic_slice(rng, size=320)
+        image = apply_window(item.hu, CT_ICH_BRAIN)
+        model_image, model_mask, model_weight = _to_model_space(
+            image, item.mask, np.ones(image.shape, np.float32), spec
+        )
+        split = "val" if i < count * val_fraction else "train"
+        rows.add(
+            model_image,
+            model_mask,
+            model_weight,
+            float(bool(item.subtypes)),
+            SYNTHETIC_LABEL_WEIGHT,
+            [int(s in item.subtypes) for s in SUBTYPES],
+            split,
+            "synthetic",
+            f"synthetic-{i}",
+            str(i),
+        )
+
+
+def build_training_set(
+    shared_data: Path = SHARED_DATA,
+    size: int = 192,
+    synthetic_count: int = 1200,
+    seed: int = 11,
+    ct_ich_limit: int | None = None,
+) -> TrainingSet:
+    """Assemble every source into model space with the serving preprocessing."""
+    spec = InputSpec(size=size)
+    rows = _Rows()
+    add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit)
+    add_mbh(rows, shared_data / "mbhseg25-mini", spec)
+    add_synthetic(rows, synthetic_count, spec, seed)
+    return rows.build()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the ichseg training set (.npz) from ../shared/data.")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--synthetic", type=int, default=1200)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "training-set-192.npz")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    data = build_training_set(args.data, args.size, args.synthetic)
+    data.save(args.out)
+    for split in ("train", "val", "test"):
+        for source in ("ct-ich", "mbh", "synthetic"):
+            sel = (data.split == split) & (data.source == source)
+            log.info("%s %s: %d rows, %d positive", split, source, sel.sum(), int(data.labels[sel].sum()))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
