@@ -17,8 +17,9 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from ichseg.model_metadata import INPUT_NAME, METADATA_KEY, ModelMetadata
+from ichseg.model_metadata import INPUT_NAME, ModelMetadata
 from ichseg.preprocess import InputSpec
+from model_export.metadata_io import set_metadata
 
 OPSET = 17
 
@@ -38,30 +39,6 @@ def export_onnx(model: tf.keras.Model, destination: str | Path, metadata: ModelM
     onnx.checker.check_model(proto)
     onnx.save(proto, str(destination))
     return proto
-
-
-def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Store (or replace) the ichseg metadata and the producer's version in the ONNX model."""
-    entries = {p.key: p.value for p in proto.metadata_props}
-    entries[METADATA_KEY] = metadata.to_json()
-    entries["model_version"] = metadata.version
-    del proto.metadata_props[:]
-    for key, value in sorted(entries.items()):
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"ichseg {metadata.name} {metadata.version}: {metadata.intended_use}"
-
-
-def stamp_metadata(onnx_path: str | Path, metadata: ModelMetadata) -> None:
-    """Rewrite the metadata of an exported model in place (e.g. thresholds chosen on validation)."""
-    proto = onnx.load(str(onnx_path))
-    set_metadata(proto, metadata)
-    onnx.save(proto, str(onnx_path))
-
-
-def read_metadata(onnx_path: str | Path) -> ModelMetadata:
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    entries = {p.key: p.value for p in proto.metadata_props}
-    return ModelMetadata.from_json(entries[METADATA_KEY])
 
 
 def default_metadata(model: tf.keras.Model, name: str, version: str, summary: dict | None = None) -> ModelMetadata:

@@ -1,0 +1,45 @@
+"""Reading and writing the ichseg metadata inside ONNX files (needs ``onnx``, not TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ichseg.model_metadata import METADATA_KEY, ModelMetadata
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Store (or replace) the ichseg metadata and the model version in an ONNX model."""
+    entries = {p.key: p.value for p in proto.metadata_props}
+    entries[METADATA_KEY] = metadata.to_json()
+    entries["model_version"] = metadata.version
+    del proto.metadata_props[:]
+    for key, value in sorted(entries.items()):
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"ichseg {metadata.name} {metadata.version}: {metadata.intended_use}"
+
+
+def read_metadata(onnx_path: str | Path) -> ModelMetadata:
+    """The metadata of an exported model."""
+    proto = onnx.load(str(onnx_path))
+    entries = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in entries:
+        raise ValueError(f"{onnx_path} carries no ichseg metadata")
+    return ModelMetadata.from_json(entries[METADATA_KEY])
+
+
+def stamp_metadata(onnx_path: str | Path, metadata: ModelMetadata) -> None:
+    """Rewrite the metadata of an exported model in place."""
+    proto = onnx.load(str(onnx_path))
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(onnx_path))
+
+
+def stamp_thresholds(onnx_path: str | Path, slice_threshold: float, pixel_threshold: float) -> ModelMetadata:
+    """Store operating thresholds (chosen on validation patients) in the model."""
+    metadata = read_metadata(onnx_path).with_updates(
+        slice_threshold=round(float(slice_threshold), 4), pixel_threshold=round(float(pixel_threshold), 4)
+    )
+    stamp_metadata(onnx_path, metadata)
+    return metadata
