@@ -25,7 +25,7 @@ def test_variants_build_with_two_outputs(variant: str) -> None:
     model = build_model(input_size=64, base_filters=4, depth=3, variant=variant)
     out = model(np.zeros((2, 64, 64, 1), np.float32), training=False)
     assert out[MASK_OUTPUT].shape == (2, 64, 64, 1) and out[SLICE_OUTPUT].shape == (2, 1)
-    assert 0.0 <= float(tf.reduce_min(out[MASK_OUTPUT])) and float(tf.reduce_max(out[MASK_OUTPUT])) <= 1.0
+    assert float(tf.reduce_min(out[MASK_OUTPUT])) >= 0.0 and float(tf.reduce_max(out[MASK_OUTPUT])) <= 1.0
     assert any(layer.name.endswith("_gate") for layer in model.layers) == (variant == "attention")
     assert any(layer.name.endswith("_add") for layer in model.layers) == (variant in ("resunet", "attention"))
 
