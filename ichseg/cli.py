@@ -74,6 +74,17 @@ def demo_command(args: argparse.Namespace) -> int:
     return preview_command(args)
 
 
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A handler imported only when its sub-command runs (keeps `ichseg inspect` fast and light)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ichseg.paths import SHIPPED_MODEL
     from ichseg.windowing import DEFAULT_WINDOW, PRESETS
@@ -98,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
     segment.set_defaults(handler=segment_command)
+
+    endpoint = commands.add_parser("endpoint", help="serve the model over HTTP (SageMaker container contract)")
+    endpoint.add_argument("--host", default="127.0.0.1")
+    endpoint.add_argument("--port", type=int, default=8080)
+    endpoint.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
+    endpoint.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    endpoint.set_defaults(handler=_lazy("model_export.server", "endpoint_command"))
+
+    stack = commands.add_parser("stack", help="run the local stack (moto, storage emulator, endpoint, event pump, API)")
+    stack.add_argument("--state-dir", default="build/local-stack", help="where the stack keeps its files")
+    stack.set_defaults(handler=_lazy("infrastructure.local_stack", "stack_command"))
 
     demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
     demo.add_argument("--out", default="demo-output", help="output folder")

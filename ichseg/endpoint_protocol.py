@@ -1,0 +1,87 @@
+"""The wire contract between the segment function and the inference endpoint.
+
+Request: ``POST /invocations`` (SageMaker) with ``Content-Type: application/x-npy`` and the bytes of
+``numpy.save`` of a uint8 array ``(N, H, W)`` of windowed slices (any H, W).
+Response: ``application/x-npy``, a uint8 array ``(N, H, W)``: hemorrhage probability x 255 at the
+input's resolution; and the header ``X-Amzn-SageMaker-Custom-Attributes`` (SageMaker hands it to
+the caller as ``CustomAttributes``) carrying the per-slice probabilities and the model's identity
+and thresholds, e.g. ``model=ichseg-unet;version=1.0.0;slice_threshold=0.41;pixel_threshold=0.5;
+slice_probabilities=0.0120,0.9310``. Pure numpy: the Lambda side imports this, never onnxruntime.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+CONTENT_TYPE = "application/x-npy"
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+"""SageMaker real-time endpoints reject request bodies above 6 MB."""
+SAGEMAKER_MAX_CUSTOM_ATTRIBUTES = 1024
+"""CustomAttributes is capped at 1024 characters: at most ~120 slice probabilities per request."""
+
+
+class ProtocolError(ValueError):
+    """A request or response that does not follow the contract."""
+
+
+def encode_slices(slices: np.ndarray) -> bytes:
+    """Serialise ``(N, H, W)`` uint8 slices (or probability maps) as ``.npy`` bytes."""
+    array = np.asarray(slices)
+    if array.dtype != np.uint8 or array.ndim != 3:
+        raise ProtocolError(f"expected a (N, H, W) uint8 array, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_slices(payload: bytes) -> np.ndarray:
+    """Parse ``.npy`` bytes into a ``(N, H, W)`` uint8 array; :class:`ProtocolError` otherwise."""
+    try:
+        array = np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ProtocolError(f"body is not a .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3:
+        raise ProtocolError(
+            f"expected a (N, H, W) uint8 array, got {getattr(array, 'dtype', type(array))} {getattr(array, 'shape', '')}"
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class ResponseAttributes:
+    """What travels beside the probability maps."""
+
+    model: str
+    version: str
+    slice_threshold: float
+    pixel_threshold: float
+    slice_probabilities: tuple[float, ...]
+
+    def encode(self) -> str:
+        probabilities = ",".join(f"{p:.4f}" for p in self.slice_probabilities)
+        text = (
+            f"model={self.model};version={self.version};slice_threshold={self.slice_threshold};"
+            f"pixel_threshold={self.pixel_threshold};slice_probabilities={probabilities}"
+        )
+        if len(text) > SAGEMAKER_MAX_CUSTOM_ATTRIBUTES:
+            raise ProtocolError(f"{len(self.slice_probabilities)} slices exceed SageMaker's CustomAttributes limit")
+        return text
+
+    @classmethod
+    def decode(cls, text: str) -> ResponseAttributes:
+        try:
+            fields = dict(part.split("=", 1) for part in text.split(";") if part)
+            probabilities = fields["slice_probabilities"]
+            return cls(
+                model=fields["model"],
+                version=fields["version"],
+                slice_threshold=float(fields["slice_threshold"]),
+                pixel_threshold=float(fields["pixel_threshold"]),
+                slice_probabilities=tuple(float(p) for p in probabilities.split(",")) if probabilities else (),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError(f"malformed custom attributes {text[:200]!r} ({exc})") from exc
