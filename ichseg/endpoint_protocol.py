@@ -45,9 +45,8 @@ def decode_slices(payload: bytes) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise ProtocolError(f"body is not a .npy array ({exc})") from exc
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3:
-        raise ProtocolError(
-            f"expected a (N, H, W) uint8 array, got {getattr(array, 'dtype', type(array))} {getattr(array, 'shape', '')}"
-        )
+        described = f"{getattr(array, 'dtype', type(array))} {getattr(array, 'shape', '')}"
+        raise ProtocolError(f"expected a (N, H, W) uint8 array, got {described}")
     return array
 
 
