@@ -41,6 +41,21 @@ def export_onnx(model: tf.keras.Model, destination: str | Path, metadata: ModelM
     return proto
 
 
+def export_fp16(fp32_path: str | Path, destination: str | Path) -> onnx.ModelProto:
+    """A float16 copy for GPU endpoints (Tensor Cores); inputs/outputs stay float32 so the wire
+    contract and preprocessing are unchanged. Metadata is carried over with the version tagged."""
+    from onnxconverter_common import float16
+
+    from model_export.metadata_io import read_metadata
+
+    proto = onnx.load(str(fp32_path))
+    half = float16.convert_float_to_float16(proto, keep_io_types=True)
+    metadata = read_metadata(fp32_path)
+    set_metadata(half, metadata.with_updates(version=f"{metadata.version}+fp16"))
+    onnx.save(half, str(destination))
+    return half
+
+
 def default_metadata(model: tf.keras.Model, name: str, version: str, summary: dict | None = None) -> ModelMetadata:
     from training.model import count_flops_per_frame
 
@@ -74,13 +89,18 @@ def main() -> None:
     parser.add_argument("--name", default="ichseg-unet")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--summary", help="training_summary.json of the run")
+    parser.add_argument("--fp16-out", help="also write a float16 variant here (GPU endpoints)")
     args = parser.parse_args()
     model = load_keras_model(args.keras)
     summary = json.loads(Path(args.summary).read_text()) if args.summary else None
     metadata = default_metadata(model, args.name, args.version, summary)
     proto = export_onnx(model, args.out, metadata)
     sample = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    print(json.dumps({"onnx": args.out, "max_abs_difference": keras_onnx_max_difference(model, proto, sample)}))
+    result = {"onnx": args.out, "max_abs_difference": keras_onnx_max_difference(model, proto, sample)}
+    if args.fp16_out:
+        export_fp16(args.out, args.fp16_out)
+        result["fp16"] = args.fp16_out
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,21 @@ class AverageNonTrainableWeights(tf.keras.callbacks.Callback):
             variable.assign(hvd_tf.allreduce(variable, op=hvd_tf.Average, name=f"avg_{variable.name}"))
 
 
+class EpochTimer(tf.keras.callbacks.Callback):
+    """Wall time of each epoch (the first one includes graph tracing; later ones are steady state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.time() - self._started)
+
+
 def oversample_positives(indices: np.ndarray, labels: np.ndarray, factor: int, rng: np.random.Generator) -> np.ndarray:
     """Repeat hemorrhage slices ``factor`` times (about 1 slice in 9 is positive in CT-ICH)."""
     positives = indices[labels[indices] > 0.5]
@@ -220,6 +235,8 @@ def train(config: TrainConfig) -> dict[str, object]:
             tf.keras.callbacks.ModelCheckpoint(str(out / "model.h5"), monitor=monitor, save_best_only=True),
             tf.keras.callbacks.CSVLogger(str(out / "history.csv")),
         ]
+    timer = EpochTimer()
+    callbacks.insert(0, timer)
     started = time.time()
     history = model.fit(
         train_ds,
@@ -239,6 +256,10 @@ def train(config: TrainConfig) -> dict[str, object]:
         "val_rows": len(val_rows),
         "seconds": round(seconds, 1),
         "slices_per_second": round(steps * config.batch_size * dist.size * config.epochs / seconds, 2),
+        "steady_slices_per_second": round(
+            steps * config.batch_size * dist.size / float(np.mean(timer.seconds[1:] or timer.seconds)), 2
+        ),
+        "epoch_seconds": [round(t, 1) for t in timer.seconds],
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     if dist.is_chief:

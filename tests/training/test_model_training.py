@@ -148,3 +148,22 @@ def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
     assert stored.input.size == 64 and stored.version == "9.9.9" and stored.parameters == model.count_params()
     stamp_thresholds(tmp_path / "m.onnx", slice_threshold=0.37, pixel_threshold=0.45)
     assert read_metadata(tmp_path / "m.onnx").slice_threshold == 0.37
+
+
+def test_fp16_variant_keeps_float32_io_and_close_outputs(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from model_export.export import default_metadata, export_fp16, export_onnx
+    from model_export.metadata_io import read_metadata
+
+    model = build_model(input_size=64, base_filters=4, depth=3)
+    export_onnx(model, tmp_path / "m.onnx", default_metadata(model, "ichseg-test", "1.0.0"))
+    export_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
+    assert read_metadata(tmp_path / "m16.onnx").version == "1.0.0+fp16"
+    x = np.random.default_rng(2).random((2, 64, 64, 1), dtype=np.float32)
+    outputs = []
+    for name in ("m.onnx", "m16.onnx"):
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(float)"
+        outputs.append(session.run(["mask"], {"slices": x})[0])
+    assert np.max(np.abs(outputs[0] - outputs[1])) < 0.02

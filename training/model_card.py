@@ -1,0 +1,118 @@
+"""Write ``models/MODEL_CARD.md`` from the exported model's metadata and its evaluation reports.
+
+    .venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx \
+        --summary build/model/training_summary.json --eval build/eval --out models/MODEL_CARD.md
+
+Also stores the held-out metrics in the model's own metadata, so the endpoint can report them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from model_export.metadata_io import read_metadata, stamp_metadata
+from training.evaluate import markdown_table
+
+REPRODUCE = """```sh
+make train-env                                          # .venv-train (TensorFlow 2.15, Horovod, tf2onnx)
+.venv-train/bin/python -m training.training_set         # build/training-set-192.npz from ../shared/data
+.venv-train/bin/python -m training.train --data build/training-set-192.npz --out build/model \\
+    --epochs {epochs} --steps-per-epoch {steps} --batch-size {batch}
+.venv-train/bin/python -m model_export.export --keras build/model/model.h5 --out models/ichseg-unet.onnx \\
+    --summary build/model/training_summary.json --version {version}
+.venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val --choose-thresholds
+.venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test
+.venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx \\
+    --summary build/model/training_summary.json --eval build/eval --out models/MODEL_CARD.md
+```"""
+
+
+def write_card(model: Path, summary: dict[str, Any], val: dict[str, Any], test: dict[str, Any], out: Path) -> str:
+    meta = read_metadata(model)
+    config = summary.get("config", {})
+    cpu_minutes = round(float(summary.get("seconds", 0)) / 60, 1)
+    text = f"""# Model card: {meta.name} {meta.version}
+
+**Not for clinical use.** Research and demonstration software; not a medical device.
+
+## What it is
+A {meta.architecture} (Keras, exported to ONNX opset {meta.opset}) with two heads: a per-pixel
+hemorrhage probability (sigmoid) and a per-slice "hemorrhage detected" probability from the
+bottleneck. {meta.parameters:,} parameters, {meta.gflop_per_frame} GFLOP per {meta.input.size}x{meta.input.size}
+frame. Input: one windowed slice (CT-ICH brain window L40/W120 for HU inputs; 8-bit inputs pass
+through), cropped to the head, resized to {meta.input.size} px, scaled to [0, 1]. Masks are kept only
+on slices whose detection probability reaches the slice threshold.
+
+Operating thresholds (chosen on validation patients, never on test): slice {meta.slice_threshold},
+pixel {meta.pixel_threshold}.
+
+## Data
+- **CT-ICH** (Hssayeni et al., PhysioNet 2020, CC BY 4.0): 77 patients here, 2,327 brain-window
+  slices with slice-level labels. Split by patient (seed {2026}): train / validation / test, stratified
+  on hemorrhage; patient 051 (the demo sample) is always in test. No pixel masks are available
+  here: the mask head learns from weak targets on hemorrhage slices (dense intracranial regions,
+  `training/weak_labels.py`, half weight, ambiguous pixels ignored) and empty masks on normal slices.
+- **MBH-Seg mini** (36 real slices with radiologist masks, 25 scans, MIT): split by scan, half of
+  the scans held out for the Dice figures below.
+- **Synthetic head CT** (`training/synthetic.py`): 1,200 slices with exact masks for all five subtypes.
+
+Training: {config.get("epochs")} epochs x {config.get("steps_per_epoch")} steps, batch {config.get("batch_size")},
+Adam {config.get("learning_rate")}, Dice + focal BCE (mask) and BCE (slice), online augmentation
+(flips, rotation, scale, shift, window/contrast/gamma, noise). {cpu_minutes} minutes on 2 CPU cores
+({summary.get("steady_slices_per_second")} slices/s).
+
+## Held-out results
+Every figure below is on patients/scans the model never trained on; 95 % intervals bootstrap
+over patients. Dice is averaged over slices with hemorrhage (empty/empty would count as 1.0 and is
+excluded here by construction).
+
+{markdown_table(test)}
+Validation (used to choose the thresholds):
+
+{markdown_table(val)}
+## Limitations
+- The mask head never saw a real CT-ICH pixel mask; its Dice on real masks is measured on only
+  {test.get("segmentation", {}).get("slices_with_hemorrhage", 0)} MBH-Seg slices, whose scanner,
+  window and labelling differ from CT-ICH. Expect lower Dice on thin subdural and subarachnoid blood.
+- Slice-level figures come from {test.get("detection", {}).get("patients", 0)} test patients: the
+  intervals are wide.
+- 8-bit video/JPEG inputs must already be in a brain-type window; a bone-window video is out of
+  distribution.
+
+## Intended use
+{meta.intended_use}
+
+## Reproduce
+{
+        REPRODUCE.format(
+            epochs=config.get("epochs"),
+            steps=config.get("steps_per_epoch"),
+            batch=config.get("batch_size"),
+            version=meta.version,
+        )
+    }
+"""
+    out.write_text(text)
+    stamp_metadata(model, meta.with_updates(metrics={"test": test, "validation": val}))
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--eval", type=Path, default=Path("build/eval"))
+    parser.add_argument("--out", type=Path, default=Path("models/MODEL_CARD.md"))
+    args = parser.parse_args()
+    summary = json.loads(args.summary.read_text())
+    val = json.loads((args.eval / "val.json").read_text())
+    test = json.loads((args.eval / "test.json").read_text())
+    write_card(args.model, summary, val, test, args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
