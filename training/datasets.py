@@ -487,4 +487,3 @@ def _allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
                 counts[donor] -= 1
                 counts[i] += 1
     return counts
-

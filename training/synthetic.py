@@ -78,9 +78,7 @@ def random_subtypes(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(SUBTYPES[i] for i in sorted(int(i) for i in picked))
 
 
-def synthetic_slice(
-    rng: np.random.Generator, size: int = 256, subtypes: Sequence[str] | None = None
-) -> SyntheticSlice:
+def synthetic_slice(rng: np.random.Generator, size: int = 256, subtypes: Sequence[str] | None = None) -> SyntheticSlice:
     """Generate one slice of ``size`` x ``size`` pixels.
 
     ``subtypes=None`` draws a negative (half the time) or a random positive; an empty sequence
@@ -237,8 +235,18 @@ class _Frame:
         """Filled ellipse; ``angle`` (radians) turns its ``u`` axis within the head frame."""
         c = self.fixed(np.asarray(center))[0]
         axes = tuple(max(int(_ONE * 0.75), round(a * self.ppm * _ONE)) for a in semi_uv)
-        cv2.ellipse(layer, (int(c[0]), int(c[1])), axes, self.tilt_deg + math.degrees(angle), 0, 360, value, -1,
-                    cv2.LINE_8, _SHIFT)
+        cv2.ellipse(
+            layer,
+            (int(c[0]), int(c[1])),
+            axes,
+            self.tilt_deg + math.degrees(angle),
+            0,
+            360,
+            value,
+            -1,
+            cv2.LINE_8,
+            _SHIFT,
+        )
 
 
 def _blob_outline(rng: np.random.Generator, center: np.ndarray, radius: float, lumpiness: float) -> np.ndarray:
@@ -436,10 +444,15 @@ def _generate(rng: np.random.Generator, size: int, wanted: tuple[str, ...]) -> S
     if 0.32 <= level <= 0.58:  # basal ganglia and thalami: grey matter islands in the white matter
         deep = frame.new_layer()
         for side in (-1.0, 1.0):
-            frame.ellipse(deep, (midline_shift + side * u_(15.0, 21.0), u_(-8.0, 2.0)),
-                          (u_(4.0, 7.0), u_(9.0, 13.0)), -side * u_(0.1, 0.4))
-            frame.ellipse(deep, (midline_shift + side * u_(6.0, 10.0), u_(8.0, 15.0)),
-                          (u_(5.0, 8.0), u_(6.0, 10.0)), 0.0)
+            frame.ellipse(
+                deep,
+                (midline_shift + side * u_(15.0, 21.0), u_(-8.0, 2.0)),
+                (u_(4.0, 7.0), u_(9.0, 13.0)),
+                -side * u_(0.1, 0.4),
+            )
+            frame.ellipse(
+                deep, (midline_shift + side * u_(6.0, 10.0), u_(8.0, 15.0)), (u_(5.0, 8.0), u_(6.0, 10.0)), 0.0
+            )
         deep_w = cv2.GaussianBlur(deep.astype(np.float32), (0, 0), 1.5 * soft)
         tissue += (gm_hu - 2.0 - tissue) * deep_w
     tissue += _low_freq(rng, size, int(u_(5, 9)), u_(0.8, 1.8)) + _low_freq(rng, size, max(8, size // 12), 0.8)
@@ -482,8 +495,12 @@ def _generate(rng: np.random.Generator, size: int, wanted: tuple[str, ...]) -> S
             frame.discs(vent, np.stack([centre_u, centre_v], axis=1)[keep], radius[keep])
             if level < 0.6:  # the caudate head indents the frontal horn: a crescent
                 i = 12
-                frame.disc(vent, (centre_u[i] + side * radius[i] * 1.35, centre_v[i] + radius[i] * 0.6),
-                           radius[i] * 0.85, value=0)
+                frame.disc(
+                    vent,
+                    (centre_u[i] + side * radius[i] * 1.35, centre_v[i] + radius[i] * 0.6),
+                    radius[i] * 0.85,
+                    value=0,
+                )
             atria.append(np.array([centre_u[51], centre_v[51]]))
         if level < 0.5:  # third ventricle: a midline slit between the thalami
             frame.ellipse(vent, (midline_shift, u_(0.0, 6.0)), (u_(0.8, 2.2) * size_k, u_(6.0, 10.0)), 0.0)
@@ -600,8 +617,18 @@ def _generate(rng: np.random.Generator, size: int, wanted: tuple[str, ...]) -> S
         bottom = (rows[-1] if rows.size else size * 0.8) + u_(2.0, 10.0) * ppm
         ry = u_(0.42, 0.65) * size
         rx = ry * u_(0.9, 1.3)
-        cv2.ellipse(rest, (round(frame.cx * _ONE), round((bottom - ry) * _ONE)), (round(rx * _ONE), round(ry * _ONE)),
-                    0.0, 15.0, 165.0, 1, max(1, round(u_(1.0, 3.0) * ppm)), cv2.LINE_8, _SHIFT)
+        cv2.ellipse(
+            rest,
+            (round(frame.cx * _ONE), round((bottom - ry) * _ONE)),
+            (round(rx * _ONE), round(ry * _ONE)),
+            0.0,
+            15.0,
+            165.0,
+            1,
+            max(1, round(u_(1.0, 3.0) * ppm)),
+            cv2.LINE_8,
+            _SHIFT,
+        )
         hu[(rest > 0) & ~head] = u_(150.0, 500.0)
 
     hu = cv2.GaussianBlur(hu, (0, 0), max(0.5, u_(0.35, 0.6) * ppm))

@@ -119,7 +119,8 @@ def test_ct_ich_lister_on_the_real_data() -> None:
     with (CT_ICH / "hemorrhage_diagnosis.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     on_disk = [
-        r for r in rows
+        r
+        for r in rows
         if (CT_ICH / "Patients_CT" / f"{int(r['PatientNumber']):03d}" / "brain" / f"{r['SliceNumber']}.jpg").exists()
     ]
     assert len(rows) - len(on_disk) == 28  # the release's known gaps
@@ -128,8 +129,13 @@ def test_ct_ich_lister_on_the_real_data() -> None:
     assert all(len(s.patient) == 3 for s in slices)
     # Labels agree with the CSV, overall and per subtype.
     assert sum(s.any_hemorrhage for s in slices) == sum(r["No_Hemorrhage"] == "0" for r in on_disk)
-    for name, column in [("epidural", "Epidural"), ("subdural", "Subdural"), ("subarachnoid", "Subarachnoid"),
-                         ("intraparenchymal", "Intraparenchymal"), ("intraventricular", "Intraventricular")]:
+    for name, column in [
+        ("epidural", "Epidural"),
+        ("subdural", "Subdural"),
+        ("subarachnoid", "Subarachnoid"),
+        ("intraparenchymal", "Intraparenchymal"),
+        ("intraventricular", "Intraventricular"),
+    ]:
         assert sum(s.subtypes[name] for s in slices) == sum(r[column] == "1" for r in on_disk), name
     assert sum(s.fracture for s in slices) == sum(r["Fracture_Yes_No"] == "1" for r in on_disk)
     # The demo patient: 32 slices, 14-32 positive (subdural, then intraparenchymal).
@@ -219,8 +225,13 @@ def test_mbhseg_real_sample() -> None:
     by_id = {s.slice_id: s for s in slices}
     # Counts read off the PNG colours: (0,255,0) subdural, (255,255,0) ventricle, (0,255,255) subarachnoid.
     counts = {k: int(v.sum()) for k, v in by_id["159015"].subtype_masks.items()}
-    assert counts == {"epidural": 0, "subdural": 375, "intraparenchymal": 0, "intraventricular": 253,
-                      "subarachnoid": 2164}
+    assert counts == {
+        "epidural": 0,
+        "subdural": 375,
+        "intraparenchymal": 0,
+        "intraventricular": 253,
+        "subarachnoid": 2164,
+    }
     assert by_id["173006"].subtypes == ("epidural",)
     assert by_id["161021"].subtypes == ("intraparenchymal",)
     assert {s for item in slices for s in item.subtypes} == set(SUBTYPES)
