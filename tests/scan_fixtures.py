@@ -159,3 +159,27 @@ def grey_frames(count: int = 5, height: int = 48, width: int = 64) -> np.ndarray
     base = (xx + yy) % 32
     step = min(30, 200 // max(count, 1))
     return np.stack([np.clip(base + step * k + 20, 0, 255).astype(np.uint8) for k in range(count)])
+
+
+def jpeg_lossless_dicom(ds: Dataset, workdir: Path) -> bytes:
+    """Re-encode an instance as JPEG Lossless (process 14), as many PACS exports are, with GDCM."""
+    import gdcm
+
+    raw, compressed = workdir / "raw.dcm", workdir / "jpeg-lossless.dcm"
+    raw.write_bytes(dicom_bytes(ds))
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(raw))
+    if not reader.Read():
+        raise RuntimeError("GDCM could not read the fixture")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError("GDCM could not compress the fixture")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(compressed))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError("GDCM could not write the fixture")
+    return compressed.read_bytes()

@@ -198,3 +198,17 @@ def test_hu_clipped_png_set_reads_as_8bit() -> None:
     folder = SHARED_DATA / "mbhseg25-mini" / "images"
     scan = read_scan(folder)
     assert scan.num_slices == 36 and scan.original_size == (512, 512) and not scan.hu
+
+
+def test_compressed_dicom_series_jpeg_lossless_and_rle(tmp_path: Path) -> None:
+    from pydicom.uid import RLELossless
+
+    from tests.scan_fixtures import jpeg_lossless_dicom
+
+    series = dicom_series(count=4)
+    members = {f"IM{i}": jpeg_lossless_dicom(ds, tmp_path) for i, ds in enumerate(series[:2])}
+    for i, ds in enumerate(series[2:], start=2):
+        ds.compress(RLELossless)
+        members[f"IM{i}"] = dicom_bytes(ds)
+    scan = read_scan(zip_files(tmp_path / "compressed.zip", members))
+    _check_dicom_scan(scan, 4, 32, 40)
