@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from enum import StrEnum
+from enum import Enum
 
 
-class Content(StrEnum):
+class Content(str, Enum):  # not StrEnum: SageMaker's TF training images run Python 3.10
     """What a blob holds, as far as its first bytes tell."""
 
     MP4 = "mp4"
