@@ -51,3 +51,19 @@ $(TRAIN_VENV)/.installed: requirements/training.txt requirements/training-constr
 
 clean-env:
 	rm -rf $(VENV) $(TRAIN_VENV)
+
+# `sam validate --lint` in an environment of its own: aws-sam-cli pins its own boto3, cfn-lint and
+# aws-sam-translator, which must not move the runtime pins. Offline; no AWS credentials needed.
+# (make test lints template.yaml with cfn-lint from .venv; this is the extra SAM-translator check.)
+SAM_VENV := .venv-sam
+.PHONY: sam-validate
+$(SAM_VENV)/.installed: infrastructure/sam/requirements.txt
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) pip==25.2
+	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) -r infrastructure/sam/requirements.txt
+	$(SAM_VENV)/bin/pip check
+	touch $@
+
+sam-validate: $(SAM_VENV)/.installed
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0 \
+		$(SAM_VENV)/bin/sam validate --lint -t template.yaml

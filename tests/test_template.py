@@ -1,0 +1,471 @@
+"""template.yaml (AWS SAM): cfn-lint clean, and the structure the functions and ops rely on.
+
+Offline: cfn-lint's own parser (CloudFormation tags such as !Ref, !GetAtt, !Sub) and rules; no AWS
+account. `make sam-validate` adds the SAM translator's check in an environment of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint_file
+from cfnlint.decode import decode
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "template.yaml"
+DOCKERFILE = "infrastructure/lambda/Dockerfile"
+
+# The handler names fixed for everyone (functions/*.py and the local event pump use the same ones).
+HANDLERS = {
+    "ApiFunction": "functions/api.handler",
+    "AuthorizerFunction": "functions/authorizer.handler",
+    "SplitFunction": "functions/split.handler",
+    "SegmentFunction": "functions/segment.handler",
+    "AssembleFunction": "functions/assemble.handler",
+    "WatchdogFunction": "functions/watchdog.handler",
+}
+SIZING = {  # MemorySize (MB), Timeout (s)
+    "ApiFunction": (512, 10),
+    "AuthorizerFunction": (512, 10),
+    "SplitFunction": (3008, 300),
+    "SegmentFunction": (1024, 120),
+    "AssembleFunction": (3008, 300),
+}
+QUEUE_CONSUMERS = {
+    "IngestQueue": "SplitFunction",
+    "SegmentQueue": "SegmentFunction",
+    "AssembleQueue": "AssembleFunction",
+}
+DEAD_LETTER_QUEUES = {
+    "IngestQueue": "IngestDeadLetterQueue",
+    "SegmentQueue": "SegmentDeadLetterQueue",
+    "AssembleQueue": "AssembleDeadLetterQueue",
+}
+GLOBAL_ENV = {
+    "ICHSEG_BUCKET",
+    "ICHSEG_TABLE",
+    "ICHSEG_SEGMENT_QUEUE_URL",
+    "ICHSEG_ASSEMBLE_QUEUE_URL",
+    "ICHSEG_BATCH_SLICES",
+    "ICHSEG_JOB_DEADLINE_SECONDS",
+    "ICHSEG_UPLOAD_MAX_BYTES",
+    "FIREBASE_PROJECT_ID",
+    "ICHSEG_FIREBASE_BUCKET",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+EXISTING_ENDPOINT_ARN = (
+    "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:endpoint/${ExistingEndpointName}"
+)
+# Services whose actions must always name their resources (never "*").
+SCOPED_SERVICES = ("s3:", "dynamodb:", "sqs:", "sagemaker:", "secretsmanager:", "sns:", "logs:")
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    parsed, errors = decode(str(TEMPLATE))
+    assert not errors, [str(e) for e in errors]
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def of_type(resources: dict[str, Any], type_: str) -> dict[str, Any]:
+    return {name: r for name, r in resources.items() if r["Type"] == type_}
+
+
+def props(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    return resources[name]["Properties"]
+
+
+def branches(node: Any) -> Iterator[Any]:
+    """Every value a node can take: both arms of Fn::If, minus AWS::NoValue."""
+    if isinstance(node, dict) and set(node) == {"Fn::If"}:
+        _, when_true, when_false = node["Fn::If"]
+        yield from branches(when_true)
+        yield from branches(when_false)
+    elif node != {"Ref": "AWS::NoValue"}:
+        yield node
+
+
+def as_list(node: Any) -> list[Any]:
+    return list(node) if isinstance(node, list) else [node]
+
+
+def statements(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(owner, statement) for every identity-policy statement: role inline policies and managed policies."""
+    for name, res in resources.items():
+        docs = []
+        if res["Type"] == "AWS::IAM::Role":
+            docs = [p["PolicyDocument"] for p in res["Properties"].get("Policies", [])]
+        elif res["Type"] == "AWS::IAM::ManagedPolicy":
+            docs = [res["Properties"]["PolicyDocument"]]
+        for doc in docs:
+            for stmt in doc["Statement"]:
+                for concrete in branches(stmt):
+                    yield name, concrete
+
+
+def role_statements(resources: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    return [stmt for owner, stmt in statements(resources) if owner == role]
+
+
+def allowed_resources(resources: dict[str, Any], role: str, action: str) -> list[Any]:
+    found = []
+    for stmt in role_statements(resources, role):
+        if stmt["Effect"] == "Allow" and action in as_list(stmt["Action"]):
+            for resource in as_list(stmt["Resource"]):
+                found.extend(branches(resource))
+    return found
+
+
+def sub_string(node: Any) -> str:
+    """The format string of a Fn::Sub (short or long form)."""
+    value = node["Fn::Sub"]
+    return value if isinstance(value, str) else value[0]
+
+
+# --------------------------------------------------------------------------------------------------
+def test_cfn_lint_reports_nothing() -> None:
+    """No error, warning or informational finding, in a US and an EU region."""
+    matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1", "eu-central-1"], include_checks=["I"]))
+    assert not matches, "\n".join(f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches)
+
+
+def test_every_function_is_the_shared_image_with_a_fixed_handler(resources: dict[str, Any]) -> None:
+    functions = of_type(resources, "AWS::Serverless::Function")
+    assert set(functions) == set(HANDLERS)
+    for name, fn in functions.items():
+        p = fn["Properties"]
+        assert p["PackageType"] == "Image", name
+        assert p["ImageConfig"]["Command"] == [HANDLERS[name]], name
+        assert fn["Metadata"] == {"Dockerfile": DOCKERFILE, "DockerContext": ".", "DockerTag": "python3.11"}, name
+        assert p["Role"] == {"Fn::GetAtt": [f"{name}Role", "Arn"]}, name  # its own role
+        assert p["LoggingConfig"]["LogGroup"] == {"Ref": f"{name}LogGroup"}, name
+        if name in SIZING:
+            assert (p["MemorySize"], p["Timeout"]) == SIZING[name], name
+    assert (REPO / DOCKERFILE).is_file()
+
+
+def test_lambda_dockerfile_serves_every_handler() -> None:
+    text = (REPO / DOCKERFILE).read_text()
+    assert re.search(r"^FROM \S+python:3\.11", text, re.M)
+    assert "requirements/lambda.txt" in text
+    assert "COPY ichseg/" in text and "COPY functions/" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/python", "-m", "awslambdaric"]' in text
+    cmd = re.search(r'^CMD \["([^"]+)"\]', text, re.M)
+    assert cmd and cmd.group(1) in HANDLERS.values()
+    lines = (REPO / f"{DOCKERFILE}.dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"  # an allow-list: only what the image copies reaches the build context
+    assert {"!requirements/", "!ichseg/", "!functions/"} <= set(patterns)
+
+
+def test_tracing_and_shared_environment(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Tracing"] == "Active"
+    env = function_globals["Environment"]["Variables"]
+    assert set(env) == GLOBAL_ENV
+    assert env["ICHSEG_BUCKET"] == {"Ref": "DataBucket"}
+    assert env["ICHSEG_TABLE"] == {"Ref": "JobsTable"}
+    assert env["ICHSEG_SEGMENT_QUEUE_URL"] == {"Ref": "SegmentQueue"}
+    assert env["ICHSEG_ASSEMBLE_QUEUE_URL"] == {"Ref": "AssembleQueue"}
+    assert env["POWERTOOLS_SERVICE_NAME"] == env["POWERTOOLS_METRICS_NAMESPACE"] == "ichseg"
+    params = template["Parameters"]
+    assert str(params["BatchSlices"]["Default"]) == "16"
+    assert str(params["JobDeadlineSeconds"]["Default"]) == "900"
+    local = props(resources, "AssembleFunction")["Environment"]["Variables"]
+    assert local["ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN"] == {"Ref": "FirebaseCredentialsSecretArn"}
+    assert "Environment" not in props(resources, "AuthorizerFunction")  # verification needs only the project id
+
+
+def test_segment_gets_exactly_one_way_to_the_endpoint(resources: dict[str, Any]) -> None:
+    env = props(resources, "SegmentFunction")["Environment"]["Variables"]
+    name = env["ICHSEG_ENDPOINT_NAME"]["Fn::If"]
+    assert name[0] == "CreateEndpoint"
+    assert name[1] == {"Fn::GetAtt": ["SegmentationEndpoint", "EndpointName"]}
+    assert name[2] == {"Fn::If": ["UseExistingEndpoint", {"Ref": "ExistingEndpointName"}, {"Ref": "AWS::NoValue"}]}
+    assert env["ICHSEG_ENDPOINT_URL"] == {"Fn::If": ["UseEndpointUrl", {"Ref": "EndpointUrl"}, {"Ref": "AWS::NoValue"}]}
+
+
+def test_queues_have_dead_letter_queues_and_sized_visibility(resources: dict[str, Any]) -> None:
+    queues = of_type(resources, "AWS::SQS::Queue")
+    assert set(queues) == set(DEAD_LETTER_QUEUES) | set(DEAD_LETTER_QUEUES.values())
+    for name, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+    for source, dlq in DEAD_LETTER_QUEUES.items():
+        p = props(resources, source)
+        assert p["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]}, "maxReceiveCount": 3}
+        assert "RedrivePolicy" not in props(resources, dlq)
+        # a DLQ must keep messages longer than its source (retention counts from the first enqueue)
+        assert props(resources, dlq)["MessageRetentionPeriod"] > p["MessageRetentionPeriod"]
+        consumer = QUEUE_CONSUMERS[source]
+        assert p["VisibilityTimeout"] >= 6 * props(resources, consumer)["Timeout"], source
+
+
+def test_sqs_event_sources_report_partial_batch_failures(resources: dict[str, Any]) -> None:
+    for queue, function in QUEUE_CONSUMERS.items():
+        events = [e for e in props(resources, function)["Events"].values() if e["Type"] == "SQS"]
+        assert len(events) == 1, function
+        event = events[0]["Properties"]
+        assert event["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
+        assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"], function
+    schedule = props(resources, "WatchdogFunction")["Events"]["Every5Minutes"]
+    assert schedule == {"Type": "Schedule", "Properties": {"Schedule": "rate(5 minutes)"}}
+
+
+def test_bucket_is_private_encrypted_and_tls_only(resources: dict[str, Any]) -> None:
+    bucket = props(resources, "DataBucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert "POST" in bucket["CorsConfiguration"]["CorsRules"][0]["AllowedMethods"]  # the app's presigned POST
+
+    policy = props(resources, "DataBucketPolicy")
+    assert policy["Bucket"] == {"Ref": "DataBucket"}
+    deny = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert any(
+        s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        and s["Action"] == "s3:*"
+        and s["Principal"] == "*"
+        and {"Fn::GetAtt": ["DataBucket", "Arn"]} in s["Resource"]
+        and {"Fn::Sub": "${DataBucket.Arn}/*"} in s["Resource"]
+        for s in deny
+    )
+
+
+def test_bucket_lifecycle_expires_work_files(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    rules = {r["Prefix"]: r for r in props(resources, "DataBucket")["LifecycleConfiguration"]["Rules"] if "Prefix" in r}
+    assert rules["work/"]["ExpirationInDays"] == {"Ref": "WorkRetentionDays"}
+    assert str(template["Parameters"]["WorkRetentionDays"]["Default"]) == "7"
+    assert rules["results/"]["Transitions"][0]["StorageClass"] == "STANDARD_IA"
+    assert "ExpirationInDays" in rules["results/"]
+
+
+def test_uploads_and_ingest_notify_the_ingest_queue(resources: dict[str, Any]) -> None:
+    bucket = resources["DataBucket"]
+    configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    prefixes = {}
+    for config in configs:
+        assert config["Event"] == "s3:ObjectCreated:*"
+        assert config["Queue"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+        (rule,) = config["Filter"]["S3Key"]["Rules"]
+        assert rule["Name"] == "prefix"
+        prefixes[rule["Value"]] = config
+    assert set(prefixes) == {"uploads/", "ingest/"}
+
+    # S3 validates the destination when the notification is set: the queue policy comes first, and
+    # names the bucket by the same computed string as BucketName (a !Ref would be a cycle).
+    assert bucket["DependsOn"] == "IngestQueuePolicy"
+    (stmt,) = props(resources, "IngestQueuePolicy")["PolicyDocument"]["Statement"]
+    assert stmt["Principal"] == {"Service": "s3.amazonaws.com"} and stmt["Action"] == "sqs:SendMessage"
+    assert stmt["Resource"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    source_arn = stmt["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    assert source_arn[0] == "arn:${AWS::Partition}:s3:::" + bucket_name[0]
+    assert source_arn[1] == bucket_name[1]
+    assert stmt["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+
+
+def test_jobs_table(resources: dict[str, Any]) -> None:
+    table = props(resources, "JobsTable")
+    assert table["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types == {"job_id": "S", "owner": "S", "created_at": "S"}
+    (gsi,) = table["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "by_owner"
+    assert gsi["KeySchema"] == [
+        {"AttributeName": "owner", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_only_segment_may_invoke_and_only_this_endpoint(resources: dict[str, Any]) -> None:
+    invokers = {owner for owner, s in statements(resources) if "sagemaker:InvokeEndpoint" in as_list(s["Action"])}
+    assert invokers == {"SegmentFunctionRole"}
+    targets = allowed_resources(resources, "SegmentFunctionRole", "sagemaker:InvokeEndpoint")
+    assert targets == [
+        {"Ref": "SegmentationEndpoint"},  # Ref of AWS::SageMaker::Endpoint is its ARN
+        {"Fn::Sub": EXISTING_ENDPOINT_ARN},
+    ]
+    invoke = [s for s in role_statements(resources, "SegmentFunctionRole") if s.get("Sid") == "InvokeThisEndpointOnly"]
+    assert invoke and all(s["Action"] == "sagemaker:InvokeEndpoint" for s in invoke)
+
+
+def test_no_wildcard_resources_or_actions_on_data_services(resources: dict[str, Any]) -> None:
+    seen = 0
+    for owner, stmt in statements(resources):
+        actions = as_list(stmt["Action"])
+        if stmt["Effect"] != "Allow" or not any(a.startswith(SCOPED_SERVICES) for a in actions):
+            continue
+        seen += 1
+        assert not any(a.endswith(":*") or a == "*" for a in actions), (owner, actions)
+        for resource in as_list(stmt["Resource"]):
+            for value in branches(resource):
+                assert value != "*", (owner, stmt.get("Sid"), actions)
+                if isinstance(value, dict) and "Fn::Sub" in value:
+                    assert not sub_string(value).endswith(":*"), (owner, value)
+    assert seen > 20
+
+
+def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str, Any]) -> None:
+    def prefixes(role: str, action: str) -> set[str]:
+        found = set()
+        for r in allowed_resources(resources, role, action):
+            assert isinstance(r, dict) and "Fn::Sub" in r, (role, r)
+            found.add(sub_string(r).removeprefix("${DataBucket.Arn}/"))
+        return found
+
+    assert prefixes("ApiFunctionRole", "s3:PutObject") == {"uploads/*"}
+    assert prefixes("SplitFunctionRole", "s3:PutObject") == {"work/*"}
+    assert prefixes("SegmentFunctionRole", "s3:PutObject") == {"work/*"}
+    assert prefixes("AssembleFunctionRole", "s3:PutObject") == {"results/*"}
+    assert not allowed_resources(resources, "WatchdogFunctionRole", "s3:GetObject")
+    assert not allowed_resources(resources, "AuthorizerFunctionRole", "s3:GetObject")
+
+    def queues(role: str, action: str) -> set[str]:
+        return {r["Fn::GetAtt"][0] for r in allowed_resources(resources, role, action)}
+
+    assert queues("SplitFunctionRole", "sqs:ReceiveMessage") == {"IngestQueue"}
+    assert queues("SplitFunctionRole", "sqs:SendMessage") == {"SegmentQueue"}
+    assert queues("SegmentFunctionRole", "sqs:ReceiveMessage") == {"SegmentQueue"}
+    assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue"}
+    assert queues("AssembleFunctionRole", "sqs:ReceiveMessage") == {"AssembleQueue"}
+    assert not allowed_resources(resources, "AssembleFunctionRole", "sqs:SendMessage")
+
+    secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
+    assert secret_readers == {"AssembleFunctionRole"}  # mirroring to Firebase Storage
+    assert allowed_resources(resources, "AssembleFunctionRole", "secretsmanager:GetSecretValue") == [
+        {"Ref": "FirebaseCredentialsSecretArn"}
+    ]
+
+
+def test_router_may_put_under_ingest_only(resources: dict[str, Any]) -> None:
+    writer = role_statements(resources, "IngestWriterPolicy")
+    assert [s["Resource"] for s in writer] == [{"Fn::Sub": "${DataBucket.Arn}/ingest/*"}]
+    assert all(a in {"s3:PutObject", "s3:AbortMultipartUpload"} for s in writer for a in as_list(s["Action"]))
+    role = resources["IngestRouterRole"]
+    assert role["Condition"] == "HasRouterPrincipal"
+    assert {"Ref": "IngestWriterPolicy"} in role["Properties"]["ManagedPolicyArns"]
+    for stmt in role_statements(resources, "ResultsReaderPolicy"):
+        assert set(as_list(stmt["Action"])) <= {"s3:GetObject", "s3:ListBucket"}
+
+
+def test_alarms_on_every_dead_letter_queue_and_function(resources: dict[str, Any]) -> None:
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm").values()
+    watched_dlqs = set()
+    watched_functions = set()
+    for alarm in alarms:
+        p = alarm["Properties"]
+        assert {"Ref": "AlarmTopic"} in p["AlarmActions"]
+        dims = {d["Name"]: d["Value"] for d in p["Dimensions"]}
+        if p["Namespace"] == "AWS/SQS" and p["MetricName"] == "ApproximateNumberOfMessagesVisible":
+            assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
+            watched_dlqs.add(dims["QueueName"]["Fn::GetAtt"][0])
+        if p["Namespace"] == "AWS/Lambda" and p["MetricName"] == "Errors":
+            watched_functions.add(dims["FunctionName"]["Ref"])
+    assert watched_dlqs == set(DEAD_LETTER_QUEUES.values())
+    assert watched_functions == set(HANDLERS)
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+
+
+def test_http_api_uses_the_firebase_authorizer(resources: dict[str, Any]) -> None:
+    api = props(resources, "HttpApi")
+    auth = api["Auth"]
+    assert auth["DefaultAuthorizer"] == "FirebaseAuthorizer"
+    authorizer = auth["Authorizers"]["FirebaseAuthorizer"]
+    assert authorizer["FunctionArn"] == {"Fn::GetAtt": ["AuthorizerFunction", "Arn"]}
+    assert authorizer["AuthorizerPayloadFormatVersion"] == "2.0"
+    assert authorizer["EnableSimpleResponses"] is True
+    assert authorizer["EnableFunctionDefaultPermissions"] is True  # else API Gateway may not invoke it
+    assert authorizer["Identity"]["Headers"] == ["Authorization"]
+    assert "$context.requestId" in api["AccessLogSettings"]["Format"]
+    assert {"ThrottlingBurstLimit", "ThrottlingRateLimit"} <= set(api["DefaultRouteSettings"])
+    assert api["CorsConfiguration"]["AllowOrigins"] == {"Ref": "CorsAllowedOrigins"}
+    routes = {
+        (e["Properties"]["Method"], e["Properties"]["Path"])
+        for e in props(resources, "ApiFunction")["Events"].values()
+        if e["Type"] == "HttpApi" and e["Properties"]["ApiId"] == {"Ref": "HttpApi"}
+    }
+    assert routes == {("POST", "/v1/scans"), ("GET", "/v1/scans/{job_id}")}
+
+
+def test_endpoint_modes_and_autoscaling(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    assert params["EndpointMode"]["AllowedValues"] == ["create", "existing", "url"]
+    assert params["EndpointInstanceType"]["Default"] == "ml.g5.xlarge"
+    for name in ("EndpointModelRole", "SegmentationModel", "SegmentationEndpointConfig", "SegmentationEndpoint"):
+        assert resources[name]["Condition"] == "CreateEndpoint", name
+    model = props(resources, "SegmentationModel")["PrimaryContainer"]
+    assert model["Image"] == {"Ref": "EndpointImageUri"} and model["ModelDataUrl"] == {"Ref": "ModelDataUrl"}
+    assert model["Environment"]["ICHSEG_MODEL"] == {"Fn::Sub": "/opt/ml/model/${EndpointModelFile}"}
+    (variant,) = props(resources, "SegmentationEndpointConfig")["ProductionVariants"]
+    assert variant["InstanceType"] == {"Ref": "EndpointInstanceType"}
+    # onnxruntime-gpu in the endpoint image needs CUDA 13, i.e. the driver of this inference AMI
+    assert variant["InferenceAmiVersion"]["Fn::If"][1] == {"Ref": "EndpointInferenceAmiVersion"}
+    assert params["EndpointInferenceAmiVersion"]["Default"] == "al2023-ami-sagemaker-inference-gpu-4-1"
+    assert variant["VariantName"] == "AllTraffic"
+    target = props(resources, "EndpointScalableTarget")
+    assert target["ServiceNamespace"] == "sagemaker"
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert sub_string(target["ResourceId"]) == "endpoint/${SegmentationEndpoint.EndpointName}/variant/AllTraffic"
+    policy = props(resources, "EndpointScalingPolicy")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    metric = policy["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
+    assert metric["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+    # each mode's parameters are enforced at deploy time
+    rules = template["Rules"]
+    assert {"CreateModeNeedsArtifacts", "ExistingModeNeedsName", "UrlModeNeedsUrl"} <= set(rules)
+
+
+def test_dashboard_is_valid_json_and_covers_the_pipeline(resources: dict[str, Any]) -> None:
+    body_template, variables = props(resources, "Dashboard")["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}]+)\}", body_template))
+    for name in names:  # every ${...} is a variable, a pseudo parameter or a resource (attribute)
+        assert name in variables or name.startswith("AWS::") or name.split(".")[0] in resources, name
+    body = json.loads(re.sub(r"\$\{[^}]+\}", "x", body_template))
+    assert len(body["widgets"]) >= 8
+    for queue in list(DEAD_LETTER_QUEUES) + list(DEAD_LETTER_QUEUES.values()):
+        assert f"{queue}.QueueName" in names, queue
+    for function in HANDLERS:
+        assert function in names, function
+    for metric in ("Invocations", "ModelLatency", "Invocation5XXErrors"):
+        assert f'"AWS/SageMaker", "{metric}"' in body_template, metric
+    charted = set(re.findall(r'MetricName=\\"(\w+)\\"', body_template))
+    missing = emitted_metrics() - charted
+    assert not missing, f"EMF metrics the code emits but the dashboard (template.yaml) does not chart: {missing}"
+
+
+def emitted_metrics() -> set[str]:
+    """EMF metric names the Lambda code emits (literal add_metric names, plus the per-stage latencies)."""
+    names = {f"{stage.capitalize()}Latency" for stage in ("split", "segment", "assemble")}  # functions.stage_latency
+    for path in [*(REPO / "functions").glob("*.py"), *(REPO / "ichseg" / "pipeline").glob("*.py")]:
+        names.update(re.findall(r'add_metric\(\s*"(\w+)"', path.read_text()))
+    return names
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    for name in ("ApiUrl", "BucketName", "TableName", "IngestQueueUrl", "SegmentQueueUrl", "AssembleQueueUrl"):
+        assert name in outputs, name
+    assert outputs["DashboardName"]["Value"] == {"Ref": "Dashboard"}
