@@ -24,12 +24,24 @@ INPUT_NAME = "slices"
 layers = tf.keras.layers
 
 
-def conv_block(x: tf.Tensor, filters: int, residual: bool = False, name: str = "") -> tf.Tensor:
-    """Two 3x3 convolutions with batch norm and ReLU; with ``residual``, plus a projected shortcut."""
+Norm = Literal["group", "batch"]
+GROUPS = 8
+
+
+def normalization(kind: Norm, filters: int, name: str) -> tf.keras.layers.Layer:
+    """Group norm by default: no running statistics, so training and inference behave alike even
+    after few CPU steps with mixed-source batches, and Horovod ranks need no statistics sync."""
+    if kind == "batch":
+        return layers.BatchNormalization(name=name)
+    return layers.GroupNormalization(groups=min(GROUPS, filters), name=name)
+
+
+def conv_block(x: tf.Tensor, filters: int, residual: bool = False, name: str = "", norm: Norm = "group") -> tf.Tensor:
+    """Two 3x3 convolutions with normalisation and ReLU; with ``residual``, plus a projected shortcut."""
     shortcut = x
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = normalization(norm, filters, name=f"{name}_norm{i}")(x)
         if i == 1 or not residual:
             x = layers.ReLU(name=f"{name}_relu{i}")(x)
     if residual:
@@ -39,9 +51,9 @@ def conv_block(x: tf.Tensor, filters: int, residual: bool = False, name: str = "
     return x
 
 
-def encoder_block(x: tf.Tensor, filters: int, residual: bool, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+def encoder_block(x: tf.Tensor, filters: int, residual: bool, name: str, norm: Norm) -> tuple[tf.Tensor, tf.Tensor]:
     """Conv block, then 2x2 max pooling; returns (skip connection, downsampled)."""
-    skip = conv_block(x, filters, residual, name=name)
+    skip = conv_block(x, filters, residual, name=name, norm=norm)
     return skip, layers.MaxPooling2D(2, name=f"{name}_pool")(skip)
 
 
@@ -54,14 +66,14 @@ def attention_gate(skip: tf.Tensor, gating: tf.Tensor, filters: int, name: str) 
     return layers.Multiply(name=f"{name}_gate")([skip, attention])
 
 
-def decoder_block(x: tf.Tensor, skip: tf.Tensor, filters: int, variant: Variant, name: str) -> tf.Tensor:
+def decoder_block(x: tf.Tensor, skip: tf.Tensor, filters: int, variant: Variant, name: str, norm: Norm) -> tf.Tensor:
     """Upsample 2x, (optionally gate and) concatenate the skip connection, conv block."""
     x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_reduce")(x)
     if variant == "attention":
         skip = attention_gate(skip, x, max(filters // 2, 1), name=f"{name}_att")
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
-    return conv_block(x, filters, residual=variant == "resunet", name=name)
+    return conv_block(x, filters, residual=variant == "resunet", name=name, norm=norm)
 
 
 def build_model(
@@ -70,6 +82,7 @@ def build_model(
     depth: int = 4,
     variant: Variant = "unet",
     channels: int = 1,
+    norm: Norm = "group",
 ) -> tf.keras.Model:
     """A U-Net (or variant) with two outputs: per-pixel ``mask`` and per-slice ``hemorrhage``.
 
@@ -84,16 +97,16 @@ def build_model(
     skips = []
     x = inputs
     for level in range(depth):
-        skip, x = encoder_block(x, base_filters * 2**level, residual, name=f"enc{level}")
+        skip, x = encoder_block(x, base_filters * 2**level, residual, name=f"enc{level}", norm=norm)
         skips.append(skip)
-    x = conv_block(x, base_filters * 2**depth, residual, name="bottleneck")
+    x = conv_block(x, base_filters * 2**depth, residual, name="bottleneck", norm=norm)
     pooled = layers.GlobalAveragePooling2D(name="cls_avg")(x)
     pooled_max = layers.GlobalMaxPooling2D(name="cls_max")(x)
     features = layers.Concatenate(name="cls_concat")([pooled, pooled_max])
     features = layers.Dropout(0.3, name="cls_dropout")(features)
     slice_probability = layers.Dense(1, activation="sigmoid", name=SLICE_OUTPUT)(features)
     for level in reversed(range(depth)):
-        x = decoder_block(x, skips[level], base_filters * 2**level, variant, name=f"dec{level}")
+        x = decoder_block(x, skips[level], base_filters * 2**level, variant, name=f"dec{level}", norm=norm)
     mask = layers.Conv2D(1, 1, activation="sigmoid", name=MASK_OUTPUT)(x)
     return tf.keras.Model(inputs, {MASK_OUTPUT: mask, SLICE_OUTPUT: slice_probability}, name=f"ichseg_{variant}")
 

@@ -44,6 +44,7 @@ HYPERPARAMETERS: dict[str, type] = {
     "variant": str,
     "base_filters": int,
     "depth": int,
+    "norm": str,
     "epochs": int,
     "batch_size": int,
     "learning_rate": float,

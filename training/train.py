@@ -40,6 +40,7 @@ class TrainConfig:
     variant: Variant = "unet"
     base_filters: int = 16
     depth: int = 4
+    norm: str = "group"
     epochs: int = 12
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -209,7 +210,7 @@ def train(config: TrainConfig) -> dict[str, object]:
     )
     val_rows = np.flatnonzero(data.split == "val")
     input_size = data.images.shape[1]
-    model = build_model(input_size, config.base_filters, config.depth, config.variant)
+    model = build_model(input_size, config.base_filters, config.depth, config.variant, norm=config.norm)  # type: ignore[arg-type]
     learning_rate = config.learning_rate * dist.size  # linear scaling with the global batch
     compile_model(model, learning_rate, config.slice_loss_weight, config.horovod)
 
@@ -289,6 +290,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--variant", choices=VARIANTS, default="unet")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--norm", choices=("group", "batch"), default="group")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
