@@ -67,11 +67,10 @@ def segment_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    """Run the most complete job ichseg can do on the committed sample scan."""
-    from ichseg.paths import SAMPLE_VIDEO
+    """Run the whole pipeline locally on the committed sample scan, as the mobile app would use it."""
+    from infrastructure.demo import run_demo
 
-    args.input, args.window, args.fps = str(SAMPLE_VIDEO), "ct-ich-brain", 5.0
-    return preview_command(args)
+    return run_demo(Path(args.out))
 
 
 def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:

@@ -1,0 +1,133 @@
+"""The pipeline's own cost: end-to-end seconds against pure inference on the same frames.
+
+    .venv/bin/python bench/pipeline_bench.py                       # the shipped model
+    .venv/bin/python bench/pipeline_bench.py --model path/to.onnx  # any ichseg ONNX model
+
+Runs the local stack (moto, storage emulator, the inference server, the functions, the event pump,
+the API front) and, through the API exactly as the app does (token, POST /v1/scans, presigned
+POST, polling):
+
+1. the committed sample scan (CT-ICH patient 051, 32 frames of 650x650);
+2. a 10x longer scan (the same frames repeated, 320 frames, re-encoded as H.264);
+3. four uploads of the sample at once: jobs per minute.
+
+For 1 and 2 it also times pure inference on the same frames (``OnnxSegmenter.predict`` in this
+process, the code the endpoint runs) and prints end-to-end / inference: the overhead ratio of
+splitting, queueing, S3 round trips, assembling the video and mirroring. Start-up of the stack is
+not counted. Numbers are for this machine (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def run_job(api: str, token: str, data: bytes, timeout: float = 1800.0) -> tuple[float, dict]:  # type: ignore[type-arg]
+    """POST /v1/scans -> presigned POST -> poll until DONE/FAILED; (seconds, final status)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.perf_counter()
+    ticket = requests.post(f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)},
+                           headers=headers, timeout=60).json()
+    posted = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"],
+                           files={"file": ("scan.mp4", data, "video/mp4")}, timeout=300)
+    posted.raise_for_status()
+    deadline = time.time() + timeout
+    while True:
+        status = requests.get(f"{api}/v1/scans/{ticket['job_id']}", headers=headers, timeout=60).json()
+        if status["state"] in ("DONE", "FAILED"):
+            return time.perf_counter() - started, status
+        if time.time() > deadline:
+            raise TimeoutError(f"job still {status['state']} after {timeout:.0f} s")
+        time.sleep(0.25)
+
+
+def inference_seconds(model: Path, frames: np.ndarray) -> float:
+    """Pure model time on the frames, as the endpoint computes it (preprocessing included)."""
+    from ichseg.inference import OnnxSegmenter
+
+    segmenter = OnnxSegmenter(model)
+    segmenter.predict(frames[:1])  # warm-up
+    started = time.perf_counter()
+    segmenter.predict(frames)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    from ichseg.paths import SAMPLE_VIDEO, SHIPPED_MODEL
+    from ichseg.render import write_h264
+    from ichseg.scan import read_scan
+    from ichseg.windowing import windowed_slices
+    from infrastructure.local_stack import LocalStack, StackSettings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
+    parser.add_argument("--repeat", type=int, default=10, help="length of the long scan, in copies of the sample")
+    parser.add_argument("--concurrent", type=int, default=4, help="simultaneous uploads for jobs per minute")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        print(f"error: model not found: {args.model} (pass --model)", file=sys.stderr)
+        return 2
+
+    sample = SAMPLE_VIDEO.read_bytes()
+    frames = windowed_slices(read_scan(sample))
+    long_frames = np.concatenate([frames] * args.repeat)
+    long_video = write_h264(long_frames, fps=5.0, crf=18)
+    print(f"model {args.model.name}; sample {len(frames)} frames {frames.shape[1]}x{frames.shape[2]}; "
+          f"long scan {len(long_frames)} frames")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ichseg-bench-") as state:
+        started = time.perf_counter()
+        with LocalStack(StackSettings(state_dir=Path(state), model=args.model)) as stack:
+            print(f"local stack up in {time.perf_counter() - started:.1f} s (not counted below)", flush=True)
+            token = stack.token("bench")
+            run_job(stack.api_url, token, sample)  # warm: first-request costs are not the pipeline's
+            scans = (("sample", sample, frames), (f"{args.repeat}x sample", long_video, long_frames))
+            for name, data, scan_frames in scans:
+                seconds, status = run_job(stack.api_url, token, data)
+                assert status["state"] == "DONE", status.get("error")
+                rows.append((name, len(scan_frames), seconds, status["timings"]))
+                print(f"  {name}: {seconds:.1f} s end to end", flush=True)
+
+            results: list[tuple[float, str]] = []
+
+            def one(index: int) -> None:
+                seconds, status = run_job(stack.api_url, stack.token(f"bench-{index}"), sample)
+                results.append((seconds, status["state"]))
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(args.concurrent)]
+            burst_started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            burst = time.perf_counter() - burst_started
+            assert all(state == "DONE" for _, state in results), results
+
+    print("\nscan              frames  end-to-end s  inference s  overhead ratio  split s  segment s  assemble s")
+    for name, count, seconds, timings in rows:
+        pure = inference_seconds(args.model, frames if count == len(frames) else long_frames)
+        print(f"{name:<17} {count:6d}  {seconds:12.1f}  {pure:11.1f}  {seconds / pure:14.2f}"
+              f"  {timings.get('received->split', 0):7.1f}  {timings.get('segmenting->assembling', 0):9.1f}"
+              f"  {timings.get('assembling->done', 0):10.1f}")
+    per_job = sorted(seconds for seconds, _ in results)
+    print(f"\n{args.concurrent} concurrent uploads of the sample: all DONE in {burst:.1f} s -> "
+          f"{args.concurrent / burst * 60:.1f} jobs/minute (single job: {rows[0][2]:.1f} s, "
+          f"{60 / rows[0][2]:.1f} jobs/minute one at a time); per-job latency {per_job[0]:.1f}-{per_job[-1]:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

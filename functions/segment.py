@@ -1,0 +1,41 @@
+"""Segment function: one batch of frames per message -> the endpoint -> probabilities in S3.
+
+Failed records are reported individually (``batchItemFailures``), so one bad batch does not make
+SQS redeliver its neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from functions import pipeline_context, receive_count, stage_latency
+from ichseg.pipeline import SegmentMessage, segment_batch
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord) -> None:
+    logger.thread_safe_clear_keys()
+    message = SegmentMessage.from_json(record.body)
+    logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
+    with stage_latency(metrics, "segment"):
+        result = segment_batch(pipeline_context(metrics), message, receive_count(record))
+    logger.info("segment outcome", extra={"outcome": result.outcome, "slices": result.slices,
+                                          "endpoint_attempts": result.endpoint_attempts,
+                                          "started_assembly": result.started_assembly})
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,465 @@
+"""The job model: one row per scan in DynamoDB, moved through its states by conditional updates.
+
+    RECEIVED -> SPLIT -> SEGMENTING (done/total) -> ASSEMBLING -> DONE
+        \\___________\\______________\\_______________\\____________> FAILED (code, reason)
+
+Every transition is a conditional write on the current state, so duplicate S3 events, duplicate
+SQS deliveries and concurrent workers cannot move a job backwards or twice: the writer whose
+condition holds wins, the others learn they lost and do nothing. Batch completion is a string set
+of batch ids (``ADD`` on a set is idempotent per id), so a redelivered segment message never counts
+twice, and the one update that sees the last batch done is the one that starts assembly.
+
+Table layout (``ICHSEG_TABLE``): partition key ``job_id`` (S); GSI ``by_owner`` on ``owner`` (S) +
+``created_at`` (S, ISO-8601 UTC, sorts by time) lists a user's jobs (hospital jobs have no owner,
+so the index stays sparse); ``expires_at`` (N, epoch seconds) is the TTL attribute. Many natural
+attribute names are DynamoDB reserved words (``state`` is not, but ``status``, ``total``,
+``source`` ... are), so every expression uses placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from itertools import pairwise
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+
+class JobState(StrEnum):
+    """Where a job is. ``DONE`` and ``FAILED`` are terminal."""
+
+    RECEIVED = "RECEIVED"
+    """The job exists (API call, or an upload event); its upload has not been split yet."""
+    SPLIT = "SPLIT"
+    """Frames are in S3 in batches; segment messages are being enqueued."""
+    SEGMENTING = "SEGMENTING"
+    """Batches are at the endpoint; ``done_batches``/``total_batches`` is the progress."""
+    ASSEMBLING = "ASSEMBLING"
+    """Every batch is segmented; the results are being written."""
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED)
+
+
+ACTIVE_STATES = tuple(s for s in JobState if not s.terminal)
+
+
+class JobSource(StrEnum):
+    """Who sent the scan: the mobile app (a Firebase user) or the hospital DICOM router (IAM)."""
+
+    APP = "app"
+    INGEST = "ingest"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as stored. Timestamps ``*_at`` are epoch seconds (float); ``created_at`` is ISO-8601."""
+
+    job_id: str
+    state: JobState
+    source: JobSource
+    created_at: str
+    owner: str | None = None
+    """The Firebase uid for app jobs; ``None`` for hospital ingest jobs."""
+    upload_key: str = ""
+    content_type: str | None = None
+    total_batches: int | None = None
+    total_slices: int | None = None
+    done_batches: frozenset[str] = frozenset()
+    done_slices: int = 0
+    error_code: str | None = None
+    error_reason: str | None = None
+    failed_stage: str | None = None
+    results: Mapping[str, str] = field(default_factory=dict)
+    """Result name -> S3 key under ``results/{job_id}/``."""
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    """The report's headline (finding, probability, volume, model) for the status API."""
+    scan: Mapping[str, Any] = field(default_factory=dict)
+    """What the split saw: format, slices, height, width, spacing."""
+    mirror_prefix: str | None = None
+    mirror_error: str | None = None
+    assembly_enqueued: bool = False
+    deadline_at: float | None = None
+    expires_at: int | None = None
+    stamps: Mapping[str, float] = field(default_factory=dict)
+    """State name (lower case) -> when the job entered it, plus ``created``."""
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(done, total) slices; (0, 0) before the split knows the total."""
+        return self.done_slices, self.total_slices or 0
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent between consecutive recorded states (the per-stage timing)."""
+        order = ["created", "received", "split", "segmenting", "assembling", "done"]
+        seen = [(name, self.stamps[name]) for name in order if name in self.stamps]
+        return {f"{a}->{b}": round(tb - ta, 3) for (a, ta), (b, tb) in pairwise(seen)}
+
+
+STAMP_ATTRIBUTES = {
+    "created": "created_ts",
+    "received": "received_at",
+    "split": "split_at",
+    "segmenting": "segmenting_at",
+    "assembling": "assembling_at",
+    "done": "done_at",
+    "failed": "failed_at",
+}
+
+
+class JobNotFound(LookupError):
+    """No job with this id."""
+
+
+def utc_iso(epoch: float) -> str:
+    """Millisecond ISO-8601 in UTC: lexicographic order is time order (the GSI sort key)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch * 1000) % 1000:03d}Z"
+
+
+def _number(value: float | int) -> Decimal:
+    return Decimal(str(round(value, 3))) if isinstance(value, float) else Decimal(value)
+
+
+class JobStore:
+    """Jobs in one DynamoDB table, through a boto3 ``dynamodb`` client."""
+
+    def __init__(self, client: Any, table: str, ttl_days: int = 30, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.ttl_seconds = ttl_days * 86400
+        self.clock = clock
+        self._ser = TypeSerializer()
+        self._de = TypeDeserializer()
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, read consistently (a worker must see the write that just enqueued it)."""
+        item = self.client.get_item(TableName=self.table, Key=self._key(job_id), ConsistentRead=True).get("Item")
+        return self._job(item) if item else None
+
+    def require(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_for_owner(self, owner: str, limit: int = 20) -> list[Job]:
+        """A user's most recent jobs (newest first), from the ``by_owner`` index."""
+        response = self.client.query(
+            TableName=self.table,
+            IndexName="by_owner",
+            KeyConditionExpression="#owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": {"S": owner}},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [self._job(item) for item in response.get("Items", [])]
+
+    def overdue(self, now: float | None = None) -> Iterator[Job]:
+        """Jobs not yet DONE/FAILED whose deadline has passed (the watchdog's work list).
+
+        A Scan with a filter: the table holds one row per job and expires them by TTL, so it
+        stays small; a sparse "active jobs" index would be the next step at high volume.
+        """
+        now = self.clock() if now is None else now
+        names = {"#state": "state", "#deadline": "deadline_at"}
+        values = {":now": {"N": str(_number(now))}}
+        placeholders = []
+        for index, state in enumerate(ACTIVE_STATES):
+            values[f":s{index}"] = {"S": state.value}
+            placeholders.append(f":s{index}")
+        paginator = self.client.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.table,
+            FilterExpression=f"#state IN ({', '.join(placeholders)}) AND #deadline < :now",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                yield self._job(item)
+
+    # ------------------------------------------------------------------ creating
+
+    def create(
+        self,
+        job_id: str,
+        source: JobSource,
+        owner: str | None,
+        upload_key: str,
+        deadline_seconds: float,
+        content_type: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Create the job in RECEIVED unless it exists; returns (the stored job, created now?)."""
+        now = self.clock()
+        item: dict[str, Any] = {
+            "job_id": job_id,
+            "state": JobState.RECEIVED.value,
+            "source": source.value,
+            "created_at": utc_iso(now),
+            "updated_at": utc_iso(now),
+            "created_ts": _number(now),
+            "upload_key": upload_key,
+            "done_slices": 0,
+            "deadline_at": _number(now + deadline_seconds),
+            "expires_at": int(now + self.ttl_seconds),
+        }
+        if owner is not None:
+            item["owner"] = owner
+        if content_type is not None:
+            item["content_type"] = content_type
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=self._item(item),
+                ConditionExpression="attribute_not_exists(#job_id)",
+                ExpressionAttributeNames=_names("#job_id"),
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            return self.require(job_id), False
+        return self._job(self._item(item)), True
+
+    # ------------------------------------------------------------------ transitions
+
+    def mark_received(self, job_id: str, deadline_seconds: float) -> bool:
+        """The upload arrived: stamp it and restart the deadline clock (RECEIVED only, first time)."""
+        now = self.clock()
+        return self._update(
+            job_id,
+            "SET #received_at = :now, #deadline_at = :deadline, #updated_at = :iso",
+            "#state = :received AND attribute_not_exists(#received_at)",
+            {":now": now, ":deadline": now + deadline_seconds, ":iso": utc_iso(now), ":received": "RECEIVED"},
+        )
+
+    def mark_split(self, job_id: str, total_batches: int, total_slices: int, scan: Mapping[str, Any]) -> bool:
+        """RECEIVED -> SPLIT with the totals that progress is measured against."""
+        now = self.clock()
+        return self._update(
+            job_id,
+            "SET #state = :split, #total_batches = :batches, #total_slices = :slices, #scan_info = :scan, "
+            "#split_at = :now, #updated_at = :iso",
+            "#state = :received",
+            {
+                ":split": "SPLIT",
+                ":received": "RECEIVED",
+                ":batches": total_batches,
+                ":slices": total_slices,
+                ":scan": dict(scan),
+                ":now": now,
+                ":iso": utc_iso(now),
+            },
+        )
+
+    def mark_segmenting(self, job_id: str) -> bool:
+        """SPLIT -> SEGMENTING once every batch message is on the queue."""
+        now = self.clock()
+        return self._update(
+            job_id,
+            "SET #state = :segmenting, #segmenting_at = :now, #updated_at = :iso",
+            "#state = :split",
+            {":segmenting": "SEGMENTING", ":split": "SPLIT", ":now": now, ":iso": utc_iso(now)},
+        )
+
+    def mark_batch_done(self, job_id: str, batch_id: str, slices: int) -> Job | None:
+        """Record one segmented batch; the updated job, or ``None`` if it was already recorded.
+
+        A batch can finish while the job is still SPLIT (the split enqueues before it moves the
+        job to SEGMENTING), so both states accept it.
+        """
+        now = self.clock()
+        try:
+            response = self.client.update_item(
+                TableName=self.table,
+                Key=self._key(job_id),
+                UpdateExpression="ADD #done_batches :batch, #done_slices :slices SET #updated_at = :iso",
+                ConditionExpression="#state IN (:split, :segmenting) AND NOT contains(#done_batches, :id)",
+                ExpressionAttributeNames=_names("#state #done_batches #done_slices #updated_at"),
+                ExpressionAttributeValues={
+                    ":batch": {"SS": [batch_id]},
+                    ":id": {"S": batch_id},
+                    ":slices": {"N": str(slices)},
+                    ":split": {"S": "SPLIT"},
+                    ":segmenting": {"S": "SEGMENTING"},
+                    ":iso": {"S": utc_iso(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return None
+            raise
+        return self._job(response["Attributes"])
+
+    def mark_assembling(self, job_id: str) -> bool:
+        """(SPLIT | SEGMENTING) -> ASSEMBLING: exactly one caller wins, and it enqueues assembly."""
+        now = self.clock()
+        return self._update(
+            job_id,
+            "SET #state = :assembling, #assembling_at = :now, #updated_at = :iso",
+            "#state IN (:split, :segmenting)",
+            {":assembling": "ASSEMBLING", ":split": "SPLIT", ":segmenting": "SEGMENTING", ":now": now,
+             ":iso": utc_iso(now)},
+        )
+
+    def mark_assembly_enqueued(self, job_id: str) -> bool:
+        """Remember that the assemble message is on its queue (a redelivery then need not resend it)."""
+        return self._update(job_id, "SET #assembly_enqueued = :yes", "attribute_exists(#job_id)", {":yes": True})
+
+    def mark_done(
+        self,
+        job_id: str,
+        results: Mapping[str, str],
+        summary: Mapping[str, Any],
+        mirror_prefix: str | None,
+        mirror_error: str | None,
+    ) -> bool:
+        """ASSEMBLING -> DONE with the result keys, the report headline and the mirror outcome."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            ":done": "DONE",
+            ":assembling": "ASSEMBLING",
+            ":results": dict(results),
+            ":summary": dict(summary),
+            ":now": now,
+            ":iso": utc_iso(now),
+        }
+        expression = "SET #state = :done, #results = :results, #summary = :summary, #done_at = :now, #updated_at = :iso"
+        if mirror_prefix is not None:
+            expression += ", #mirror_prefix = :mirror"
+            values[":mirror"] = mirror_prefix
+        if mirror_error is not None:
+            expression += ", #mirror_error = :mirror_error"
+            values[":mirror_error"] = mirror_error
+        return self._update(job_id, expression, "#state = :assembling", values)
+
+    def fail(self, job_id: str, code: str, reason: str, stage: str, source: JobSource | None = None,
+             owner: str | None = None, upload_key: str = "") -> bool:
+        """Any non-terminal state -> FAILED with a reason; creates a FAILED row if the job is unknown.
+
+        Returns False when the job had already ended (DONE or FAILED): the first reason stays.
+        """
+        now = self.clock()
+        reason = reason[:2000]  # a reason is for people; keep rows small
+        updated = self._update(
+            job_id,
+            "SET #state = :failed, #error_code = :code, #error_reason = :reason, #failed_stage = :stage, "
+            "#failed_at = :now, #updated_at = :iso",
+            "attribute_exists(#job_id) AND NOT (#state IN (:done, :failed))",
+            {":failed": "FAILED", ":done": "DONE", ":code": code, ":reason": reason, ":stage": stage, ":now": now,
+             ":iso": utc_iso(now)},
+        )
+        if updated or self.get(job_id) is not None:
+            return updated
+        # A message about a job that never got a row (e.g. a hospital upload whose split failed
+        # before it could record the job): leave a FAILED row so the failure is visible.
+        job, created = self.create(job_id, source or JobSource.INGEST, owner, upload_key, 0)
+        return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _update(self, job_id: str, expression: str, condition: str, values: Mapping[str, Any]) -> bool:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": self._key(job_id),
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": _names(expression + " " + condition),
+            "ExpressionAttributeValues": {k: self._value(v) for k, v in values.items()},
+        }
+        try:
+            self.client.update_item(**kwargs)
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def _key(self, job_id: str) -> dict[str, Any]:
+        return {"job_id": {"S": job_id}}
+
+    def _value(self, value: Any) -> dict[str, Any]:
+        return self._ser.serialize(_to_dynamo(value))
+
+    def _item(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self._value(v) for k, v in values.items()}
+
+    def _job(self, item: Mapping[str, Any]) -> Job:
+        raw = {k: _from_dynamo(self._de.deserialize(v)) for k, v in item.items()}
+        stamps = {name: float(raw[attr]) for name, attr in STAMP_ATTRIBUTES.items() if attr in raw}
+        return Job(
+            job_id=raw["job_id"],
+            state=JobState(raw["state"]),
+            source=JobSource(raw.get("source", JobSource.INGEST.value)),
+            created_at=raw.get("created_at", ""),
+            owner=raw.get("owner"),
+            upload_key=raw.get("upload_key", ""),
+            content_type=raw.get("content_type"),
+            total_batches=_int_or_none(raw.get("total_batches")),
+            total_slices=_int_or_none(raw.get("total_slices")),
+            done_batches=frozenset(raw.get("done_batches", ())),
+            done_slices=int(raw.get("done_slices", 0)),
+            error_code=raw.get("error_code"),
+            error_reason=raw.get("error_reason"),
+            failed_stage=raw.get("failed_stage"),
+            results=raw.get("results", {}),
+            summary=raw.get("summary", {}),
+            scan=raw.get("scan_info", {}),
+            mirror_prefix=raw.get("mirror_prefix"),
+            mirror_error=raw.get("mirror_error"),
+            assembly_enqueued=bool(raw.get("assembly_enqueued", False)),
+            deadline_at=float(raw["deadline_at"]) if "deadline_at" in raw else None,
+            expires_at=_int_or_none(raw.get("expires_at")),
+            stamps=stamps,
+        )
+
+
+def _names(expression: str) -> dict[str, str]:
+    """``#name`` placeholders for every attribute an expression names (reserved words: ``scan``,
+    ``source``, ``status``... are everywhere, so no attribute name is ever written bare)."""
+    return {f"#{name}": name for name in re.findall(r"#(\w+)", expression)}
+
+
+def _condition_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _to_dynamo(value: Any) -> Any:
+    """Python -> what TypeSerializer accepts (floats become Decimals; None inside maps is NULL)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, Mapping):
+        return {str(k): _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    """DynamoDB -> plain Python (Decimals become int or float, sets become sets of str)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value

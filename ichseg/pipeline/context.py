@@ -1,0 +1,116 @@
+"""What every stage needs, built once per Lambda container from the configuration.
+
+The stage functions take a :class:`PipelineContext` explicitly (no module globals), so the Lambda
+handlers, the local stack, the benchmark and the tests compose the same functions with their own
+clients, clock and metrics sink.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+from ichseg.jobs import JobStore
+from ichseg.pipeline.config import PipelineConfig
+
+
+class MetricsSink(Protocol):
+    """Where stages report numbers; Powertools' ``Metrics`` (EMF) satisfies it as is."""
+
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+class NullMetrics:
+    """Discards metrics (CLI tools, unit tests)."""
+
+    def add_metric(self, name: str, unit: Any, value: float) -> None:
+        return None
+
+
+@dataclass
+class PipelineContext:
+    """Configuration, AWS clients, the job store, the endpoint and the Firebase mirror."""
+
+    config: PipelineConfig
+    metrics: MetricsSink = field(default_factory=NullMetrics)
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    session: Any = None
+    """A boto3 Session; default: a new one (reads credentials and region like any boto3 client)."""
+
+    @classmethod
+    def from_env(cls, metrics: MetricsSink | None = None) -> PipelineContext:
+        return cls(PipelineConfig.from_env(), metrics or NullMetrics())
+
+    def _client(self, service: str, **config: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        session = self.session or boto3.session.Session()
+        return session.client(service, config=Config(**config) if config else None)
+
+    @cached_property
+    def s3(self) -> Any:
+        # SigV4 everywhere: presigned POSTs/GETs signed with SigV2 are refused by newer regions.
+        return self._client("s3", signature_version="s3v4")
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self._client("sqs")
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return self._client("dynamodb")
+
+    @cached_property
+    def store(self) -> JobStore:
+        self.config.require("table")
+        return JobStore(self.dynamodb, self.config.table, ttl_days=self.config.job_ttl_days, clock=self.clock)
+
+    @cached_property
+    def endpoint(self) -> Any:
+        """The :class:`~ichseg.pipeline.endpoint.EndpointClient` for the configured endpoint."""
+        from ichseg.pipeline.endpoint import EndpointClient, HttpTransport, RetryPolicy, SageMakerTransport
+
+        config = self.config
+        policy = RetryPolicy(attempts=config.endpoint_attempts, base_seconds=config.endpoint_backoff_seconds)
+
+        def count_retry(attempt: int, error: Exception) -> None:
+            self.metrics.add_metric("EndpointRetries", "Count", 1)
+
+        if config.endpoint_url:
+            transport: Any = HttpTransport(config.endpoint_url, config.endpoint_timeout_seconds)
+        elif config.endpoint_name:
+            client = self._client(
+                "sagemaker-runtime",
+                # One retry policy for both transports: ours (botocore's would multiply it).
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                read_timeout=config.endpoint_timeout_seconds,
+                connect_timeout=5,
+            )
+            transport = SageMakerTransport(client, config.endpoint_name)
+        else:
+            from ichseg.pipeline.config import ConfigError
+
+            raise ConfigError("missing configuration: ICHSEG_ENDPOINT_NAME or ICHSEG_ENDPOINT_URL")
+        return EndpointClient(transport, policy, sleep=self.sleep, on_retry=count_retry)
+
+    @cached_property
+    def mirror(self) -> Any:
+        """The Firebase Storage mirror, or ``None`` when no Firebase bucket is configured."""
+        if not self.config.firebase_bucket:
+            return None
+        from ichseg.pipeline.mirror import FirebaseMirror
+
+        return FirebaseMirror(self.config, secrets=lambda: self._client("secretsmanager"))
+
+    # ------------------------------------------------------------------ small S3 helpers
+
+    def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()

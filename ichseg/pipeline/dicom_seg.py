@@ -1,0 +1,143 @@
+"""DICOM SEG for DICOM input: the source headers captured at split time, the SEG written at assembly.
+
+A SEG must reference its source instances and share their geometry (frame of reference, plane
+positions, orientation, spacing), so the split keeps every source header, without pixel data, in
+slice order, as DICOM JSON (``work/{job}/dicom-headers.json``); the assembly rebuilds the
+datasets from it and hands them to highdicom with the masks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from ichseg import __version__
+from ichseg.limits import ScanLimits
+from ichseg.readers.archive import iter_zip_members
+from ichseg.readers.detect import HEAD_BYTES, Content, detect_content
+from ichseg.scan import DicomSeriesRef
+
+SEGMENT_LABEL = "Intracranial hemorrhage"
+SEG_SERIES_NUMBER = 9301
+SEG_SERIES_DESCRIPTION = "ichseg hemorrhage segmentation (research use only)"
+MANUFACTURER = "ichseg"
+
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
+"""Type 2 attributes a SEG copies from its source: required present, allowed empty. Anonymised
+exports often drop them entirely; an empty value is the honest stand-in."""
+
+
+class SegUnavailable(RuntimeError):
+    """The scan is DICOM but a SEG cannot be made for it (said in the report, not a job failure)."""
+
+
+def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> list[dict[str, Any]]:
+    """The source instances' headers (no pixels) in slice order, as DICOM JSON with file meta."""
+    by_uid: dict[str, Dataset] = {}
+    for _, payload in _dicom_payloads(data, limits):
+        dataset = pydicom.dcmread(io.BytesIO(payload), force=True, stop_before_pixels=True)
+        uid = str(getattr(dataset, "SOPInstanceUID", ""))
+        if uid in series.sop_instance_uids:
+            by_uid.setdefault(uid, dataset)
+    missing = [uid for uid in series.sop_instance_uids if uid not in by_uid]
+    if missing:
+        raise SegUnavailable(f"{len(missing)} source instance(s) could not be found again in the upload")
+    headers = []
+    for uid in series.sop_instance_uids:
+        dataset = by_uid[uid]
+        meta = getattr(dataset, "file_meta", None)
+        headers.append({"dataset": dataset.to_json_dict(), "file_meta": meta.to_json_dict() if meta else {}})
+    return headers
+
+
+def _dicom_payloads(data: bytes, limits: ScanLimits) -> list[tuple[str, bytes]]:
+    content = detect_content(data[:HEAD_BYTES])
+    if content == Content.DICOM:
+        return [("upload", data)]
+    if content == Content.ZIP:
+        return [(n, p) for n, p in iter_zip_members(data, "upload", limits) if _is_dicom(p)]
+    return []
+
+
+def _is_dicom(payload: bytes) -> bool:
+    return detect_content(payload[:HEAD_BYTES]) == Content.DICOM
+
+
+def datasets_from_headers(headers: Sequence[dict[str, Any]]) -> list[Dataset]:
+    datasets = []
+    for entry in headers:
+        dataset = Dataset.from_json(entry["dataset"])
+        meta = FileMetaDataset()
+        meta.update(Dataset.from_json(entry["file_meta"]))
+        dataset.file_meta = meta
+        for keyword in _TYPE2_PATIENT_STUDY:
+            if keyword not in dataset:
+                setattr(dataset, keyword, "")
+        datasets.append(dataset)
+    return datasets
+
+
+def build_seg(
+    headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: str, model_version: str
+) -> bytes:
+    """A binary DICOM SEG (one segment: intracranial hemorrhage) over the source series."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    sources = datasets_from_headers(headers)
+    if len(sources) != len(masks):
+        raise SegUnavailable(
+            f"{len(sources)} source instance(s) for {len(masks)} slices (multi-frame input): no SEG written"
+        )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.IntracranialHemorrhage,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=model_name, version=model_version, family=codes.cid7162.ArtificialIntelligence
+        ),
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=np.asarray(masks, dtype=np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=generate_uid(),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=model_name,
+            software_versions=f"ichseg {__version__}; model {model_version}",
+            device_serial_number="0",
+            series_description=SEG_SERIES_DESCRIPTION,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise SegUnavailable(f"the source series cannot carry a DICOM SEG ({exc})") from exc
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+def headers_to_json(headers: list[dict[str, Any]]) -> bytes:
+    return json.dumps(headers).encode()

@@ -1,0 +1,111 @@
+"""Where everything lives in the bucket, and how an upload's key names its job.
+
+One bucket (``ICHSEG_BUCKET``), four prefixes:
+
+- ``uploads/{uid}/{job_id}/scan``: the mobile app's presigned POST (the API chose the job id);
+- ``ingest/{anything}``: the hospital DICOM router (IAM); the job id is derived from the key and
+  the object's ETag, so a duplicated event names the same job while a re-sent series with new
+  content starts a new one;
+- ``work/{job_id}/...``: frame batches, probabilities, the manifest (expired by a lifecycle rule);
+- ``results/{job_id}/...``: what people and PACS read.
+
+Firebase Storage mirrors an app job's video and report under ``users/{uid}/scans/{job_id}/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+
+from ichseg.jobs import JobSource
+
+UPLOADS_PREFIX = "uploads/"
+INGEST_PREFIX = "ingest/"
+WORK_PREFIX = "work/"
+RESULTS_PREFIX = "results/"
+UPLOAD_NAME = "scan"
+
+_UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+"""Firebase uids are at most 128 characters; the ones Firebase generates are alphanumeric. Anything
+else in a key is refused rather than trusted as a path segment."""
+_APP_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UnexpectedKey(ValueError):
+    """An object key outside the layout (not written by a presigned POST or the router)."""
+
+
+def new_job_id() -> str:
+    """A fresh app job id (random: it is also the capability to nothing, ownership is checked)."""
+    return uuid.uuid4().hex
+
+
+def ingest_job_id(key: str, etag: str) -> str:
+    """Deterministic id for a hospital upload: same object (key + content) -> same job."""
+    content = etag.strip('"')  # S3 quotes ETags in some APIs and not in events
+    digest = hashlib.sha256(f"{key}\0{content}".encode()).hexdigest()
+    return f"ingest-{digest[:24]}"
+
+
+def is_valid_uid(uid: str) -> bool:
+    return bool(_UID.match(uid))
+
+
+def upload_key(uid: str, job_id: str) -> str:
+    if not is_valid_uid(uid):
+        raise ValueError(f"uid {uid!r} cannot be used in an object key")
+    return f"{UPLOADS_PREFIX}{uid}/{job_id}/{UPLOAD_NAME}"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/manifest.json"
+
+
+def dicom_headers_key(job_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/dicom-headers.json"
+
+
+def frames_key(job_id: str, batch_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/frames/{batch_id}.npy"
+
+
+def probabilities_key(job_id: str, batch_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/probabilities/{batch_id}.npy"
+
+
+def attributes_key(job_id: str, batch_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/probabilities/{batch_id}.json"
+
+
+def results_prefix(job_id: str) -> str:
+    return f"{RESULTS_PREFIX}{job_id}/"
+
+
+def mirror_prefix(uid: str, job_id: str) -> str:
+    return f"users/{uid}/scans/{job_id}/"
+
+
+@dataclass(frozen=True)
+class UploadRef:
+    """An uploaded object and the job it belongs to (parsed once, from the S3 event)."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    job_id: str
+    source: JobSource
+    owner: str | None
+
+    @classmethod
+    def from_object(cls, bucket: str, key: str, etag: str, size: int) -> UploadRef:
+        """Classify an object by its (already URL-decoded) key; :class:`UnexpectedKey` if foreign."""
+        if key.startswith(INGEST_PREFIX) and len(key) > len(INGEST_PREFIX) and not key.endswith("/"):
+            return cls(bucket, key, etag, size, ingest_job_id(key, etag), JobSource.INGEST, None)
+        if key.startswith(UPLOADS_PREFIX):
+            parts = key[len(UPLOADS_PREFIX):].split("/")
+            if len(parts) == 3 and is_valid_uid(parts[0]) and _APP_JOB_ID.match(parts[1]) and parts[2] == UPLOAD_NAME:
+                return cls(bucket, key, etag, size, parts[1], JobSource.APP, parts[0])
+        raise UnexpectedKey(f"{key!r} is not an upload key (uploads/{{uid}}/{{job_id}}/scan or ingest/...)")

@@ -1,0 +1,138 @@
+"""What travels between stages: small JSON documents that carry ids and S3 keys, never pixels.
+
+SQS messages are capped at 256 KiB and S3 is where frames belong; a message names the work and
+the S3 objects hold it. The manifest, written once by the split, is everything later stages need
+to know about the scan (slice ids, geometry, batches).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ichseg.pipeline import keys
+
+
+class MalformedMessage(ValueError):
+    """A message body that is not what the stage expects (never retried into success)."""
+
+
+def _load(body: str, required: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"message body is not JSON ({exc})") from exc
+    if not isinstance(data, dict) or any(name not in data for name in required):
+        raise MalformedMessage(f"message body lacks one of {required}: {body[:200]!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A run of consecutive slices sent to the endpoint in one request."""
+
+    batch_id: str
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class SegmentMessage:
+    """Segment queue: one batch of one job."""
+
+    job_id: str
+    batch_id: str
+    start: int
+    count: int
+    frames_key: str
+
+    @classmethod
+    def for_batch(cls, job_id: str, batch: BatchRef) -> SegmentMessage:
+        return cls(job_id, batch.batch_id, batch.start, batch.count, keys.frames_key(job_id, batch.batch_id))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, body: str) -> SegmentMessage:
+        data = _load(body, ("job_id", "batch_id", "start", "count", "frames_key"))
+        return cls(str(data["job_id"]), str(data["batch_id"]), int(data["start"]), int(data["count"]),
+                   str(data["frames_key"]))
+
+
+@dataclass(frozen=True)
+class AssembleMessage:
+    """Assemble queue: a job whose batches are all segmented."""
+
+    job_id: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, body: str) -> AssembleMessage:
+        return cls(str(_load(body, ("job_id",))["job_id"]))
+
+
+@dataclass(frozen=True)
+class ScanManifest:
+    """The scan as the split saw it: written to ``work/{job}/manifest.json``."""
+
+    job_id: str
+    format: str
+    slice_ids: tuple[str, ...]
+    height: int
+    width: int
+    hu: bool
+    window: str
+    batches: tuple[BatchRef, ...]
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slice_thickness_mm: float | None = None
+    dicom: dict[str, Any] | None = field(default=None)
+    """The DicomSeriesRef fields when the input was DICOM (its headers are stored beside it)."""
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.slice_ids)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScanManifest:
+        data = json.loads(text)
+        spacing = data.get("pixel_spacing_mm")
+        return cls(
+            job_id=data["job_id"],
+            format=data["format"],
+            slice_ids=tuple(data["slice_ids"]),
+            height=int(data["height"]),
+            width=int(data["width"]),
+            hu=bool(data["hu"]),
+            window=data["window"],
+            batches=tuple(BatchRef(**b) for b in data["batches"]),
+            pixel_spacing_mm=(float(spacing[0]), float(spacing[1])) if spacing else None,
+            slice_thickness_mm=data.get("slice_thickness_mm"),
+            dicom=data.get("dicom"),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the job row keeps about the scan (shown by the status API)."""
+        return {
+            "format": self.format,
+            "slices": self.num_slices,
+            "height": self.height,
+            "width": self.width,
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "slice_thickness_mm": self.slice_thickness_mm,
+            "batches": len(self.batches),
+        }
+
+
+def plan_batches(num_slices: int, per_batch: int) -> tuple[BatchRef, ...]:
+    """Consecutive batches of at most ``per_batch`` slices, ids sortable (``b0000``, ``b0001``...)."""
+    return tuple(
+        BatchRef(f"b{index:04d}", start, min(per_batch, num_slices - start))
+        for index, start in enumerate(range(0, num_slices, per_batch))
+    )

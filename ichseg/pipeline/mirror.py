@@ -1,0 +1,110 @@
+"""Mirroring results to Firebase Storage, where the mobile app reads them.
+
+The S3 results are the record; the mirror is a convenience copy. Uploads are retried with
+backoff, and if they still fail the job is DONE anyway with ``mirror_error`` set (the app can
+fall back to the presigned S3 links the status API returns).
+
+Credentials: with ``STORAGE_EMULATOR_HOST`` (local stack) the client is anonymous, as the emulator
+expects; in the cloud a service-account JSON from Secrets Manager
+(``ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN``), else Google application-default credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from ichseg.pipeline.config import PipelineConfig
+
+log = logging.getLogger("ichseg.pipeline.mirror")
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    name: str
+    data: bytes
+    content_type: str
+
+
+def anonymous_credential() -> Any:
+    """A firebase-admin credential that signs nothing (the storage emulator; token verification)."""
+    import google.auth.credentials
+    from firebase_admin import credentials
+
+    class _Anonymous(credentials.Base):
+        def get_credential(self) -> Any:
+            return google.auth.credentials.AnonymousCredentials()
+
+    return _Anonymous()
+
+
+def firebase_app(name: str, credential: Any, options: dict[str, Any]) -> Any:
+    """The named firebase-admin app, created on first use (apps are process-wide singletons)."""
+    import firebase_admin
+
+    try:
+        return firebase_admin.get_app(name)
+    except ValueError:
+        return firebase_admin.initialize_app(credential, options, name=name)
+
+
+class FirebaseMirror:
+    """Uploads to (and lists) the configured Firebase Storage bucket."""
+
+    def __init__(self, config: PipelineConfig, secrets: Callable[[], Any] | None = None) -> None:
+        self.config = config
+        self._secrets = secrets
+
+    @cached_property
+    def bucket(self) -> Any:
+        from firebase_admin import credentials, storage
+
+        config = self.config
+        if config.storage_emulator_host:
+            credential = anonymous_credential()
+        elif config.firebase_credentials_secret_arn and self._secrets is not None:
+            secret = self._secrets().get_secret_value(SecretId=config.firebase_credentials_secret_arn)["SecretString"]
+            credential = credentials.Certificate(json.loads(secret))
+        else:
+            credential = credentials.ApplicationDefault()
+        options: dict[str, Any] = {"storageBucket": config.firebase_bucket}
+        if config.firebase_project_id:
+            options["projectId"] = config.firebase_project_id
+        name = f"ichseg-mirror:{config.firebase_bucket}:{config.storage_emulator_host}"
+        return storage.bucket(app=firebase_app(name, credential, options))
+
+    def upload(self, path: str, data: bytes, content_type: str) -> None:
+        self.bucket.blob(path).upload_from_string(data, content_type=content_type)
+
+    def list(self, prefix: str) -> list[dict[str, Any]]:
+        return [
+            {"name": blob.name, "size": blob.size, "content_type": blob.content_type}
+            for blob in self.bucket.list_blobs(prefix=prefix)
+        ]
+
+
+def mirror_files(
+    mirror: FirebaseMirror,
+    prefix: str,
+    files: Sequence[MirrorFile],
+    attempts: int,
+    sleep: Callable[[float], None],
+    backoff_seconds: float = 1.0,
+) -> str | None:
+    """Upload every file under ``prefix``, retrying each; ``None`` on success, else the last error."""
+    for item in files:
+        for attempt in range(1, attempts + 1):
+            try:
+                mirror.upload(prefix + item.name, item.data, item.content_type)
+                break
+            except Exception as exc:  # any client/transport error: retry, then report (never lose S3)
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("mirror of %s failed (attempt %d/%d): %s", item.name, attempt, attempts, error)
+                if attempt == attempts:
+                    return f"mirroring {item.name} to Firebase Storage failed after {attempts} attempts: {error}"[:1000]
+                sleep(backoff_seconds * 2 ** (attempt - 1))
+    return None

@@ -1,0 +1,111 @@
+"""Segment: one batch of frames -> the endpoint -> probability maps in S3 -> batch marked done.
+
+The batch is marked done by adding its id to the job's string set under a condition that it is
+not there yet (so a redelivered message never counts twice). The update returns the job as it now
+is; if that shows every batch done, the caller tries SPLIT/SEGMENTING -> ASSEMBLING, a conditional
+transition exactly one caller can win, and only the winner enqueues assembly.
+
+A redelivered message whose batch is already done does no work, but it does repair the one gap a
+crash can leave: a job whose batches are all done but whose assembly was never enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ichseg.endpoint_protocol import decode_slices, encode_slices
+from ichseg.jobs import Job, JobNotFound, JobState
+from ichseg.pipeline import keys
+from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.failures import last_attempt_fails_job
+from ichseg.pipeline.messages import AssembleMessage, SegmentMessage
+
+log = logging.getLogger("ichseg.pipeline.segment")
+
+STAGE = "segment"
+ASSEMBLY_RESEND_AFTER_SECONDS = 60.0
+"""A job in ASSEMBLING without a recorded enqueue is repaired only after this long, so a message
+racing the winner (between its transition and its send) does not send a second copy."""
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What happened to one segment message."""
+
+    job_id: str
+    batch_id: str
+    outcome: str
+    """``segmented``, ``duplicate`` (batch already done) or ``skipped`` (job already ended)."""
+    slices: int = 0
+    endpoint_seconds: float = 0.0
+    endpoint_attempts: int = 0
+    started_assembly: bool = False
+
+
+def segment_batch(ctx: PipelineContext, message: SegmentMessage, receive_count: int = 1) -> SegmentResult:
+    """Segment one batch (see the module doc); raises to have SQS retry, fails the job on the last try."""
+    with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
+        return _segment(ctx, message)
+
+
+def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
+    job = ctx.store.get(message.job_id)
+    if job is None:
+        raise JobNotFound(f"segment message for unknown job {message.job_id}")
+    if job.state.terminal:
+        return SegmentResult(job.job_id, message.batch_id, "skipped")
+    if message.batch_id in job.done_batches or job.state == JobState.ASSEMBLING:
+        ctx.metrics.add_metric("DuplicateMessages", "Count", 1)
+        return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, job))
+
+    frames = decode_slices(ctx.get(message.frames_key))
+    if len(frames) != message.count:
+        raise ValueError(f"{message.frames_key} holds {len(frames)} slices, the message says {message.count}")
+    result = ctx.endpoint.segment(frames)
+    ctx.put(keys.probabilities_key(job.job_id, message.batch_id), encode_slices(result.probabilities_u8))
+    # The CustomAttributes text exactly as received: model identity, thresholds, slice probabilities.
+    ctx.put(keys.attributes_key(job.job_id, message.batch_id), result.attributes.encode().encode(), "text/plain")
+    ctx.metrics.add_metric("EndpointLatency", "Milliseconds", round(result.seconds * 1000, 1))
+    ctx.metrics.add_metric("FramesSegmented", "Count", len(frames))
+
+    updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, len(frames))
+    if updated is None:  # a concurrent copy of this message recorded it first
+        latest = ctx.store.require(job.job_id)
+        return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, latest))
+    done, total = len(updated.done_batches), updated.total_batches or 0
+    log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
+    started = done == total and start_assembly(ctx, job.job_id)
+    return SegmentResult(
+        job.job_id, message.batch_id, "segmented", len(frames), result.seconds, result.attempts, started
+    )
+
+
+def start_assembly(ctx: PipelineContext, job_id: str) -> bool:
+    """Move the job to ASSEMBLING and enqueue its assembly, if this caller wins the transition."""
+    if not ctx.store.mark_assembling(job_id):
+        return False
+    _send_assembly(ctx, job_id)
+    return True
+
+
+def _send_assembly(ctx: PipelineContext, job_id: str) -> None:
+    ctx.config.require("assemble_queue_url")
+    ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=AssembleMessage(job_id).to_json())
+    ctx.store.mark_assembly_enqueued(job_id)
+    log.info("all batches done; assembly enqueued")
+
+
+def _repair_assembly(ctx: PipelineContext, job: Job) -> bool:
+    """Finish what a crashed predecessor left: start or re-send the assembly if it is missing."""
+    if job.state in (JobState.SPLIT, JobState.SEGMENTING):
+        if job.total_batches and len(job.done_batches) == job.total_batches:
+            return start_assembly(ctx, job.job_id)
+        return False
+    if job.state == JobState.ASSEMBLING and not job.assembly_enqueued:
+        since = ctx.clock() - job.stamps.get("assembling", ctx.clock())
+        if since >= ASSEMBLY_RESEND_AFTER_SECONDS:
+            log.warning("job has been ASSEMBLING for %.0f s with no assembly enqueued; re-sending", since)
+            _send_assembly(ctx, job.job_id)
+            return True
+    return False

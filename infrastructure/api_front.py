@@ -1,0 +1,153 @@
+"""The local HTTP front for the API: what API Gateway's HTTP API does, for the local stack.
+
+Each request is matched against the routes of ``functions/openapi.yaml`` (the same description the
+app developers read), then treated as an HTTP API with a Lambda authorizer (payload 2.0, simple
+responses, identity source ``$request.header.Authorization``) treats it:
+
+- no ``Authorization`` header: 401 ``{"message":"Unauthorized"}``, the authorizer is not called;
+- the authorizer answers ``isAuthorized: false``: 403 ``{"message":"Forbidden"}``;
+- the authorizer or the API function errors: 500 ``{"message":"Internal Server Error"}``;
+- otherwise the API function's response, with the authorizer's context in
+  ``requestContext.authorizer.lambda``.
+
+One local-only extra route, ``POST /_local/token {"uid": ...}``, mints an ID token from the stack's
+token issuer (what Firebase Auth's sign-in gives the app); it does not exist in the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infrastructure.lambda_runtime import LocalFunction, authorizer_event, http_api_event
+
+OPENAPI = Path(__file__).resolve().parents[1] / "functions" / "openapi.yaml"
+LOCAL_TOKEN_PATH = "/_local/token"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.template}"
+
+
+def routes_from_openapi(path: Path = OPENAPI) -> list[Route]:
+    """The API's routes as the OpenAPI description declares them (one source for docs and front)."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text())
+    routes = []
+    for template, operations in document["paths"].items():
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$"
+        for method in operations:
+            if method.lower() in ("get", "post", "put", "patch", "delete"):
+                routes.append(Route(method.upper(), template, re.compile(regex)))
+    return routes
+
+
+def _json_response(status: int, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
+class ApiFront:
+    """A WSGI app that turns HTTP requests into authorizer + API function invocations."""
+
+    def __init__(
+        self,
+        authorizer: LocalFunction,
+        api: LocalFunction,
+        region: str,
+        mint_token: Callable[[str], str] | None = None,
+        routes: list[Route] | None = None,
+    ) -> None:
+        self.authorizer = authorizer
+        self.api = api
+        self.region = region
+        self.mint_token = mint_token
+        self.routes = routes or routes_from_openapi()
+
+    def handle(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+               source_ip: str) -> tuple[int, dict[str, str], bytes]:
+        if self.mint_token is not None and method == "POST" and path == LOCAL_TOKEN_PATH:
+            uid = (json.loads(body or b"{}") or {}).get("uid", "local-user")
+            return _json_response(200, {"id_token": self.mint_token(str(uid)), "uid": uid})
+        match = next(((r, m) for r in self.routes if r.method == method and (m := r.pattern.match(path))), None)
+        if match is None:
+            return _json_response(404, {"message": "Not Found"})
+        route, found = match
+        request = http_api_event(method, path, query, headers, body, route.key, found.groupdict() or None, source_ip)
+        authorization = request["headers"].get("authorization", "")
+        if not authorization.strip():
+            return _json_response(401, {"message": "Unauthorized"})
+        status, answer = self.authorizer.invoke(authorizer_event(request, self.region, [authorization]))
+        if status != "ok" or not isinstance(answer, dict):
+            return _json_response(500, {"message": "Internal Server Error"})
+        if answer.get("isAuthorized") is not True:
+            return _json_response(403, {"message": "Forbidden"})
+        request["requestContext"]["authorizer"] = {"lambda": answer.get("context") or {}}
+        status, response = self.api.invoke(request)
+        if status != "ok" or not isinstance(response, dict):
+            return _json_response(500, {"message": "Internal Server Error"})
+        return _proxy_response(response)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        from werkzeug.wrappers import Request
+
+        request = Request(environ)
+        status, headers, body = self.handle(
+            request.method,
+            request.path,
+            request.query_string.decode(),
+            dict(request.headers.items()),
+            request.get_data(),
+            request.remote_addr or "127.0.0.1",
+        )
+        from http import HTTPStatus
+
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _proxy_response(response: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    """A Lambda proxy response (payload 2.0) as HTTP API turns it into an HTTP response."""
+    import base64
+
+    if "statusCode" not in response:  # payload 2.0: a bare JSON value means 200 with that body
+        return _json_response(200, response)
+    body = response.get("body") or ""
+    data = base64.b64decode(body) if response.get("isBase64Encoded") else str(body).encode()
+    headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        headers[name] = ",".join(str(v) for v in values)
+    return int(response["statusCode"]), headers, data
+
+
+class ServerThread:
+    """A werkzeug server on 127.0.0.1 (port 0: any free port) in a daemon thread."""
+
+    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server(host, port, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="ichseg-api-front", daemon=True)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,186 @@
+"""``make demo``: the mobile app's journey through the local stack, with the committed sample scan.
+
+1. start the local stack (moto, Firebase Storage emulator, inference server with the shipped model,
+   the functions and their event pump, the API front);
+2. sign in (the stack's token issuer plays Firebase Auth) and ``POST /v1/scans``;
+3. upload ``samples/ct-ich-051/brain.mp4`` with the presigned POST (a multipart form, as the app);
+4. poll ``GET /v1/scans/{id}`` with a progress bar until DONE;
+5. download the results, show the copy in Firebase Storage, and say how long each stage took.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ichseg.paths import REPO_ROOT, SAMPLE_VIDEO, SHIPPED_MODEL
+
+DEMO_UID = "demo-radiologist"
+POLL_SECONDS = 0.5
+
+
+def _video_facts(data: bytes) -> str:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        context = stream.codec_context
+        codec = "H.264" if context.name == "h264" else context.name
+        return f"{codec} {context.pix_fmt}, {context.width}x{context.height}, {frames} frames"
+
+
+def run_demo(out: Path, model: Path = SHIPPED_MODEL, sample: Path = SAMPLE_VIDEO, timeout: float = 900.0) -> int:
+    """Run the demo; returns the process exit code (0: the job ended DONE)."""
+    from infrastructure.local_stack import LocalStack, StackError, StackSettings
+
+    if not model.is_file():
+        print(
+            f"error: the shipped model {model.relative_to(REPO_ROOT) if model.is_relative_to(REPO_ROOT) else model} "
+            "is missing. It is produced by training/ and model_export/ (see README.md, 'Training'); "
+            "until it is committed the demo cannot segment anything.",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    print("Starting the local stack: moto (S3, SQS, DynamoDB), Firebase Storage emulator, inference server, "
+          "functions, event pump, API ...", flush=True)
+    try:
+        stack = LocalStack(StackSettings(state_dir=REPO_ROOT / "build" / "demo-stack", model=model))
+        stack.__enter__()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        stack_seconds = time.perf_counter() - started
+        print(f"  up in {stack_seconds:.1f} s; API at {stack.api_url}, logs in {stack.log_dir}\n", flush=True)
+        status = app_journey(stack, sample, out, timeout)
+        if status["state"] != "DONE":
+            return 1
+        print(f"  {'local stack start-up (not part of a job)':<52} {stack_seconds:7.2f} s")
+        return 0
+    finally:
+        stack.__exit__(None, None, None)
+
+
+def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid: str = DEMO_UID) -> dict[str, Any]:
+    """What the mobile app does against a running stack; prints as it goes; returns the final status."""
+    import requests
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    api = stack.api_url
+    # 1. Sign in: Firebase Auth gives the app an ID token (here: the stack's local issuer).
+    token = requests.post(f"{api}/_local/token", json={"uid": uid}, timeout=30).json()["id_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    data = sample.read_bytes()
+
+    # 2. Ask for an upload.
+    t0 = time.perf_counter()
+    response = requests.post(f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)},
+                             headers=headers, timeout=30)
+    response.raise_for_status()
+    ticket = response.json()
+    job_id = ticket["job_id"]
+    print(f"POST /v1/scans -> {response.status_code}, job {job_id}; presigned POST to {ticket['upload']['url']}")
+
+    # 3. Upload straight to S3 with the presigned POST (the file goes last in the form).
+    t1 = time.perf_counter()
+    posted = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"],
+                           files={"file": (sample.name, data, "video/mp4")}, timeout=120)
+    posted.raise_for_status()
+    t2 = time.perf_counter()
+    print(f"uploaded {sample.name} ({len(data) / 1024:.0f} KiB) in {t2 - t1:.2f} s (S3 answered {posted.status_code})")
+
+    # 4. Poll with a progress bar (done/total slices).
+    status = _poll(api, job_id, headers, timeout, tqdm)
+    t3 = time.perf_counter()
+    if status["state"] != "DONE":
+        error = status.get("error") or {}
+        print(f"\nerror: the job ended {status['state']}: {error.get('reason')} ({error.get('code')})",
+              file=sys.stderr)
+        return status
+
+    # 5. Download what the app would show.
+    files = _download(status["results"], out)
+    (out / "status.json").write_text(json.dumps({k: v for k, v in status.items() if k != "results"}, indent=2))
+    report = json.loads(files["report"].read_bytes())
+    print("\nResult:", f"{report['finding']} (scan probability {report['hemorrhage_probability']:.2f};",
+          f"{len(report['slices_with_hemorrhage'])} of {len(report['slices'])} slices:",
+          f"{', '.join(report['slices_with_hemorrhage']) or 'none'}) by {report['model']['name']}",
+          f"{report['model']['version']}")
+    print(f"  segmented video: {files['overlay']}  [{_video_facts(files['overlay'].read_bytes())}]")
+    print(f"  report:          {files['report']}")
+    print(f"  contact sheet:   {files['contact_sheet']}")
+
+    # The copy the app reads from Firebase Storage.
+    prefix = f"users/{uid}/scans/{job_id}/"
+    print(f"\nFirebase Storage emulator ({stack.storage_url}), bucket {stack.settings.firebase_bucket}:")
+    for item in stack.firebase_objects(prefix):
+        print(f"  {item['name']}  {item['size']} bytes  {item['content_type']}")
+    mirrored = out / "firebase" / "overlay.mp4"
+    mirrored.parent.mkdir(exist_ok=True)
+    mirrored.write_bytes(stack.firebase_download(prefix + "overlay.mp4"))
+    print(f"  downloaded back: {mirrored}  [{_video_facts(mirrored.read_bytes())}]")
+    if status["mirror"] and status["mirror"]["error"]:
+        print(f"  mirror error: {status['mirror']['error']}")
+
+    _print_timings(status, stack, job_id, t1 - t0, t2 - t1, t3 - t2)
+    return status
+
+
+def _poll(api: str, job_id: str, headers: dict[str, str], timeout: float, tqdm: Any) -> dict[str, Any]:
+    import requests
+
+    deadline = time.time() + timeout
+    with tqdm(total=None, unit="slice", desc="RECEIVED", dynamic_ncols=True) as bar:
+        while True:
+            status = requests.get(f"{api}/v1/scans/{job_id}", headers=headers, timeout=30).json()
+            done, total = status["progress"]["done"], status["progress"]["total"]
+            if total and bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.set_description(status["state"])
+            bar.refresh()
+            if status["state"] in ("DONE", "FAILED"):
+                return status
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id} still {status['state']} after {timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+
+
+def _download(links: dict[str, str], out: Path) -> dict[str, Path]:
+    import requests
+
+    names = {"overlay": "overlay.mp4", "report": "report.json", "contact_sheet": "contact_sheet.png", "seg": "seg.dcm"}
+    files = {}
+    for name, url in links.items():
+        response = requests.get(url, timeout=120)
+        response.raise_for_status()
+        path = out / names[name]
+        path.write_bytes(response.content)
+        files[name] = path
+    return files
+
+
+def _print_timings(status: dict[str, Any], stack: Any, job_id: str, api_seconds: float, upload_seconds: float,
+                   wait_seconds: float) -> None:
+    labels = {
+        "created->received": "upload + S3 event -> split starts",
+        "received->split": "split: decode, window, write frame batches",
+        "split->segmenting": "enqueue segment messages",
+        "segmenting->assembling": "segment: endpoint inference of every batch",
+        "assembling->done": "assemble: masks, H.264 overlay, report, mirror",
+    }
+    print("\nTiming (from the job record):")
+    for key, seconds in status["timings"].items():
+        print(f"  {labels.get(key, key):<52} {seconds:7.2f} s")
+    segments = stack.invocations_of("segment", job_id)
+    if segments:
+        print(f"  ({len(segments)} segment invocation(s), {sum(i.seconds for i in segments):.2f} s of function time)")
+    end_to_end = api_seconds + upload_seconds + wait_seconds
+    print(f"  {'end to end (POST /v1/scans -> DONE seen by the app)':<52} {end_to_end:7.2f} s")

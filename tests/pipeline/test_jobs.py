@@ -1,0 +1,157 @@
+"""The job model's state machine and its conditional writes (DynamoDB via moto, in process)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from ichseg.jobs import JobSource, JobState, JobStore
+from tests.pipeline.conftest import aws_client, create_jobs_table
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock: Clock, moto_url: str) -> JobStore:
+    client = aws_client(moto_url, "dynamodb")
+    table = f"jobs-{uuid.uuid4().hex[:8]}"
+    create_jobs_table(client, table)
+    return JobStore(client, table, ttl_days=30, clock=clock)
+
+
+def _segmenting(store: JobStore, job_id: str = "j1", batches: int = 3) -> None:
+    store.create(job_id, JobSource.APP, "alice", f"uploads/alice/{job_id}/scan", 900)
+    assert store.mark_split(job_id, batches, batches * 4, {"format": "mp4"})
+    assert store.mark_segmenting(job_id)
+
+
+def test_create_is_idempotent_and_keeps_the_first_row(store: JobStore, clock: Clock) -> None:
+    job, created = store.create("j1", JobSource.APP, "alice", "uploads/alice/j1/scan", 900, content_type="video/mp4")
+    assert created and job.state == JobState.RECEIVED and job.owner == "alice"
+    clock.now += 10
+    again, created_again = store.create("j1", JobSource.INGEST, None, "ingest/other", 5)
+    assert not created_again and again.owner == "alice" and again.source == JobSource.APP
+    stored = store.require("j1")
+    assert stored.deadline_at == pytest.approx(1_800_000_900.0) and stored.expires_at == 1_800_000_000 + 30 * 86400
+    assert stored.created_at == "2027-01-15T08:00:00.000Z" and stored.content_type == "video/mp4"
+
+
+def test_transitions_only_move_forward(store: JobStore) -> None:
+    store.create("j1", JobSource.APP, "alice", "k", 900)
+    assert not store.mark_segmenting("j1")  # RECEIVED -> SEGMENTING skips SPLIT: refused
+    assert not store.mark_assembling("j1")
+    assert store.mark_split("j1", 2, 8, {"format": "mp4"})
+    assert not store.mark_split("j1", 5, 20, {})  # a second split does not reset the totals
+    assert store.require("j1").total_batches == 2
+    assert store.mark_segmenting("j1") and not store.mark_segmenting("j1")
+    assert not store.mark_done("j1", {}, {}, None, None)  # DONE only from ASSEMBLING
+    assert store.require("j1").state == JobState.SEGMENTING
+
+
+def test_a_batch_counts_once_however_often_it_is_reported(store: JobStore) -> None:
+    _segmenting(store, batches=2)
+    first = store.mark_batch_done("j1", "b0000", 4)
+    assert first is not None and first.done_batches == {"b0000"} and first.progress == (4, 8)
+    assert store.mark_batch_done("j1", "b0000", 4) is None
+    assert store.require("j1").done_slices == 4
+    last = store.mark_batch_done("j1", "b0001", 4)
+    assert last is not None and last.progress == (8, 8) and len(last.done_batches) == last.total_batches
+
+
+def test_batches_done_while_the_job_is_still_split_are_accepted(store: JobStore) -> None:
+    store.create("j1", JobSource.APP, "alice", "k", 900)
+    store.mark_split("j1", 1, 4, {})
+    assert store.mark_batch_done("j1", "b0000", 4) is not None
+    assert store.mark_assembling("j1")
+    assert not store.mark_segmenting("j1")  # the split's late transition loses harmlessly
+
+
+def test_exactly_one_of_many_racing_finishers_starts_assembly(store: JobStore) -> None:
+    _segmenting(store, batches=8)
+    winners: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def finish(batch: str) -> None:
+        barrier.wait()
+        job = store.mark_batch_done("j1", batch, 4)
+        if job is not None and len(job.done_batches) == job.total_batches and store.mark_assembling("j1"):
+            winners.append(batch)
+        # a duplicate delivery of every batch, racing too
+        duplicate = store.mark_batch_done("j1", batch, 4)
+        if duplicate is not None:
+            winners.append("duplicate counted")
+
+    threads = [threading.Thread(target=finish, args=(f"b{i:04d}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    job = store.require("j1")
+    assert len(winners) <= 1 and "duplicate counted" not in winners
+    assert job.done_slices == 32 and len(job.done_batches) == 8
+    # If the last two finishers raced so that neither saw 8/8 first... one of them always does:
+    assert len(winners) == 1 and job.state == JobState.ASSEMBLING
+
+
+def test_fail_keeps_the_first_reason_and_never_overrides_done(store: JobStore) -> None:
+    _segmenting(store, "j1")
+    assert store.fail("j1", "segment_failed", "the endpoint is down", "segment")
+    assert not store.fail("j1", "deadline_exceeded", "too slow", "watchdog")
+    job = store.require("j1")
+    assert (job.state, job.error_code, job.error_reason, job.failed_stage) == (
+        JobState.FAILED, "segment_failed", "the endpoint is down", "segment")
+    assert store.mark_batch_done("j1", "b0000", 4) is None  # a failed job takes no more work
+
+    _segmenting(store, "j2", batches=1)
+    store.mark_batch_done("j2", "b0000", 4)
+    store.mark_assembling("j2")
+    assert store.mark_done("j2", {"overlay": "results/j2/overlay.mp4"}, {"finding": "Normal"}, None, None)
+    assert not store.fail("j2", "deadline_exceeded", "late", "watchdog")
+    assert store.require("j2").state == JobState.DONE
+
+
+def test_failing_an_unknown_job_leaves_a_failed_row(store: JobStore) -> None:
+    assert store.fail("ingest-abc", "split_failed", "cannot read", "split", source=JobSource.INGEST,
+                      upload_key="ingest/x.zip")
+    job = store.require("ingest-abc")
+    assert job.state == JobState.FAILED and job.owner is None and job.upload_key == "ingest/x.zip"
+
+
+def test_overdue_lists_active_jobs_past_their_deadline(store: JobStore, clock: Clock) -> None:
+    store.create("old", JobSource.APP, "alice", "k", 100)
+    _segmenting(store, "busy")  # deadline 900
+    store.create("done", JobSource.APP, "alice", "k", 100)
+    store.fail("done", "x", "y", "split")
+    clock.now += 200
+    assert [job.job_id for job in store.overdue()] == ["old"]
+    clock.now += 1000
+    assert sorted(job.job_id for job in store.overdue()) == ["busy", "old"]
+
+
+def test_stage_timings_and_listing_by_owner(store: JobStore, clock: Clock) -> None:
+    store.create("a1", JobSource.APP, "alice", "k", 900)
+    clock.now += 1.5
+    store.mark_received("a1", 900)
+    clock.now += 2
+    store.mark_split("a1", 1, 4, {})
+    clock.now += 0.25
+    store.mark_segmenting("a1")
+    assert store.require("a1").stage_seconds() == {
+        "created->received": 1.5, "received->split": 2.0, "split->segmenting": 0.25}
+    store.create("a2", JobSource.APP, "alice", "k", 900)
+    store.create("b1", JobSource.APP, "bob", "k", 900)
+    store.create("h1", JobSource.INGEST, None, "ingest/x", 900)
+    assert [job.job_id for job in store.list_for_owner("alice")] == ["a2", "a1"]

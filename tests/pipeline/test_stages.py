@@ -1,0 +1,229 @@
+"""The stage functions driven one by one (no pump) against moto and the real inference server.
+
+The ``core`` context has its own bucket, table and queues that nothing else reads, and reaches the
+endpoint over plain HTTP (the EC2 mode), so each test can stop between stages, replay messages and
+simulate the crashes that at-least-once delivery must survive.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ichseg.endpoint_protocol import ResponseAttributes
+from ichseg.jobs import JobSource, JobState
+from ichseg.pipeline import (
+    AssembleMessage,
+    SegmentMessage,
+    UploadRef,
+    assemble_results,
+    create_scan,
+    fail_overdue_jobs,
+    segment_batch,
+    split_scan_into_batches,
+)
+from ichseg.pipeline import keys as layout
+from ichseg.pipeline.context import PipelineContext
+from tests.pipeline.conftest import head_frames, receive_all, video_bytes
+
+
+def _upload(ctx: PipelineContext, uid: str, data: bytes) -> UploadRef:
+    ticket = create_scan(ctx, uid, "video/mp4", len(data))
+    key = layout.upload_key(uid, ticket.job_id)
+    etag = ctx.s3.put_object(Bucket=ctx.config.bucket, Key=key, Body=data)["ETag"]
+    return UploadRef.from_object(ctx.config.bucket, key, etag, len(data))
+
+
+def _segment_messages(ctx: PipelineContext) -> list[SegmentMessage]:
+    return [SegmentMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.segment_queue_url)]
+
+
+def _run_to_assembly(ctx: PipelineContext, upload: UploadRef) -> list[SegmentMessage]:
+    assert split_scan_into_batches(ctx, upload).outcome == "split"
+    messages = _segment_messages(ctx)
+    for message in messages:
+        assert segment_batch(ctx, message).outcome == "segmented"
+    return messages
+
+
+def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(9, bleed_from=5)))
+    split = split_scan_into_batches(core, upload)
+    assert (split.outcome, split.slices, split.batches) == ("split", 9, 3)
+    job = core.store.require(upload.job_id)
+    assert job.state == JobState.SEGMENTING and job.total_batches == 3 and "received" in job.stamps
+    manifest = json.loads(core.get(layout.manifest_key(upload.job_id)))
+    assert manifest["slice_ids"] == [f"{i:04d}" for i in range(9)] and manifest["window"] == "ct-ich-brain"
+
+    messages = _segment_messages(core)
+    assert [(m.batch_id, m.start, m.count) for m in messages] == [("b0000", 0, 4), ("b0001", 4, 4), ("b0002", 8, 1)]
+    results = [segment_batch(core, m) for m in messages]
+    assert [r.started_assembly for r in results] == [False, False, True]
+    assert core.store.require(upload.job_id).state == JobState.ASSEMBLING
+    attributes = ResponseAttributes.decode(core.get(layout.attributes_key(upload.job_id, "b0001")).decode())
+    assert attributes.model == "ichseg-tiny" and len(attributes.slice_probabilities) == 4
+
+    assemble = [AssembleMessage.from_json(m["Body"]) for m in receive_all(core, core.config.assemble_queue_url)]
+    assert assemble == [AssembleMessage(upload.job_id)]
+    done = assemble_results(core, assemble[0])
+    assert done.outcome == "done" and done.slices == 9 and done.mirror_error is None
+    job = core.store.require(upload.job_id)
+    assert job.state == JobState.DONE and job.summary["slices_with_hemorrhage"] == 4
+    listed = core.s3.list_objects_v2(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")["Contents"]
+    names = {o["Key"].split(f"results/{upload.job_id}/")[1] for o in listed}
+    assert {"overlay.mp4", "report.json", "contact_sheet.png"} <= names and len(names) == 3 + 9
+    mask = np.array(Image.open(io.BytesIO(core.get(f"results/{upload.job_id}/masks/0007.png"))))
+    assert set(np.unique(mask)) == {0, 255}
+
+    # Replays after the fact change nothing.
+    assert split_scan_into_batches(core, upload).outcome == "duplicate"
+    assert segment_batch(core, messages[0]).outcome == "skipped"
+    assert assemble_results(core, assemble[0]).outcome == "duplicate"
+    assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
+    assert core.store.require(upload.job_id).stamps["done"] == job.stamps["done"]
+
+
+def test_a_duplicate_segment_delivery_during_the_job_counts_once(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(8)))
+    split_scan_into_batches(core, upload)
+    first, second = _segment_messages(core)
+    assert segment_batch(core, first).outcome == "segmented"
+    assert segment_batch(core, first).outcome == "duplicate"
+    assert core.store.require(upload.job_id).progress == (4, 8)
+    assert segment_batch(core, second).started_assembly
+    assert segment_batch(core, second).outcome == "duplicate"
+    assert len(receive_all(core, core.config.assemble_queue_url)) == 1
+
+
+def test_a_split_that_died_after_recording_resumes_from_the_manifest(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(5)))
+    split_scan_into_batches(core, upload)
+    receive_all(core, core.config.segment_queue_url)  # the messages were lost with the crashed run...
+    core.store.client.update_item(  # ...which got as far as SPLIT
+        TableName=core.config.table, Key={"job_id": {"S": upload.job_id}},
+        UpdateExpression="SET #s = :split", ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":split": {"S": "SPLIT"}},
+    )
+    assert split_scan_into_batches(core, upload).outcome == "split"
+    assert len(_segment_messages(core)) == 2
+    assert core.store.require(upload.job_id).state == JobState.SEGMENTING
+
+
+def test_a_redelivery_repairs_an_assembly_that_was_never_enqueued(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(4)))
+    split_scan_into_batches(core, upload)
+    (message,) = _segment_messages(core)
+    # The worker recorded the batch and died before the transition to ASSEMBLING.
+    frames_done = core.store.mark_batch_done(upload.job_id, message.batch_id, message.count)
+    assert frames_done is not None and frames_done.state == JobState.SEGMENTING
+    from ichseg.endpoint_protocol import encode_slices
+
+    core.put(layout.probabilities_key(upload.job_id, "b0000"), encode_slices(np.zeros((4, 64, 80), np.uint8)))
+    core.put(layout.attributes_key(upload.job_id, "b0000"),
+             ResponseAttributes("ichseg-tiny", "0.0.1-test", 0.5, 0.5, (0.0,) * 4).encode().encode())
+    result = segment_batch(core, message)
+    assert result.outcome == "duplicate" and result.started_assembly
+    assert len(receive_all(core, core.config.assemble_queue_url)) == 1
+
+    # Died after ASSEMBLING but before the send: re-sent, but only once the winner is surely gone.
+    core.store.client.update_item(
+        TableName=core.config.table, Key={"job_id": {"S": upload.job_id}},
+        UpdateExpression="REMOVE assembly_enqueued")
+    assert not segment_batch(core, message).started_assembly
+    now = core.clock()
+    core.clock = lambda: now + 120
+    assert segment_batch(core, message).started_assembly
+    assert len(receive_all(core, core.config.assemble_queue_url)) == 1
+
+
+def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContext, tmp_path: Path) -> None:
+    class Unreachable:
+        def upload(self, path: str, data: bytes, content_type: str) -> None:
+            raise ConnectionError("firebase storage is unreachable")
+
+    core.mirror = Unreachable()
+    upload = _upload(core, "dave", video_bytes(tmp_path, head_frames(4)))
+    _run_to_assembly(core, upload)
+    result = assemble_results(core, AssembleMessage(upload.job_id))
+    assert result.outcome == "done" and "unreachable" in (result.mirror_error or "")
+    job = core.store.require(upload.job_id)
+    assert job.state == JobState.DONE and "after 2 attempts" in (job.mirror_error or "")
+    assert job.mirror_prefix == f"users/dave/scans/{upload.job_id}/"
+    assert core.get(job.results["overlay"])[4:8] == b"ftyp"
+
+
+def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(6)))
+    _run_to_assembly(core, upload)
+    key = layout.attributes_key(upload.job_id, "b0001")
+    changed = ResponseAttributes.decode(core.get(key).decode())
+    core.put(key, ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, changed.slice_probabilities).encode().encode())
+    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "failed"
+    job = core.store.require(upload.job_id)
+    assert job.state == JobState.FAILED and job.error_code == "model_changed" and "2.0.0" in (job.error_reason or "")
+
+
+def test_slices_too_large_for_one_request_fail_with_a_scan_error(core: PipelineContext) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2600, 2600), np.uint8)).save(buffer, format="PNG")
+    upload = _upload(core, "carol", buffer.getvalue())
+    assert split_scan_into_batches(core, upload).outcome == "rejected"
+    job = core.store.require(upload.job_id)
+    assert job.state == JobState.FAILED and job.error_code == "too_large" and "6 MB" in (job.error_reason or "")
+
+
+def test_a_stage_that_keeps_failing_fails_its_job_on_the_last_delivery(core: PipelineContext) -> None:
+    ticket = create_scan(core, "erin", "video/mp4")
+    key = layout.upload_key("erin", ticket.job_id)
+    missing = UploadRef.from_object(core.config.bucket, key, "etag", 1)  # the object is not there
+    for attempt in (1, 2):
+        with pytest.raises(Exception, match="NoSuchKey"):
+            split_scan_into_batches(core, missing, receive_count=attempt)
+        assert core.store.require(ticket.job_id).state == JobState.RECEIVED
+    with pytest.raises(Exception, match="NoSuchKey"):
+        split_scan_into_batches(core, missing, receive_count=3)
+    job = core.store.require(ticket.job_id)
+    assert job.state == JobState.FAILED and job.error_code == "split_failed"
+    assert "dead-letter" in (job.error_reason or "")
+
+
+def test_the_watchdog_fails_jobs_past_their_deadline_and_only_those(core: PipelineContext, tmp_path: Path) -> None:
+    never_uploaded = create_scan(core, "frank", "video/mp4").job_id
+    upload = _upload(core, "frank", video_bytes(tmp_path, head_frames(4)))
+    split_scan_into_batches(core, upload)
+    assert fail_overdue_jobs(core).failed == ()
+    now = core.clock()
+    core.clock = lambda: now + core.config.upload_url_seconds + core.config.job_deadline_seconds + 1
+    result = fail_overdue_jobs(core)
+    assert set(result.failed) == {never_uploaded, upload.job_id}
+    stuck = core.store.require(upload.job_id)
+    assert stuck.error_code == "deadline_exceeded" and "SEGMENTING, 0/4 slices" in (stuck.error_reason or "")
+    assert core.store.require(never_uploaded).error_reason == "no upload arrived before the deadline"
+    assert fail_overdue_jobs(core).failed == ()
+
+
+def test_an_upload_under_another_users_job_id_is_ignored(core: PipelineContext, tmp_path: Path) -> None:
+    ticket = create_scan(core, "grace", "video/mp4")
+    key = layout.upload_key("mallory", ticket.job_id)
+    core.s3.put_object(Bucket=core.config.bucket, Key=key, Body=video_bytes(tmp_path, head_frames(2)))
+    upload = UploadRef.from_object(core.config.bucket, key, "etag", 1)
+    assert split_scan_into_batches(core, upload).outcome == "foreign"
+    job = core.store.require(ticket.job_id)
+    assert job.state == JobState.RECEIVED and job.owner == "grace" and job.source == JobSource.APP
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_downloaded(
+    core: PipelineContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICHSEG_LIMIT_MAX_BYTES", "1000")
+    ticket = create_scan(core, "carol", "video/mp4")
+    key = layout.upload_key("carol", ticket.job_id)  # never written: the split must not try to read it
+    oversized = UploadRef.from_object(core.config.bucket, key, "e", 5000)
+    assert split_scan_into_batches(core, oversized).outcome == "rejected"
+    job = core.store.require(ticket.job_id)
+    assert job.state == JobState.FAILED and job.error_code == "too_large" and "limit is" in (job.error_reason or "")
