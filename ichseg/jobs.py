@@ -311,8 +311,13 @@ class JobStore:
             job_id,
             "SET #state = :assembling, #assembling_at = :now, #updated_at = :iso",
             "#state IN (:split, :segmenting)",
-            {":assembling": "ASSEMBLING", ":split": "SPLIT", ":segmenting": "SEGMENTING", ":now": now,
-             ":iso": utc_iso(now)},
+            {
+                ":assembling": "ASSEMBLING",
+                ":split": "SPLIT",
+                ":segmenting": "SEGMENTING",
+                ":now": now,
+                ":iso": utc_iso(now),
+            },
         )
 
     def mark_assembly_enqueued(self, job_id: str) -> bool:
@@ -346,8 +351,16 @@ class JobStore:
             values[":mirror_error"] = mirror_error
         return self._update(job_id, expression, "#state = :assembling", values)
 
-    def fail(self, job_id: str, code: str, reason: str, stage: str, source: JobSource | None = None,
-             owner: str | None = None, upload_key: str = "") -> bool:
+    def fail(
+        self,
+        job_id: str,
+        code: str,
+        reason: str,
+        stage: str,
+        source: JobSource | None = None,
+        owner: str | None = None,
+        upload_key: str = "",
+    ) -> bool:
         """Any non-terminal state -> FAILED with a reason; creates a FAILED row if the job is unknown.
 
         Returns False when the job had already ended (DONE or FAILED): the first reason stays.
@@ -359,8 +372,15 @@ class JobStore:
             "SET #state = :failed, #error_code = :code, #error_reason = :reason, #failed_stage = :stage, "
             "#failed_at = :now, #updated_at = :iso",
             "attribute_exists(#job_id) AND NOT (#state IN (:done, :failed))",
-            {":failed": "FAILED", ":done": "DONE", ":code": code, ":reason": reason, ":stage": stage, ":now": now,
-             ":iso": utc_iso(now)},
+            {
+                ":failed": "FAILED",
+                ":done": "DONE",
+                ":code": code,
+                ":reason": reason,
+                ":stage": stage,
+                ":now": now,
+                ":iso": utc_iso(now),
+            },
         )
         if updated or self.get(job_id) is not None:
             return updated

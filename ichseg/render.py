@@ -64,11 +64,13 @@ def write_h264(
     destination: str | Path | None = None,
     fps: float = 5.0,
     crf: int = 18,
+    preset: str = "medium",
 ) -> bytes:
     """Encode grey ``(N, H, W)`` or RGB ``(N, H, W, 3)`` uint8 frames as H.264 mp4 (yuv420p, faststart).
 
     Returns the file's bytes, and also writes them to ``destination`` when given. Odd sizes are
-    padded by one pixel. ``crf`` 18 is visually lossless for CT slices.
+    padded by one pixel. ``crf`` 18 is visually lossless for CT slices; ``preset`` trades encode
+    time for file size (``veryfast`` encodes ~4x faster than ``medium`` at a somewhat larger file).
     """
     if len(frames) == 0:
         raise ValueError("a video needs at least one frame")
@@ -76,7 +78,7 @@ def write_h264(
     # faststart rewrites the file to put the index first: FFmpeg needs a real file for that.
     with tempfile.TemporaryDirectory(prefix="ichseg-h264-") as tmp:
         path = Path(tmp) / "video.mp4"
-        _encode_h264(frames, first, path, fps, crf)
+        _encode_h264(frames, first, path, fps, crf, preset)
         data = path.read_bytes()
     if destination is not None:
         Path(destination).write_bytes(data)
@@ -84,14 +86,14 @@ def write_h264(
 
 
 def _encode_h264(
-    frames: np.ndarray | Sequence[np.ndarray], first: np.ndarray, path: Path, fps: float, crf: int
+    frames: np.ndarray | Sequence[np.ndarray], first: np.ndarray, path: Path, fps: float, crf: int, preset: str
 ) -> None:
     pixel_format = "gray" if first.ndim == 2 else "rgb24"
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=_fps_fraction(fps))
         stream.width, stream.height = first.shape[1], first.shape[0]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.options = {"crf": str(crf), "preset": preset}
         for image in frames:
             frame = av.VideoFrame.from_ndarray(_even(np.ascontiguousarray(image, dtype=np.uint8)), format=pixel_format)
             container.mux(stream.encode(frame))

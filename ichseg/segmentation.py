@@ -103,7 +103,8 @@ def write_outputs(
         "report": out / "report.json",
         "masks": out / "masks",
     }
-    write_h264(overlays, paths["overlay"], fps=fps, crf=20)
+    # Results are waited for: encode fast; the overlay is for viewing, not archiving.
+    write_h264(overlays, paths["overlay"], fps=fps, crf=20, preset="veryfast")
     labels = [f"{i} {p:.2f}" for i, p in zip(slice_ids, segmentation.slice_probabilities, strict=True)]
     write_contact_sheet(overlays, paths["contact_sheet"], labels=labels)
     paths["report"].write_text(json.dumps(report, indent=2))

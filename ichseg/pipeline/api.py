@@ -21,8 +21,12 @@ from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.context import PipelineContext
 
 _JOB_ID = re.compile(r"^(?:[0-9a-f]{32}|ingest-[0-9a-f]{24})$")
-RESULT_FILES = {"overlay": "overlay.mp4", "report": "report.json", "contact_sheet": "contact_sheet.png",
-                "seg": "seg.dcm"}
+RESULT_FILES = {
+    "overlay": "overlay.mp4",
+    "report": "report.json",
+    "contact_sheet": "contact_sheet.png",
+    "seg": "seg.dcm",
+}
 
 
 class ApiError(Exception):
@@ -71,11 +75,18 @@ def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: i
     job_id = keys.new_job_id()
     key = keys.upload_key(uid, job_id)
     # The deadline covers the upload window too: a job whose upload never comes is failed by the watchdog.
-    ctx.store.create(job_id, JobSource.APP, uid, key, config.upload_url_seconds + config.job_deadline_seconds,
-                     content_type=content_type)
+    ctx.store.create(
+        job_id,
+        JobSource.APP,
+        uid,
+        key,
+        config.upload_url_seconds + config.job_deadline_seconds,
+        content_type=content_type,
+    )
     post = presigned_post(ctx, key, content_type)
-    return UploadTicket(job_id, post["url"], post["fields"], config.upload_url_seconds, config.upload_max_bytes,
-                        content_type)
+    return UploadTicket(
+        job_id, post["url"], post["fields"], config.upload_url_seconds, config.upload_max_bytes, content_type
+    )
 
 
 def presigned_post(ctx: PipelineContext, key: str, content_type: str) -> dict[str, Any]:

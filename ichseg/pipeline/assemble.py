@@ -118,14 +118,13 @@ def _load_batches(
     frames = np.concatenate([f for f, _, _ in loaded])
     probabilities = np.concatenate([p for _, p, _ in loaded])
     if len(frames) != manifest.num_slices or probabilities.shape != frames.shape:
-        raise ValueError(f"batches hold {frames.shape} frames / {probabilities.shape} maps for "
-                         f"{manifest.num_slices} slices")
+        raise ValueError(
+            f"batches hold {frames.shape} frames / {probabilities.shape} maps for {manifest.num_slices} slices"
+        )
     return frames, probabilities, [a for _, _, a in loaded]
 
 
-def combine(
-    probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]
-) -> tuple[ModelMetadata, Segmentation]:
+def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) -> tuple[ModelMetadata, Segmentation]:
     """One model identity and one segmentation from the per-batch endpoint answers."""
     identities = {(a.model, a.version, a.slice_threshold, a.pixel_threshold) for a in attributes}
     if len(identities) != 1:

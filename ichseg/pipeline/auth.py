@@ -41,7 +41,7 @@ class FirebaseTokenVerifier:
         """The verified uid of the token in an Authorization header; :class:`InvalidToken` otherwise."""
         if not authorization or not authorization.lower().startswith(BEARER):
             raise InvalidToken("expected 'Authorization: Bearer <Firebase ID token>'")
-        return self.uid_from_token(authorization[len(BEARER):].strip())
+        return self.uid_from_token(authorization[len(BEARER) :].strip())
 
     def uid_from_token(self, token: str) -> str:
         from firebase_admin import auth

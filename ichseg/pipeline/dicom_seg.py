@@ -93,9 +93,7 @@ def datasets_from_headers(headers: Sequence[dict[str, Any]]) -> list[Dataset]:
     return datasets
 
 
-def build_seg(
-    headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: str, model_version: str
-) -> bytes:
+def build_seg(headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: str, model_version: str) -> bytes:
     """A binary DICOM SEG (one segment: intracranial hemorrhage) over the source series."""
     import highdicom as hd
     from pydicom.sr.codedict import codes

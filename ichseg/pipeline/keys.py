@@ -105,7 +105,7 @@ class UploadRef:
         if key.startswith(INGEST_PREFIX) and len(key) > len(INGEST_PREFIX) and not key.endswith("/"):
             return cls(bucket, key, etag, size, ingest_job_id(key, etag), JobSource.INGEST, None)
         if key.startswith(UPLOADS_PREFIX):
-            parts = key[len(UPLOADS_PREFIX):].split("/")
+            parts = key[len(UPLOADS_PREFIX) :].split("/")
             if len(parts) == 3 and is_valid_uid(parts[0]) and _APP_JOB_ID.match(parts[1]) and parts[2] == UPLOAD_NAME:
                 return cls(bucket, key, etag, size, parts[1], JobSource.APP, parts[0])
         raise UnexpectedKey(f"{key!r} is not an upload key (uploads/{{uid}}/{{job_id}}/scan or ingest/...)")

@@ -57,8 +57,9 @@ class SegmentMessage:
     @classmethod
     def from_json(cls, body: str) -> SegmentMessage:
         data = _load(body, ("job_id", "batch_id", "start", "count", "frames_key"))
-        return cls(str(data["job_id"]), str(data["batch_id"]), int(data["start"]), int(data["count"]),
-                   str(data["frames_key"]))
+        return cls(
+            str(data["job_id"]), str(data["batch_id"]), int(data["start"]), int(data["count"]), str(data["frames_key"])
+        )
 
 
 @dataclass(frozen=True)
