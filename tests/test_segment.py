@@ -1,0 +1,108 @@
+"""`ichseg segment` and the report: masks at the input's resolution, H.264 overlay, report.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from ichseg.model_metadata import ModelMetadata
+from ichseg.segmentation import HEMORRHAGE_DETECTED, NORMAL, build_report, masks_from_probabilities
+from tests.onnx_fixtures import build_tiny_model, head_phantom
+from tests.scan_fixtures import dicom_series, write_dicom_series
+
+ICHSEG = Path(sys.executable).parent / "ichseg"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_segment_image_zip_writes_masks_overlay_and_report(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.5)
+    slices = head_phantom(count=3, height=90, width=70)
+    slices[0] = 0  # an empty slice: the detection head says normal, so no mask
+    upload = tmp_path / "scan.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for index, image in enumerate(slices, start=8):
+            archive.writestr(f"{index}.png", _png(image))
+    result = subprocess.run(
+        [str(ICHSEG), "segment", str(upload), "--out", str(tmp_path / "out"), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["10.png", "8.png", "9.png"]
+    mask = np.asarray(Image.open(out / "masks" / "9.png"))
+    assert mask.shape == (90, 70) and set(np.unique(mask)) <= {0, 255}
+    # The tiny model marks bright tissue: the head ellipse, at the original resolution.
+    assert (mask[slices[1] > 127] == 255).mean() > 0.95 and (mask[slices[1] < 10] == 0).mean() > 0.95
+    assert not np.asarray(Image.open(out / "masks" / "8.png")).any()
+    report = json.loads((out / "report.json").read_text())
+    assert [s["id"] for s in report["slices"]] == ["8", "9", "10"]
+    assert report["slices"][0]["area_px"] == 0 and report["slices"][1]["area_px"] == int((mask == 255).sum())
+    assert report["slices"][1]["area_mm2"] is None and report["volume_ml"] is None  # no spacing in PNGs
+    assert report["finding"] == HEMORRHAGE_DETECTED and report["slices_with_hemorrhage"] == ["9", "10"]
+    assert report["model"] == {"name": "ichseg-tiny", "version": "0.0.1-test"}
+    with av.open(str(out / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and sum(1 for _ in container.decode(stream)) == 3
+    assert (out / "contact_sheet.png").stat().st_size > 1000
+    assert json.loads(result.stdout)["finding"] == HEMORRHAGE_DETECTED
+
+
+def test_segment_dicom_reports_area_and_volume(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.0)
+    write_dicom_series(tmp_path / "series", dicom_series(count=3, rows=64, cols=64))
+    result = subprocess.run(
+        [str(ICHSEG), "segment", str(tmp_path / "series"), "--out", str(tmp_path / "out"), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    area = report["slices"][0]["area_px"]
+    assert report["slices"][0]["area_mm2"] == pytest.approx(area * 0.5 * 0.45, rel=1e-3)
+    total = sum(s["area_px"] for s in report["slices"])
+    assert report["volume_ml"] == pytest.approx(total * 0.5 * 0.45 * 2.5 / 1000, rel=1e-3)
+
+
+def test_segment_bad_input_is_one_error_line(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny.onnx")
+    (tmp_path / "notes.txt").write_text("not a scan")
+    result = subprocess.run(
+        [str(ICHSEG), "segment", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "out"), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_slice_gate_clears_masks_and_scan_finding() -> None:
+    probabilities = np.full((2, 4, 4), 0.9, dtype=np.float32)
+    segmentation = masks_from_probabilities(
+        probabilities, np.array([0.2, 0.7]), pixel_threshold=0.5, slice_threshold=0.5
+    )
+    assert not segmentation.masks[0].any() and segmentation.masks[1].all()
+    meta = ModelMetadata(name="m", version="1", slice_threshold=0.8)
+    report = build_report(["a", "b"], segmentation, meta, (1.0, 1.0), 5.0)
+    assert report["finding"] == NORMAL and report["hemorrhage_probability"] == pytest.approx(0.7)
+    assert report["volume_ml"] == pytest.approx(16 * 5.0 / 1000)
