@@ -183,3 +183,21 @@ def jpeg_lossless_dicom(ds: Dataset, workdir: Path) -> bytes:
     if not writer.Write():
         raise RuntimeError("GDCM could not write the fixture")
     return compressed.read_bytes()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A slice (grey or RGB uint8, or 16-bit) encoded as PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = 95) -> bytes:
+    """A grey uint8 slice encoded as JPEG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

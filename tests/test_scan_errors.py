@@ -28,15 +28,10 @@ from tests.scan_fixtures import (
     encode_video,
     grey_frames,
     nifti_volume,
+    png_bytes,
     write_dicom_series,
     zip_files,
 )
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -74,7 +69,7 @@ def test_truncated_avi_reports_missing_frames(tmp_path: Path) -> None:
         read_scan(data[: len(data) // 2])
 
 
-def test_truncated_jpeg(tmp_path: Path) -> None:
+def test_truncatedjpeg_bytes(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(grey_frames(1, 64, 64)[0]).save(buffer, format="JPEG")
     with pytest.raises(CorruptScanError, match="truncated or damaged"):
@@ -82,7 +77,7 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
 
 
 def test_damaged_zip(tmp_path: Path) -> None:
-    data = zip_files(tmp_path / "a.zip", {f"{i}.png": _png(grey_frames(1)[0]) for i in range(3)}).read_bytes()
+    data = zip_files(tmp_path / "a.zip", {f"{i}.png": png_bytes(grey_frames(1)[0]) for i in range(3)}).read_bytes()
     with pytest.raises(CorruptScanError, match="zip archive is truncated or damaged"):
         read_scan(data[: len(data) - 30])
 
@@ -95,7 +90,7 @@ def test_zip_without_slices(tmp_path: Path) -> None:
 
 
 def test_nested_zip_is_explained(tmp_path: Path) -> None:
-    inner = zip_files(tmp_path / "inner.zip", {"1.png": _png(grey_frames(1)[0])}).read_bytes()
+    inner = zip_files(tmp_path / "inner.zip", {"1.png": png_bytes(grey_frames(1)[0])}).read_bytes()
     with pytest.raises(UnsupportedFormatError, match="nested zip"):
         read_scan(zip_files(tmp_path / "outer.zip", {"inner.zip": inner}))
 
@@ -107,7 +102,7 @@ def test_empty_directory(tmp_path: Path) -> None:
 
 def test_too_many_bytes(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
-    path.write_bytes(_png(grey_frames(1, 64, 64)[0]))
+    path.write_bytes(png_bytes(grey_frames(1, 64, 64)[0]))
     with pytest.raises(ScanTooLargeError, match="MiB"):
         read_scan(path, ScanLimits(max_bytes=100))
 
@@ -120,7 +115,7 @@ def test_too_many_frames(tmp_path: Path) -> None:
 
 def test_too_many_pixels(tmp_path: Path) -> None:
     path = tmp_path / "wide.png"
-    path.write_bytes(_png(np.zeros((40, 50), np.uint8)))
+    path.write_bytes(png_bytes(np.zeros((40, 50), np.uint8)))
     with pytest.raises(ScanTooLargeError, match="pixels per slice"):
         read_scan(path, ScanLimits(max_pixels_per_slice=1000))
 
@@ -138,14 +133,14 @@ def test_zip_bomb_refused_by_ratio(tmp_path: Path) -> None:
 
 
 def test_zip_bomb_refused_by_total_size(tmp_path: Path) -> None:
-    members = {f"{i}.png": _png(grey_frames(1, 64, 64)[0]) for i in range(4)}
+    members = {f"{i}.png": png_bytes(grey_frames(1, 64, 64)[0]) for i in range(4)}
     with pytest.raises(ScanTooLargeError, match="expands to"):
         read_scan(zip_files(tmp_path / "a.zip", members), ScanLimits(max_uncompressed_bytes=100))
 
 
 def test_zip_lying_about_its_size_is_refused(tmp_path: Path) -> None:
     """A header that under-declares the member size cannot smuggle more bytes out."""
-    payload = _png(grey_frames(1, 64, 64)[0])
+    payload = png_bytes(grey_frames(1, 64, 64)[0])
     data = bytearray(zip_files(tmp_path / "a.zip", {"1.png": payload}, compression=zipfile.ZIP_STORED).read_bytes())
     central = data.rfind(b"PK\x01\x02")
     struct.pack_into("<I", data, central + 24, len(payload) - 10)  # uncompressed size in the central directory
@@ -157,7 +152,7 @@ def test_zip_lying_about_its_size_is_refused(tmp_path: Path) -> None:
 def test_unsafe_member_paths(tmp_path: Path, name: str) -> None:
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr(zipfile.ZipInfo(name), _png(grey_frames(1)[0]))
+        zf.writestr(zipfile.ZipInfo(name), png_bytes(grey_frames(1)[0]))
     with pytest.raises(UnsafeArchiveError, match="refusing"):
         read_scan(archive)
 
@@ -173,7 +168,7 @@ def test_symlink_member_refused(tmp_path: Path) -> None:
 
 
 def test_images_of_different_sizes(tmp_path: Path) -> None:
-    members = {"1.png": _png(np.zeros((10, 10), np.uint8)), "2.png": _png(np.zeros((12, 10), np.uint8))}
+    members = {"1.png": png_bytes(np.zeros((10, 10), np.uint8)), "2.png": png_bytes(np.zeros((12, 10), np.uint8))}
     with pytest.raises(InconsistentSeriesError, match="differ in size"):
         read_scan(zip_files(tmp_path / "a.zip", members))
 
@@ -224,7 +219,7 @@ def test_truncated_dicom(tmp_path: Path) -> None:
 
 
 def test_mixed_dicom_and_images(tmp_path: Path) -> None:
-    members = {"1.png": _png(np.zeros((8, 8), np.uint8)), "2.dcm": dicom_bytes(dicom_series(1)[0])}
+    members = {"1.png": png_bytes(np.zeros((8, 8), np.uint8)), "2.dcm": dicom_bytes(dicom_series(1)[0])}
     with pytest.raises(InconsistentSeriesError, match="mixes"):
         read_scan(zip_files(tmp_path / "a.zip", members))
 

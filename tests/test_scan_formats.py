@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ichseg.scan import read_scan
 from tests.conftest import SHARED_DATA
@@ -18,22 +16,12 @@ from tests.scan_fixtures import (
     dicom_series,
     encode_video,
     grey_frames,
+    jpeg_bytes,
     nifti_volume,
+    png_bytes,
     write_dicom_series,
     zip_files,
 )
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _jpeg(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -78,28 +66,28 @@ def test_committed_sample_video_and_slices_agree(sample_dir: Path) -> None:
     assert np.abs(video.slices.astype(int) - images.slices.astype(int)).mean() < 1.5
 
 
-def test_single_jpeg_and_png(tmp_path: Path) -> None:
+def test_single_jpeg_andpng_bytes(tmp_path: Path) -> None:
     array = grey_frames(1, 30, 20)[0]
-    (tmp_path / "slice_7.dat").write_bytes(_png(array))
+    (tmp_path / "slice_7.dat").write_bytes(png_bytes(array))
     png = read_scan(tmp_path / "slice_7.dat")
     assert png.format == "png" and png.slices.shape == (1, 30, 20) and png.slice_ids == ("slice_7",)
     assert np.array_equal(png.slices[0], array)
-    jpeg = read_scan(_jpeg(array))
+    jpeg = read_scan(jpeg_bytes(array))
     assert jpeg.format == "jpeg" and jpeg.slices.shape == (1, 30, 20)
 
 
 def test_colour_image_is_reduced_to_grey(tmp_path: Path) -> None:
     rgb = np.zeros((10, 12, 3), dtype=np.uint8)
     rgb[..., :] = 100
-    (tmp_path / "c.png").write_bytes(_png(rgb))
+    (tmp_path / "c.png").write_bytes(png_bytes(rgb))
     scan = read_scan(tmp_path / "c.png")
     assert scan.slices.shape == (1, 10, 12) and int(scan.slices[0, 0, 0]) == 100
 
 
 def test_zip_of_images_is_in_natural_order(tmp_path: Path) -> None:
     frames = grey_frames(12, 16, 16)
-    members = {f"scan/{k + 1}.png": _png(frames[k]) for k in range(12)}
-    members["scan/3_HGE_Seg.jpg"] = _jpeg(np.zeros((16, 16), np.uint8))  # CT-ICH mask: not a slice
+    members = {f"scan/{k + 1}.png": png_bytes(frames[k]) for k in range(12)}
+    members["scan/3_HGE_Seg.jpg"] = jpeg_bytes(np.zeros((16, 16), np.uint8))  # CT-ICH mask: not a slice
     members["__MACOSX/scan/._1.png"] = b"junk"
     members["scan/readme.txt"] = b"exported by viewer"
     scan = read_scan(zip_files(tmp_path / "upload", dict(reversed(members.items()))))
@@ -114,9 +102,9 @@ def test_directory_of_images_and_ct_ich_patient_layout(tmp_path: Path) -> None:
     for window in ("brain", "bone"):
         (patient / window).mkdir(parents=True)
     for k in range(3):
-        (patient / "brain" / f"{k + 1}.jpg").write_bytes(_jpeg(frames[k]))
-        (patient / "bone" / f"{k + 1}.jpg").write_bytes(_jpeg(255 - frames[k]))
-    (patient / "brain" / "2_HGE_Seg.jpg").write_bytes(_jpeg(np.zeros((20, 20), np.uint8)))
+        (patient / "brain" / f"{k + 1}.jpg").write_bytes(jpeg_bytes(frames[k]))
+        (patient / "bone" / f"{k + 1}.jpg").write_bytes(jpeg_bytes(255 - frames[k]))
+    (patient / "brain" / "2_HGE_Seg.jpg").write_bytes(jpeg_bytes(np.zeros((20, 20), np.uint8)))
     from_patient = read_scan(patient)
     from_brain = read_scan(patient / "brain")
     assert from_patient.format == "image-directory" and from_patient.slice_ids == ("1", "2", "3")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -17,15 +16,9 @@ from PIL import Image
 from ichseg.model_metadata import ModelMetadata
 from ichseg.segmentation import HEMORRHAGE_DETECTED, NORMAL, build_report, masks_from_probabilities
 from tests.onnx_fixtures import build_tiny_model, head_phantom
-from tests.scan_fixtures import dicom_series, write_dicom_series
+from tests.scan_fixtures import dicom_series, png_bytes, write_dicom_series
 
 ICHSEG = Path(sys.executable).parent / "ichseg"
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_segment_image_zip_writes_masks_overlay_and_report(tmp_path: Path) -> None:
@@ -35,7 +28,7 @@ def test_segment_image_zip_writes_masks_overlay_and_report(tmp_path: Path) -> No
     upload = tmp_path / "scan.zip"
     with zipfile.ZipFile(upload, "w") as archive:
         for index, image in enumerate(slices, start=8):
-            archive.writestr(f"{index}.png", _png(image))
+            archive.writestr(f"{index}.png", png_bytes(image))
     result = subprocess.run(
         [str(ICHSEG), "segment", str(upload), "--out", str(tmp_path / "out"), "--model", str(model)],
         capture_output=True,
