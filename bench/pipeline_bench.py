@@ -38,10 +38,15 @@ def run_job(api: str, token: str, data: bytes, timeout: float = 1800.0) -> tuple
 
     headers = {"Authorization": f"Bearer {token}"}
     started = time.perf_counter()
-    ticket = requests.post(f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)},
-                           headers=headers, timeout=60).json()
-    posted = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"],
-                           files={"file": ("scan.mp4", data, "video/mp4")}, timeout=300)
+    ticket = requests.post(
+        f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)}, headers=headers, timeout=60
+    ).json()
+    posted = requests.post(
+        ticket["upload"]["url"],
+        data=ticket["upload"]["fields"],
+        files={"file": ("scan.mp4", data, "video/mp4")},
+        timeout=300,
+    )
     posted.raise_for_status()
     deadline = time.time() + timeout
     while True:
@@ -84,8 +89,10 @@ def main() -> int:
     frames = windowed_slices(read_scan(sample))
     long_frames = np.concatenate([frames] * args.repeat)
     long_video = write_h264(long_frames, fps=5.0, crf=18)
-    print(f"model {args.model.name}; sample {len(frames)} frames {frames.shape[1]}x{frames.shape[2]}; "
-          f"long scan {len(long_frames)} frames")
+    print(
+        f"model {args.model.name}; sample {len(frames)} frames {frames.shape[1]}x{frames.shape[2]}; "
+        f"long scan {len(long_frames)} frames"
+    )
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ichseg-bench-") as state:
@@ -119,13 +126,17 @@ def main() -> int:
     print("\nscan              frames  end-to-end s  inference s  overhead ratio  split s  segment s  assemble s")
     for name, count, seconds, timings in rows:
         pure = inference_seconds(args.model, frames if count == len(frames) else long_frames)
-        print(f"{name:<17} {count:6d}  {seconds:12.1f}  {pure:11.1f}  {seconds / pure:14.2f}"
-              f"  {timings.get('received->split', 0):7.1f}  {timings.get('segmenting->assembling', 0):9.1f}"
-              f"  {timings.get('assembling->done', 0):10.1f}")
+        print(
+            f"{name:<17} {count:6d}  {seconds:12.1f}  {pure:11.1f}  {seconds / pure:14.2f}"
+            f"  {timings.get('received->split', 0):7.1f}  {timings.get('segmenting->assembling', 0):9.1f}"
+            f"  {timings.get('assembling->done', 0):10.1f}"
+        )
     per_job = sorted(seconds for seconds, _ in results)
-    print(f"\n{args.concurrent} concurrent uploads of the sample: all DONE in {burst:.1f} s -> "
-          f"{args.concurrent / burst * 60:.1f} jobs/minute (single job: {rows[0][2]:.1f} s, "
-          f"{60 / rows[0][2]:.1f} jobs/minute one at a time); per-job latency {per_job[0]:.1f}-{per_job[-1]:.1f} s")
+    print(
+        f"\n{args.concurrent} concurrent uploads of the sample: all DONE in {burst:.1f} s -> "
+        f"{args.concurrent / burst * 60:.1f} jobs/minute (single job: {rows[0][2]:.1f} s, "
+        f"{60 / rows[0][2]:.1f} jobs/minute one at a time); per-job latency {per_job[0]:.1f}-{per_job[-1]:.1f} s"
+    )
     return 0
 
 
