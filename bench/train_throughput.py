@@ -1,6 +1,6 @@
 """Training throughput: slices/s in one process vs 2 Horovod ranks (Gloo) on this machine.
 
-    .venv-train/bin/python bench/train_throughput.py [--size 192] [--steps 12]
+    .venv-train/bin/python bench/train_throughput.py [--size 160] [--steps 12]
 
 Both runs train the shipped architecture on the same synthetic training set for the same number
 of steps per rank; the figure is training slices per second over all ranks (the first epoch, which
@@ -58,7 +58,7 @@ def run(ranks: int, data: Path, out: Path, size: int, steps: int, base_filters: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--base-filters", type=int, default=16)
     args = parser.parse_args()

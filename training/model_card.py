@@ -18,9 +18,9 @@ from training.evaluate import markdown_table
 
 REPRODUCE = """```sh
 make train-env                                          # .venv-train (TensorFlow 2.15, Horovod, tf2onnx)
-.venv-train/bin/python -m training.training_set         # build/training-set-192.npz from ../shared/data
-.venv-train/bin/python -m training.train --data build/training-set-192.npz --out build/model \\
-    --epochs {epochs} --steps-per-epoch {steps} --batch-size {batch}
+.venv-train/bin/python -m training.training_set         # build/training-set-160.npz from ../shared/data
+.venv-train/bin/python -m training.train --data build/training-set-160.npz --out build/model \\
+    --epochs {epochs} --steps-per-epoch {steps} --batch-size {batch}  # {minutes} min on 2 CPU cores
 .venv-train/bin/python -m model_export.export --keras build/model/model.h5 --out models/ichseg-unet.onnx \\
     --summary build/model/training_summary.json --version {version}
 .venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val --choose-thresholds
@@ -91,6 +91,7 @@ Validation (used to choose the thresholds):
             epochs=config.get("epochs"),
             steps=config.get("steps_per_epoch"),
             batch=config.get("batch_size"),
+            minutes=cpu_minutes,
             version=meta.version,
         )
     }

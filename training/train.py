@@ -1,6 +1,6 @@
 """Train the ichseg segmentation model: one process, or several under Horovod, or on SageMaker.
 
-    .venv-train/bin/python -m training.train --data build/training-set-192.npz --out build/model
+    .venv-train/bin/python -m training.train --data build/training-set-160.npz --out build/model
     horovodrun -np 2 --gloo .venv-train/bin/python -m training.train --horovod ...
 
 Under Horovod each rank reads its own shard of the training set, the learning rate is scaled by

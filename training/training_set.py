@@ -206,7 +206,7 @@ def add_synthetic(rows: _Rows, count: int, spec: InputSpec, seed: int, val_fract
 
 def build_training_set(
     shared_data: Path = SHARED_DATA,
-    size: int = 192,
+    size: int = 160,
     synthetic_count: int = 1200,
     seed: int = 11,
     ct_ich_limit: int | None = None,
@@ -223,9 +223,9 @@ def build_training_set(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the ichseg training set (.npz) from ../shared/data.")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--synthetic", type=int, default=1200)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "training-set-192.npz")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "training-set-160.npz")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     args.out.parent.mkdir(parents=True, exist_ok=True)
