@@ -264,6 +264,8 @@ def train(config: TrainConfig) -> dict[str, object]:
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     if dist.is_chief:
+        # model.h5 is the best epoch by validation loss; the last epoch is kept beside it.
+        model.save(out / "model-last.h5")
         if not (out / "model.h5").exists():
             model.save(out / "model.h5")
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2))

@@ -126,7 +126,12 @@ def test_two_horovod_ranks_end_with_identical_weights(tiny_training_set: Path, t
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["ranks"] == 2
     assert summary["config"]["learning_rate"] == pytest.approx(1e-3)  # the scaled rate is applied inside
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model.h5", "training_summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv",
+        "model-last.h5",
+        "model.h5",
+        "training_summary.json",
+    ]
 
 
 def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
