@@ -92,7 +92,7 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
             return next(self.batches, None)
 
     prepared = destination.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared))
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     quantize_static(
         str(prepared),
         str(destination),
