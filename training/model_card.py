@@ -82,6 +82,8 @@ Validation (used to choose the thresholds):
 - 8-bit video/JPEG inputs must already be in a brain-type window; a bone-window video is out of
   distribution.
 
+What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
+
 ## Intended use
 {meta.intended_use}
 
