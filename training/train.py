@@ -50,6 +50,8 @@ class TrainConfig:
     """Cap on steps per epoch (None: one pass over this rank's shard)."""
     horovod: bool = False
     slice_loss_weight: float = 0.5
+    initial_weights: str | None = None
+    """Start from a saved model's weights (fine-tuning, or resuming after an interruption)."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -211,6 +213,8 @@ def train(config: TrainConfig) -> dict[str, object]:
     val_rows = np.flatnonzero(data.split == "val")
     input_size = data.images.shape[1]
     model = build_model(input_size, config.base_filters, config.depth, config.variant, norm=config.norm)  # type: ignore[arg-type]
+    if config.initial_weights:
+        model.load_weights(config.initial_weights)
     learning_rate = config.learning_rate * dist.size  # linear scaling with the global batch
     compile_model(model, learning_rate, config.slice_loss_weight, config.horovod)
 
@@ -300,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--positive-oversampling", type=int, default=2)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--slice-loss-weight", type=float, default=0.5)
+    parser.add_argument("--initial-weights", default=None, help="start from this saved model's weights")
     parser.add_argument("--horovod", action="store_true", help="run as one rank of a horovodrun job")
     args = parser.parse_args(argv)
     if not args.data:
