@@ -201,3 +201,44 @@ def jpeg_bytes(array: np.ndarray, quality: int = 95) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def enhanced_ct(count: int = 3, rows: int = 24, cols: int = 20, step_mm: float = 1.25) -> Dataset:
+    """One Enhanced CT instance holding every slice; frames stored superior-to-inferior, so a
+    reader must sort them by the per-frame positions. Frame k in space holds phantom_hu(k)."""
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import EnhancedCTImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality = "CT"
+    ds.NumberOfFrames = count
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    measures, orientation, transform = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = ["0.6", "0.7"], str(step_mm)
+    orientation.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    transform.RescaleIntercept, transform.RescaleSlope, transform.RescaleType = "-1024", "1", "HU"
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames, groups = [], []
+    for k in reversed(range(count)):
+        position = Dataset()
+        position.ImagePositionPatient = ["0", "0", f"{k * step_mm:.3f}"]
+        group = Dataset()
+        group.PlanePositionSequence = DicomSequence([position])
+        groups.append(group)
+        frames.append(np.rint(phantom_hu(k, rows, cols) + 1024).astype(np.uint16))
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(groups)
+    ds.PixelData = np.stack(frames).tobytes()
+    return ds

@@ -200,3 +200,14 @@ def test_compressed_dicom_series_jpeg_lossless_and_rle(tmp_path: Path) -> None:
         members[f"IM{i}"] = dicom_bytes(ds)
     scan = read_scan(zip_files(tmp_path / "compressed.zip", members))
     _check_dicom_scan(scan, 4, 32, 40)
+
+
+def test_enhanced_multiframe_ct_sorted_by_per_frame_positions(tmp_path: Path) -> None:
+    from tests.scan_fixtures import enhanced_ct
+
+    (tmp_path / "enhanced.dcm").write_bytes(dicom_bytes(enhanced_ct(count=3, step_mm=1.25)))
+    scan = read_scan(tmp_path / "enhanced.dcm")
+    assert scan.format == "dicom" and scan.hu and scan.slices.shape == (3, 24, 20)
+    assert [float(s.max()) for s in np.where(scan.slices < 500, scan.slices, -1000)] == [HEAD_HU + k for k in range(3)]
+    assert float(scan.slices.min()) == -1000.0
+    assert scan.pixel_spacing_mm == (0.6, 0.7) and scan.slice_thickness_mm == pytest.approx(1.25)

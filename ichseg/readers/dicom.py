@@ -193,11 +193,16 @@ def _multiframe_scan(instance: _Instance, fmt: str, source: str, limits: ScanLim
     frames = int(dataset.NumberOfFrames)
     check_scan_size(limits, source, frames, int(dataset.Rows), int(dataset.Columns))
     pixels = _hu_pixels(instance.name, dataset)
+    shared = getattr(dataset, "SharedFunctionalGroupsSequence", [None])[0]
+    transform = getattr(shared, "PixelValueTransformationSequence", [None])[0] if shared is not None else None
+    if "RescaleSlope" not in dataset and transform is not None:
+        # Enhanced CT keeps the rescale in the functional groups, where apply_rescale does not look.
+        slope = float(getattr(transform, "RescaleSlope", 1) or 1)
+        pixels = pixels * np.float32(slope) + np.float32(float(getattr(transform, "RescaleIntercept", 0) or 0))
     positions = []
     for group in getattr(dataset, "PerFrameFunctionalGroupsSequence", []):
         plane = getattr(group, "PlanePositionSequence", None)
         positions.append([float(v) for v in plane[0].ImagePositionPatient] if plane else None)
-    shared = getattr(dataset, "SharedFunctionalGroupsSequence", [None])[0]
     measures = getattr(shared, "PixelMeasuresSequence", [None])[0] if shared is not None else None
     spacing = _pixel_spacing(measures) if measures is not None else None
     step = None
