@@ -16,24 +16,54 @@ from typing import Any
 from model_export.metadata_io import read_metadata, stamp_metadata
 from training.evaluate import markdown_table
 
-REPRODUCE = """```sh
-make train-env                                          # .venv-train (TensorFlow 2.15, Horovod, tf2onnx)
-.venv-train/bin/python -m training.training_set         # build/training-set-160.npz from ../shared/data
-.venv-train/bin/python -m training.train --data build/training-set-160.npz --out build/model \\
-    --epochs {epochs} --steps-per-epoch {steps} --batch-size {batch}  # {minutes} min on 2 CPU cores
-.venv-train/bin/python -m model_export.export --keras build/model/model.h5 --out models/ichseg-unet.onnx \\
-    --summary build/model/training_summary.json --version {version}
-.venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val --choose-thresholds
-.venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test
-.venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx \\
-    --summary build/model/training_summary.json --eval build/eval --out models/MODEL_CARD.md
-```"""
+
+def reproduce_commands(stages: list[dict[str, Any]], version: str) -> str:
+    """The exact commands behind the model: one training command per stage (later stages start
+    from the previous stage's weights), then export, threshold choice, test evaluation and this card."""
+    lines = [
+        "```sh",
+        "make train-env                                          # .venv-train (TensorFlow 2.15, Horovod, tf2onnx)",
+        ".venv-train/bin/python -m training.training_set         # build/training-set-160.npz from ../shared/data",
+    ]
+    outs = [f"build/model-stage{i + 1}" for i in range(len(stages))]
+    for i, stage in enumerate(stages):
+        config = stage.get("config", {})
+        start = f" --initial-weights {outs[i - 1]}/model.h5" if i else ""
+        lines.append(
+            f".venv-train/bin/python -m training.train --data build/training-set-160.npz --out {outs[i]} \\\n"
+            f"    --epochs {config.get('epochs')} --steps-per-epoch {config.get('steps_per_epoch')} "
+            f"--batch-size {config.get('batch_size')} --learning-rate {config.get('learning_rate')}{start}"
+            f"  # {round(float(stage.get('seconds', 0)) / 60, 1)} min on 2 CPU cores"
+        )
+    summaries = " ".join(f"--summary {out}/training_summary.json" for out in outs)
+    lines += [
+        f".venv-train/bin/python -m model_export.export --keras {outs[-1]}/model.h5 --out models/ichseg-unet.onnx \\",
+        f"    --summary {outs[-1]}/training_summary.json --version {version}",
+        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val --choose-thresholds",
+        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test",
+        f".venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx {summaries} \\",
+        "    --eval build/eval --out models/MODEL_CARD.md",
+        "```",
+    ]
+    return "\n".join(lines)
 
 
-def write_card(model: Path, summary: dict[str, Any], val: dict[str, Any], test: dict[str, Any], out: Path) -> str:
+def training_description(stages: list[dict[str, Any]]) -> str:
+    parts = []
+    for i, stage in enumerate(stages):
+        config = stage.get("config", {})
+        origin = ", from the previous stage's weights" if i else ""
+        parts.append(
+            f"stage {i + 1}: {config.get('epochs')} epochs x {config.get('steps_per_epoch')} steps, batch "
+            f"{config.get('batch_size')}, Adam {config.get('learning_rate')}{origin}, "
+            f"{round(float(stage.get('seconds', 0)) / 60, 1)} min ({stage.get('steady_slices_per_second')} slices/s)"
+        )
+    total = round(sum(float(stage.get("seconds", 0)) for stage in stages) / 60, 1)
+    return "; ".join(parts) + f". In all {total} minutes on 2 CPU cores"
+
+
+def write_card(model: Path, stages: list[dict[str, Any]], val: dict[str, Any], test: dict[str, Any], out: Path) -> str:
     meta = read_metadata(model)
-    config = summary.get("config", {})
-    cpu_minutes = round(float(summary.get("seconds", 0)) / 60, 1)
     text = f"""# Model card: {meta.name} {meta.version}
 
 **Not for clinical use.** Research and demonstration software; not a medical device.
@@ -59,10 +89,8 @@ pixel {meta.pixel_threshold}.
   the scans held out for the Dice figures below.
 - **Synthetic head CT** (`training/synthetic.py`): 1,200 slices with exact masks for all five subtypes.
 
-Training: {config.get("epochs")} epochs x {config.get("steps_per_epoch")} steps, batch {config.get("batch_size")},
-Adam {config.get("learning_rate")}, Dice + focal BCE (mask) and BCE (slice), online augmentation
-(flips, rotation, scale, shift, window/contrast/gamma, noise). {cpu_minutes} minutes on 2 CPU cores
-({summary.get("steady_slices_per_second")} slices/s).
+Training ({training_description(stages)}): Dice + focal BCE (mask) and BCE (slice), online
+augmentation (flips, rotation, scale, shift, window/contrast/gamma, noise).
 
 ## Held-out results
 Every figure below is on patients/scans the model never trained on; 95 % intervals bootstrap
@@ -88,15 +116,7 @@ What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
 {meta.intended_use}
 
 ## Reproduce
-{
-        REPRODUCE.format(
-            epochs=config.get("epochs"),
-            steps=config.get("steps_per_epoch"),
-            batch=config.get("batch_size"),
-            minutes=cpu_minutes,
-            version=meta.version,
-        )
-    }
+{reproduce_commands(stages, meta.version)}
 """
     out.write_text(text)
     stamp_metadata(model, meta.with_updates(metrics={"test": test, "validation": val}))
@@ -106,14 +126,16 @@ What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument(
+        "--summary", type=Path, action="append", required=True, help="training_summary.json of each stage, in order"
+    )
     parser.add_argument("--eval", type=Path, default=Path("build/eval"))
     parser.add_argument("--out", type=Path, default=Path("models/MODEL_CARD.md"))
     args = parser.parse_args()
-    summary = json.loads(args.summary.read_text())
+    stages = [json.loads(path.read_text()) for path in args.summary]
     val = json.loads((args.eval / "val.json").read_text())
     test = json.loads((args.eval / "test.json").read_text())
-    write_card(args.model, summary, val, test, args.out)
+    write_card(args.model, stages, val, test, args.out)
     print(args.out)
 
 
