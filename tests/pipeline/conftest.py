@@ -79,8 +79,9 @@ def moto_url() -> Iterator[str]:
 def aws_client(url: str, service: str) -> Any:
     import boto3
 
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
 
 
 def create_jobs_table(client: Any, name: str) -> None:
@@ -88,14 +89,22 @@ def create_jobs_table(client: Any, name: str) -> None:
     client.create_table(
         TableName=name,
         BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"},
-                              {"AttributeName": "owner", "AttributeType": "S"},
-                              {"AttributeName": "created_at", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "owner", "AttributeType": "S"},
+            {"AttributeName": "created_at", "AttributeType": "S"},
+        ],
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[{"IndexName": "by_owner",
-                                 "KeySchema": [{"AttributeName": "owner", "KeyType": "HASH"},
-                                               {"AttributeName": "created_at", "KeyType": "RANGE"}],
-                                 "Projection": {"ProjectionType": "ALL"}}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_owner",
+                "KeySchema": [
+                    {"AttributeName": "owner", "KeyType": "HASH"},
+                    {"AttributeName": "created_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
     )
 
 
@@ -129,15 +138,23 @@ class AppClient:
         return {"Authorization": f"Bearer {self.stack.token(self.uid)}"}
 
     def start(self, content_type: str = "video/mp4", **extra: Any) -> requests.Response:
-        return requests.post(f"{self.stack.api_url}/v1/scans", json={"content_type": content_type, **extra},
-                             headers=self.headers, timeout=30)
+        return requests.post(
+            f"{self.stack.api_url}/v1/scans",
+            json={"content_type": content_type, **extra},
+            headers=self.headers,
+            timeout=30,
+        )
 
     def upload(self, data: bytes, content_type: str = "video/mp4") -> str:
         response = self.start(content_type, size_bytes=len(data))
         assert response.status_code == 201, response.text
         ticket = response.json()
-        posted = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"],
-                               files={"file": ("scan", data, content_type)}, timeout=30)
+        posted = requests.post(
+            ticket["upload"]["url"],
+            data=ticket["upload"]["fields"],
+            files={"file": ("scan", data, content_type)},
+            timeout=30,
+        )
         assert posted.status_code == 204, posted.text
         return str(ticket["job_id"])
 
@@ -174,21 +191,29 @@ def core(stack: LocalStack) -> PipelineContext:
     s3.create_bucket(Bucket=bucket)
     queues = {name: sqs.create_queue(QueueName=f"core-{name}-{suffix}")["QueueUrl"] for name in ("segment", "assemble")}
     create_jobs_table(dynamodb, table)
-    config = PipelineConfig.from_env({
-        **TEST_ENVIRONMENT,
-        "ICHSEG_BUCKET": bucket,
-        "ICHSEG_TABLE": table,
-        "ICHSEG_SEGMENT_QUEUE_URL": queues["segment"],
-        "ICHSEG_ASSEMBLE_QUEUE_URL": queues["assemble"],
-        "ICHSEG_ENDPOINT_URL": stack.endpoint_url,
-    })
+    config = PipelineConfig.from_env(
+        {
+            **TEST_ENVIRONMENT,
+            "ICHSEG_BUCKET": bucket,
+            "ICHSEG_TABLE": table,
+            "ICHSEG_SEGMENT_QUEUE_URL": queues["segment"],
+            "ICHSEG_ASSEMBLE_QUEUE_URL": queues["assemble"],
+            "ICHSEG_ENDPOINT_URL": stack.endpoint_url,
+        }
+    )
 
     class Session:
         def client(self, service: str, config: Any = None) -> Any:
             import boto3
 
-            return boto3.client(service, endpoint_url=stack.moto_url, region_name="us-east-1",
-                                aws_access_key_id="testing", aws_secret_access_key="testing", config=config)
+            return boto3.client(
+                service,
+                endpoint_url=stack.moto_url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=config,
+            )
 
     return PipelineContext(config, session=Session(), sleep=lambda seconds: None)
 
@@ -198,8 +223,9 @@ def receive_all(ctx: PipelineContext, queue_url: str, wait: float = 2.0) -> list
     messages: list[dict[str, Any]] = []
     deadline = time.time() + wait
     while time.time() < deadline:
-        batch = ctx.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
-                                        MessageSystemAttributeNames=["All"]).get("Messages", [])
+        batch = ctx.sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageSystemAttributeNames=["All"]
+        ).get("Messages", [])
         for message in batch:
             ctx.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         messages += batch

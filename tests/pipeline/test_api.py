@@ -36,18 +36,21 @@ def _forgeries(stack: LocalStack) -> dict[str, str]:
     issuer = stack.issuer
     claims = issuer.claims("alice")
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    header, payload = (base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode() for part in (
-        {"alg": "none", "typ": "JWT", "kid": issuer.key_id}, claims
-    ))
+    header, payload = (
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+        for part in ({"alg": "none", "typ": "JWT", "kid": issuer.key_id}, claims)
+    )
     return {
-        "expired": issuer.mint("alice", lifetime_seconds=-60, iat=int(time.time()) - 4000,
-                               auth_time=int(time.time()) - 4000),
+        "expired": issuer.mint(
+            "alice", lifetime_seconds=-60, iat=int(time.time()) - 4000, auth_time=int(time.time()) - 4000
+        ),
         "wrong key": issuer.sign_with(claims, other_key),
         "unknown key id": issuer.sign_with(claims, other_key, key_id="not-a-google-key"),
         "wrong audience": issuer.mint("alice", aud="someone-elses-project"),
         "wrong issuer": issuer.mint("alice", iss="https://securetoken.google.com/someone-elses-project"),
-        "HS256 with the public certificate as secret": issuer.sign_with(claims, issuer.certificate_pem.encode()[:64],
-                                                                         algorithm="HS256"),
+        "HS256 with the public certificate as secret": issuer.sign_with(
+            claims, issuer.certificate_pem.encode()[:64], algorithm="HS256"
+        ),
         "alg none": f"{header}.{payload}.",
         "empty subject": issuer.mint("alice", sub=""),
         "garbage": "not-a-jwt",
@@ -104,8 +107,12 @@ def test_oversized_and_malformed_requests_are_refused(alice: AppClient, stack: L
     assert alice.start(size_bytes=10**12).status_code == 413
     assert alice.start(size_bytes="big").status_code == 400
     for body in (b"[1, 2]", b"{not json"):
-        raw = requests.post(f"{stack.api_url}/v1/scans", data=body,
-                            headers={**alice.headers, "Content-Type": "application/json"}, timeout=30)
+        raw = requests.post(
+            f"{stack.api_url}/v1/scans",
+            data=body,
+            headers={**alice.headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
         assert raw.status_code == 400, body
 
 

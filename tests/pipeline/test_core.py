@@ -28,11 +28,21 @@ def test_app_upload_keys_name_their_owner_and_job() -> None:
     assert keys.upload_key("alice-1_X", JOB) == f"uploads/alice-1_X/{JOB}/scan"
 
 
-@pytest.mark.parametrize("key", [
-    f"uploads/alice/{JOB}/other", f"uploads/alice/{JOB}", "uploads/alice/not-a-job-id/scan",
-    f"uploads/al ice/{JOB}/scan", f"uploads/../{JOB}/scan", f"uploads/a/b/{JOB}/scan", "work/x/frames/b0000.npy",
-    "results/x/overlay.mp4", "ingest/", "ingest/folder/",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"uploads/alice/{JOB}/other",
+        f"uploads/alice/{JOB}",
+        "uploads/alice/not-a-job-id/scan",
+        f"uploads/al ice/{JOB}/scan",
+        f"uploads/../{JOB}/scan",
+        f"uploads/a/b/{JOB}/scan",
+        "work/x/frames/b0000.npy",
+        "results/x/overlay.mp4",
+        "ingest/",
+        "ingest/folder/",
+    ],
+)
 def test_keys_outside_the_layout_are_refused(key: str) -> None:
     with pytest.raises(UnexpectedKey):
         UploadRef.from_object("b", key, "etag", 1)
@@ -53,13 +63,16 @@ def test_uids_that_are_not_path_safe_cannot_get_an_upload_key() -> None:
             keys.upload_key(uid, JOB)
 
 
-@pytest.mark.parametrize(("height", "width", "configured", "expected"), [
-    (512, 512, 16, 16),  # 256 KiB a slice: the configured batch fits
-    (650, 650, 16, 14),  # the sample video's frames: 413 KiB, 14 fit in 6 MB
-    (1080, 1920, 16, 3),
-    (2000, 2000, 16, 1),
-    (64, 64, 500, 64),  # never more than the server and CustomAttributes allow
-])
+@pytest.mark.parametrize(
+    ("height", "width", "configured", "expected"),
+    [
+        (512, 512, 16, 16),  # 256 KiB a slice: the configured batch fits
+        (650, 650, 16, 14),  # the sample video's frames: 413 KiB, 14 fit in 6 MB
+        (1080, 1920, 16, 3),
+        (2000, 2000, 16, 1),
+        (64, 64, 500, 64),  # never more than the server and CustomAttributes allow
+    ],
+)
 def test_batches_stay_inside_sagemakers_request_limits(height: int, width: int, configured: int, expected: int) -> None:
     config = PipelineConfig(batch_slices=configured)
     assert config.slices_per_request(height, width) == expected
@@ -73,8 +86,14 @@ def test_batches_cover_every_slice_once_in_order() -> None:
 
 
 def test_config_reads_the_environment_and_names_what_is_missing() -> None:
-    config = PipelineConfig.from_env({"ICHSEG_BUCKET": "b", "ICHSEG_BATCH_SLICES": "8",
-                                      "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "ICHSEG_ENDPOINT_URL": "http://x/"})
+    config = PipelineConfig.from_env(
+        {
+            "ICHSEG_BUCKET": "b",
+            "ICHSEG_BATCH_SLICES": "8",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+            "ICHSEG_ENDPOINT_URL": "http://x/",
+        }
+    )
     assert (config.bucket, config.batch_slices, config.endpoint_url) == ("b", 8, "http://x")
     assert config.aws_endpoints == (("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),)
     with pytest.raises(ConfigError, match="ICHSEG_TABLE, ICHSEG_SEGMENT_QUEUE_URL"):
@@ -123,8 +142,12 @@ def test_transient_endpoint_errors_are_retried_with_backoff() -> None:
     )
     sleeps: list[float] = []
     retries: list[int] = []
-    client = EndpointClient(transport, RetryPolicy(attempts=5, base_seconds=0.5), sleep=sleeps.append,
-                            on_retry=lambda attempt, error: retries.append(attempt))
+    client = EndpointClient(
+        transport,
+        RetryPolicy(attempts=5, base_seconds=0.5),
+        sleep=sleeps.append,
+        on_retry=lambda attempt, error: retries.append(attempt),
+    )
     result = client.segment(slices)
     assert result.attempts == 3 and transport.calls == 3 and retries == [1, 2]
     assert 0 <= sleeps[0] <= 0.5 and 0 <= sleeps[1] <= 1.0
@@ -152,18 +175,26 @@ def test_answers_that_break_the_contract_are_retried_not_trusted() -> None:
 def test_sagemaker_errors_are_classified_like_the_runtime_reports_them() -> None:
     import boto3
 
-    client = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x",
-                          aws_secret_access_key="x")
+    client = boto3.client(
+        "sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
     transport = SageMakerTransport(client, "ichseg")
     slices = np.zeros((1, 16, 16), np.uint8)
     with Stubber(client) as stub:
         stub.add_client_error("invoke_endpoint", "ThrottlingException", http_status_code=400)
         stub.add_client_error("invoke_endpoint", "ValidationError", "bad request", http_status_code=400)
-        stub.add_client_error("invoke_endpoint", "ModelError", http_status_code=424,
-                              response_meta={}, modeled_fields={"OriginalStatusCode": 500})
+        stub.add_client_error(
+            "invoke_endpoint",
+            "ModelError",
+            http_status_code=424,
+            response_meta={},
+            modeled_fields={"OriginalStatusCode": 500},
+        )
         body, attributes = _answer(slices)
-        stub.add_response("invoke_endpoint", {"Body": io.BytesIO(body), "ContentType": "application/x-npy",
-                                              "CustomAttributes": attributes})
+        stub.add_response(
+            "invoke_endpoint",
+            {"Body": io.BytesIO(body), "ContentType": "application/x-npy", "CustomAttributes": attributes},
+        )
         outcomes = []
         for _ in range(3):
             with pytest.raises(EndpointError) as info:
@@ -218,9 +249,16 @@ def test_the_lambda_side_never_imports_onnxruntime_or_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, functions.api, functions.authorizer, functions.split, functions.segment, "
-            "functions.assemble, functions.watchdog; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'tensorflow'))))")
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True,
-                         env={"POWERTOOLS_SERVICE_NAME": "ichseg", "PATH": ""})
+    code = (
+        "import sys, functions.api, functions.authorizer, functions.split, functions.segment, "
+        "functions.assemble, functions.watchdog; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'tensorflow'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"POWERTOOLS_SERVICE_NAME": "ichseg", "PATH": ""},
+    )
     assert json.loads(out.stdout) == []

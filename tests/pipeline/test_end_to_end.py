@@ -81,7 +81,11 @@ def test_app_upload_ends_done_with_h264_overlay_in_s3_and_firebase_and_the_cli_r
     assert _video_facts(emulator_video) == ("h264", "yuv420p", 10)
     assert status["mirror"]["error"] is None
     assert list(job.stage_seconds()) == [
-        "created->received", "received->split", "split->segmenting", "segmenting->assembling", "assembling->done"
+        "created->received",
+        "received->split",
+        "split->segmenting",
+        "segmenting->assembling",
+        "assembling->done",
     ]
 
 
@@ -91,11 +95,20 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     sqs = stack.aws("sqs")
     job_id = alice.upload(video_bytes(tmp_path, head_frames(6, bleed_from=3)))
     # The same S3 notification delivered twice more (S3 and SQS are both at-least-once).
-    notification = {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventName": "ObjectCreated:Post",
-        "s3": {"bucket": {"name": stack.settings.bucket},
-               "object": {"key": f"uploads/alice/{job_id}/scan".replace("/", "%2F"), "size": 1, "eTag": "x"}},
-    }]}
+    notification = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Post",
+                "s3": {
+                    "bucket": {"name": stack.settings.bucket},
+                    "object": {"key": f"uploads/alice/{job_id}/scan".replace("/", "%2F"), "size": 1, "eTag": "x"},
+                },
+            }
+        ]
+    }
     for _ in range(2):
         sqs.send_message(QueueUrl=stack.queues["ingest"].url, MessageBody=json.dumps(notification))
     job = alice.wait(job_id)
@@ -103,8 +116,13 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     done_at = job.stamps["done"]
 
     # Replay every stage's messages after the fact: a segment message and the assemble message.
-    segment = {"job_id": job_id, "batch_id": "b0000", "start": 0, "count": 4,
-               "frames_key": f"work/{job_id}/frames/b0000.npy"}
+    segment = {
+        "job_id": job_id,
+        "batch_id": "b0000",
+        "start": 0,
+        "count": 4,
+        "frames_key": f"work/{job_id}/frames/b0000.npy",
+    }
     sqs.send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(segment))
     sqs.send_message(QueueUrl=stack.queues["assemble"].url, MessageBody=json.dumps({"job_id": job_id}))
     deadline = time.time() + 30
@@ -169,8 +187,13 @@ def test_a_poisoned_message_goes_to_the_dead_letter_queue_and_fails_its_job(
     store = stack.store
     job, _ = store.create(uuid.uuid4().hex, JobSource.APP, "alice", "uploads/alice/poisoned/scan", 900)
     store.mark_split(job.job_id, total_batches=1, total_slices=4, scan={})
-    poison = {"job_id": job.job_id, "batch_id": "b0000", "start": 0, "count": 4,
-              "frames_key": f"work/{job.job_id}/frames/missing.npy"}
+    poison = {
+        "job_id": job.job_id,
+        "batch_id": "b0000",
+        "start": 0,
+        "count": 4,
+        "frames_key": f"work/{job.job_id}/frames/missing.npy",
+    }
     stack.aws("sqs").send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(poison))
     failed = stack.wait_for_job(job.job_id, timeout=60)
     assert failed.state == JobState.FAILED and failed.error_code == "segment_failed"
@@ -231,17 +254,26 @@ def test_watchdog_function_runs_on_its_schedule_event(stack: LocalStack) -> None
     assert status == "ok" and set(answer) == {"checked", "failed"}
 
 
-def test_function_logs_carry_the_job_id_and_emit_emf_metrics(alice: AppClient, stack: LocalStack,
-                                                               tmp_path: Path) -> None:
+def test_function_logs_carry_the_job_id_and_emit_emf_metrics(
+    alice: AppClient, stack: LocalStack, tmp_path: Path
+) -> None:
     job_id = alice.upload(video_bytes(tmp_path, head_frames(3)))
     assert alice.wait(job_id).state == JobState.DONE
     time.sleep(0.3)
     for function in ("split", "segment", "assemble"):
-        lines = [json.loads(line) for line in (stack.log_dir / f"{function}.log").read_text().splitlines()
-                 if line.startswith("{")]
+        lines = [
+            json.loads(line)
+            for line in (stack.log_dir / f"{function}.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
         logs = [line for line in lines if line.get("job_id") == job_id]
         assert logs, f"no {function} log line carries job_id"
-        metric_names = {m["Name"] for line in lines if "_aws" in line
-                        for d in line["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+        metric_names = {
+            m["Name"]
+            for line in lines
+            if "_aws" in line
+            for d in line["_aws"]["CloudWatchMetrics"]
+            for m in d["Metrics"]
+        }
         assert f"{function.capitalize()}Latency" in metric_names
     assert np.isfinite(stack.store.require(job_id).stamps["done"])

@@ -112,7 +112,11 @@ def test_fail_keeps_the_first_reason_and_never_overrides_done(store: JobStore) -
     assert not store.fail("j1", "deadline_exceeded", "too slow", "watchdog")
     job = store.require("j1")
     assert (job.state, job.error_code, job.error_reason, job.failed_stage) == (
-        JobState.FAILED, "segment_failed", "the endpoint is down", "segment")
+        JobState.FAILED,
+        "segment_failed",
+        "the endpoint is down",
+        "segment",
+    )
     assert store.mark_batch_done("j1", "b0000", 4) is None  # a failed job takes no more work
 
     _segmenting(store, "j2", batches=1)
@@ -124,8 +128,9 @@ def test_fail_keeps_the_first_reason_and_never_overrides_done(store: JobStore) -
 
 
 def test_failing_an_unknown_job_leaves_a_failed_row(store: JobStore) -> None:
-    assert store.fail("ingest-abc", "split_failed", "cannot read", "split", source=JobSource.INGEST,
-                      upload_key="ingest/x.zip")
+    assert store.fail(
+        "ingest-abc", "split_failed", "cannot read", "split", source=JobSource.INGEST, upload_key="ingest/x.zip"
+    )
     job = store.require("ingest-abc")
     assert job.state == JobState.FAILED and job.owner is None and job.upload_key == "ingest/x.zip"
 
@@ -150,7 +155,10 @@ def test_stage_timings_and_listing_by_owner(store: JobStore, clock: Clock) -> No
     clock.now += 0.25
     store.mark_segmenting("a1")
     assert store.require("a1").stage_seconds() == {
-        "created->received": 1.5, "received->split": 2.0, "split->segmenting": 0.25}
+        "created->received": 1.5,
+        "received->split": 2.0,
+        "split->segmenting": 0.25,
+    }
     store.create("a2", JobSource.APP, "alice", "k", 900)
     store.create("b1", JobSource.APP, "bob", "k", 900)
     store.create("h1", JobSource.INGEST, None, "ingest/x", 900)

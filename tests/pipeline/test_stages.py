@@ -105,8 +105,10 @@ def test_a_split_that_died_after_recording_resumes_from_the_manifest(core: Pipel
     split_scan_into_batches(core, upload)
     receive_all(core, core.config.segment_queue_url)  # the messages were lost with the crashed run...
     core.store.client.update_item(  # ...which got as far as SPLIT
-        TableName=core.config.table, Key={"job_id": {"S": upload.job_id}},
-        UpdateExpression="SET #s = :split", ExpressionAttributeNames={"#s": "state"},
+        TableName=core.config.table,
+        Key={"job_id": {"S": upload.job_id}},
+        UpdateExpression="SET #s = :split",
+        ExpressionAttributeNames={"#s": "state"},
         ExpressionAttributeValues={":split": {"S": "SPLIT"}},
     )
     assert split_scan_into_batches(core, upload).outcome == "split"
@@ -124,16 +126,18 @@ def test_a_redelivery_repairs_an_assembly_that_was_never_enqueued(core: Pipeline
     from ichseg.endpoint_protocol import encode_slices
 
     core.put(layout.probabilities_key(upload.job_id, "b0000"), encode_slices(np.zeros((4, 64, 80), np.uint8)))
-    core.put(layout.attributes_key(upload.job_id, "b0000"),
-             ResponseAttributes("ichseg-tiny", "0.0.1-test", 0.5, 0.5, (0.0,) * 4).encode().encode())
+    core.put(
+        layout.attributes_key(upload.job_id, "b0000"),
+        ResponseAttributes("ichseg-tiny", "0.0.1-test", 0.5, 0.5, (0.0,) * 4).encode().encode(),
+    )
     result = segment_batch(core, message)
     assert result.outcome == "duplicate" and result.started_assembly
     assert len(receive_all(core, core.config.assemble_queue_url)) == 1
 
     # Died after ASSEMBLING but before the send: re-sent, but only once the winner is surely gone.
     core.store.client.update_item(
-        TableName=core.config.table, Key={"job_id": {"S": upload.job_id}},
-        UpdateExpression="REMOVE assembly_enqueued")
+        TableName=core.config.table, Key={"job_id": {"S": upload.job_id}}, UpdateExpression="REMOVE assembly_enqueued"
+    )
     assert not segment_batch(core, message).started_assembly
     now = core.clock()
     core.clock = lambda: now + 120

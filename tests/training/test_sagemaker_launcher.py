@@ -32,8 +32,15 @@ REGION = "eu-west-1"
 ENTRY = "training/sagemaker_entry.py"
 TF_GPU_IMAGE = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.14-gpu-py310"
 CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
 
@@ -87,12 +94,28 @@ def cli_dry_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess
         PYTHONPATH=str(REPO),
     )
     arguments = [
-        "--role", ROLE, "--training-data", DATA, "--output-path", OUTPUT.rstrip("/"), "--region", REGION,
-        "--hyperparameters", "epochs=3", "variant=attention", "--job-name", "ichseg-cli", "--dry-run",
+        "--role",
+        ROLE,
+        "--training-data",
+        DATA,
+        "--output-path",
+        OUTPUT.rstrip("/"),
+        "--region",
+        REGION,
+        "--hyperparameters",
+        "epochs=3",
+        "variant=attention",
+        "--job-name",
+        "ichseg-cli",
+        "--dry-run",
     ]
     process = subprocess.Popen(
         [sys.executable, "-c", GUARDED_LAUNCHER, *arguments],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     yield process
     if process.poll() is None:
@@ -152,7 +175,11 @@ def test_request_is_the_tensorflow_gpu_training_image_in_file_mode(spot_job: lau
 
     algorithm = spot_job.request["AlgorithmSpecification"]
     expected = image_uris.retrieve(
-        "tensorflow", REGION, version="2.14", py_version="py310", instance_type="ml.g5.12xlarge",
+        "tensorflow",
+        REGION,
+        version="2.14",
+        py_version="py310",
+        instance_type="ml.g5.12xlarge",
         image_scope="training",
     )
     assert algorithm["TrainingImage"] == expected == TF_GPU_IMAGE
@@ -365,8 +392,11 @@ SAGEMAKER_ENVIRONMENT = {
     "SM_MODEL_DIR": "/opt/ml/model",
     "SM_HPS": json.dumps({"epochs": 3, "variant": "attention"}),
     "SM_FRAMEWORK_PARAMS": json.dumps(
-        {"sagemaker_mpi_enabled": True, "sagemaker_mpi_num_of_processes_per_host": 4,
-         "sagemaker_mpi_custom_mpi_options": launcher.DEFAULT_MPI_OPTIONS}
+        {
+            "sagemaker_mpi_enabled": True,
+            "sagemaker_mpi_num_of_processes_per_host": 4,
+            "sagemaker_mpi_custom_mpi_options": launcher.DEFAULT_MPI_OPTIONS,
+        }
     ),
     "SM_HOSTS": json.dumps(["algo-1", "algo-2"]),
     "SM_CURRENT_HOST": "algo-1",
@@ -388,7 +418,9 @@ def test_config_from_a_realistic_sagemaker_environment() -> None:
     assert config.epochs == 3 and config.variant == "attention"
     assert config.horovod is True
     assert (config.batch_size, config.learning_rate, config.depth) == (
-        defaults.batch_size, defaults.learning_rate, defaults.depth
+        defaults.batch_size,
+        defaults.learning_rate,
+        defaults.depth,
     )
     assert config.extra == {
         "sagemaker_job_name": "ichseg-2026-11-23-10-00-00-000",
