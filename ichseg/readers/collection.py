@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from ichseg.errors import InconsistentSeriesError, NoFramesError, ScanTooLargeError, UnsupportedFormatError
-from ichseg.limits import ScanLimits
+from ichseg.limits import ScanLimits, check_scan_size
 from ichseg.readers.archive import is_junk, iter_zip_members
 from ichseg.readers.detect import HEAD_BYTES, SLICE_CONTENTS, Content, detect_content
 from ichseg.readers.images import decode_slice_image, stack_slices
@@ -100,7 +100,6 @@ def _images_to_scan(images: dict[str, bytes], kind: str, what: str, limits: Scan
     stems = [PurePosixPath(n).stem for n in names]
     arrays = [decode_slice_image(images[n], n, limits) for n in names]
     slices = stack_slices(arrays, names, what)
-    from ichseg.limits import check_scan_size
 
     check_scan_size(limits, what, *slices.shape)
     return Scan(slices=slices, slice_ids=tuple(stems), format=f"image-{kind}", hu=False, source=what)
