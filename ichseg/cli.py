@@ -60,8 +60,9 @@ def segment_command(args: argparse.Namespace) -> int:
     report = build_report(
         scan.slice_ids, segmentation, segmenter.metadata, scan.pixel_spacing_mm, scan.slice_thickness_mm
     )
-    paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report)
-    summary = {k: report[k] for k in ("finding", "hemorrhage_probability", "slices_with_hemorrhage", "volume_ml")}
+    paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
+    headline = ("finding", "hemorrhage_probability", "slices_with_hemorrhage", "subtypes", "volume_ml")
+    summary = {k: report[k] for k in headline}
     print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
     return 0
 

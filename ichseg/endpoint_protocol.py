@@ -6,13 +6,20 @@ Response: ``application/x-npy``, a uint8 array ``(N, H, W)``: hemorrhage probabi
 input's resolution; and the header ``X-Amzn-SageMaker-Custom-Attributes`` (SageMaker hands it to
 the caller as ``CustomAttributes``) carrying the per-slice probabilities and the model's identity
 and thresholds, e.g. ``model=ichseg-unet;version=1.0.0;slice_threshold=0.41;pixel_threshold=0.5;
-slice_probabilities=0.0120,0.9310``. Pure numpy: the Lambda side imports this, never onnxruntime.
+slice_probabilities=0.0120,0.9310``, and for models with a subtype head the subtype names once and
+each slice's subtype probabilities (two decimals, ``/`` between subtypes, ``,`` between slices):
+``subtype_names=epidural/subdural/...;subtypes=0.01/0.93/0.02/0.00/0.10,...``. Pure numpy: the
+Lambda side imports this, never onnxruntime.
+
+Models from 0.2 on read each slice with its neighbours (2.5-D): a request's slices must be
+consecutive slices of one scan, and the caller sends :data:`CONTEXT_SLICES` extra slices on each
+side of its batch where the scan has them, then drops their answers (:func:`trim_context`).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,7 +28,9 @@ CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 """SageMaker real-time endpoints reject request bodies above 6 MB."""
 SAGEMAKER_MAX_CUSTOM_ATTRIBUTES = 1024
-"""CustomAttributes is capped at 1024 characters: at most ~120 slice probabilities per request."""
+"""CustomAttributes is capped at 1024 characters: with five subtypes, at most ~28 slices per request."""
+CONTEXT_SLICES = 1
+"""Neighbouring slices a model sees on each side (``InputSpec.context``); batches overlap by this."""
 
 
 class ProtocolError(ValueError):
@@ -59,6 +68,9 @@ class ResponseAttributes:
     slice_threshold: float
     pixel_threshold: float
     slice_probabilities: tuple[float, ...]
+    subtype_names: tuple[str, ...] = ()
+    subtype_probabilities: tuple[tuple[float, ...], ...] = ()
+    """One row per slice, one column per name in ``subtype_names``; empty without a subtype head."""
 
     def encode(self) -> str:
         probabilities = ",".join(f"{p:.4f}" for p in self.slice_probabilities)
@@ -66,21 +78,48 @@ class ResponseAttributes:
             f"model={self.model};version={self.version};slice_threshold={self.slice_threshold};"
             f"pixel_threshold={self.pixel_threshold};slice_probabilities={probabilities}"
         )
+        if self.subtype_names:
+            rows = ",".join("/".join(f"{q:.2f}" for q in row) for row in self.subtype_probabilities)
+            text += f";subtype_names={'/'.join(self.subtype_names)};subtypes={rows}"
         if len(text) > SAGEMAKER_MAX_CUSTOM_ATTRIBUTES:
             raise ProtocolError(f"{len(self.slice_probabilities)} slices exceed SageMaker's CustomAttributes limit")
         return text
+
+    def trimmed(self, before: int, after: int) -> ResponseAttributes:
+        """The attributes without the first ``before`` and last ``after`` slices (context slices)."""
+        end = len(self.slice_probabilities) - after
+        return replace(
+            self,
+            slice_probabilities=self.slice_probabilities[before:end],
+            subtype_probabilities=self.subtype_probabilities[before:end] if self.subtype_names else (),
+        )
 
     @classmethod
     def decode(cls, text: str) -> ResponseAttributes:
         try:
             fields = dict(part.split("=", 1) for part in text.split(";") if part)
             probabilities = fields["slice_probabilities"]
-            return cls(
+            names = tuple(fields["subtype_names"].split("/")) if fields.get("subtype_names") else ()
+            rows = fields.get("subtypes", "")
+            subtypes = tuple(tuple(float(q) for q in row.split("/")) for row in rows.split(",")) if rows else ()
+            attributes = cls(
                 model=fields["model"],
                 version=fields["version"],
                 slice_threshold=float(fields["slice_threshold"]),
                 pixel_threshold=float(fields["pixel_threshold"]),
                 slice_probabilities=tuple(float(p) for p in probabilities.split(",")) if probabilities else (),
+                subtype_names=names,
+                subtype_probabilities=subtypes,
             )
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"malformed custom attributes {text[:200]!r} ({exc})") from exc
+        if names and (
+            len(subtypes) != len(attributes.slice_probabilities) or any(len(row) != len(names) for row in subtypes)
+        ):
+            raise ProtocolError(f"custom attributes: subtype rows do not match the slices: {text[:200]!r}")
+        return attributes
+
+
+def trim_context(maps: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Drop the answers for the context slices a request carried around its batch."""
+    return maps[before : len(maps) - after]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, ModelMetadata
+from ichseg.calibration import apply_temperature
+from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, SUBTYPE_OUTPUT, ModelMetadata
 from ichseg.paths import SHIPPED_MODEL
 from ichseg.preprocess import prepare_batch, restore_probabilities
 from ichseg.scan import Scan
@@ -32,7 +33,9 @@ class Prediction:
     probabilities: np.ndarray
     """(N, H, W) float32 per-pixel hemorrhage probability."""
     slice_probabilities: np.ndarray
-    """(N,) float32 per-slice hemorrhage probability (the detection head)."""
+    """(N,) float32 per-slice hemorrhage probability (the detection head), calibrated."""
+    subtype_probabilities: np.ndarray
+    """(N, S) float32 per-slice probability of each subtype in ``metadata.subtypes`` (S may be 0)."""
 
 
 class OnnxSegmenter:
@@ -63,16 +66,26 @@ class OnnxSegmenter:
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def predict(self, slices_u8: np.ndarray) -> Prediction:
-        """Windowed uint8 ``(N, H, W)`` slices -> probabilities at their original size."""
-        batch = prepare_batch(slices_u8, self.metadata.input)
-        pixel_maps, slice_scores = [], []
+        """Windowed uint8 ``(N, H, W)`` slices, consecutive in the scan -> probabilities at their
+        original size (zero outside the intracranial region when the model asks for it)."""
+        meta = self.metadata
+        batch = prepare_batch(slices_u8, meta.input)
+        pixel_maps, slice_scores, subtype_scores = [], [], []
         for start in range(0, len(batch.inputs), self.batch_size):
             chunk = batch.inputs[start : start + self.batch_size]
             outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
-            pixel_maps.append(outputs[MASK_OUTPUT])
+            pixel_maps.append(outputs[MASK_OUTPUT][..., 0] * batch.regions[start : start + len(chunk)])
             slice_scores.append(outputs[SLICE_OUTPUT].reshape(-1))
+            if meta.subtypes:
+                subtype_scores.append(outputs[SUBTYPE_OUTPUT].reshape(len(chunk), len(meta.subtypes)))
         probabilities = restore_probabilities(np.concatenate(pixel_maps), batch.placements)
-        return Prediction(probabilities, np.concatenate(slice_scores).astype(np.float32))
+        slice_probabilities = apply_temperature(np.concatenate(slice_scores), meta.slice_temperature)
+        subtypes = (
+            apply_temperature(np.concatenate(subtype_scores), meta.subtype_temperature)
+            if meta.subtypes
+            else np.zeros((len(slice_probabilities), 0), np.float32)
+        )
+        return Prediction(probabilities, slice_probabilities, subtypes)
 
 
 def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segmentation]:
@@ -84,5 +97,9 @@ def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segm
     prediction = segmenter.predict(slices)
     meta = segmenter.metadata
     return slices, masks_from_probabilities(
-        prediction.probabilities, prediction.slice_probabilities, meta.pixel_threshold, meta.slice_threshold
+        prediction.probabilities,
+        prediction.slice_probabilities,
+        meta.pixel_threshold,
+        meta.slice_threshold,
+        prediction.subtype_probabilities,
     )

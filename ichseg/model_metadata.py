@@ -18,6 +18,9 @@ METADATA_KEY = "ichseg"
 INPUT_NAME = "slices"
 MASK_OUTPUT = "mask"
 SLICE_OUTPUT = "hemorrhage"
+SUBTYPE_OUTPUT = "subtypes"
+SUBTYPES: tuple[str, ...] = ("epidural", "subdural", "intraparenchymal", "intraventricular", "subarachnoid")
+"""Hemorrhage subtypes, in the order of the ``subtypes`` output and of every per-subtype list."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class ModelMetadata:
     slice_threshold: float = 0.5
     """A slice is reported as hemorrhage when its probability reaches this; masks on slices below it
     are cleared (the detection head gates the mask head). Chosen on validation patients."""
+    slice_temperature: float = 1.0
+    """Temperature scaling of the slice head (fitted on validation; 1: as trained)."""
+    subtypes: tuple[str, ...] = ()
+    """Names of the ``subtypes`` output's columns (:data:`SUBTYPES`); empty for a model without it."""
+    subtype_temperature: float = 1.0
+    """Temperature scaling of the subtype head (fitted on validation)."""
     architecture: str = "unet"
     parameters: int = 0
     gflop_per_frame: float = 0.0
@@ -52,7 +61,9 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
         raw = json.loads(text)
-        raw["input"] = InputSpec(**raw.get("input", {}))
+        known_input = set(InputSpec.__dataclass_fields__)
+        raw["input"] = InputSpec(**{k: v for k, v in raw.get("input", {}).items() if k in known_input})
+        raw["subtypes"] = tuple(raw.get("subtypes", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in raw.items() if k in known})
 

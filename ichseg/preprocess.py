@@ -5,6 +5,16 @@ so air, the CT table and the frame's border do not waste model resolution), resi
 model's input size and scaled to [0, 1]. :func:`restore_probabilities` undoes exactly that
 geometry, so outputs come back at each slice's original size. With ``crop_to_head`` off, the whole
 frame is letterboxed to a square instead.
+
+Two options of :class:`InputSpec` (models from 0.2 on use both):
+
+- **2.5-D context** (``channels`` = 3): the slice and its neighbours above and below, cropped with
+  the centre slice's square, as channels. Radiologists tell blood from partial-volume bone and
+  venous sinus by scrolling; the neighbours give the model the same cue. At the ends of a scan (and
+  for a single image) the missing neighbour repeats the slice itself.
+- **Intracranial region** (``intracranial_only``): everything outside the skull's inner table is
+  zeroed in the input, and :func:`intracranial_region` is returned with the batch so that callers
+  clear predictions there. Scalp swellings, bone edges and the table can then never be painted.
 """
 
 from __future__ import annotations
@@ -21,6 +31,17 @@ HEAD_MARGIN = 0.06
 """Fraction of the head's extent added on every side of the crop."""
 _DETECT_SIDE = 128
 """Head detection runs on a downscaled copy: the box only needs to be a few pixels accurate."""
+BONE_LEVEL = 240
+"""Grey level from which a pixel is bone in a brain-type window (~93 HU in L40/W120: above acute
+blood, which stays below ~90 HU; bone saturates at 255). A little below 255 for video compression."""
+_REGION_REFERENCE_SIDE = 160
+"""Morphology sizes below are in pixels of a 160-pixel model input and scale with the input."""
+_MIN_CAVITY_FRACTION = 0.004
+"""Enclosed cavities smaller than this fraction of the input (vessels' foramina, specks) are not
+brain. Several cavities are kept: at the skull base the temporal fossae and the posterior fossa
+are separated by the petrous bones."""
+_MIN_REGION_FRACTION = 0.02
+"""Below this the skull ring was not closed (vertex, craniectomy, unusual window): fall back."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +51,15 @@ class InputSpec:
     size: int = 192
     """Square input side in pixels."""
     channels: int = 1
+    """1: the slice alone. 3: the slice between its neighbours below and above (2.5-D context)."""
     crop_to_head: bool = True
+    intracranial_only: bool = False
+    """Zero the input outside the skull and report the region (see :func:`intracranial_region`)."""
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side that the model sees."""
+        return (self.channels - 1) // 2
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -54,6 +83,8 @@ class ModelBatch:
     inputs: np.ndarray
     """``(N, size, size, channels)`` float32 in [0, 1]."""
     placements: tuple[Placement, ...]
+    regions: np.ndarray
+    """``(N, size, size)`` bool: where predictions may be made (all True without ``intracranial_only``)."""
 
 
 def head_placement(slice_u8: np.ndarray, crop_to_head: bool = True) -> Placement:
@@ -97,17 +128,61 @@ def _extract(slice_u8: np.ndarray, p: Placement) -> np.ndarray:
     return square
 
 
+def intracranial_region(image_u8: np.ndarray) -> np.ndarray:
+    """Inside of the skull's inner table for one model-space slice (uint8, brain-type window).
+
+    Bone (>= :data:`BONE_LEVEL`) closed into a ring, its enclosed cavities of a useful size, grown
+    by one pixel so that blood against the inner table (epidural, subdural) stays inside. When no
+    ring closes, the head's tissue without bone and without a scalp-thick outer band stands in.
+    """
+    side = image_u8.shape[0]
+    scale = side / _REGION_REFERENCE_SIDE
+    bone = image_u8 >= BONE_LEVEL
+    region = np.zeros(image_u8.shape, dtype=bool)
+    # A light closing first; at the skull base (foramina, thin bone) a stronger one closes the ring.
+    for closing in (2, 5):
+        ring = ndimage.binary_closing(bone, iterations=max(1, round(closing * scale)), border_value=0)
+        cavities = ndimage.binary_fill_holes(ring) & ~ring
+        labels, count = ndimage.label(cavities)
+        if count:
+            sizes = ndimage.sum(cavities, labels, range(1, count + 1))
+            region = np.isin(labels, 1 + np.flatnonzero(sizes >= _MIN_CAVITY_FRACTION * image_u8.size))
+        if region.sum() >= _MIN_REGION_FRACTION * image_u8.size:
+            break
+    else:
+        tissue = ndimage.binary_fill_holes(image_u8 > HEAD_THRESHOLD)
+        region = ndimage.binary_erosion(tissue, iterations=max(1, round(6 * scale))) & ~bone
+    return ndimage.binary_dilation(region, iterations=max(1, round(scale)))
+
+
 def prepare_batch(slices: np.ndarray, spec: InputSpec) -> ModelBatch:
-    """``(N, H, W)`` uint8 windowed slices -> model inputs and their placements."""
+    """``(N, H, W)`` uint8 windowed slices, consecutive in the scan -> model inputs and placements.
+
+    With 2.5-D context the slices must be the scan's own order (each slice's neighbours are the
+    adjacent rows of ``slices``), which every reader of :func:`ichseg.scan.read_scan` guarantees.
+    """
     slices = np.asarray(slices)
     if slices.ndim != 3 or slices.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W) uint8 windowed slices, got {slices.dtype} {slices.shape}")
+    count = slices.shape[0]
     placements = tuple(head_placement(image, spec.crop_to_head) for image in slices)
-    out = np.empty((slices.shape[0], spec.size, spec.size), dtype=np.float32)
-    for i, (image, placement) in enumerate(zip(slices, placements, strict=True)):
-        square = _extract(image, placement)
-        out[i] = cv2.resize(square, (spec.size, spec.size), interpolation=cv2.INTER_AREA) / np.float32(255.0)
-    return ModelBatch(np.repeat(out[..., None], spec.channels, axis=-1), placements)
+    out = np.empty((count, spec.size, spec.size, spec.channels), dtype=np.float32)
+    regions = np.ones((count, spec.size, spec.size), dtype=bool)
+    if spec.channels % 2 != 1:
+        raise ValueError(f"a model input has the slice plus as many neighbours below as above; got {spec.channels}")
+    offsets = range(-spec.context, spec.context + 1)
+    for i, placement in enumerate(placements):
+        channels = []
+        for offset in offsets:
+            neighbour = slices[min(max(i + offset, 0), count - 1)]
+            square = _extract(neighbour, placement)
+            channels.append(cv2.resize(square, (spec.size, spec.size), interpolation=cv2.INTER_AREA))
+        stack = np.stack(channels, axis=-1)
+        if spec.intracranial_only:
+            regions[i] = intracranial_region(channels[len(channels) // 2])
+            stack[~regions[i]] = 0
+        out[i] = stack / np.float32(255.0)
+    return ModelBatch(out, placements, regions)
 
 
 def place_mask(mask: np.ndarray, placement: Placement, size: int) -> np.ndarray:

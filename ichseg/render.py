@@ -50,6 +50,19 @@ def overlay_scan(slices_u8: np.ndarray, masks: np.ndarray, opacity: float = 0.4,
     )
 
 
+def caption_frames(frames: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+    """RGB ``(N, H, W, 3)`` frames with one line of text each in the top-left corner (a copy)."""
+    out = np.array(frames, dtype=np.uint8, copy=True)
+    for frame, text in zip(out, captions, strict=True):
+        scale = max(0.35, frame.shape[0] / 900)
+        thickness = max(1, round(scale * 1.5))
+        origin = (max(4, frame.shape[1] // 100), max(14, round(24 * scale)))
+        # A dark halo under light text stays readable on bone and on air alike.
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 180), thickness, cv2.LINE_AA)
+    return out
+
+
 def _even(frame: np.ndarray) -> np.ndarray:
     """H.264 with yuv420p needs even sides: pad the last row/column by edge replication."""
     pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2

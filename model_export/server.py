@@ -275,6 +275,8 @@ class InferenceService:
             slice_threshold=meta.slice_threshold,
             pixel_threshold=meta.pixel_threshold,
             slice_probabilities=tuple(float(p) for p in prediction.slice_probabilities),
+            subtype_names=meta.subtypes,
+            subtype_probabilities=tuple(tuple(float(q) for q in row) for row in prediction.subtype_probabilities),
         )
         return encode_slices(scaled), attributes.encode()
 

@@ -458,18 +458,39 @@ def split_by_patient(
     return splits
 
 
+MASKED_PATIENTS_HELD_OUT = 2
+"""Patients with radiologist masks that validation and test each get at least (see split_ct_ich)."""
+
+
 def split_ct_ich(
     slices: Iterable[CtIchSlice], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> dict[str, set[str]]:
-    """:func:`split_by_patient` for CT-ICH: stratified on hemorrhage, demo patient 051 in test."""
+    """:func:`split_by_patient` for CT-ICH: stratified on hemorrhage, demo patient 051 in test, and
+    at least :data:`MASKED_PATIENTS_HELD_OUT` patients with pixel masks in validation and in test.
+
+    Only 10 patients have radiologist masks, and the hemorrhage-stratified split left all but the
+    demo patient in train: there would be no real-mask Dice to choose on or to report. So after the
+    split (unchanged for every other patient), masked patients move from train to validation, then
+    to test, chosen with ``seed``, until each holds enough of them.
+    """
     slices = list(slices)
-    return split_by_patient(
+    splits = split_by_patient(
         [s.patient for s in slices],
         fractions,
         seed,
         force_test=(CT_ICH_DEMO_PATIENT,),
         positives={s.patient for s in slices if s.any_hemorrhage},
     )
+    masked = sorted({s.patient for s in slices if s.mask_path is not None}, key=natural_key)
+    rng = np.random.default_rng(seed)
+    movable = [p for p in masked if p in splits["train"]]
+    movable = [movable[i] for i in rng.permutation(len(movable))]
+    for name in ("val", "test"):
+        while len(splits[name] & set(masked)) < MASKED_PATIENTS_HELD_OUT and len(movable) > 1:
+            patient = movable.pop()
+            splits["train"].discard(patient)
+            splits[name].add(patient)
+    return splits
 
 
 def _allocate(n: int, fractions: tuple[float, ...]) -> list[int]:

@@ -5,7 +5,9 @@ and concatenates the encoder's skip connections, a sigmoid per-pixel output. The
 one block each: ResUNet (Zhang et al. 2018) makes every conv block residual; Attention U-Net
 (Oktay et al. 2018) gates each skip connection with the decoder's coarser signal. A small
 classification head on the bottleneck gives the slice-level "hemorrhage detected" probability,
-trained on the CT-ICH slice labels (plentiful) while the mask head learns from scarcer masks.
+trained on the CT-ICH slice labels (plentiful) while the mask head learns from scarcer masks;
+beside it a five-way multi-label head gives each subtype's probability (epidural, subdural,
+intraparenchymal, intraventricular, subarachnoid), trained on the CT-ICH subtype columns.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from typing import Literal
 
 import tensorflow as tf
 
+from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, SLICE_OUTPUT, SUBTYPE_OUTPUT, SUBTYPES
+
 Variant = Literal["unet", "resunet", "attention"]
 VARIANTS: tuple[Variant, ...] = ("unet", "resunet", "attention")
-
-MASK_OUTPUT = "mask"
-SLICE_OUTPUT = "hemorrhage"
-INPUT_NAME = "slices"
 
 layers = tf.keras.layers
 
@@ -83,8 +83,10 @@ def build_model(
     variant: Variant = "unet",
     channels: int = 1,
     norm: Norm = "group",
+    subtypes: bool = True,
 ) -> tf.keras.Model:
-    """A U-Net (or variant) with two outputs: per-pixel ``mask`` and per-slice ``hemorrhage``.
+    """A U-Net (or variant) with outputs per-pixel ``mask``, per-slice ``hemorrhage`` and (with
+    ``subtypes``) per-slice ``subtypes`` (one sigmoid per name in :data:`SUBTYPES`).
 
     ``input_size`` must be divisible by ``2**depth``. Filters double at each level.
     """
@@ -105,10 +107,13 @@ def build_model(
     features = layers.Concatenate(name="cls_concat")([pooled, pooled_max])
     features = layers.Dropout(0.3, name="cls_dropout")(features)
     slice_probability = layers.Dense(1, activation="sigmoid", name=SLICE_OUTPUT)(features)
+    outputs = {SLICE_OUTPUT: slice_probability}
+    if subtypes:
+        outputs[SUBTYPE_OUTPUT] = layers.Dense(len(SUBTYPES), activation="sigmoid", name=SUBTYPE_OUTPUT)(features)
     for level in reversed(range(depth)):
         x = decoder_block(x, skips[level], base_filters * 2**level, variant, name=f"dec{level}", norm=norm)
-    mask = layers.Conv2D(1, 1, activation="sigmoid", name=MASK_OUTPUT)(x)
-    return tf.keras.Model(inputs, {MASK_OUTPUT: mask, SLICE_OUTPUT: slice_probability}, name=f"ichseg_{variant}")
+    outputs[MASK_OUTPUT] = layers.Conv2D(1, 1, activation="sigmoid", name=MASK_OUTPUT)(x)
+    return tf.keras.Model(inputs, outputs, name=f"ichseg_{variant}")
 
 
 def count_flops_per_frame(model: tf.keras.Model) -> float:

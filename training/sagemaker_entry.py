@@ -50,8 +50,11 @@ HYPERPARAMETERS: dict[str, type] = {
     "learning_rate": float,
     "seed": int,
     "positive_oversampling": int,
+    "real_mask_oversampling": int,
+    "neighbour_dropout": float,
     "steps_per_epoch": int,
     "slice_loss_weight": float,
+    "subtype_loss_weight": float,
 }
 """The TrainConfig fields a job may set, with their types (names as SageMaker passes them: ``--batch_size``)."""
 
@@ -157,6 +160,8 @@ def config_from_environment(environ: Mapping[str, str], argv: list[str]) -> Trai
         data=data,
         out=environ.get("SM_MODEL_DIR", "/opt/ml/model"),
         horovod=runs_under_horovod(environ),
+        # A spot job restarted by SageMaker finds its last epoch in /opt/ml/checkpoints: continue there.
+        resume=True,
         extra=extra,
         **values,  # type: ignore[arg-type]
     )

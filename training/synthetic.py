@@ -21,16 +21,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, cast
 
 import cv2
 import numpy as np
 
+from ichseg import model_metadata
 from ichseg.windowing import CT_ICH_BRAIN, Window, apply_window
 
 Subtype = Literal["epidural", "subdural", "intraparenchymal", "intraventricular", "subarachnoid"]
-SUBTYPES: tuple[Subtype, ...] = ("epidural", "subdural", "intraparenchymal", "intraventricular", "subarachnoid")
-"""Hemorrhage subtypes, in the order used for labels and per-subtype masks."""
+SUBTYPES = cast(tuple[Subtype, ...], model_metadata.SUBTYPES)
+"""Hemorrhage subtypes, in the order used for labels and per-subtype masks (the model's order)."""
 
 MIN_SIZE = 64
 

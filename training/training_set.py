@@ -1,13 +1,17 @@
 """The training set: every source brought into model space by the serving preprocessing.
 
 Sources, each with what it can honestly teach:
-- **CT-ICH** (77 patients, slice labels, no pixel masks here): slice labels for the detection
-  head; weak pixel targets (:mod:`training.weak_labels`) for the mask head; empty masks on normal
-  slices. Split by patient; the demo patient 051 is always in test.
+- **CT-ICH** (77 patients, slice and subtype labels, 18 radiologist pixel masks): slice labels for
+  the detection and subtype heads; the real masks where they exist (flagged ``real_mask``, and
+  oversampled in training), weak pixel targets (:mod:`training.weak_labels`) on the other
+  hemorrhage slices; empty masks on normal slices. Each patient is read as one scan, exactly as a
+  user's folder is, so every slice gets its real neighbours (2.5-D input). Split by patient; the
+  demo patient 051 is always in test.
 - **MBH-Seg mini** (36 real slices with pixel masks, 25 scans): exact masks; split by scan, half of
   the scans held out for testing Dice on real masks.
 - **Synthetic head CT** (:mod:`training.synthetic`): exact masks for every subtype; teaches shape.
 
+Targets are cleared outside the intracranial region that serving uses (``InputSpec.intracranial_only``).
 Build once (``python -m training.training_set``), then train from the ``.npz`` it writes.
 Evaluation does NOT read this file: it runs the full pipeline on the original slices.
 """
@@ -22,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ichseg.preprocess import InputSpec, place_mask, prepare_batch
+from ichseg.scan import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
 from training.datasets import (
+    CtIchSlice,
     list_ct_ich_slices,
-    load_ct_ich_image,
     load_ct_ich_mask,
     load_mbhseg,
     split_by_patient,
@@ -48,6 +53,11 @@ SYNTHETIC_LABEL_WEIGHT = 0.3
 """Synthetic slices teach masks; their slice labels weigh less than real ones."""
 
 
+def model_input_spec(size: int = 160) -> InputSpec:
+    """What models from 0.2 on see: 2.5-D context (slice and both neighbours), intracranial only."""
+    return InputSpec(size=size, channels=3, crop_to_head=True, intracranial_only=True)
+
+
 def mbh_to_ct_ich_orientation(image: np.ndarray) -> np.ndarray:
     """MBH-Seg slices are stored upside down relative to CT-ICH (table at the top): flip rows."""
     return np.ascontiguousarray(image[::-1])
@@ -57,7 +67,7 @@ def mbh_to_ct_ich_orientation(image: np.ndarray) -> np.ndarray:
 class TrainingSet:
     """Rows of model-space inputs and targets with their provenance."""
 
-    images: np.ndarray  # (N, S, S) uint8
+    images: np.ndarray  # (N, S, S, C) uint8: the slice (and its neighbours) as the model sees them
     masks: np.ndarray  # (N, S, S) uint8, 0..255
     mask_weights: np.ndarray  # (N, S, S) uint8, 0..255
     labels: np.ndarray  # (N,) float32 slice label
@@ -67,6 +77,7 @@ class TrainingSet:
     source: np.ndarray  # (N,) str: ct-ich / mbh / synthetic
     patient: np.ndarray  # (N,) str
     slice_id: np.ndarray  # (N,) str
+    real_mask: np.ndarray  # (N,) bool: the mask is a radiologist's (CT-ICH *_HGE_Seg, MBH-Seg)
 
     def save(self, path: str | Path) -> None:
         np.savez_compressed(path, **{k: getattr(self, k) for k in self.__dataclass_fields__})
@@ -100,8 +111,9 @@ class _Rows:
         source: str,
         patient: str,
         slice_id: str,
+        real_mask: bool,
     ) -> None:
-        values = (image, mask, weight, label, label_weight, subtypes, split, source, patient, slice_id)
+        values = (image, mask, weight, label, label_weight, subtypes, split, source, patient, slice_id, real_mask)
         for key, value in zip(self.rows, values, strict=True):
             self.rows[key].append(value)
 
@@ -118,45 +130,70 @@ class _Rows:
             source=np.array(r["source"]),
             patient=np.array(r["patient"]),
             slice_id=np.array(r["slice_id"]),
+            real_mask=np.array(r["real_mask"], bool),
         )
 
 
-def _to_model_space(slice_u8: np.ndarray, mask: np.ndarray, weight: np.ndarray, spec: InputSpec):  # type: ignore[no-untyped-def]
-    batch = prepare_batch(slice_u8[None], spec)
-    placement = batch.placements[0]
-    image = np.rint(batch.inputs[0, ..., 0] * 255).astype(np.uint8)
-    target = np.rint(place_mask(mask.astype(np.float32) * 255, placement, spec.size) * 255).astype(np.uint8)
-    # Outside the slice (zero padding) nothing is known: weight stays as placed (0 there).
-    trust = np.rint(place_mask(weight.astype(np.float32) * 255, placement, spec.size) * 255).astype(np.uint8)
-    return image, target, trust
+def _to_model_space(
+    slices_u8: np.ndarray, masks: np.ndarray, weights: np.ndarray, spec: InputSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consecutive slices of one scan (or one slice) and their targets, through the serving
+    preprocessing: ``(N, S, S, C)`` inputs, ``(N, S, S)`` targets and trust, all uint8."""
+    batch = prepare_batch(np.asarray(slices_u8, np.uint8), spec)
+    images = np.rint(batch.inputs * 255).astype(np.uint8)
+    targets, trusts = [], []
+    for mask, weight, placement, region in zip(masks, weights, batch.placements, batch.regions, strict=True):
+        target = place_mask(mask.astype(np.float32) * 255, placement, spec.size) * region
+        # Outside the slice (zero padding) nothing is known: weight stays as placed (0 there).
+        trust = place_mask(weight.astype(np.float32) * 255, placement, spec.size)
+        targets.append(np.rint(target * 255).astype(np.uint8))
+        trusts.append(np.rint(trust * 255).astype(np.uint8))
+    return images, np.stack(targets), np.stack(trusts)
 
 
 def add_ct_ich(rows: _Rows, root: Path, spec: InputSpec, limit: int | None = None) -> None:
-    slices = list_ct_ich_slices(root)
+    slices = list_ct_ich_slices(root)[:limit]
     splits = split_ct_ich(slices, CT_ICH_FRACTIONS, seed=SPLIT_SEED)
     split_of = {p: name for name, patients in splits.items() for p in patients}
-    for item in slices[:limit]:
-        image = load_ct_ich_image(item)
-        real_mask = load_ct_ich_mask(item)
-        if real_mask is not None:  # the full release's radiologist masks win over weak targets
-            mask, weight = real_mask.astype(np.float32), np.ones(image.shape, np.float32)
-        else:
-            target = weak_target(image, item.any_hemorrhage)
-            # Weak positives are guesses: they count half as much as exact masks.
-            mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if item.any_hemorrhage else 1.0)
-        model_image, model_mask, model_weight = _to_model_space(image, mask, weight, spec)
-        rows.add(
-            model_image,
-            model_mask,
-            model_weight,
-            float(item.any_hemorrhage),
-            1.0,
-            [int(item.subtypes[s]) for s in SUBTYPES],
-            split_of[item.patient],
-            "ct-ich",
-            item.patient,
-            str(item.slice_number),
-        )
+    by_patient: dict[str, dict[str, CtIchSlice]] = {}
+    for item in slices:
+        by_patient.setdefault(item.patient, {})[str(item.slice_number)] = item
+    for patient, items in by_patient.items():
+        # The patient's folder read as a user's upload: serving order, real neighbours.
+        scan = read_scan(root / "Patients_CT" / patient)
+        stack = np.asarray(scan.slices, np.uint8)
+        masks, weights, real = [], [], []
+        for image, slice_id in zip(stack, scan.slice_ids, strict=True):
+            item = items.get(slice_id)
+            real_mask = load_ct_ich_mask(item) if item is not None and item.mask_path is not None else None
+            if real_mask is not None:  # the release's radiologist masks win over weak targets
+                mask, weight = real_mask.astype(np.float32), np.ones(image.shape, np.float32)
+            else:
+                target = weak_target(image, item is not None and item.any_hemorrhage)
+                # Weak positives are guesses: they count half as much as exact masks.
+                positive = item is not None and item.any_hemorrhage
+                mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if positive else 1.0)
+            masks.append(mask)
+            weights.append(weight)
+            real.append(real_mask is not None)
+        images, targets, trusts = _to_model_space(stack, np.stack(masks), np.stack(weights), spec)
+        for index, slice_id in enumerate(scan.slice_ids):
+            item = items.get(slice_id)
+            if item is None:  # an image without a CSV row: context for its neighbours only
+                continue
+            rows.add(
+                images[index],
+                targets[index],
+                trusts[index],
+                float(item.any_hemorrhage),
+                1.0,
+                [int(item.subtypes[s]) for s in SUBTYPES],
+                split_of[item.patient],
+                "ct-ich",
+                item.patient,
+                slice_id,
+                real[index],
+            )
 
 
 def add_mbh(rows: _Rows, root: Path, spec: InputSpec) -> None:
@@ -166,11 +203,11 @@ def add_mbh(rows: _Rows, root: Path, spec: InputSpec) -> None:
     for item in slices:
         image = mbh_to_ct_ich_orientation(apply_window(item.hu, CT_ICH_BRAIN))
         mask = mbh_to_ct_ich_orientation(item.mask)
-        model_image, model_mask, model_weight = _to_model_space(image, mask, np.ones(mask.shape, np.float32), spec)
+        images, targets, trusts = _to_model_space(image[None], mask[None], np.ones((1, *mask.shape), np.float32), spec)
         rows.add(
-            model_image,
-            model_mask,
-            model_weight,
+            images[0],
+            targets[0],
+            trusts[0],
             1.0,
             1.0,
             [int(item.subtype_masks[s].any()) for s in SUBTYPES],
@@ -178,6 +215,7 @@ def add_mbh(rows: _Rows, root: Path, spec: InputSpec) -> None:
             "mbh",
             f"mbh-{item.case_id}",
             item.slice_id,
+            True,
         )
 
 
@@ -186,14 +224,14 @@ def add_synthetic(rows: _Rows, count: int, spec: InputSpec, seed: int, val_fract
     for i in range(count):
         item = synthetic_slice(rng, size=320)
         image = apply_window(item.hu, CT_ICH_BRAIN)
-        model_image, model_mask, model_weight = _to_model_space(
-            image, item.mask, np.ones(image.shape, np.float32), spec
+        images, targets, trusts = _to_model_space(
+            image[None], item.mask[None], np.ones((1, *image.shape), np.float32), spec
         )
         split = "val" if i < count * val_fraction else "train"
         rows.add(
-            model_image,
-            model_mask,
-            model_weight,
+            images[0],
+            targets[0],
+            trusts[0],
             float(bool(item.subtypes)),
             SYNTHETIC_LABEL_WEIGHT,
             [int(s in item.subtypes) for s in SUBTYPES],
@@ -201,6 +239,7 @@ def add_synthetic(rows: _Rows, count: int, spec: InputSpec, seed: int, val_fract
             "synthetic",
             f"synthetic-{i}",
             str(i),
+            False,
         )
 
 
@@ -212,7 +251,7 @@ def build_training_set(
     ct_ich_limit: int | None = None,
 ) -> TrainingSet:
     """Assemble every source into model space with the serving preprocessing."""
-    spec = InputSpec(size=size)
+    spec = model_input_spec(size)
     rows = _Rows()
     add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit)
     add_mbh(rows, shared_data / "mbhseg25-mini", spec)
@@ -234,7 +273,14 @@ def main() -> None:
     for split in ("train", "val", "test"):
         for source in ("ct-ich", "mbh", "synthetic"):
             sel = (data.split == split) & (data.source == source)
-            log.info("%s %s: %d rows, %d positive", split, source, sel.sum(), int(data.labels[sel].sum()))
+            log.info(
+                "%s %s: %d rows, %d positive, %d real masks",
+                split,
+                source,
+                sel.sum(),
+                int(data.labels[sel].sum()),
+                int(data.real_mask[sel].sum()),
+            )
     log.info("wrote %s", args.out)
 
 

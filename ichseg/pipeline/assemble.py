@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.endpoint_protocol import ResponseAttributes, decode_slices
+from ichseg.endpoint_protocol import ResponseAttributes, decode_slices, trim_context
 from ichseg.jobs import JobSource, JobState
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.messages import AssembleMessage, ScanManifest
+from ichseg.pipeline.messages import AssembleMessage, BatchRef, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import Segmentation, build_report, masks_from_probabilities, write_outputs
 
@@ -106,15 +106,16 @@ def _load_batches(
     """Frames, probability maps (uint8 x255) and endpoint attributes of every batch, in slice order."""
     job_id = manifest.job_id
 
-    def load(batch_id: str) -> tuple[np.ndarray, np.ndarray, ResponseAttributes]:
+    def load(batch: BatchRef) -> tuple[np.ndarray, np.ndarray, ResponseAttributes]:
+        frames = decode_slices(ctx.get(keys.frames_key(job_id, batch.batch_id)))
         return (
-            decode_slices(ctx.get(keys.frames_key(job_id, batch_id))),
-            decode_slices(ctx.get(keys.probabilities_key(job_id, batch_id))),
-            ResponseAttributes.decode(ctx.get(keys.attributes_key(job_id, batch_id)).decode()),
+            trim_context(frames, batch.context_before, batch.context_after),
+            decode_slices(ctx.get(keys.probabilities_key(job_id, batch.batch_id))),
+            ResponseAttributes.decode(ctx.get(keys.attributes_key(job_id, batch.batch_id)).decode()),
         )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        loaded = list(pool.map(load, [b.batch_id for b in manifest.batches]))
+        loaded = list(pool.map(load, manifest.batches))
     frames = np.concatenate([f for f, _, _ in loaded])
     probabilities = np.concatenate([p for _, p, _ in loaded])
     if len(frames) != manifest.num_slices or probabilities.shape != frames.shape:
@@ -126,9 +127,9 @@ def _load_batches(
 
 def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) -> tuple[ModelMetadata, Segmentation]:
     """One model identity and one segmentation from the per-batch endpoint answers."""
-    identities = {(a.model, a.version, a.slice_threshold, a.pixel_threshold) for a in attributes}
+    identities = {(a.model, a.version, a.slice_threshold, a.pixel_threshold, a.subtype_names) for a in attributes}
     if len(identities) != 1:
-        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p in sorted(identities))
+        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p, _ in sorted(identities))
         raise ModelChanged(f"the endpoint's model changed while this job ran: {shown}")
     first = attributes[0]
     model = ModelMetadata(
@@ -136,10 +137,18 @@ def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) 
         version=first.version,
         slice_threshold=first.slice_threshold,
         pixel_threshold=first.pixel_threshold,
+        subtypes=first.subtype_names,
     )
     slice_probabilities = np.array([p for a in attributes for p in a.slice_probabilities], dtype=np.float32)
+    subtypes = None
+    if model.subtypes:
+        subtypes = np.array([row for a in attributes for row in a.subtype_probabilities], dtype=np.float32)
     segmentation = masks_from_probabilities(
-        probabilities_u8.astype(np.float32) / 255.0, slice_probabilities, model.pixel_threshold, model.slice_threshold
+        probabilities_u8.astype(np.float32) / 255.0,
+        slice_probabilities,
+        model.pixel_threshold,
+        model.slice_threshold,
+        subtypes,
     )
     return model, segmentation
 
@@ -156,7 +165,7 @@ def _write_results(
     prefix = keys.results_prefix(manifest.job_id)
     with tempfile.TemporaryDirectory(prefix="ichseg-assemble-") as tmp:
         out = Path(tmp)
-        write_outputs(out, manifest.slice_ids, frames, segmentation, report, fps=ctx.config.video_fps)
+        write_outputs(out, manifest.slice_ids, frames, segmentation, report, fps=ctx.config.video_fps, model=model)
         seg = _dicom_seg(ctx, manifest, segmentation, model)
         if seg is not None:
             (out / "seg.dcm").write_bytes(seg)
@@ -201,6 +210,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "finding": report["finding"],
         "hemorrhage_probability": report["hemorrhage_probability"],
         "slices_with_hemorrhage": len(report["slices_with_hemorrhage"]),
+        "subtypes": report["subtypes"],
         "volume_ml": report["volume_ml"],
         "model": report["model"],
     }

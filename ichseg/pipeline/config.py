@@ -12,13 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import SAGEMAKER_MAX_PAYLOAD_BYTES
+from ichseg.endpoint_protocol import CONTEXT_SLICES, SAGEMAKER_MAX_PAYLOAD_BYTES
 from ichseg.limits import MiB
 from ichseg.windowing import DEFAULT_WINDOW
 
-MAX_SLICES_PER_REQUEST = 64
-"""What one request may carry: the inference server's own cap, far inside the ~120 slice
-probabilities that fit SageMaker's 1024-character CustomAttributes."""
+MAX_SLICES_PER_REQUEST = 24
+"""What one request may carry, context slices included: inside the ~28 slices whose probabilities
+and five subtype probabilities fit SageMaker's 1024-character CustomAttributes."""
 REQUEST_BYTES_BUDGET = SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024
 """SageMaker's 6 MB request cap, less room for the .npy header and HTTP framing."""
 
@@ -135,7 +135,10 @@ class PipelineConfig:
     def slices_per_request(self, height: int, width: int) -> int:
         """Slices per endpoint request: the configured batch, capped by the payload budget.
 
-        A 512x512 slice is 256 KiB, so 16 fit in 6 MB; a 650x650 video frame is 413 KiB, so 14 do.
+        A 512x512 slice is 256 KiB, so 23 fit in 6 MB; a 650x650 video frame is 413 KiB, so 14 do
+        (12 of the batch and its two context slices).
         """
         by_bytes = max(1, REQUEST_BYTES_BUDGET // max(1, height * width))
-        return max(1, min(self.batch_slices, MAX_SLICES_PER_REQUEST, by_bytes))
+        # The request also carries CONTEXT_SLICES neighbours on each side of the batch.
+        room = min(MAX_SLICES_PER_REQUEST, by_bytes) - 2 * CONTEXT_SLICES
+        return max(1, min(self.batch_slices, room))

@@ -30,11 +30,23 @@ def _load(body: str, required: tuple[str, ...]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BatchRef:
-    """A run of consecutive slices sent to the endpoint in one request."""
+    """A run of consecutive slices sent to the endpoint in one request.
+
+    The request also carries up to ``context_before``/``context_after`` neighbouring slices (the
+    model reads each slice with its neighbours); the batch's frames object holds them too, and
+    every stage after the endpoint keeps only the ``count`` slices from ``start``.
+    """
 
     batch_id: str
     start: int
     count: int
+    context_before: int = 0
+    context_after: int = 0
+
+    @property
+    def stored(self) -> slice:
+        """The scan's slices that the batch's frames object holds (context included)."""
+        return slice(self.start - self.context_before, self.start + self.count + self.context_after)
 
 
 @dataclass(frozen=True)
@@ -46,10 +58,20 @@ class SegmentMessage:
     start: int
     count: int
     frames_key: str
+    context_before: int = 0
+    context_after: int = 0
 
     @classmethod
     def for_batch(cls, job_id: str, batch: BatchRef) -> SegmentMessage:
-        return cls(job_id, batch.batch_id, batch.start, batch.count, keys.frames_key(job_id, batch.batch_id))
+        return cls(
+            job_id,
+            batch.batch_id,
+            batch.start,
+            batch.count,
+            keys.frames_key(job_id, batch.batch_id),
+            batch.context_before,
+            batch.context_after,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -57,9 +79,18 @@ class SegmentMessage:
     @classmethod
     def from_json(cls, body: str) -> SegmentMessage:
         data = _load(body, ("job_id", "batch_id", "start", "count", "frames_key"))
-        return cls(
-            str(data["job_id"]), str(data["batch_id"]), int(data["start"]), int(data["count"]), str(data["frames_key"])
-        )
+        try:
+            return cls(
+                str(data["job_id"]),
+                str(data["batch_id"]),
+                int(data["start"]),
+                int(data["count"]),
+                str(data["frames_key"]),
+                int(data.get("context_before", 0)),
+                int(data.get("context_after", 0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MalformedMessage(f"segment message with a non-integer field: {body[:200]!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -131,9 +162,12 @@ class ScanManifest:
         }
 
 
-def plan_batches(num_slices: int, per_batch: int) -> tuple[BatchRef, ...]:
-    """Consecutive batches of at most ``per_batch`` slices, ids sortable (``b0000``, ``b0001``...)."""
-    return tuple(
-        BatchRef(f"b{index:04d}", start, min(per_batch, num_slices - start))
-        for index, start in enumerate(range(0, num_slices, per_batch))
-    )
+def plan_batches(num_slices: int, per_batch: int, context: int = 0) -> tuple[BatchRef, ...]:
+    """Consecutive batches of at most ``per_batch`` slices, ids sortable (``b0000``, ``b0001``...),
+    each with up to ``context`` neighbouring slices on either side where the scan has them."""
+    batches = []
+    for index, start in enumerate(range(0, num_slices, per_batch)):
+        count = min(per_batch, num_slices - start)
+        before, after = min(context, start), min(context, num_slices - start - count)
+        batches.append(BatchRef(f"b{index:04d}", start, count, before, after))
+    return tuple(batches)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import decode_slices, encode_slices
+from ichseg.endpoint_protocol import decode_slices, encode_slices, trim_context
 from ichseg.jobs import Job, JobNotFound, JobState
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
@@ -60,16 +60,23 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
         return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, job))
 
     frames = decode_slices(ctx.get(message.frames_key))
-    if len(frames) != message.count:
-        raise ValueError(f"{message.frames_key} holds {len(frames)} slices, the message says {message.count}")
+    before, after = message.context_before, message.context_after
+    if len(frames) != message.count + before + after:
+        raise ValueError(
+            f"{message.frames_key} holds {len(frames)} slices, the message says {message.count} "
+            f"plus {before} + {after} context"
+        )
     result = ctx.endpoint.segment(frames)
-    ctx.put(keys.probabilities_key(job.job_id, message.batch_id), encode_slices(result.probabilities_u8))
-    # The CustomAttributes text exactly as received: model identity, thresholds, slice probabilities.
-    ctx.put(keys.attributes_key(job.job_id, message.batch_id), result.attributes.encode().encode(), "text/plain")
+    # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
+    probabilities = trim_context(result.probabilities_u8, before, after)
+    ctx.put(keys.probabilities_key(job.job_id, message.batch_id), encode_slices(probabilities))
+    # The CustomAttributes as received (model identity, thresholds, probabilities), context trimmed.
+    attributes = result.attributes.trimmed(before, after)
+    ctx.put(keys.attributes_key(job.job_id, message.batch_id), attributes.encode().encode(), "text/plain")
     ctx.metrics.add_metric("EndpointLatency", "Milliseconds", round(result.seconds * 1000, 1))
-    ctx.metrics.add_metric("FramesSegmented", "Count", len(frames))
+    ctx.metrics.add_metric("FramesSegmented", "Count", message.count)
 
-    updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, len(frames))
+    updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, message.count)
     if updated is None:  # a concurrent copy of this message recorded it first
         latest = ctx.store.require(job.job_id)
         return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, latest))
@@ -77,7 +84,7 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
     started = done == total and start_assembly(ctx, job.job_id)
     return SegmentResult(
-        job.job_id, message.batch_id, "segmented", len(frames), result.seconds, result.attempts, started
+        job.job_id, message.batch_id, "segmented", message.count, result.seconds, result.attempts, started
     )
 
 

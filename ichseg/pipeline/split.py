@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import encode_slices
+from ichseg.endpoint_protocol import CONTEXT_SLICES, encode_slices
 from ichseg.errors import ScanError, ScanTooLargeError
 from ichseg.jobs import JobState
 from ichseg.limits import ScanLimits
@@ -107,15 +107,15 @@ def _write_frames(ctx: PipelineContext, upload: UploadRef) -> ScanManifest:
     scan = read_scan(data, limits)
     slices = windowed_slices(scan, window_by_name(ctx.config.window))
     height, width = scan.original_size
-    if height * width > REQUEST_BYTES_BUDGET:
+    if height * width * (1 + 2 * CONTEXT_SLICES) > REQUEST_BYTES_BUDGET:  # one slice and its context
         raise ScanTooLargeError(
             f"slices of {width}x{height} pixels are too large to send to the model (6 MB per request); "
             "export the scan at a smaller size"
         )
-    batches = plan_batches(scan.num_slices, ctx.config.slices_per_request(height, width))
+    batches = plan_batches(scan.num_slices, ctx.config.slices_per_request(height, width), CONTEXT_SLICES)
     for batch in batches:
-        frames = slices[batch.start : batch.start + batch.count]
-        ctx.put(keys.frames_key(upload.job_id, batch.batch_id), encode_slices(frames))
+        # Each batch's object carries its context slices: the segment stage needs nothing else.
+        ctx.put(keys.frames_key(upload.job_id, batch.batch_id), encode_slices(slices[batch.stored]))
     dicom = None
     if scan.dicom is not None:
         dicom = _store_dicom_headers(ctx, upload.job_id, data, scan.dicom, limits)

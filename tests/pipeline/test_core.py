@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from botocore.stub import Stubber
 
-from ichseg.endpoint_protocol import ResponseAttributes, encode_slices
+from ichseg.endpoint_protocol import CONTEXT_SLICES, ProtocolError, ResponseAttributes, encode_slices, trim_context
+from ichseg.model_metadata import SUBTYPES
 from ichseg.jobs import JobSource
 from ichseg.pipeline import keys
 from ichseg.pipeline.assemble import ModelChanged, combine
@@ -66,23 +67,56 @@ def test_uids_that_are_not_path_safe_cannot_get_an_upload_key() -> None:
 @pytest.mark.parametrize(
     ("height", "width", "configured", "expected"),
     [
-        (512, 512, 16, 16),  # 256 KiB a slice: the configured batch fits
-        (650, 650, 16, 14),  # the sample video's frames: 413 KiB, 14 fit in 6 MB
-        (1080, 1920, 16, 3),
-        (2000, 2000, 16, 1),
-        (64, 64, 500, 64),  # never more than the server and CustomAttributes allow
+        (512, 512, 16, 16),  # 256 KiB a slice: the configured batch and its two context slices fit
+        (650, 650, 16, 12),  # the sample video's frames: 413 KiB, 14 fit in 6 MB, two are context
+        (1080, 1920, 16, 1),
+        (64, 64, 500, 22),  # never more than the server and CustomAttributes allow
     ],
 )
 def test_batches_stay_inside_sagemakers_request_limits(height: int, width: int, configured: int, expected: int) -> None:
     config = PipelineConfig(batch_slices=configured)
     assert config.slices_per_request(height, width) == expected
-    assert len(encode_slices(np.zeros((expected, height, width), np.uint8))) <= 6 * 1024 * 1024
+    request = expected + 2 * CONTEXT_SLICES
+    assert len(encode_slices(np.zeros((request, height, width), np.uint8))) <= 6 * 1024 * 1024
+    # The answer's CustomAttributes (slice and five subtype probabilities each) fit SageMaker's cap.
+    attributes = ResponseAttributes(
+        "ichseg-unet", "10.20.30", 0.1234, 0.35, (0.9999,) * request, SUBTYPES, ((0.99,) * 5,) * request
+    )
+    assert len(attributes.encode()) <= 1024
 
 
 def test_batches_cover_every_slice_once_in_order() -> None:
     batches = plan_batches(10, 4)
     assert [(b.batch_id, b.start, b.count) for b in batches] == [("b0000", 0, 4), ("b0001", 4, 4), ("b0002", 8, 2)]
     assert plan_batches(0, 4) == ()
+
+
+def test_batches_carry_their_neighbours_as_context_where_the_scan_has_them() -> None:
+    batches = plan_batches(10, 4, context=1)
+    assert [(b.context_before, b.context_after) for b in batches] == [(0, 1), (1, 1), (1, 0)]
+    assert [(b.stored.start, b.stored.stop) for b in batches] == [(0, 5), (3, 9), (7, 10)]
+    assert [(b.context_before, b.context_after) for b in plan_batches(3, 4, context=1)] == [(0, 0)]
+    message = SegmentMessage.for_batch(JOB, batches[1])
+    assert SegmentMessage.from_json(message.to_json()) == message
+    # A message written before context existed still reads (no context).
+    legacy = json.dumps({"job_id": JOB, "batch_id": "b0000", "start": 0, "count": 4, "frames_key": "k"})
+    assert SegmentMessage.from_json(legacy).context_before == 0
+
+
+def test_context_answers_are_trimmed_from_maps_and_attributes() -> None:
+    maps = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
+    assert trim_context(maps, 1, 1).tolist() == maps[1:4].tolist()
+    assert trim_context(maps, 0, 0).shape == (5, 2, 2)
+    rows = tuple((i / 10,) * 5 for i in range(5))
+    attributes = ResponseAttributes("m", "1", 0.5, 0.5, (0.1, 0.2, 0.3, 0.4, 0.5), SUBTYPES, rows)
+    trimmed = ResponseAttributes.decode(attributes.trimmed(1, 1).encode())
+    assert trimmed.slice_probabilities == (0.2, 0.3, 0.4)
+    assert trimmed.subtype_probabilities == rows[1:4] and trimmed.subtype_names == SUBTYPES
+    with pytest.raises(ProtocolError, match="subtype rows"):
+        ResponseAttributes.decode(
+            "model=m;version=1;slice_threshold=0.5;pixel_threshold=0.5;"
+            "slice_probabilities=0.1,0.2;subtype_names=a/b;subtypes=0.1/0.2"
+        )
 
 
 def test_config_reads_the_environment_and_names_what_is_missing() -> None:
@@ -106,7 +140,7 @@ def test_messages_carry_keys_never_pixels_and_reject_garbage() -> None:
     batch = plan_batches(40, 16)[1]
     message = SegmentMessage.for_batch(JOB, batch)
     assert SegmentMessage.from_json(message.to_json()) == message
-    assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 200
+    assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 256
     assert AssembleMessage.from_json(AssembleMessage(JOB).to_json()).job_id == JOB
     for body in ("", "[]", "{}", '{"job_id": "x"}', "not json"):
         with pytest.raises(MalformedMessage):
