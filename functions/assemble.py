@@ -26,9 +26,15 @@ def record_handler(record: SQSRecord) -> None:
     logger.thread_safe_append_keys(job_id=message.job_id)
     with stage_latency(metrics, "assemble"):
         result = assemble_results(pipeline_context(metrics), message, receive_count(record))
-    logger.info("assemble outcome", extra={"outcome": result.outcome, "slices": result.slices,
-                                           "end_to_end_seconds": result.end_to_end_seconds,
-                                           "mirror_error": result.mirror_error})
+    logger.info(
+        "assemble outcome",
+        extra={
+            "outcome": result.outcome,
+            "slices": result.slices,
+            "end_to_end_seconds": result.end_to_end_seconds,
+            "mirror_error": result.mirror_error,
+        },
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)

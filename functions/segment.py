@@ -29,9 +29,15 @@ def record_handler(record: SQSRecord) -> None:
     logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
     with stage_latency(metrics, "segment"):
         result = segment_batch(pipeline_context(metrics), message, receive_count(record))
-    logger.info("segment outcome", extra={"outcome": result.outcome, "slices": result.slices,
-                                          "endpoint_attempts": result.endpoint_attempts,
-                                          "started_assembly": result.started_assembly})
+    logger.info(
+        "segment outcome",
+        extra={
+            "outcome": result.outcome,
+            "slices": result.slices,
+            "endpoint_attempts": result.endpoint_attempts,
+            "started_assembly": result.started_assembly,
+        },
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -44,8 +44,9 @@ def record_handler(record: SQSRecord) -> None:
         logger.thread_safe_append_keys(job_id=upload.job_id, source=upload.source.value)
         with stage_latency(metrics, "split"):
             result = split_scan_into_batches(pipeline_context(metrics), upload, receive_count(record))
-        logger.info("split outcome", extra={"outcome": result.outcome, "slices": result.slices,
-                                            "batches": result.batches})
+        logger.info(
+            "split outcome", extra={"outcome": result.outcome, "slices": result.slices, "batches": result.batches}
+        )
 
 
 @logger.inject_lambda_context(clear_state=True)

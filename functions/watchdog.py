@@ -22,6 +22,8 @@ metrics = Metrics()
 @event_source(data_class=EventBridgeEvent)
 def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     result = fail_overdue_jobs(pipeline_context(metrics))
-    logger.info("watchdog tick", extra={"scheduled_at": event.time, "checked": result.checked,
-                                        "failed_jobs": list(result.failed)})
+    logger.info(
+        "watchdog tick",
+        extra={"scheduled_at": event.time, "checked": result.checked, "failed_jobs": list(result.failed)},
+    )
     return {"checked": result.checked, "failed": list(result.failed)}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.calibration import apply_temperature
 from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, SUBTYPE_OUTPUT, ModelMetadata
 from ichseg.paths import SHIPPED_MODEL
 from ichseg.preprocess import prepare_batch, restore_probabilities
@@ -79,9 +78,9 @@ class OnnxSegmenter:
             if meta.subtypes:
                 subtype_scores.append(outputs[SUBTYPE_OUTPUT].reshape(len(chunk), len(meta.subtypes)))
         probabilities = restore_probabilities(np.concatenate(pixel_maps), batch.placements)
-        slice_probabilities = apply_temperature(np.concatenate(slice_scores), meta.slice_temperature)
+        slice_probabilities = meta.slice_platt.apply(np.concatenate(slice_scores))
         subtypes = (
-            apply_temperature(np.concatenate(subtype_scores), meta.subtype_temperature)
+            meta.calibrate_subtypes(np.concatenate(subtype_scores))
             if meta.subtypes
             else np.zeros((len(slice_probabilities), 0), np.float32)
         )

@@ -11,6 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ichseg.calibration import Platt
 from ichseg.preprocess import InputSpec
 from ichseg.windowing import PRESETS, Window
 
@@ -37,12 +40,12 @@ class ModelMetadata:
     slice_threshold: float = 0.5
     """A slice is reported as hemorrhage when its probability reaches this; masks on slices below it
     are cleared (the detection head gates the mask head). Chosen on validation patients."""
-    slice_temperature: float = 1.0
-    """Temperature scaling of the slice head (fitted on validation; 1: as trained)."""
+    slice_calibration: tuple[float, float] = (1.0, 0.0)
+    """Platt scaling (scale, bias) of the slice head, fitted on validation; (1, 0): as trained."""
     subtypes: tuple[str, ...] = ()
     """Names of the ``subtypes`` output's columns (:data:`SUBTYPES`); empty for a model without it."""
-    subtype_temperature: float = 1.0
-    """Temperature scaling of the subtype head (fitted on validation)."""
+    subtype_calibration: tuple[tuple[float, float], ...] = ()
+    """Platt scaling per subtype column (empty: as trained)."""
     architecture: str = "unet"
     parameters: int = 0
     gflop_per_frame: float = 0.0
@@ -50,6 +53,17 @@ class ModelMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = "Research and demonstration only. Not for clinical use."
     opset: int = 17
+
+    @property
+    def slice_platt(self) -> Platt:
+        return Platt(*self.slice_calibration)
+
+    def calibrate_subtypes(self, probabilities: np.ndarray) -> np.ndarray:
+        """``(N, S)`` raw subtype probabilities -> calibrated, column by column."""
+        if not self.subtype_calibration:
+            return np.asarray(probabilities, dtype=np.float32)
+        columns = [Platt(*pair).apply(probabilities[:, i]) for i, pair in enumerate(self.subtype_calibration)]
+        return np.stack(columns, axis=1).astype(np.float32)
 
     @property
     def window_preset(self) -> Window:
@@ -64,6 +78,8 @@ class ModelMetadata:
         known_input = set(InputSpec.__dataclass_fields__)
         raw["input"] = InputSpec(**{k: v for k, v in raw.get("input", {}).items() if k in known_input})
         raw["subtypes"] = tuple(raw.get("subtypes", ()))
+        raw["slice_calibration"] = tuple(raw.get("slice_calibration", (1.0, 0.0)))
+        raw["subtype_calibration"] = tuple(tuple(pair) for pair in raw.get("subtype_calibration", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in raw.items() if k in known})
 

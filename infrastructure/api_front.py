@@ -76,8 +76,9 @@ class ApiFront:
         self.mint_token = mint_token
         self.routes = routes or routes_from_openapi()
 
-    def handle(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-               source_ip: str) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str
+    ) -> tuple[int, dict[str, str], bytes]:
         if self.mint_token is not None and method == "POST" and path == LOCAL_TOKEN_PATH:
             uid = (json.loads(body or b"{}") or {}).get("uid", "local-user")
             return _json_response(200, {"id_token": self.mint_token(str(uid)), "uid": uid})

@@ -47,8 +47,11 @@ def run_demo(out: Path, model: Path = SHIPPED_MODEL, sample: Path = SAMPLE_VIDEO
         )
         return 2
     started = time.perf_counter()
-    print("Starting the local stack: moto (S3, SQS, DynamoDB), Firebase Storage emulator, inference server, "
-          "functions, event pump, API ...", flush=True)
+    print(
+        "Starting the local stack: moto (S3, SQS, DynamoDB), Firebase Storage emulator, inference server, "
+        "functions, event pump, API ...",
+        flush=True,
+    )
     try:
         stack = LocalStack(StackSettings(state_dir=REPO_ROOT / "build" / "demo-stack", model=model))
         stack.__enter__()
@@ -81,8 +84,9 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
 
     # 2. Ask for an upload.
     t0 = time.perf_counter()
-    response = requests.post(f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)},
-                             headers=headers, timeout=30)
+    response = requests.post(
+        f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)}, headers=headers, timeout=30
+    )
     response.raise_for_status()
     ticket = response.json()
     job_id = ticket["job_id"]
@@ -90,8 +94,12 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
 
     # 3. Upload straight to S3 with the presigned POST (the file goes last in the form).
     t1 = time.perf_counter()
-    posted = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"],
-                           files={"file": (sample.name, data, "video/mp4")}, timeout=120)
+    posted = requests.post(
+        ticket["upload"]["url"],
+        data=ticket["upload"]["fields"],
+        files={"file": (sample.name, data, "video/mp4")},
+        timeout=120,
+    )
     posted.raise_for_status()
     t2 = time.perf_counter()
     print(f"uploaded {sample.name} ({len(data) / 1024:.0f} KiB) in {t2 - t1:.2f} s (S3 answered {posted.status_code})")
@@ -101,18 +109,20 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
     t3 = time.perf_counter()
     if status["state"] != "DONE":
         error = status.get("error") or {}
-        print(f"\nerror: the job ended {status['state']}: {error.get('reason')} ({error.get('code')})",
-              file=sys.stderr)
+        print(f"\nerror: the job ended {status['state']}: {error.get('reason')} ({error.get('code')})", file=sys.stderr)
         return status
 
     # 5. Download what the app would show.
     files = _download(status["results"], out)
     (out / "status.json").write_text(json.dumps({k: v for k, v in status.items() if k != "results"}, indent=2))
     report = json.loads(files["report"].read_bytes())
-    print("\nResult:", f"{report['finding']} (scan probability {report['hemorrhage_probability']:.2f};",
-          f"{len(report['slices_with_hemorrhage'])} of {len(report['slices'])} slices:",
-          f"{', '.join(report['slices_with_hemorrhage']) or 'none'}) by {report['model']['name']}",
-          f"{report['model']['version']}")
+    print(
+        "\nResult:",
+        f"{report['finding']} (scan probability {report['hemorrhage_probability']:.2f};",
+        f"{len(report['slices_with_hemorrhage'])} of {len(report['slices'])} slices:",
+        f"{', '.join(report['slices_with_hemorrhage']) or 'none'}) by {report['model']['name']}",
+        f"{report['model']['version']}",
+    )
     print(f"  segmented video: {files['overlay']}  [{_video_facts(files['overlay'].read_bytes())}]")
     print(f"  report:          {files['report']}")
     print(f"  contact sheet:   {files['contact_sheet']}")
@@ -167,8 +177,9 @@ def _download(links: dict[str, str], out: Path) -> dict[str, Path]:
     return files
 
 
-def _print_timings(status: dict[str, Any], stack: Any, job_id: str, api_seconds: float, upload_seconds: float,
-                   wait_seconds: float) -> None:
+def _print_timings(
+    status: dict[str, Any], stack: Any, job_id: str, api_seconds: float, upload_seconds: float, wait_seconds: float
+) -> None:
     labels = {
         "created->received": "upload + S3 event -> split starts",
         "received->split": "split: decode, window, write frame batches",

@@ -32,8 +32,16 @@ from typing import Any
 ACCOUNT_ID = "123456789012"
 """moto's default account: the ARNs in events must name it."""
 
-_SCRUBBED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN",
-             "AWS_WEB_IDENTITY_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS", "FIREBASE_AUTH_EMULATOR_HOST")
+_SCRUBBED = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "FIREBASE_AUTH_EMULATOR_HOST",
+)
 """Variables that could point a local function at a real account or weaken token checks."""
 
 
@@ -158,7 +166,8 @@ def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str, region: str
                 "messageAttributes": {
                     name: {
                         "stringValue": value.get("StringValue"),
-                        "binaryValue": base64.b64encode(value["BinaryValue"]).decode() if "BinaryValue" in value
+                        "binaryValue": base64.b64encode(value["BinaryValue"]).decode()
+                        if "BinaryValue" in value
                         else None,
                         "stringListValues": [],
                         "binaryListValues": [],

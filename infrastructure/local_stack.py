@@ -193,8 +193,20 @@ class LocalStack:
     def _start_endpoint(self) -> None:
         port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "ichseg.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                   "--model", str(self.settings.model), "--workers", str(self.settings.endpoint_workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "ichseg.cli",
+            "endpoint",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            str(self.settings.model),
+            "--workers",
+            str(self.settings.endpoint_workers),
+        ]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "endpoint.log", "ab") as output:
             self._endpoint = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
@@ -203,8 +215,10 @@ class LocalStack:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self._endpoint is None or self._endpoint.poll() is not None:
-                raise StackError(f"the inference server exited; see {self.log_dir / 'endpoint.log'}:\n"
-                                 + self._tail(self.log_dir / "endpoint.log"))
+                raise StackError(
+                    f"the inference server exited; see {self.log_dir / 'endpoint.log'}:\n"
+                    + self._tail(self.log_dir / "endpoint.log")
+                )
             try:
                 with urllib.request.urlopen(self.endpoint_url + "/ping", timeout=2) as response:
                     if response.status == 200:
@@ -232,8 +246,20 @@ class LocalStack:
             yield
         finally:
             port = int(self.endpoint_url.rsplit(":", 1)[1])
-            command = [sys.executable, "-m", "ichseg.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                       "--model", str(self.settings.model), "--workers", str(self.settings.endpoint_workers)]
+            command = [
+                sys.executable,
+                "-m",
+                "ichseg.cli",
+                "endpoint",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model",
+                str(self.settings.model),
+                "--workers",
+                str(self.settings.endpoint_workers),
+            ]
             with open(self.log_dir / "endpoint.log", "ab") as output:
                 self._endpoint = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
             self._wait_for_endpoint()
@@ -250,8 +276,13 @@ class LocalStack:
         """A boto3 client for moto (the stack's own; the process environment is left alone)."""
         import boto3
 
-        return boto3.client(service, endpoint_url=self.moto_url, region_name=self.settings.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.moto_url,
+            region_name=self.settings.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def _create_aws_resources(self) -> None:
         s = self.settings
@@ -259,16 +290,18 @@ class LocalStack:
         s3.create_bucket(Bucket=s.bucket)
         s3.put_bucket_lifecycle_configuration(
             Bucket=s.bucket,
-            LifecycleConfiguration={"Rules": [
-                {"ID": "expire-work", "Filter": {"Prefix": "work/"}, "Status": "Enabled", "Expiration": {"Days": 7}}
-            ]},
+            LifecycleConfiguration={
+                "Rules": [
+                    {"ID": "expire-work", "Filter": {"Prefix": "work/"}, "Status": "Enabled", "Expiration": {"Days": 7}}
+                ]
+            },
         )
         for name in QUEUES:
             redrive = {"maxReceiveCount": s.max_receive_count}
             dlq_url = sqs.create_queue(QueueName=f"ichseg-{name}-dlq")["QueueUrl"]
-            redrive["deadLetterTargetArn"] = sqs.get_queue_attributes(
-                QueueUrl=dlq_url, AttributeNames=["QueueArn"]
-            )["Attributes"]["QueueArn"]
+            redrive["deadLetterTargetArn"] = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
             url = sqs.create_queue(
                 QueueName=f"ichseg-{name}",
                 Attributes={
@@ -287,12 +320,16 @@ class LocalStack:
                 {"AttributeName": "created_at", "AttributeType": "S"},
             ],
             KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[{
-                "IndexName": "by_owner",
-                "KeySchema": [{"AttributeName": "owner", "KeyType": "HASH"},
-                              {"AttributeName": "created_at", "KeyType": "RANGE"}],
-                "Projection": {"ProjectionType": "ALL"},
-            }],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_owner",
+                    "KeySchema": [
+                        {"AttributeName": "owner", "KeyType": "HASH"},
+                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
         )
         dynamodb.update_time_to_live(
             TableName=s.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
@@ -300,11 +337,17 @@ class LocalStack:
         ingest_arn = self.queues["ingest"].arn
         s3.put_bucket_notification_configuration(
             Bucket=s.bucket,
-            NotificationConfiguration={"QueueConfigurations": [
-                {"Id": f"{prefix.rstrip('/')}-to-ingest", "QueueArn": ingest_arn, "Events": ["s3:ObjectCreated:*"],
-                 "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
-                for prefix in ("uploads/", "ingest/")
-            ]},
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "Id": f"{prefix.rstrip('/')}-to-ingest",
+                        "QueueArn": ingest_arn,
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                    }
+                    for prefix in ("uploads/", "ingest/")
+                ]
+            },
         )
 
     def _start_storage_emulator(self) -> None:
@@ -350,13 +393,20 @@ class LocalStack:
         trust = ("infrastructure.token_issuer:trust_local_certificates", (self.issuer.certificates,))
         return [
             FunctionSpec("api", "functions.api.handler", timeout_seconds=10, concurrency=c["api"]),
-            FunctionSpec("authorizer", "functions.authorizer.handler", timeout_seconds=5,
-                         concurrency=c["authorizer"], setup=trust),
-            FunctionSpec("split", "functions.split.handler", timeout_seconds=300, memory_mb=3008,
-                         concurrency=c["split"]),
+            FunctionSpec(
+                "authorizer",
+                "functions.authorizer.handler",
+                timeout_seconds=5,
+                concurrency=c["authorizer"],
+                setup=trust,
+            ),
+            FunctionSpec(
+                "split", "functions.split.handler", timeout_seconds=300, memory_mb=3008, concurrency=c["split"]
+            ),
             FunctionSpec("segment", "functions.segment.handler", timeout_seconds=120, concurrency=c["segment"]),
-            FunctionSpec("assemble", "functions.assemble.handler", timeout_seconds=300, memory_mb=3008,
-                         concurrency=c["assemble"]),
+            FunctionSpec(
+                "assemble", "functions.assemble.handler", timeout_seconds=300, memory_mb=3008, concurrency=c["assemble"]
+            ),
             FunctionSpec("watchdog", "functions.watchdog.handler", timeout_seconds=60, concurrency=c["watchdog"]),
         ]
 
@@ -372,8 +422,9 @@ class LocalStack:
     def _start_front(self) -> None:
         from infrastructure.api_front import ApiFront, ServerThread
 
-        front = ApiFront(self.functions["authorizer"], self.functions["api"], self.settings.region,
-                         mint_token=self.issuer.mint)
+        front = ApiFront(
+            self.functions["authorizer"], self.functions["api"], self.settings.region, mint_token=self.issuer.mint
+        )
         self._front = ServerThread(front).start()
         self.api_url = self._front.url
 
@@ -416,8 +467,15 @@ class LocalStack:
                 lambda done, m=messages, t=started: self._settle(queue, function.spec.name, m, done, t, slots)
             )
 
-    def _settle(self, queue: QueueInfo, name: str, messages: list[dict[str, Any]], future: Future[Any],
-                started: float, slots: threading.BoundedSemaphore) -> None:
+    def _settle(
+        self,
+        queue: QueueInfo,
+        name: str,
+        messages: list[dict[str, Any]],
+        future: Future[Any],
+        started: float,
+        slots: threading.BoundedSemaphore,
+    ) -> None:
         """Delete what succeeded; leave failures to reappear after the visibility timeout."""
         try:
             try:
@@ -436,15 +494,19 @@ class LocalStack:
             else:
                 failed = {m["MessageId"] for m in messages}
             with self._lock:
-                self.invocations.append(Invocation(
-                    function=name,
-                    bodies=[m["Body"] for m in messages],
-                    failed_ids=sorted(failed),
-                    error=response if status != "ok" else None,
-                    started=started,
-                    seconds=time.time() - started,
-                    receive_counts=[int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)) for m in messages],
-                ))
+                self.invocations.append(
+                    Invocation(
+                        function=name,
+                        bodies=[m["Body"] for m in messages],
+                        failed_ids=sorted(failed),
+                        error=response if status != "ok" else None,
+                        started=started,
+                        seconds=time.time() - started,
+                        receive_counts=[
+                            int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)) for m in messages
+                        ],
+                    )
+                )
         except Exception:
             log.exception("settling an invocation of %s failed", name)
         finally:
@@ -470,8 +532,9 @@ class LocalStack:
         """A Firebase-style ID token for ``uid`` that the stack's authorizer trusts."""
         return self.issuer.mint(uid, **claims)
 
-    def wait_for_job(self, job_id: str, timeout: float = 120.0,
-                     states: tuple[JobState, ...] = (JobState.DONE, JobState.FAILED)) -> Job:
+    def wait_for_job(
+        self, job_id: str, timeout: float = 120.0, states: tuple[JobState, ...] = (JobState.DONE, JobState.FAILED)
+    ) -> Job:
         """Poll the table until the job reaches one of ``states``."""
         store = self.store
         deadline = time.time() + timeout
@@ -508,8 +571,10 @@ class LocalStack:
     def firebase_download(self, name: str) -> bytes:
         from urllib.parse import quote
 
-        url = (f"{self.storage_url}/download/storage/v1/b/{self.settings.firebase_bucket}/o/"
-               f"{quote(name, safe='')}?alt=media")
+        url = (
+            f"{self.storage_url}/download/storage/v1/b/{self.settings.firebase_bucket}/o/"
+            f"{quote(name, safe='')}?alt=media"
+        )
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.read()
 
@@ -517,7 +582,7 @@ class LocalStack:
         """Addresses and names, as ``ichseg stack`` prints them."""
         return {
             "api": self.api_url,
-            "token": f"curl -s -X POST {self.api_url}/_local/token -d '{{\"uid\": \"alice\"}}'",
+            "token": f'curl -s -X POST {self.api_url}/_local/token -d \'{{"uid": "alice"}}\'',
             "aws_endpoint_url": self.moto_url,
             "inference_endpoint": self.endpoint_url,
             "firebase_storage_emulator": self.storage_url,
@@ -544,6 +609,7 @@ def stack_command(args: argparse.Namespace) -> int:
     """
     model = Path(os.environ.get("ICHSEG_MODEL") or SHIPPED_MODEL)
     settings = StackSettings(state_dir=Path(args.state_dir).resolve(), model=model)
+
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the stack as cleanly as Ctrl-C
 
@@ -561,10 +627,14 @@ def stack_command(args: argparse.Namespace) -> int:
         print("\nThe functions' environment (point the AWS CLI or boto3 at moto with these):")
         for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             print(f"  export {name}={stack.environment[name]}")
-        print(f"\nTry: TOKEN=$({description['token']} | python3 -c 'import json,sys; print(json.load(sys.stdin)"
-              "[\"id_token\"])')")
-        print(f"     curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"content_type\": \"video/mp4\"}}' "
-              f"{stack.api_url}/v1/scans")
+        print(
+            f"\nTry: TOKEN=$({description['token']} | python3 -c 'import json,sys; print(json.load(sys.stdin)"
+            '["id_token"])\')'
+        )
+        print(
+            f'     curl -s -H "Authorization: Bearer $TOKEN" -d \'{{"content_type": "video/mp4"}}\' '
+            f"{stack.api_url}/v1/scans"
+        )
         print("\nCtrl-C stops everything.", flush=True)
         while True:
             time.sleep(3600)

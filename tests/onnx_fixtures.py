@@ -5,8 +5,11 @@ have the same input/output names, shapes and ichseg metadata, so the server, the
 pipeline can be tested against real ONNX Runtime sessions in milliseconds.
 
 The arithmetic is chosen so a test can predict the answer: the pixel head is
-``sigmoid(GAIN * (x - 0.5))`` per pixel (bright tissue -> ~1, air -> ~0) and the slice head is
-``sigmoid(GAIN * (mean(x) - 0.1))`` per slice.
+``sigmoid(GAIN * (x - 0.5))`` per pixel of the centre channel (bright tissue -> ~1, air -> ~0),
+the slice head is ``sigmoid(GAIN * (mean(x) - 0.1))`` per slice over all channels, and the
+optional subtype head is ``sigmoid(GAIN * (mean(x) - c_i))`` with one centre per subtype
+(:data:`SUBTYPE_CENTRES`). With ``channels=3`` the model has the 0.2 interface: 2.5-D context and,
+with ``intracranial_only``, the skull-bounded region.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, SLICE_OUTPUT, ModelMetadata
+from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, SLICE_OUTPUT, SUBTYPE_OUTPUT, SUBTYPES, ModelMetadata
 from ichseg.preprocess import InputSpec
 from model_export.metadata_io import set_metadata
 
 GAIN = 12.0
 PIXEL_CENTRE = 0.5
 SLICE_CENTRE = 0.1
+SUBTYPE_CENTRES = (0.05, 0.1, 0.3, 0.5, 0.9)
+"""Per subtype: a bright slice is likely epidural and subdural, never subarachnoid."""
 OPSET = 17
 
 
@@ -42,29 +47,50 @@ def build_tiny_model(
     slice_threshold: float = 0.5,
     crop_to_head: bool = True,
     with_metadata: bool = True,
+    channels: int = 1,
+    intracranial_only: bool = False,
+    subtypes: bool = False,
 ) -> Path:
-    """Write a two-head ONNX model (``slices`` -> ``mask``, ``hemorrhage``) with ichseg metadata."""
+    """Write an ONNX model (``slices`` -> ``mask``, ``hemorrhage`` [, ``subtypes``]) with ichseg metadata."""
+    centre = (channels - 1) // 2
     nodes = [
-        helper.make_node("Sub", [INPUT_NAME, "pixel_centre"], ["centred"]),
+        helper.make_node("Slice", [INPUT_NAME, "centre_start", "centre_end", "channel_axis"], ["centre"]),
+        helper.make_node("Sub", ["centre", "pixel_centre"], ["centred"]),
         helper.make_node("Mul", ["centred", "gain"], ["pixel_logits"]),
         helper.make_node("Sigmoid", ["pixel_logits"], [MASK_OUTPUT]),
         # opset 17: ReduceMean takes its axes as an attribute (an input only from opset 18)
-        helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[1, 2], keepdims=0),
-        helper.make_node("Sub", ["mean", "slice_centre"], ["mean_centred"]),
+        helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "channel_axis_1"], ["mean_column"]),
+        helper.make_node("Sub", ["mean_column", "slice_centre"], ["mean_centred"]),
         helper.make_node("Mul", ["mean_centred", "gain"], ["slice_logits"]),
         helper.make_node("Sigmoid", ["slice_logits"], [SLICE_OUTPUT]),
     ]
+    outputs = [
+        helper.make_tensor_value_info(MASK_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1]),
+        helper.make_tensor_value_info(SLICE_OUTPUT, TensorProto.FLOAT, ["N", 1]),
+    ]
+    if subtypes:
+        nodes += [
+            helper.make_node("Sub", ["mean_column", "subtype_centres"], ["subtype_centred"]),
+            helper.make_node("Mul", ["subtype_centred", "gain"], ["subtype_logits"]),
+            helper.make_node("Sigmoid", ["subtype_logits"], [SUBTYPE_OUTPUT]),
+        ]
+        outputs.append(helper.make_tensor_value_info(SUBTYPE_OUTPUT, TensorProto.FLOAT, ["N", len(SUBTYPES)]))
     graph = helper.make_graph(
         nodes,
         "ichseg_tiny",
-        inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", size, size, 1])],
-        outputs=[
-            helper.make_tensor_value_info(MASK_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1]),
-            helper.make_tensor_value_info(SLICE_OUTPUT, TensorProto.FLOAT, ["N", 1]),
-        ],
+        inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", size, size, channels])],
+        outputs=outputs,
         initializer=[
             helper.make_tensor(constant, TensorProto.FLOAT, [], [value])
             for constant, value in (("gain", GAIN), ("pixel_centre", PIXEL_CENTRE), ("slice_centre", SLICE_CENTRE))
+        ]
+        + [helper.make_tensor("subtype_centres", TensorProto.FLOAT, [len(SUBTYPES)], list(SUBTYPE_CENTRES))] * subtypes
+        + [
+            helper.make_tensor("centre_start", TensorProto.INT64, [1], [centre]),
+            helper.make_tensor("centre_end", TensorProto.INT64, [1], [centre + 1]),
+            helper.make_tensor("channel_axis", TensorProto.INT64, [1], [3]),
+            helper.make_tensor("channel_axis_1", TensorProto.INT64, [1], [1]),
         ],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ichseg-tests")
@@ -73,9 +99,12 @@ def build_tiny_model(
         metadata = ModelMetadata(
             name=name,
             version=version,
-            input=InputSpec(size=size, crop_to_head=crop_to_head),
+            input=InputSpec(
+                size=size, channels=channels, crop_to_head=crop_to_head, intracranial_only=intracranial_only
+            ),
             pixel_threshold=pixel_threshold,
             slice_threshold=slice_threshold,
+            subtypes=SUBTYPES if subtypes else (),
             architecture="tiny-test",
             opset=OPSET,
         )
@@ -85,6 +114,11 @@ def build_tiny_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return path
+
+
+def expected_subtype_probabilities(mean_input: float) -> np.ndarray:
+    """What the subtype head computes for a slice whose model input averages ``mean_input``."""
+    return 1.0 / (1.0 + np.exp(-GAIN * (mean_input - np.array(SUBTYPE_CENTRES))))
 
 
 def head_phantom(count: int = 2, height: int = 96, width: int = 80, seed: int = 0) -> np.ndarray:

@@ -192,7 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     gpus = configure_gpus(local_rank if config.horovod else None)
     log.info(
         "host %s rank %d/%d (local %d), %d GPU(s) on the host, horovod=%s, data=%s, out=%s",
-        os.environ.get("SM_CURRENT_HOST", "?"), rank, size, local_rank, gpus, config.horovod, config.data, config.out,
+        os.environ.get("SM_CURRENT_HOST", "?"),
+        rank,
+        size,
+        local_rank,
+        gpus,
+        config.horovod,
+        config.data,
+        config.out,
     )
     from training.train import train
 

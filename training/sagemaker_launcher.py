@@ -99,8 +99,16 @@ _EXTRA_GPU_COUNTS = {
     **{
         f"ml.{family}.{size}": gpus
         for family in ("g6", "g6e")
-        for size, gpus in (("xlarge", 1), ("2xlarge", 1), ("4xlarge", 1), ("8xlarge", 1), ("16xlarge", 1),
-                           ("12xlarge", 4), ("24xlarge", 4), ("48xlarge", 8))
+        for size, gpus in (
+            ("xlarge", 1),
+            ("2xlarge", 1),
+            ("4xlarge", 1),
+            ("8xlarge", 1),
+            ("16xlarge", 1),
+            ("12xlarge", 4),
+            ("24xlarge", 4),
+            ("48xlarge", 8),
+        )
     },
 }
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
@@ -432,8 +440,14 @@ _PLACEHOLDER_AWS_ENVIRONMENT = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
 _CLEARED_AWS_ENVIRONMENT = (
-    "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
 
 
@@ -543,7 +557,10 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--py-version", default=DEFAULT_PY_VERSION)
     parser.add_argument("--image-uri", default=None, help="training image holding TF 2.x/Keras 2 and Horovod")
     parser.add_argument(
-        "--hyperparameters", nargs="+", default=[], metavar="KEY=VALUE",
+        "--hyperparameters",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
         help=f"TrainConfig values: {', '.join(HYPERPARAMETERS)}",
     )
     parser.add_argument("--spot", action="store_true", help="managed spot training")

@@ -315,9 +315,7 @@ def train(config: TrainConfig) -> dict[str, object]:
     compile_model(model, learning_rate, config.slice_loss_weight, config.horovod, config.subtype_loss_weight)
 
     steps = config.steps_per_epoch or max(1, math.ceil(len(train_rows) / dist.size / config.batch_size))
-    train_ds = make_dataset(
-        data, train_rows, config.batch_size, True, dist, config.seed, config.neighbour_dropout
-    )
+    train_ds = make_dataset(data, train_rows, config.batch_size, True, dist, config.seed, config.neighbour_dropout)
     val_ds = make_dataset(data, val_rows, config.batch_size, False, dist, config.seed) if len(val_rows) else None
 
     out = Path(config.out)

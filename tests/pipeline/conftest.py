@@ -110,7 +110,16 @@ def create_jobs_table(client: Any, name: str) -> None:
 
 @pytest.fixture(scope="package")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", slice_threshold=0.5, pixel_threshold=0.5)
+    # The 0.2 interface: each slice with its neighbours (so batches must carry context slices),
+    # the intracranial region, and subtype probabilities.
+    return build_tiny_model(
+        tmp_path_factory.mktemp("model") / "tiny.onnx",
+        slice_threshold=0.5,
+        pixel_threshold=0.5,
+        channels=3,
+        intracranial_only=True,
+        subtypes=True,
+    )
 
 
 @pytest.fixture(scope="package")

@@ -10,8 +10,8 @@ import pytest
 from botocore.stub import Stubber
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, ProtocolError, ResponseAttributes, encode_slices, trim_context
-from ichseg.model_metadata import SUBTYPES
 from ichseg.jobs import JobSource
+from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
 from ichseg.pipeline.assemble import ModelChanged, combine
 from ichseg.pipeline.config import ConfigError, PipelineConfig

@@ -16,6 +16,7 @@ import requests
 from ichseg.errors import ScanError
 from ichseg.inference import OnnxSegmenter, segment_scan
 from ichseg.jobs import JobSource, JobState
+from ichseg.model_metadata import SUBTYPES
 from ichseg.scan import read_scan
 from ichseg.segmentation import build_report
 from infrastructure.local_stack import LocalStack
@@ -63,13 +64,20 @@ def test_app_upload_ends_done_with_h264_overlay_in_s3_and_firebase_and_the_cli_r
     assert [s["id"] for s in report["slices"]] == list(scan.slice_ids) == [f"{i:04d}" for i in range(10)]
     for key in ("finding", "hemorrhage_probability", "slices_with_hemorrhage", "thresholds", "model", "disclaimer"):
         assert report[key] == expected[key], key
+    # Slices at batch borders see their neighbours through the batches' context slices: every
+    # probability, subtypes included, is the one of the whole scan read at once.
     for got, want in zip(report["slices"], expected["slices"], strict=True):
         assert got["probability"] == want["probability"]
         assert got["hemorrhage"] == want["hemorrhage"]
+        assert got["subtypes"].keys() == want["subtypes"].keys() == set(SUBTYPES)
+        assert all(abs(got["subtypes"][n] - want["subtypes"][n]) <= 0.005 for n in SUBTYPES)
         # probabilities cross the wire as uint8: a pixel right at the threshold may round either way
         assert abs(got["area_px"] - want["area_px"]) <= max(3, 0.02 * want["area_px"])
-    assert report["slices_with_hemorrhage"] == [f"{i:04d}" for i in range(6, 10)]
+    # Slice 6 alone would pass the gate; read with its dimmer neighbour 5 (2.5-D) it does not.
+    assert report["slices_with_hemorrhage"] == [f"{i:04d}" for i in range(7, 10)]
     assert status["result"]["finding"] == report["finding"] == "Hemorrhage detected"
+    assert status["result"]["subtypes"] == report["subtypes"] and report["subtypes"]["epidural"] > 0.5
+    assert report["volume_ml_by_subtype"] is None and "cannot separate" in report["volume_ml_by_subtype_note"]
 
     masks = stack.aws("s3").list_objects_v2(Bucket=stack.settings.bucket, Prefix=f"results/{job_id}/masks/")
     assert len(masks.get("Contents", [])) == 10

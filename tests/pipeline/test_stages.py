@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ichseg.endpoint_protocol import ResponseAttributes
+from ichseg.endpoint_protocol import ResponseAttributes, decode_slices
 from ichseg.jobs import JobSource, JobState
 from ichseg.pipeline import (
     AssembleMessage,
@@ -62,18 +62,23 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
 
     messages = _segment_messages(core)
     assert [(m.batch_id, m.start, m.count) for m in messages] == [("b0000", 0, 4), ("b0001", 4, 4), ("b0002", 8, 1)]
+    # Each batch's request carries the neighbouring slices the model reads with its edge slices.
+    assert [(m.context_before, m.context_after) for m in messages] == [(0, 1), (1, 1), (1, 0)]
+    assert [len(decode_slices(core.get(m.frames_key))) for m in messages] == [5, 6, 2]
     results = [segment_batch(core, m) for m in messages]
     assert [r.started_assembly for r in results] == [False, False, True]
     assert core.store.require(upload.job_id).state == JobState.ASSEMBLING
     attributes = ResponseAttributes.decode(core.get(layout.attributes_key(upload.job_id, "b0001")).decode())
     assert attributes.model == "ichseg-tiny" and len(attributes.slice_probabilities) == 4
+    assert len(attributes.subtype_probabilities) == 4  # the context slices' answers are dropped
 
     assemble = [AssembleMessage.from_json(m["Body"]) for m in receive_all(core, core.config.assemble_queue_url)]
     assert assemble == [AssembleMessage(upload.job_id)]
     done = assemble_results(core, assemble[0])
     assert done.outcome == "done" and done.slices == 9 and done.mirror_error is None
     job = core.store.require(upload.job_id)
-    assert job.state == JobState.DONE and job.summary["slices_with_hemorrhage"] == 4
+    # Frames 5-8 bleed; frame 5, read with its normal neighbour 4, stays under the gate.
+    assert job.state == JobState.DONE and job.summary["slices_with_hemorrhage"] == 3
     listed = core.s3.list_objects_v2(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")["Contents"]
     names = {o["Key"].split(f"results/{upload.job_id}/")[1] for o in listed}
     assert {"overlay.mp4", "report.json", "contact_sheet.png"} <= names and len(names) == 3 + 9

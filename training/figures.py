@@ -1,0 +1,107 @@
+"""Pictures next to the model card: ROC curves, reliability diagrams, training curves (PNG).
+
+Numbers in a table hide the shape of a model's errors; these show where on the ROC curve the
+operating point sits, whether a shown probability of 0.8 means 80 %, and whether training had
+converged. Written with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ichseg.calibration import reliability
+from ichseg.metrics import roc_auc
+from ichseg.model_metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    from training.evaluate import SliceResult
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    ranked_scores, ranked = np.asarray(scores, dtype=float)[order], np.asarray(labels, dtype=bool)[order]
+    distinct = np.r_[np.flatnonzero(np.diff(ranked_scores)), ranked.size - 1]
+    tps, fps = np.cumsum(ranked)[distinct], np.cumsum(~ranked)[distinct]
+    positives, negatives = max(1, ranked.sum()), max(1, (~ranked).sum())
+    return np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
+
+
+def write_split_figures(results: list[SliceResult], meta: ModelMetadata, split: str, folder: Path) -> list[Path]:
+    """``roc-<split>.png`` and ``calibration-<split>.png`` for CT-ICH slices of one split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ct_ich = [r for r in results if r.source == "ct-ich"]
+    scores = np.array([r.probability for r in ct_ich])
+    labels = np.array([r.label for r in ct_ich])
+    written = []
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    fpr, tpr = roc_points(scores, labels)
+    ax.plot(fpr, tpr, label=f"slices, AUC {roc_auc(scores, labels):.3f}")
+    for name in meta.subtypes:
+        truth = np.array([bool(r.subtypes.get(name)) for r in ct_ich])
+        if 0 < truth.sum() < truth.size:
+            head = np.array([r.subtype_probabilities.get(name, 0.0) for r in ct_ich])
+            x, y = roc_points(head, truth)
+            ax.plot(x, y, lw=0.8, alpha=0.7, label=f"{name} head ({truth.sum()}), AUC {roc_auc(head, truth):.2f}")
+    negatives, positives = ~labels, labels
+    operating = (np.mean(scores[negatives] >= meta.slice_threshold), np.mean(scores[positives] >= meta.slice_threshold))
+    ax.plot(*operating, "o", color="black", label=f"operating point ({meta.slice_threshold})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{meta.name} {meta.version}: CT-ICH {split}")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    written.append(folder / f"roc-{split}.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    raw = meta.slice_platt.invert(scores)
+    scale, bias = meta.slice_calibration
+    for values, name in ((raw, "raw"), (scores, f"calibrated (Platt {scale:.2f}, {bias:+.2f})")):
+        curve = reliability(values, labels)
+        filled = curve.counts > 0
+        ax.plot(curve.mean_predicted[filled], curve.observed[filled], "o-", label=f"{name}, ECE {curve.ece:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+    ax.set(xlabel="shown probability", ylabel="observed frequency", title=f"Reliability: CT-ICH {split} slices")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    written.append(folder / f"calibration-{split}.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+    return written
+
+
+def write_training_curves(history_csv: Path, destination: Path) -> Path:
+    """Losses, validation AUC and Dice per epoch from Keras's CSV log."""
+    with history_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+
+    def column(name: str) -> list[float]:
+        return [float(r[name]) for r in rows] if rows and name in rows[0] else []
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    for name in ("loss", "val_loss", "mask_loss", "val_mask_loss"):
+        if column(name):
+            left.plot(epochs, column(name), label=name, ls="--" if name.startswith("val_") else "-")
+    left.set(xlabel="epoch", title="losses")
+    left.legend(fontsize=7)
+    for name in ("val_hemorrhage_auc", "hemorrhage_auc", "val_mask_dice", "mask_dice"):
+        if column(name):
+            right.plot(epochs, column(name), label=name, ls="--" if name.startswith("val_") else "-")
+    right.set(xlabel="epoch", ylim=(0, 1), title="slice AUC and batch Dice (training-set rows)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(destination)
+    plt.close(fig)
+    return destination
