@@ -99,3 +99,35 @@ def test_slice_gate_clears_masks_and_scan_finding() -> None:
     report = build_report(["a", "b"], segmentation, meta, (1.0, 1.0), 5.0)
     assert report["finding"] == NORMAL and report["hemorrhage_probability"] == pytest.approx(0.7)
     assert report["volume_ml"] == pytest.approx(16 * 5.0 / 1000)
+
+
+def test_subtypes_reach_the_report_the_summary_and_the_captions(tmp_path: Path) -> None:
+    from ichseg.inference import OnnxSegmenter, segment_scan
+    from ichseg.model_metadata import SUBTYPES
+    from ichseg.preprocess import prepare_batch
+    from ichseg.scan import Scan
+    from ichseg.segmentation import SUBTYPE_VOLUME_NOTE, slice_captions
+    from tests.onnx_fixtures import expected_subtype_probabilities
+
+    model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.5, channels=3, subtypes=True)
+    slices = head_phantom(count=3, height=90, width=70)
+    slices[0] = 0
+    segmenter = OnnxSegmenter(model)
+    _, segmentation = segment_scan(Scan(slices, ("a", "b", "c"), "png", hu=False), segmenter)
+    assert segmentation.subtype_probabilities is not None and segmentation.subtype_probabilities.shape == (3, 5)
+    prediction = segmenter.predict(slices)  # the probabilities follow the model's arithmetic, per slice
+    mean = float(np.mean(prepare_batch(slices, segmenter.metadata.input).inputs[2]))
+    assert np.allclose(prediction.subtype_probabilities[2], expected_subtype_probabilities(mean), atol=1e-5)
+    report = build_report(["a", "b", "c"], segmentation, segmenter.metadata, None, None)
+    assert list(report["subtypes"]) == list(SUBTYPES)
+    assert report["subtypes"]["epidural"] == round(float(segmentation.subtype_probabilities[:, 0].max()), 4)
+    assert report["slices"][2]["subtypes"]["subarachnoid"] < 0.5 < report["slices"][2]["subtypes"]["epidural"]
+    assert report["volume_ml_by_subtype"] is None and report["volume_ml_by_subtype_note"] == SUBTYPE_VOLUME_NOTE
+    captions = slice_captions(["a", "b", "c"], segmentation, segmenter.metadata)
+    assert "epidural" in captions[2] and "subarachnoid" not in captions[2]
+    assert captions[0].startswith("a ") and "epidural" not in captions[0]  # a normal slice names nothing
+    # A model without a subtype head says so instead of inventing probabilities.
+    plain = build_tiny_model(tmp_path / "plain.onnx", slice_threshold=0.5)
+    _, old = segment_scan(Scan(slices, ("a", "b", "c"), "png", hu=False), OnnxSegmenter(plain))
+    legacy = build_report(["a", "b", "c"], old, OnnxSegmenter(plain).metadata, None, None)
+    assert legacy["subtypes"] is None and "subtypes" not in legacy["slices"][0]

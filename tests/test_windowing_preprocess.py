@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ichseg.preprocess import InputSpec, head_placement, place_mask, prepare_batch, restore_probabilities
+from ichseg.preprocess import (
+    InputSpec,
+    head_placement,
+    intracranial_region,
+    place_mask,
+    prepare_batch,
+    restore_probabilities,
+)
 from ichseg.scan import Scan
 from ichseg.windowing import BONE, BRAIN, CT_ICH_BRAIN, apply_window, window_by_name, windowed_slices
 
@@ -80,3 +87,73 @@ def test_crop_handles_a_head_past_the_frame_edge_and_an_empty_slice() -> None:
 def test_model_input_rejects_hu() -> None:
     with pytest.raises(ValueError, match="uint8"):
         prepare_batch(np.zeros((1, 8, 8), np.float32), InputSpec(size=8))
+
+
+def _skull_slice(size: int = 200, scalp_blob: bool = True, ring_open: bool = False) -> np.ndarray:
+    """A brain-window slice: brain (grey 110) inside a bone ring (255), scalp (90) outside it and,
+    optionally, a dense scalp swelling (200, blood-like) outside the skull."""
+    yy, xx = np.mgrid[:size, :size]
+    radius = np.hypot(yy - size / 2, xx - size / 2)
+    image = np.zeros((size, size), np.uint8)
+    image[radius < 0.44 * size] = 90  # scalp
+    image[radius < 0.40 * size] = 255  # skull
+    image[radius < 0.36 * size] = 110  # brain
+    if ring_open:
+        image[
+            (radius >= 0.36 * size) & (radius < 0.40 * size) & (xx > size * 0.35) & (xx < size * 0.65) & (yy < size / 2)
+        ] = 110
+    if scalp_blob:
+        image[(np.hypot(yy - size * 0.5, xx - size * 0.92) < size * 0.05) & (radius >= 0.41 * size)] = 200
+    return image
+
+
+def test_intracranial_region_is_the_inside_of_the_skull_not_the_scalp() -> None:
+    image = _skull_slice(160)
+    region = intracranial_region(image)
+    yy, xx = np.mgrid[:160, :160]
+    radius = np.hypot(yy - 80, xx - 80)
+    assert region[radius < 0.34 * 160].all()  # all of the brain
+    assert not region[radius > 0.41 * 160].any()  # nothing of the scalp or the swelling on it
+    assert region[(radius > 0.36 * 160) & (radius < 0.365 * 160)].mean() > 0.9  # blood on the inner table stays
+
+
+def test_intracranial_region_falls_back_to_the_head_without_bone_when_the_ring_is_open() -> None:
+    image = _skull_slice(160, scalp_blob=False, ring_open=True)
+    region = intracranial_region(image)
+    assert 0.2 < region.mean() < 0.6  # something head-sized, not nothing and not the frame
+    assert region[80, 80] and region[image == 255].mean() < 0.35  # the brain, bone only along its edges
+    assert not region[np.hypot(*np.mgrid[-80:80, -80:80]) > 0.43 * 160].any()  # no scalp
+
+
+def test_inputs_are_zero_outside_the_skull_and_regions_come_with_the_batch() -> None:
+    slices = np.stack([_skull_slice(200)] * 3)
+    spec = InputSpec(size=96, channels=3, intracranial_only=True)
+    batch = prepare_batch(slices, spec)
+    assert batch.inputs.shape == (3, 96, 96, 3) and batch.regions.shape == (3, 96, 96)
+    assert (batch.inputs[~batch.regions] == 0).all()
+    assert batch.inputs[batch.regions].mean() > 0.3
+    plain = prepare_batch(slices, InputSpec(size=96))
+    assert plain.regions.all()  # without the option, predictions may go anywhere (models before 0.2)
+
+
+def test_context_channels_are_the_neighbours_below_and_above_cropped_like_the_slice() -> None:
+    slices = np.stack([_skull_slice(200, scalp_blob=False)] * 4)
+    for index in range(4):
+        slices[index][slices[index] == 110] = 60 + 20 * index  # each slice's brain a different grey
+    batch = prepare_batch(slices, InputSpec(size=64, channels=3))
+    centre = (32, 32)
+    greys = np.rint(batch.inputs[:, centre[0], centre[1], :] * 255).astype(int)
+    # slice i sees (i-1, i, i+1); the ends repeat themselves where the scan has no neighbour
+    assert greys.tolist() == [[60, 60, 80], [60, 80, 100], [80, 100, 120], [100, 120, 120]]
+    assert len({p.side for p in batch.placements}) == 1
+    single = prepare_batch(slices[1:2], InputSpec(size=64, channels=3))
+    assert np.rint(single.inputs[0, 32, 32] * 255).astype(int).tolist() == [80, 80, 80]
+
+
+def test_one_channel_preprocessing_is_unchanged_for_models_before_0_2() -> None:
+    slices = np.stack([_skull_slice(200)] * 2)
+    old = prepare_batch(slices, InputSpec(size=64))
+    new = prepare_batch(slices, InputSpec(size=64, channels=3))
+    assert np.array_equal(old.inputs[..., 0], new.inputs[..., 1])
+    with pytest.raises(ValueError, match="neighbours"):
+        prepare_batch(slices, InputSpec(size=64, channels=2))

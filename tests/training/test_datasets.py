@@ -13,6 +13,7 @@ import pytest
 
 from training.datasets import (
     CT_ICH_DEMO_PATIENT,
+    MASKED_PATIENTS_HELD_OUT,
     MBH_COLOURS,
     CtIchSlice,
     decode_colour_mask,
@@ -319,3 +320,9 @@ def test_ct_ich_split_on_the_real_data() -> None:
     assert set.union(*split.values()) == patients and sum(len(v) for v in split.values()) == len(patients)
     assert all(split[k] & positives for k in split)
     assert split == split_ct_ich(reversed(slices), seed=0)
+    # The few patients with radiologist masks are not all left in train: Dice on real CT-ICH masks
+    # can be chosen on and reported.
+    masked = {s.patient for s in slices if s.mask_path is not None}
+    assert len(masked) >= 6
+    assert len(split["val"] & masked) >= MASKED_PATIENTS_HELD_OUT and len(split["test"] & masked) >= 2
+    assert split["train"] & masked

@@ -13,18 +13,19 @@ import pytest
 import tensorflow as tf
 
 from training.losses import dice_metric, mask_loss, weighted_soft_dice_loss
-from training.model import MASK_OUTPUT, SLICE_OUTPUT, build_model, count_flops_per_frame
-from training.train import Distribution, TrainConfig, make_dataset, oversample_positives, train
+from training.model import MASK_OUTPUT, SLICE_OUTPUT, SUBTYPE_OUTPUT, build_model, count_flops_per_frame
+from training.train import Distribution, TrainConfig, make_dataset, train, training_rows
 from training.training_set import load_training_set
 
 VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.mark.parametrize("variant", ["unet", "resunet", "attention"])
-def test_variants_build_with_two_outputs(variant: str) -> None:
-    model = build_model(input_size=64, base_filters=4, depth=3, variant=variant)
-    out = model(np.zeros((2, 64, 64, 1), np.float32), training=False)
+def test_variants_build_with_mask_slice_and_subtype_outputs(variant: str) -> None:
+    model = build_model(input_size=64, base_filters=4, depth=3, variant=variant, channels=3)
+    out = model(np.zeros((2, 64, 64, 3), np.float32), training=False)
     assert out[MASK_OUTPUT].shape == (2, 64, 64, 1) and out[SLICE_OUTPUT].shape == (2, 1)
+    assert out[SUBTYPE_OUTPUT].shape == (2, 5)
     assert float(tf.reduce_min(out[MASK_OUTPUT])) >= 0.0 and float(tf.reduce_max(out[MASK_OUTPUT])) <= 1.0
     assert any(layer.name.endswith("_gate") for layer in model.layers) == (variant == "attention")
     assert any(layer.name.endswith("_add") for layer in model.layers) == (variant in ("resunet", "attention"))
@@ -66,9 +67,12 @@ def test_dice_loss_zero_for_perfect_prediction_and_ignores_untrusted_pixels() ->
 def test_oversampling_and_rank_sharding(tiny_training_set: Path) -> None:
     data = load_training_set(tiny_training_set)
     rows = np.flatnonzero(data.split == "train")
-    expanded = oversample_positives(rows, data.labels, 3, np.random.default_rng(0))
+    data.real_mask[rows[:3]] = True  # as if three rows carried a radiologist's mask
+    config = TrainConfig(data="", out="", positive_oversampling=3, real_mask_oversampling=4)
+    expanded = training_rows(data, config, np.random.default_rng(0))
     positives = int((data.labels[rows] > 0.5).sum())
-    assert len(expanded) == len(rows) + 2 * positives
+    real_copies = sum(3 if data.labels[r] > 0.5 else 1 for r in rows[:3])
+    assert len(expanded) == len(rows) + 2 * positives + 3 * real_copies
     batches = [next(iter(make_dataset(data, rows, 4, True, Distribution(rank, 2), seed=1)))[0].shape for rank in (0, 1)]
     assert batches == [(4, 64, 64, 1)] * 2
 
@@ -127,11 +131,50 @@ def test_two_horovod_ranks_end_with_identical_weights(tiny_training_set: Path, t
     assert summary["ranks"] == 2
     assert summary["config"]["learning_rate"] == pytest.approx(1e-3)  # the scaled rate is applied inside
     assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
         "history.csv",
         "model-last.h5",
         "model.h5",
         "training_summary.json",
     ]
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(tiny_training_set: Path, tmp_path: Path) -> None:
+    common = dict(data=str(tiny_training_set), out=str(tmp_path / "run"), base_filters=4, depth=3, batch_size=4)
+    train(TrainConfig(**common, epochs=2, steps_per_epoch=2))  # type: ignore[arg-type]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and np.isfinite(state["best"])
+    # The same command with --resume and a longer schedule trains only the epochs still missing.
+    summary = train(TrainConfig(**common, epochs=3, steps_per_epoch=2, resume=True))  # type: ignore[arg-type]
+    assert len(summary["epoch_seconds"]) == 1 and len(summary["history"]["loss"]) == 1
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["epoch"] == 3
+    lines = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]  # one log across the interruption
+    # Nothing to resume from is not an error: the run starts afresh.
+    fresh = train(TrainConfig(**{**common, "out": str(tmp_path / "new")}, epochs=1, steps_per_epoch=1, resume=True))  # type: ignore[arg-type]
+    assert len(fresh["epoch_seconds"]) == 1
+
+
+def test_exported_group_norms_become_single_instance_norms_with_the_same_outputs(tmp_path: Path) -> None:
+    import onnx
+
+    from model_export.export import default_metadata, export_onnx, keras_onnx_max_difference
+
+    model = build_model(input_size=64, base_filters=8, depth=3, channels=3)
+    rng = np.random.default_rng(4)
+    for layer in model.layers:  # non-trivial affine parameters, so a wrong rewrite would show
+        if isinstance(layer, tf.keras.layers.GroupNormalization):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+            layer.beta.assign(rng.normal(0.0, 0.3, layer.beta.shape))
+    proto = export_onnx(model, tmp_path / "m.onnx", default_metadata(model, "ichseg-test", "0.2.0"))
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    group_norms = sum(isinstance(layer, tf.keras.layers.GroupNormalization) for layer in model.layers)
+    assert ops.count("InstanceNormalization") == group_norms and "Where" not in ops and "ReduceSum" not in ops
+    inputs = rng.random((3, 64, 64, 3), dtype=np.float32)
+    differences = keras_onnx_max_difference(model, proto, inputs)
+    assert max(differences.values()) < 1e-4, differences
+    meta = default_metadata(model, "ichseg-test", "0.2.0")
+    assert meta.input.channels == 3 and meta.input.intracranial_only and len(meta.subtypes) == 5
 
 
 def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
