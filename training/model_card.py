@@ -38,11 +38,13 @@ def reproduce_commands(stages: list[dict[str, Any]], version: str) -> str:
     summaries = " ".join(f"--summary {out}/training_summary.json" for out in outs)
     lines += [
         f".venv-train/bin/python -m model_export.export --keras {outs[-1]}/model.h5 --out models/ichseg-unet.onnx \\",
-        f"    --summary {outs[-1]}/training_summary.json --version {version}",
-        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val --choose-thresholds",
-        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test",
+        f"    --summary {outs[-1]}/training_summary.json --version {version} --keras-out models/ichseg-unet.keras.h5",
+        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val \\",
+        "    --choose-thresholds --figures models/figures",
+        ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test \\",
+        "    --figures models/figures",
         f".venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx {summaries} \\",
-        "    --eval build/eval --out models/MODEL_CARD.md",
+        f"    --eval build/eval --figures models/figures --history {outs[-1]}/history.csv --out models/MODEL_CARD.md",
         "```",
     ]
     return "\n".join(lines)
@@ -62,53 +64,115 @@ def training_description(stages: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + f". In all {total} minutes on 2 CPU cores"
 
 
-def write_card(model: Path, stages: list[dict[str, Any]], val: dict[str, Any], test: dict[str, Any], out: Path) -> str:
+def _figure_links(figures: Path | None, out: Path) -> str:
+    """Markdown images for the pictures the evaluation wrote, relative to the card."""
+    if figures is None:
+        return ""
+    names = [
+        ("training-curves.png", "Training curves"),
+        ("roc-val.png", "ROC, validation"),
+        ("roc-test.png", "ROC, test"),
+        ("calibration-val.png", "Reliability, validation (fitted here)"),
+        ("calibration-test.png", "Reliability, test"),
+    ]
+    shown = [(name, title) for name, title in names if (figures / name).is_file()]
+    relative = figures.resolve().relative_to(out.resolve().parent)
+    return "\n".join(f"![{title}]({relative / name})" for name, title in shown) + "\n"
+
+
+def write_card(
+    model: Path,
+    stages: list[dict[str, Any]],
+    val: dict[str, Any],
+    test: dict[str, Any],
+    out: Path,
+    figures: Path | None = None,
+) -> str:
     meta = read_metadata(model)
+    spec = meta.input
+    context = (
+        "the slice and its neighbours below and above as three channels (2.5-D; at a scan's ends the "
+        "slice repeats itself)"
+        if spec.channels == 3
+        else "one windowed slice"
+    )
+    region = (
+        " Everything outside the skull's inner table is zeroed in the input and no pixel is ever "
+        "predicted there (`ichseg.preprocess.intracranial_region`, the same code in training and serving)."
+        if spec.intracranial_only
+        else ""
+    )
+    subtypes = (
+        f" A third head gives one calibrated probability per subtype ({', '.join(meta.subtypes)}): per "
+        "slice, and per scan as the most confident slice's. The mask head does not separate subtypes, so "
+        "volumes are given for all hemorrhage only."
+        if meta.subtypes
+        else ""
+    )
+    scale, bias = meta.slice_calibration
+    seg_test = test.get("segmentation_ct_ich", {})
     text = f"""# Model card: {meta.name} {meta.version}
 
 **Not for clinical use.** Research and demonstration software; not a medical device.
 
 ## What it is
-A {meta.architecture} (Keras, exported to ONNX opset {meta.opset}) with two heads: a per-pixel
-hemorrhage probability (sigmoid) and a per-slice "hemorrhage detected" probability from the
-bottleneck. {meta.parameters:,} parameters, {meta.gflop_per_frame} GFLOP per {meta.input.size}x{meta.input.size}
-frame. Input: one windowed slice (CT-ICH brain window L40/W120 for HU inputs; 8-bit inputs pass
-through), cropped to the head, resized to {meta.input.size} px, scaled to [0, 1]. Masks are kept only
-on slices whose detection probability reaches the slice threshold.
+A {meta.architecture} (Keras, group normalisation, exported to ONNX opset {meta.opset} with each group
+norm fused into one `InstanceNormalization`) with a per-pixel hemorrhage probability and a
+per-slice "hemorrhage detected" probability from the bottleneck.{subtypes}
+{meta.parameters:,} parameters, {meta.gflop_per_frame} GFLOP per {spec.size}x{spec.size} frame.
+Input: {context}, windowed (CT-ICH brain window L40/W120 for HU inputs; 8-bit inputs pass through),
+cropped to the head with the centre slice's square, resized to {spec.size} px, scaled to [0, 1].{region}
+Masks are kept only on slices whose detection probability reaches the slice threshold.
 
-Operating thresholds (chosen on validation patients, never on test): slice {meta.slice_threshold},
-pixel {meta.pixel_threshold}.
+Operating point (chosen on validation patients, never on test): slice threshold
+{meta.slice_threshold} (the most sensitive threshold that paints at most 15 % of normal validation
+slices), pixel threshold {meta.pixel_threshold} (best mean Dice on validation radiologist masks). A
+scan is reported as "Hemorrhage detected" when its most confident slice reaches the slice threshold.
+Probabilities shown to users are calibrated on validation (Platt scaling of the slice head, scale
+{scale}, bias {bias}; per-subtype scaling of the subtype head); the tables give the expected
+calibration error before and after.
 
 ## Data
 - **CT-ICH** (Hssayeni et al., PhysioNet 2020, CC BY 4.0): 77 patients here, 2,327 brain-window
-  slices with slice-level labels. Split by patient (seed {2026}): train / validation / test, stratified
-  on hemorrhage; patient 051 (the demo sample) is always in test. No pixel masks are available
-  here: the mask head learns from weak targets on hemorrhage slices (dense intracranial regions,
-  `training/weak_labels.py`, half weight, ambiguous pixels ignored) and empty masks on normal slices.
+  slices with slice-level and subtype labels, and 18 radiologist pixel masks on 10 patients. Split
+  by patient (seed 2026): train / validation / test, stratified on hemorrhage; patient 051 (the demo
+  sample) is always in test, and at least two masked patients are moved from train to validation
+  and to test each (`training/datasets.py: split_ct_ich`), so that Dice on real CT-ICH masks can be
+  chosen on and reported. The mask head learns from the real masks where they exist (oversampled
+  x4), from weak targets on the other hemorrhage slices (dense intracranial regions,
+  `training/weak_labels.py`, half weight, ambiguous pixels ignored) and from empty masks on normal
+  slices. Every patient is read as a whole scan, as a user's folder is, so slices get their real
+  neighbours.
 - **MBH-Seg mini** (36 real slices with radiologist masks, 25 scans, MIT): split by scan, half of
-  the scans held out for the Dice figures below.
+  the scans held out for the Dice figures below (single slices: their neighbours repeat the slice).
 - **Synthetic head CT** (`training/synthetic.py`): 1,200 slices with exact masks for all five subtypes.
 
-Training ({training_description(stages)}): Dice + focal BCE (mask) and BCE (slice), online
-augmentation (flips, rotation, scale, shift, window/contrast/gamma, noise).
+Training ({training_description(stages)}): Dice + focal BCE (mask), BCE (slice and subtypes),
+online augmentation (flips, rotation, scale, shift, window/contrast/gamma, noise, neighbours swapped
+or dropped).
 
 ## Held-out results
 Every figure below is on patients/scans the model never trained on; 95 % intervals bootstrap
 over patients. Dice is averaged over slices with hemorrhage (empty/empty would count as 1.0 and is
-excluded here by construction).
+excluded by construction), except the pooled per-patient Dice, which also counts every pixel
+painted on the patient's normal slices as a false positive.
 
 {markdown_table(test)}
-Validation (used to choose the thresholds):
+Validation (used to choose the operating point and the calibration):
 
 {markdown_table(val)}
+{_figure_links(figures, out)}
 ## Limitations
-- The mask head never saw a real CT-ICH pixel mask; its Dice on real masks is measured on only
-  {test.get("segmentation", {}).get("slices_with_hemorrhage", 0)} MBH-Seg slices, whose scanner,
-  window and labelling differ from CT-ICH. Expect lower Dice on thin subdural and subarachnoid blood.
+- Real CT-ICH masks are few: {seg_test.get("slices_with_hemorrhage", 0)} masked test slices on
+  {seg_test.get("scans", 0)} patients; the intervals are correspondingly wide. MBH-Seg masks come from
+  another scanner population and labelling protocol.
 - Slice-level figures come from {test.get("detection", {}).get("patients", 0)} test patients: the
-  intervals are wide.
+  intervals are wide. Subtypes with few positive slices (intraventricular, subarachnoid) have
+  unreliable AUCs.
+- 2.5-D context is one slice on each side, whatever the slice spacing (CT-ICH is 5 mm): on a
+  thin-slice scan the neighbours are closer than in training and add less context.
 - 8-bit video/JPEG inputs must already be in a brain-type window; a bone-window video is out of
-  distribution.
+  distribution. The intracranial region needs the skull to be visible as bone (>= ~93 HU).
 
 What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
 
@@ -131,11 +195,17 @@ def main() -> None:
     )
     parser.add_argument("--eval", type=Path, default=Path("build/eval"))
     parser.add_argument("--out", type=Path, default=Path("models/MODEL_CARD.md"))
+    parser.add_argument("--figures", type=Path, default=None, help="folder of the evaluation's PNGs")
+    parser.add_argument("--history", type=Path, default=None, help="history.csv of the last stage: training curves")
     args = parser.parse_args()
     stages = [json.loads(path.read_text()) for path in args.summary]
     val = json.loads((args.eval / "val.json").read_text())
     test = json.loads((args.eval / "test.json").read_text())
-    write_card(args.model, stages, val, test, args.out)
+    if args.figures is not None and args.history is not None:
+        from training.figures import write_training_curves
+
+        write_training_curves(args.history, args.figures / "training-curves.png")
+    write_card(args.model, stages, val, test, args.out, args.figures)
     print(args.out)
 
 

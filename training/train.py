@@ -67,6 +67,8 @@ class TrainConfig:
     """Start from a saved model's weights (fine-tuning)."""
     resume: bool = False
     """Continue from the newest checkpoint of an interrupted run with this ``out``."""
+    max_minutes: float | None = None
+    """Stop after the last epoch that fits in this budget (a lent GPU, a spot job's window)."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -200,6 +202,26 @@ class AverageNonTrainableWeights(tf.keras.callbacks.Callback):
 
         for variable in self.model.non_trainable_variables:
             variable.assign(hvd_tf.allreduce(variable, op=hvd_tf.Average, name=f"avg_{variable.name}"))
+
+
+class TimeBudget(tf.keras.callbacks.Callback):
+    """Stop after the epoch whose successor would not finish inside ``minutes``; the epoch
+    checkpoint is written first, so ``--resume`` carries on where the budget ran out."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.started = time.time()
+        self.epoch_started = self.started
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = time.time()
+        if now + (now - self.epoch_started) > self.started + self.seconds:
+            log.info("time budget of %.1f min reached after epoch %d", self.seconds / 60, epoch + 1)
+            self.model.stop_training = True
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
@@ -343,6 +365,8 @@ def train(config: TrainConfig) -> dict[str, object]:
             tf.keras.callbacks.CSVLogger(str(out / "history.csv"), append=initial_epoch > 0),
             EpochCheckpoint(checkpoint_folders, monitor, best),
         ]
+    if config.max_minutes is not None:
+        callbacks.append(TimeBudget(config.max_minutes))  # after the checkpoint callback
     timer = EpochTimer()
     callbacks.insert(0, timer)
     started = time.time()
@@ -364,15 +388,19 @@ def train(config: TrainConfig) -> dict[str, object]:
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
         "seconds": round(seconds, 1),
-        "slices_per_second": round(
-            steps * config.batch_size * dist.size * (config.epochs - initial_epoch) / seconds, 2
-        ),
+        "slices_per_second": round(steps * config.batch_size * dist.size * len(timer.seconds) / seconds, 2),
         "steady_slices_per_second": round(
             steps * config.batch_size * dist.size / float(np.mean(timer.seconds[1:] or timer.seconds)), 2
         ),
         "epoch_seconds": [round(t, 1) for t in timer.seconds],
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
+    earlier = out / "training_summary.json"
+    if initial_epoch and earlier.is_file():  # a resumed run reports the whole run, not just its tail
+        before = json.loads(earlier.read_text())
+        summary["seconds"] = round(float(before.get("seconds", 0.0)) + seconds, 1)
+        summary["epoch_seconds"] = [*before.get("epoch_seconds", [])[:initial_epoch], *summary["epoch_seconds"]]  # type: ignore[misc]
+        summary["resumed_after_epoch"] = initial_epoch
     if dist.is_chief:
         # model.h5 is the best epoch by validation loss; the last epoch is kept beside it.
         model.save(out / "model-last.h5")
@@ -415,6 +443,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--subtype-loss-weight", type=float, default=0.3)
     parser.add_argument("--initial-weights", default=None, help="start from this saved model's weights")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this --out")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop after the last epoch that fits")
     parser.add_argument("--horovod", action="store_true", help="run as one rank of a horovodrun job")
     args = parser.parse_args(argv)
     if not args.data:

@@ -146,7 +146,8 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tiny_training_set: Path,
     assert state["epoch"] == 2 and np.isfinite(state["best"])
     # The same command with --resume and a longer schedule trains only the epochs still missing.
     summary = train(TrainConfig(**common, epochs=3, steps_per_epoch=2, resume=True))  # type: ignore[arg-type]
-    assert len(summary["epoch_seconds"]) == 1 and len(summary["history"]["loss"]) == 1
+    assert len(summary["history"]["loss"]) == 1 and summary["resumed_after_epoch"] == 2
+    assert len(summary["epoch_seconds"]) == 3  # the summary covers the whole run
     assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["epoch"] == 3
     lines = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]  # one log across the interruption
