@@ -19,8 +19,8 @@ the original slices of the chosen split:
 
 With ``--choose-thresholds`` (only allowed on ``val``) it fits the calibration temperatures of the
 slice and subtype heads, picks the pixel threshold (best mean Dice on validation real masks) and
-the slice threshold (the most sensitive one that paints at most 15 % of normal slices), writes them
-into the model's metadata, and re-evaluates with the stamped model.
+the slice threshold (Youden's J among the thresholds that paint at most 15 % of normal slices),
+writes them into the model's metadata, and re-evaluates with the stamped model.
 """
 
 from __future__ import annotations
@@ -333,10 +333,12 @@ def choose_pixel_threshold(results: list[SliceResult]) -> float:
 
 
 def choose_slice_threshold(results: list[SliceResult], pixel_threshold: float) -> float:
-    """The most sensitive slice threshold (CT-ICH validation slices) that paints at most
-    :data:`MAX_NORMAL_SLICES_PAINTED` of the normal slices; ties go to the higher threshold.
-    Sensitivity first, because a missed small bleed costs more than a flagged normal slice; the
-    cap keeps the flags rare enough that readers keep trusting them."""
+    """Youden's J (sensitivity + specificity - 1) on CT-ICH validation slices, among the thresholds
+    that paint at most :data:`MAX_NORMAL_SLICES_PAINTED` of the normal slices; ties go to the lower
+    (more sensitive) threshold, since a missed small bleed costs more than a flagged normal slice.
+
+    The threshold decides the slice flags and the scan's finding as well as the painting: a rule
+    on painting alone would open the gate wide whenever the mask head is conservative."""
     ct_ich = [r for r in results if r.source == "ct-ich"]
     scores = np.array([r.probability for r in ct_ich])
     labels = np.array([r.label for r in ct_ich])
@@ -344,9 +346,10 @@ def choose_slice_threshold(results: list[SliceResult], pixel_threshold: float) -
     for threshold in np.unique(np.round(scores, 4)):
         if normal_slices_painted(ct_ich, float(threshold), pixel_threshold) > MAX_NORMAL_SLICES_PAINTED:
             continue
-        sensitivity = detection_stats(scores, labels, float(threshold)).sensitivity
-        if best is None or sensitivity > best[1] or (sensitivity == best[1] and threshold > best[0]):
-            best = (float(threshold), sensitivity)
+        stats = detection_stats(scores, labels, float(threshold))
+        j = stats.sensitivity + stats.specificity - 1
+        if best is None or j > best[1]:
+            best = (float(threshold), j)
     return best[0] if best else float(scores.max())
 
 

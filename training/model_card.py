@@ -125,9 +125,9 @@ cropped to the head with the centre slice's square, resized to {spec.size} px, s
 Masks are kept only on slices whose detection probability reaches the slice threshold.
 
 Operating point (chosen on validation patients, never on test): slice threshold
-{meta.slice_threshold} (the most sensitive threshold that paints at most 15 % of normal validation
-slices), pixel threshold {meta.pixel_threshold} (best mean Dice on validation radiologist masks). A
-scan is reported as "Hemorrhage detected" when its most confident slice reaches the slice threshold.
+{meta.slice_threshold} (Youden's J on validation slices, among the thresholds that paint at most
+15 % of normal validation slices), pixel threshold {meta.pixel_threshold} (best mean Dice on
+validation radiologist masks). A scan is reported as "Hemorrhage detected" when its most confident slice reaches the slice threshold.
 Probabilities shown to users are calibrated on validation (Platt scaling of the slice head, scale
 {scale}, bias {bias}; per-subtype scaling of the subtype head); the tables give the expected
 calibration error before and after.
