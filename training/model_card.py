@@ -127,10 +127,10 @@ Masks are kept only on slices whose detection probability reaches the slice thre
 Operating point (chosen on validation patients, never on test): slice threshold
 {meta.slice_threshold} (Youden's J on validation slices, among the thresholds that paint at most
 15 % of normal validation slices), pixel threshold {meta.pixel_threshold} (best mean Dice on
-validation radiologist masks). A scan is reported as "Hemorrhage detected" when its most confident slice reaches the slice threshold.
-Probabilities shown to users are calibrated on validation (Platt scaling of the slice head, scale
-{scale}, bias {bias}; per-subtype scaling of the subtype head); the tables give the expected
-calibration error before and after.
+validation radiologist masks). A scan is reported as "Hemorrhage detected" when its most
+confident slice reaches the slice threshold. Probabilities shown to users are calibrated on
+validation (Platt scaling of the slice head, scale {scale}, bias {bias}; per-subtype scaling of the
+subtype head); the tables give the expected calibration error before and after.
 
 ## Data
 - **CT-ICH** (Hssayeni et al., PhysioNet 2020, CC BY 4.0): 77 patients here, 2,327 brain-window
