@@ -35,6 +35,13 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_split_figures(results: list[SliceResult], meta: ModelMetadata, split: str, folder: Path) -> list[Path]:
     """``roc-<split>.png`` and ``calibration-<split>.png`` for CT-ICH slices of one split."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,10 +65,7 @@ def write_split_figures(results: list[SliceResult], meta: ModelMetadata, split: 
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{meta.name} {meta.version}: CT-ICH {split}")
     ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    written.append(folder / f"roc-{split}.png")
-    fig.savefig(written[-1])
-    plt.close(fig)
+    written.append(_save(fig, folder / f"roc-{split}.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     raw = meta.slice_platt.invert(scores)
@@ -73,10 +77,7 @@ def write_split_figures(results: list[SliceResult], meta: ModelMetadata, split: 
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
     ax.set(xlabel="shown probability", ylabel="observed frequency", title=f"Reliability: CT-ICH {split} slices")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    written.append(folder / f"calibration-{split}.png")
-    fig.savefig(written[-1])
-    plt.close(fig)
+    written.append(_save(fig, folder / f"calibration-{split}.png"))
     return written
 
 
@@ -100,8 +101,5 @@ def write_training_curves(history_csv: Path, destination: Path) -> Path:
             right.plot(epochs, column(name), label=name, ls="--" if name.startswith("val_") else "-")
     right.set(xlabel="epoch", ylim=(0, 1), title="slice AUC and batch Dice (training-set rows)")
     right.legend(fontsize=7)
-    fig.tight_layout()
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(destination)
-    plt.close(fig)
-    return destination
+    return _save(fig, destination)
