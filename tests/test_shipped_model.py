@@ -9,8 +9,8 @@ import numpy as np
 
 from ichseg.inference import OnnxSegmenter, segment_scan
 from ichseg.model_metadata import SUBTYPES
-from ichseg.preprocess import prepare_batch, restore_probabilities
 from ichseg.paths import SHIPPED_MODEL
+from ichseg.preprocess import prepare_batch, restore_probabilities
 from ichseg.scan import read_scan
 
 
