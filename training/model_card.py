@@ -125,8 +125,8 @@ cropped to the head with the centre slice's square, resized to {spec.size} px, s
 Masks are kept only on slices whose detection probability reaches the slice threshold.
 
 Operating point (chosen on validation patients, never on test): slice threshold
-{meta.slice_threshold} (Youden's J on validation slices, among the thresholds that paint at most
-15 % of normal validation slices), pixel threshold {meta.pixel_threshold} (best mean Dice on
+{meta.slice_threshold} (the highest threshold that finds 85 % of the validation hemorrhage slices
+and paints at most 15 % of the normal ones), pixel threshold {meta.pixel_threshold} (best mean Dice on
 validation radiologist masks). A scan is reported as "Hemorrhage detected" when its most
 confident slice reaches the slice threshold. Probabilities shown to users are calibrated on
 validation (Platt scaling of the slice head, scale {scale}, bias {bias}; per-subtype scaling of the
