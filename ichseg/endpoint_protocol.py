@@ -70,6 +70,8 @@ class ResponseAttributes:
     slice_probabilities: tuple[float, ...]
     subtype_names: tuple[str, ...] = ()
     subtype_probabilities: tuple[tuple[float, ...], ...] = ()
+    scan_threshold: float | None = None
+    """The model's scan-level threshold, when it has its own (models from 0.2 on)."""
     """One row per slice, one column per name in ``subtype_names``; empty without a subtype head."""
 
     def encode(self) -> str:
@@ -78,6 +80,8 @@ class ResponseAttributes:
             f"model={self.model};version={self.version};slice_threshold={self.slice_threshold};"
             f"pixel_threshold={self.pixel_threshold};slice_probabilities={probabilities}"
         )
+        if self.scan_threshold is not None:
+            text += f";scan_threshold={self.scan_threshold}"
         if self.subtype_names:
             rows = ",".join("/".join(f"{q:.2f}" for q in row) for row in self.subtype_probabilities)
             text += f";subtype_names={'/'.join(self.subtype_names)};subtypes={rows}"
@@ -110,6 +114,7 @@ class ResponseAttributes:
                 slice_probabilities=tuple(float(p) for p in probabilities.split(",")) if probabilities else (),
                 subtype_names=names,
                 subtype_probabilities=subtypes,
+                scan_threshold=float(fields["scan_threshold"]) if "scan_threshold" in fields else None,
             )
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"malformed custom attributes {text[:200]!r} ({exc})") from exc

@@ -40,6 +40,9 @@ class ModelMetadata:
     slice_threshold: float = 0.5
     """A slice is reported as hemorrhage when its probability reaches this; masks on slices below it
     are cleared (the detection head gates the mask head). Chosen on validation patients."""
+    scan_threshold: float | None = None
+    """A scan is reported as hemorrhage when its most confident slice reaches this (chosen on
+    validation scans); None: the slice threshold, as for models before 0.2."""
     slice_calibration: tuple[float, float] = (1.0, 0.0)
     """Platt scaling (scale, bias) of the slice head, fitted on validation; (1, 0): as trained."""
     subtypes: tuple[str, ...] = ()
@@ -53,6 +56,11 @@ class ModelMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = "Research and demonstration only. Not for clinical use."
     opset: int = 17
+
+    @property
+    def finding_threshold(self) -> float:
+        """The threshold the scan's finding uses."""
+        return self.slice_threshold if self.scan_threshold is None else self.scan_threshold
 
     @property
     def slice_platt(self) -> Platt:

@@ -98,7 +98,7 @@ def build_report(
         for entry, row in zip(slices, subtypes, strict=True):
             entry["subtypes"] = {name: round(float(q), 4) for name, q in zip(model.subtypes, row, strict=True)}
     scan_probability = float(segmentation.slice_probabilities.max()) if len(slice_ids) else 0.0
-    detected = scan_probability >= model.slice_threshold
+    detected = scan_probability >= model.finding_threshold
     volume = (
         round(volume_ml(segmentation.masks, pixel_spacing_mm, slice_thickness_mm), 3)
         if pixel_spacing_mm and slice_thickness_mm
@@ -119,7 +119,7 @@ def build_report(
         "volume_ml_by_subtype_note": SUBTYPE_VOLUME_NOTE if subtypes is not None else None,
         "pixel_spacing_mm": list(pixel_spacing_mm) if pixel_spacing_mm else None,
         "slice_thickness_mm": slice_thickness_mm,
-        "thresholds": {"slice": model.slice_threshold, "pixel": model.pixel_threshold},
+        "thresholds": {"scan": model.finding_threshold, "slice": model.slice_threshold, "pixel": model.pixel_threshold},
         "model": {"name": model.name, "version": model.version},
         "slices": slices,
         "disclaimer": "Research software. Not for clinical use.",

@@ -276,6 +276,7 @@ class InferenceService:
             pixel_threshold=meta.pixel_threshold,
             slice_probabilities=tuple(float(p) for p in prediction.slice_probabilities),
             subtype_names=meta.subtypes,
+            scan_threshold=meta.scan_threshold,
             subtype_probabilities=tuple(tuple(float(q) for q in row) for row in prediction.subtype_probabilities),
         )
         return encode_slices(scaled), attributes.encode()

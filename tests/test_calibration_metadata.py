@@ -58,3 +58,20 @@ def test_metadata_round_trips_the_0_2_fields_and_reads_0_1_metadata() -> None:
         ' "slice_threshold": 0.253, "pixel_threshold": 0.2}'
     )
     assert legacy.subtypes == () and legacy.slice_calibration == (1.0, 0.0) and not legacy.input.intracranial_only
+
+
+def test_the_scan_finding_uses_its_own_threshold_and_it_crosses_the_wire() -> None:
+    from ichseg.endpoint_protocol import ResponseAttributes
+    from ichseg.segmentation import HEMORRHAGE_DETECTED, NORMAL, build_report, masks_from_probabilities
+
+    segmentation = masks_from_probabilities(np.zeros((2, 4, 4)), np.array([0.2, 0.6]), 0.5, 0.5)
+    flagged_slice = ModelMetadata(name="m", version="1", slice_threshold=0.5, scan_threshold=0.7)
+    report = build_report(["a", "b"], segmentation, flagged_slice, None, None)
+    # One slice is flagged for reading, but the scan as a whole is not called hemorrhage.
+    assert report["slices_with_hemorrhage"] == ["b"] and report["finding"] == NORMAL
+    assert report["thresholds"] == {"scan": 0.7, "slice": 0.5, "pixel": 0.5}
+    legacy = ModelMetadata(name="m", version="1", slice_threshold=0.5)  # before 0.2: the slice threshold
+    assert build_report(["a", "b"], segmentation, legacy, None, None)["finding"] == HEMORRHAGE_DETECTED
+    attributes = ResponseAttributes("m", "1", 0.5, 0.5, (0.2, 0.6), scan_threshold=0.7)
+    assert ResponseAttributes.decode(attributes.encode()).scan_threshold == 0.7
+    assert ResponseAttributes.decode(ResponseAttributes("m", "1", 0.5, 0.5, (0.2,)).encode()).scan_threshold is None

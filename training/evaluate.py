@@ -201,11 +201,14 @@ def normal_slices_painted(results: list[SliceResult], slice_threshold: float, pi
     return float(np.mean([r.probability >= slice_threshold and r.painted(pixel_threshold) > 0 for r in normal]))
 
 
-def detection_summary(results: list[SliceResult], slice_threshold: float, pixel_threshold: float) -> dict[str, Any]:
+def detection_summary(
+    results: list[SliceResult], slice_threshold: float, pixel_threshold: float, scan_threshold: float | None = None
+) -> dict[str, Any]:
     """Slice- and scan-level detection on CT-ICH, per subtype, and the subtype head's AUCs."""
     results = [r for r in results if r.source == "ct-ich"]
     if not results:
         return {}
+    scan_threshold = slice_threshold if scan_threshold is None else scan_threshold
     scores = np.array([r.probability for r in results])
     labels = np.array([r.label for r in results])
     stats = detection_stats(scores, labels, slice_threshold)
@@ -225,10 +228,11 @@ def detection_summary(results: list[SliceResult], slice_threshold: float, pixel_
         "normal_slices_painted": round(normal_slices_painted(results, slice_threshold, pixel_threshold), 4),
         "scan_roc_auc": round(roc_auc(scan_scores, scan_labels), 4) if both_kinds else None,
         "scan_positives": int(scan_labels.sum()),
-        "scan_sensitivity": round(float(np.mean(scan_scores[scan_labels] >= slice_threshold)), 4)
+        "scan_threshold": scan_threshold,
+        "scan_sensitivity": round(float(np.mean(scan_scores[scan_labels] >= scan_threshold)), 4)
         if scan_labels.any()
         else None,
-        "scan_specificity": round(float(np.mean(scan_scores[~scan_labels] < slice_threshold)), 4)
+        "scan_specificity": round(float(np.mean(scan_scores[~scan_labels] < scan_threshold)), 4)
         if (~scan_labels).any()
         else None,
         "per_subtype_roc_auc": {},
@@ -360,6 +364,14 @@ def choose_slice_threshold(results: list[SliceResult], pixel_threshold: float) -
     return max(allowed, key=lambda t: (stats[t].sensitivity + stats[t].specificity, -t))
 
 
+def choose_scan_threshold(results: list[SliceResult]) -> float:
+    """The highest threshold on a scan's most confident slice that still finds every validation
+    patient with hemorrhage: at the scan level ichseg must not send a bleeding patient home."""
+    by_patient = _by_patient([r for r in results if r.source == "ct-ich"])
+    positive = [max(r.probability for r in g) for g in by_patient.values() if any(r.label for r in g)]
+    return float(min(positive)) if positive else 0.5
+
+
 def calibration_summary(results: list[SliceResult], platt: Platt) -> dict[str, Any]:
     """ECE of the shipped (calibrated) slice probabilities and of the raw ones they came from."""
     ct_ich = [r for r in results if r.source == "ct-ich"]
@@ -393,7 +405,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"(target <= {MAX_NORMAL_SLICES_PAINTED}) |",
             f"| scan ROC AUC (max over slices) | {det['scan_roc_auc']} | | {det['patients']} patients "
             f"({det['scan_positives']} with hemorrhage) |",
-            f"| scan sensitivity / specificity | {det['scan_sensitivity']} / {det['scan_specificity']} | | same |",
+            f"| scan sensitivity / specificity @ {det.get('scan_threshold')} | {det['scan_sensitivity']} / "
+            f"{det['scan_specificity']} | | same |",
         ]
         for name, sub in det["per_subtype_roc_auc"].items():
             lines.append(
@@ -445,7 +458,7 @@ def summarise(results: list[SliceResult], segmenter: OnnxSegmenter, split: str) 
         "model": {"name": meta.name, "version": meta.version},
         "split": split,
         "thresholds": {"slice": slice_threshold, "pixel": pixel_threshold},
-        "detection": detection_summary(results, slice_threshold, pixel_threshold),
+        "detection": detection_summary(results, slice_threshold, pixel_threshold, meta.finding_threshold),
         "calibration": calibration_summary(results, meta.slice_platt),
         "segmentation_ct_ich": segmentation_summary(results, slice_threshold, pixel_threshold, "ct-ich"),
         "segmentation_mbh": segmentation_summary(results, slice_threshold, pixel_threshold, "mbh"),
@@ -476,8 +489,11 @@ def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str,
         r.probability = float(platt.apply(np.array([r.probability]))[0])
     pixel_threshold = choose_pixel_threshold(results)
     slice_threshold = choose_slice_threshold(results, pixel_threshold)
+    # Never below the slice threshold: a scan flagged must have a flagged slice to show.
+    scan_threshold = max(slice_threshold, choose_scan_threshold(results))
     chosen: dict[str, Any] = {
         "slice_threshold": round(slice_threshold, 4),
+        "scan_threshold": round(scan_threshold, 4),
         "pixel_threshold": round(pixel_threshold, 4),
         "slice_calibration": astuple_platt(platt),
         "subtype_calibration": subtype_calibration,

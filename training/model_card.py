@@ -128,9 +128,11 @@ Operating point (chosen on validation patients, never on test): slice threshold
 {meta.slice_threshold} (the highest threshold that finds 85 % of the validation hemorrhage slices
 and paints at most 15 % of the normal ones), pixel threshold {meta.pixel_threshold} (best mean Dice on
 validation radiologist masks). A scan is reported as "Hemorrhage detected" when its most
-confident slice reaches the slice threshold. Probabilities shown to users are calibrated on
-validation (Platt scaling of the slice head, scale {scale}, bias {bias}; per-subtype scaling of the
-subtype head); the tables give the expected calibration error before and after.
+confident slice reaches the scan threshold {meta.finding_threshold} (the highest that still finds
+every validation patient with hemorrhage, and never below the slice threshold). Probabilities
+shown to users are calibrated on validation (Platt scaling of the slice head, scale {scale}, bias
+{bias}; per-subtype scaling of the subtype head); the tables give the expected calibration error
+before and after.
 
 ## Data
 - **CT-ICH** (Hssayeni et al., PhysioNet 2020, CC BY 4.0): 77 patients here, 2,327 brain-window

@@ -127,9 +127,12 @@ def _load_batches(
 
 def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) -> tuple[ModelMetadata, Segmentation]:
     """One model identity and one segmentation from the per-batch endpoint answers."""
-    identities = {(a.model, a.version, a.slice_threshold, a.pixel_threshold, a.subtype_names) for a in attributes}
+    identities = {
+        (a.model, a.version, a.slice_threshold, a.pixel_threshold, a.subtype_names, a.scan_threshold)
+        for a in attributes
+    }
     if len(identities) != 1:
-        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p, _ in sorted(identities))
+        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p, *_ in sorted(identities, key=str))
         raise ModelChanged(f"the endpoint's model changed while this job ran: {shown}")
     first = attributes[0]
     model = ModelMetadata(
@@ -138,6 +141,7 @@ def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) 
         slice_threshold=first.slice_threshold,
         pixel_threshold=first.pixel_threshold,
         subtypes=first.subtype_names,
+        scan_threshold=first.scan_threshold,
     )
     slice_probabilities = np.array([p for a in attributes for p in a.slice_probabilities], dtype=np.float32)
     subtypes = None
