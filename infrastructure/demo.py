@@ -123,6 +123,9 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
         f"{', '.join(report['slices_with_hemorrhage']) or 'none'}) by {report['model']['name']}",
         f"{report['model']['version']}",
     )
+    if report.get("subtypes"):  # models from 0.2 on: calibrated subtype probabilities
+        likely = sorted(report["subtypes"].items(), key=lambda item: -item[1])
+        print("Subtypes:", ", ".join(f"{name} {p:.2f}" for name, p in likely))
     print(f"  segmented video: {files['overlay']}  [{_video_facts(files['overlay'].read_bytes())}]")
     print(f"  report:          {files['report']}")
     print(f"  contact sheet:   {files['contact_sheet']}")
