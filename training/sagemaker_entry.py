@@ -55,6 +55,7 @@ HYPERPARAMETERS: dict[str, type] = {
     "steps_per_epoch": int,
     "slice_loss_weight": float,
     "subtype_loss_weight": float,
+    "max_minutes": float,
 }
 """The TrainConfig fields a job may set, with their types (names as SageMaker passes them: ``--batch_size``)."""
 
