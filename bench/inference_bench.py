@@ -62,10 +62,10 @@ def ort_session(path: Path):  # type: ignore[no-untyped-def]
 
 def _ct_ich_inputs(split: str, limit: int) -> np.ndarray:
     """Model inputs of the first CT-ICH patients of ``split``, each read as a whole scan (context)."""
-    from ichseg.preprocess import prepare_batch
+    from ichseg.preprocess import model_input_spec, prepare_batch
     from ichseg.scan import read_scan
     from training.datasets import list_ct_ich_slices, split_ct_ich
-    from training.training_set import CT_ICH_FRACTIONS, SHARED_DATA, SPLIT_SEED, model_input_spec
+    from training.training_set import CT_ICH_FRACTIONS, SHARED_DATA, SPLIT_SEED
 
     root = SHARED_DATA / "ct-ich"
     patients = sorted(split_ct_ich(list_ct_ich_slices(root), CT_ICH_FRACTIONS, seed=SPLIT_SEED)[split])
@@ -83,7 +83,7 @@ def held_out_slices(ct_ich: int = 78) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Model-space inputs of held-out slices: CT-ICH test patients and every MBH-Seg test slice.
 
     Returns (inputs, is_real_mask row flags, real masks for those rows)."""
-    from ichseg.preprocess import place_mask, prepare_batch
+    from ichseg.preprocess import model_input_spec, place_mask, prepare_batch
     from ichseg.windowing import CT_ICH_BRAIN, apply_window
     from training.datasets import load_mbhseg, split_by_patient
     from training.training_set import (
@@ -91,7 +91,6 @@ def held_out_slices(ct_ich: int = 78) -> tuple[np.ndarray, np.ndarray, np.ndarra
         SHARED_DATA,
         SPLIT_SEED,
         mbh_to_ct_ich_orientation,
-        model_input_spec,
     )
 
     spec = model_input_spec()

@@ -65,6 +65,11 @@ class InputSpec:
         return asdict(self)
 
 
+def model_input_spec(size: int = 160) -> InputSpec:
+    """What models from 0.2 on see: 2.5-D context (slice and both neighbours), intracranial only."""
+    return InputSpec(size=size, channels=3, crop_to_head=True, intracranial_only=True)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the model's square input sits in the original slice (may extend past its edges)."""

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tf2onnx
 
 from ichseg.model_metadata import INPUT_NAME, SUBTYPE_OUTPUT, SUBTYPES, ModelMetadata
-from ichseg.preprocess import InputSpec
+from ichseg.preprocess import InputSpec, model_input_spec
 from model_export.fuse_group_norm import GroupNormLayer, fuse_group_norms
 from model_export.metadata_io import set_metadata
 
@@ -73,7 +73,6 @@ def export_fp16(fp32_path: str | Path, destination: str | Path) -> onnx.ModelPro
 
 def default_metadata(model: tf.keras.Model, name: str, version: str, summary: dict | None = None) -> ModelMetadata:
     from training.model import count_flops_per_frame
-    from training.training_set import model_input_spec
 
     summary = summary or {}
     config = summary.get("config", {})

@@ -31,7 +31,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -465,10 +465,6 @@ def summarise(results: list[SliceResult], segmenter: OnnxSegmenter, split: str) 
     }
 
 
-def astuple_platt(platt: Platt) -> tuple[float, float]:
-    return (platt.scale, platt.bias)
-
-
 def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str, Any]:
     """Calibrate and choose thresholds on validation results of the uncalibrated model; stamp them."""
     from model_export.metadata_io import read_metadata, stamp_metadata
@@ -477,7 +473,7 @@ def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str,
     ct_ich = [r for r in results if r.source == "ct-ich"]
     platt = fit_platt(np.array([r.probability for r in ct_ich]), np.array([r.label for r in ct_ich]))
     subtype_calibration = tuple(
-        astuple_platt(
+        astuple(
             fit_platt(
                 np.array([r.subtype_probabilities[n] for r in ct_ich]),
                 np.array([r.subtypes.get(n, False) for r in ct_ich]),
@@ -495,7 +491,7 @@ def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str,
         "slice_threshold": round(slice_threshold, 4),
         "scan_threshold": round(scan_threshold, 4),
         "pixel_threshold": round(pixel_threshold, 4),
-        "slice_calibration": astuple_platt(platt),
+        "slice_calibration": astuple(platt),
         "subtype_calibration": subtype_calibration,
     }
     stamp_metadata(model, meta.with_updates(**chosen))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.preprocess import InputSpec, place_mask, prepare_batch
+from ichseg.preprocess import InputSpec, model_input_spec, place_mask, prepare_batch
 from ichseg.scan import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
 from training.datasets import (
@@ -51,11 +51,6 @@ WEAK_POSITIVE_WEIGHT = 0.5
 """Pixel weight of weak targets on CT-ICH hemorrhage slices, relative to exact masks."""
 SYNTHETIC_LABEL_WEIGHT = 0.3
 """Synthetic slices teach masks; their slice labels weigh less than real ones."""
-
-
-def model_input_spec(size: int = 160) -> InputSpec:
-    """What models from 0.2 on see: 2.5-D context (slice and both neighbours), intracranial only."""
-    return InputSpec(size=size, channels=3, crop_to_head=True, intracranial_only=True)
 
 
 def mbh_to_ct_ich_orientation(image: np.ndarray) -> np.ndarray:
@@ -169,9 +164,9 @@ def add_ct_ich(rows: _Rows, root: Path, spec: InputSpec, limit: int | None = Non
             if real_mask is not None:  # the release's radiologist masks win over weak targets
                 mask, weight = real_mask.astype(np.float32), np.ones(image.shape, np.float32)
             else:
-                target = weak_target(image, item is not None and item.any_hemorrhage)
-                # Weak positives are guesses: they count half as much as exact masks.
                 positive = item is not None and item.any_hemorrhage
+                target = weak_target(image, positive)
+                # Weak positives are guesses: they count half as much as exact masks.
                 mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if positive else 1.0)
             masks.append(mask)
             weights.append(weight)
