@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -189,3 +190,93 @@ def test_generation_is_fast() -> None:
         synthetic_slice(rng, SIZE)
     # ~100 slices/s on one core here; a generous bound catches only gross regressions on slow CI.
     assert (time.perf_counter() - start) / 20 < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed-seed regression guard: the generator's output is pinned bit for bit, so a refactor (or an
+# innocent-looking reordering of random draws) that changes any slice fails here. The digests come
+# from the code as it stood when they were written; change them only for a deliberate change of the
+# generated data. They assume the pinned numpy / opencv-python builds: a different build may round
+# a blur differently and then every digest moves at once.
+
+_VARIANTS: dict[str, tuple[str, ...] | None] = {
+    "random": None,
+    "negative": (),
+    **{name: (name,) for name in SUBTYPES},
+    "all": SUBTYPES,
+}
+
+
+def _digest(item: SyntheticSlice, rng: np.random.Generator) -> str:
+    """sha256 over every field of ``item`` and the generator's next draw (so draws are pinned too)."""
+    h = hashlib.sha256()
+
+    def add(array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(array.tobytes())
+
+    add(item.hu)
+    add(item.mask)
+    for name in SUBTYPES:
+        add(item.subtype_masks[name])
+    for name in sorted(item.anatomy):
+        h.update(name.encode())
+        add(item.anatomy[name])
+    h.update(repr((item.subtypes, sorted(item.densities.items()), item.mm_per_pixel, item.level)).encode())
+    h.update(repr(rng.random()).encode())
+    return h.hexdigest()
+
+
+# "size-seed-variant" -> digest. Seeds 0-2 at 128 px give every variant; the rest were picked to
+# reach branches those miss (upper-ventricle and low-ventricle levels, the falx plaque, fissure
+# SAH, a shrinking clot) and the smallest and default sizes.
+_GOLDEN = {
+    "128-0-random": "5a8fb773f7db1b2dc8295700b84b127cf0b5408df6a91b5f866908b60db85963",
+    "128-0-negative": "6cec25a5e621e5de0b33e9f6306ea5c96f3bde3aaf655f5496a05e9d7d48b6c3",
+    "128-0-epidural": "86372b59c8b6e566c77ced4f9e1ce32b923c6f8123511dbd86d1bfe49f6cb120",
+    "128-0-subdural": "5752124e6918852b22bfd8ae0f09878ed8061db4d582796585686ce659ad1e46",
+    "128-0-intraparenchymal": "65d740348232d821f0c2eeac0e3cadb1ea8988911ffc816aa56cf90230853fea",
+    "128-0-intraventricular": "f063da895898c15ab4a07b00e1998d25e9765f36c218671c23b7526374f7f682",
+    "128-0-subarachnoid": "768c1e3b384a4f63d37878f7972775e368b254ccd56a61c5af474f17230820b2",
+    "128-0-all": "92afcfa04764fcdf8d3cfd42897f76cf5ee11530ad734bf88691a31b87c6dff5",
+    "128-1-random": "af6c7c04ef9fb1a37243ab5b1c60ab84877bc5b2ef87c02b617470138c0a3418",
+    "128-1-negative": "df4cdbc83232a5155d6363d6781c0b857705df9c0bee3c264e7ae665e6d22ae7",
+    "128-1-epidural": "b0350bb8a01cb80f244c2066cbadcd2a4760e636e87cc77174f5c84a0a6fa28a",
+    "128-1-subdural": "478aff1f0de9faf69dadfe2661df534e1575a5fa43a6ca46c0de3f5957347516",
+    "128-1-intraparenchymal": "3f18663bf322e2f561a53afc120201f0c7caaa457ded4dc9b09d9e9bb2dcea40",
+    "128-1-intraventricular": "4cb776d425405b46633e8fd82a04213f7986c8a40afa057117428f2759085bbd",
+    "128-1-subarachnoid": "01571ec022c64f8130361d18b361a4436b2b07f2ce7c58b05531f5384686e3c6",
+    "128-1-all": "9a3827bbe8e1dcd32ea2d06a80f6efcba6fcc227cf81ced39460f66ce04f7be9",
+    "128-2-random": "8f0b25e001fc8c036567a1b10f5d42f07f87fd446a0e322b3d06a3e36485c0cf",
+    "128-2-negative": "79dc010388441aca20d41864f39bea73b57d5f375178c9ffde461cc6fc192135",
+    "128-2-epidural": "a1e00c81e3815b0ea94594a49197e70c27c484c0b1bcbfcd8bd80dfc0831f647",
+    "128-2-subdural": "b15d515f9525927e7da2a63093baf17284fdc0a09b374e33cb6f369847ca8a2e",
+    "128-2-intraparenchymal": "3195efdefc9240b0ea09ac63f72a8e756087bf11af0a812a9c22f905e8f14fc8",
+    "128-2-intraventricular": "b363da30b410a7eca90ae8b1cfc7c048317ea816240775676f4994145a6c802c",
+    "128-2-subarachnoid": "c213613a85e0df3c403807b9f42218e6910e22681dd3be7bd940a86a9439b2fe",
+    "128-2-all": "8bf2e56aa214075c23a805e8e64aca420e53c0c474577643b634872b1e818c7d",
+    "128-6-subarachnoid": "5598e635eb7f7bbbaee33b722938ac8d852ca51b5a278aa32a3e04bd1a3eb38c",
+    "128-9-random": "e37c38973e1671b7a36ced258b29e4f3e89d81c04ad7633d64ac9984963801e8",
+    "128-10-intraparenchymal": "91d038548dd42e077bd903d6470ffc199b2ad28d2c6d18ef92e38143ccc816e7",
+    "64-11-negative": "48f8eabebd4eef612beb776bad53ffe956b5665e37b63c5aa51edcf5536675b6",
+    "64-0-all": "f45de51b385a35e82f99db287cdcb15bb41c457eaf525f726420521559904321",
+    "256-0-all": "a49628d351d94fb81c791cdd2883fb73e8d7f3afb902d71e393a0b203cde3b9f",
+    "256-1-random": "c15eef97b20f1fe0c55c795c140c7f2f7eff436114c7cb352829b30b2b8089e5",
+}
+_GOLDEN_BATCH = "e167ae40ba56fb6ca52810f2fdadd258e12d88aa448887d376b9c764b0fbea00"
+
+
+@pytest.mark.parametrize("case", sorted(_GOLDEN))
+def test_fixed_seed_output_is_unchanged(case: str) -> None:
+    size, seed, variant = case.split("-")
+    rng = np.random.default_rng(int(seed))
+    item = synthetic_slice(rng, int(size), _VARIANTS[variant])
+    assert _digest(item, rng) == _GOLDEN[case], f"{case}: generated slice changed"
+
+
+def test_fixed_seed_batch_is_unchanged() -> None:
+    rng = np.random.default_rng(5)
+    images, masks = synthetic_batch(rng, 6, size=96, positive_fraction=0.5)
+    digest = hashlib.sha256(images.tobytes() + masks.tobytes() + repr(rng.random()).encode()).hexdigest()
+    assert digest == _GOLDEN_BATCH
