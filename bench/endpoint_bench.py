@@ -62,7 +62,7 @@ def main() -> None:
     from ichseg.endpoint_protocol import CONTENT_TYPE, encode_slices
     from ichseg.inference import OnnxSegmenter
     from ichseg.paths import SAMPLE_VIDEO, SHIPPED_MODEL
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)

@@ -63,7 +63,7 @@ def ort_session(path: Path):  # type: ignore[no-untyped-def]
 def _ct_ich_inputs(split: str, limit: int) -> np.ndarray:
     """Model inputs of the first CT-ICH patients of ``split``, each read as a whole scan (context)."""
     from ichseg.preprocess import model_input_spec, prepare_batch
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
     from training.datasets import list_ct_ich_slices, split_ct_ich
     from training.training_set import CT_ICH_FRACTIONS, SHARED_DATA, SPLIT_SEED
 
@@ -115,7 +115,7 @@ def calibration_inputs(count: int = 64) -> np.ndarray:
 def pipeline_frames_per_second(onnx_path: Path, seconds: float) -> tuple[float, int]:
     """``OnnxSegmenter.predict`` (preprocess + ORT + restore) on the committed sample scan."""
     from ichseg.inference import OnnxSegmenter
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
 
     slices = np.asarray(read_scan(REPO / "samples" / "ct-ich-051" / "brain.mp4").slices, np.uint8)
     segmenter = OnnxSegmenter(onnx_path, providers=("CPUExecutionProvider",))
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     args = parser.parse_args()
 
-    from model_export.metadata_io import read_metadata
+    from ichseg.model_file import read_metadata
 
     # ONNX Runtime is measured before TensorFlow is imported: TensorFlow's idle thread pools would
     # otherwise compete with it, and the endpoint never has TensorFlow loaded.

@@ -71,8 +71,8 @@ def inference_seconds(model: Path, frames: np.ndarray) -> float:
 
 def main() -> int:
     from ichseg.paths import SAMPLE_VIDEO, SHIPPED_MODEL
+    from ichseg.readers import read_scan
     from ichseg.render import write_h264
-    from ichseg.scan import read_scan
     from ichseg.windowing import windowed_slices
     from infrastructure.local_stack import LocalStack, StackSettings
 

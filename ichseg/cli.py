@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ichseg import __version__
@@ -17,11 +18,12 @@ from ichseg.errors import ScanError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+COMMAND_GROUP = "ichseg.commands"
 
 
 def inspect_command(args: argparse.Namespace) -> int:
     """Print the scan's format and geometry as one JSON object."""
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
 
     scan = read_scan(args.file)
     print(json.dumps(scan.describe()))
@@ -30,8 +32,8 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 def preview_command(args: argparse.Namespace) -> int:
     """Write a windowed H.264 video and a contact sheet of a scan (no model involved)."""
+    from ichseg.readers import read_scan
     from ichseg.render import write_contact_sheet, write_h264
-    from ichseg.scan import read_scan
     from ichseg.windowing import window_by_name, windowed_slices
 
     scan = read_scan(args.input)
@@ -51,7 +53,7 @@ def preview_command(args: argparse.Namespace) -> int:
 def segment_command(args: argparse.Namespace) -> int:
     """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report."""
     from ichseg.inference import OnnxSegmenter, segment_scan
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
     from ichseg.segmentation import build_report, write_outputs
 
     scan = read_scan(args.input)
@@ -65,24 +67,6 @@ def segment_command(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in headline}
     print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
     return 0
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """Run the whole pipeline locally on the committed sample scan, as the mobile app would use it."""
-    from infrastructure.demo import run_demo
-
-    return run_demo(Path(args.out))
-
-
-def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A handler imported only when its sub-command runs (keeps `ichseg inspect` fast and light)."""
-
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return int(getattr(importlib.import_module(module), function)(args))
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,21 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
     segment.set_defaults(handler=segment_command)
 
-    endpoint = commands.add_parser("endpoint", help="serve the model over HTTP (SageMaker container contract)")
-    endpoint.add_argument("--host", default="127.0.0.1")
-    endpoint.add_argument("--port", type=int, default=8080)
-    endpoint.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
-    endpoint.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
-    endpoint.set_defaults(handler=_lazy("model_export.server", "endpoint_command"))
-
-    stack = commands.add_parser("stack", help="run the local stack (moto, storage emulator, endpoint, event pump, API)")
-    stack.add_argument("--state-dir", default="build/local-stack", help="where the stack keeps its files")
-    stack.set_defaults(handler=_lazy("infrastructure.local_stack", "stack_command"))
-
-    demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
-    demo.add_argument("--out", default="demo-output", help="output folder")
-    demo.set_defaults(handler=demo_command)
+    add_plugin_commands(commands)
     return parser
+
+
+def add_plugin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Let the deployables above the core add their sub-commands (``endpoint``, ``stack``, ``demo``).
+
+    They register through the ``ichseg.commands`` entry-point group (pyproject.toml), so the core
+    never imports them: an image that carries only ``ichseg`` and ``serving`` (the GPU endpoint)
+    simply has no ``stack`` command.
+    """
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            add_command = entry.load()
+        except ModuleNotFoundError:  # the package is declared but not in this image
+            continue
+        add_command(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Reading and writing the ichseg metadata inside ONNX files (needs ``onnx``, not TensorFlow)."""
+"""Model metadata I/O inside ONNX files: written by export, read by packaging and evaluation (needs ``onnx``)."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def prepare_batch(slices: np.ndarray, spec: InputSpec) -> ModelBatch:
     """``(N, H, W)`` uint8 windowed slices, consecutive in the scan -> model inputs and placements.
 
     With 2.5-D context the slices must be the scan's own order (each slice's neighbours are the
-    adjacent rows of ``slices``), which every reader of :func:`ichseg.scan.read_scan` guarantees.
+    adjacent rows of ``slices``), which every reader of :func:`ichseg.readers.read_scan` guarantees.
     """
     slices = np.asarray(slices)
     if slices.ndim != 3 or slices.dtype != np.uint8:

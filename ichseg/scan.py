@@ -1,4 +1,4 @@
-"""The :class:`Scan` domain type and :func:`read_scan`, the single entry point for every input.
+"""The :class:`Scan` domain type (read one with :func:`ichseg.readers.read_scan`).
 
 A scan is an ordered stack of axial slices with the metadata that travels with the pixels:
 where it came from, what each slice is called, its geometry in millimetres when known, and
@@ -8,15 +8,9 @@ whether the pixels are Hounsfield units (DICOM, NIfTI) or an already-windowed 8-
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-
-from ichseg.errors import ScanTooLargeError, UnsupportedFormatError
-from ichseg.limits import ScanLimits
-from ichseg.readers.detect import HEAD_BYTES, READABLE_SINGLE, Content, detect_content
 
 
 @dataclass(frozen=True)
@@ -78,59 +72,3 @@ class Scan:
             "slice_thickness_mm": self.slice_thickness_mm,
             "hu": self.hu,
         }
-
-
-def read_scan(source: str | os.PathLike[str] | bytes, limits: ScanLimits | None = None) -> Scan:
-    """Read any supported input: a path (file or directory) or the bytes of an upload.
-
-    The format is detected from content. Raises a :class:`ichseg.errors.ScanError` subclass with
-    a user-facing message for anything that is not a readable, reasonably sized CT scan.
-    """
-    limits = limits or ScanLimits.from_env()
-    if isinstance(source, bytes | bytearray | memoryview):
-        return _read_blob(bytes(source), name="upload", limits=limits)
-    path = Path(source)
-    if path.is_dir():
-        from ichseg.readers.collection import read_directory
-
-        return read_directory(path, limits)
-    if not path.exists():
-        raise UnsupportedFormatError(f"{path}: no such file or directory")
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise ScanTooLargeError(
-            f"{path.name} is {size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
-        )
-    return _read_blob(path.read_bytes(), name=path.name, limits=limits)
-
-
-def _read_blob(data: bytes, name: str, limits: ScanLimits) -> Scan:
-    if len(data) > limits.max_bytes:
-        raise ScanTooLargeError(
-            f"{name} is {len(data) / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
-        )
-    content = detect_content(data[:HEAD_BYTES])
-    if content not in READABLE_SINGLE:
-        raise UnsupportedFormatError(
-            f"{name}: detected {content.value}; ichseg reads MP4/MOV or AVI videos, JPEG/PNG slices "
-            "(alone, zipped or in a folder), DICOM (an instance or a zipped series) and NIfTI volumes"
-        )
-    if content in (Content.MP4, Content.MOV, Content.AVI):
-        from ichseg.readers.video import read_video
-
-        return read_video(data, content, name, limits)
-    if content in (Content.JPEG, Content.PNG):
-        from ichseg.readers.images import read_single_image
-
-        return read_single_image(data, content, name, limits)
-    if content == Content.ZIP:
-        from ichseg.readers.collection import read_zip
-
-        return read_zip(data, name, limits)
-    if content == Content.DICOM:
-        from ichseg.readers.dicom import read_dicom_instances
-
-        return read_dicom_instances([(name, data)], fmt="dicom", source=name, limits=limits)
-    from ichseg.readers.nifti import read_nifti
-
-    return read_nifti(data, content, name, limits)

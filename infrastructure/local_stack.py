@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ichseg.jobs import Job, JobState, JobStore
 from ichseg.paths import REPO_ROOT, SHIPPED_MODEL
+from ichseg.pipeline.jobs import Job, JobState, JobStore
 from infrastructure.lambda_runtime import (
     ACCOUNT_ID,
     FunctionSpec,

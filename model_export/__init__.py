@@ -1,1 +1,1 @@
-"""Keras -> ONNX export, parity checking and packaging; the endpoint's inference server."""
+"""Keras -> ONNX export (graph rewrites, parity check) and SageMaker model packaging (training environment)."""

@@ -21,10 +21,10 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
+from ichseg.model_file import set_metadata
 from ichseg.model_metadata import INPUT_NAME, SUBTYPE_OUTPUT, SUBTYPES, ModelMetadata
 from ichseg.preprocess import InputSpec, model_input_spec
 from model_export.fuse_group_norm import GroupNormLayer, fuse_group_norms
-from model_export.metadata_io import set_metadata
 
 OPSET = 17
 
@@ -61,7 +61,7 @@ def export_fp16(fp32_path: str | Path, destination: str | Path) -> onnx.ModelPro
     contract and preprocessing are unchanged. Metadata is carried over with the version tagged."""
     from onnxconverter_common import float16
 
-    from model_export.metadata_io import read_metadata
+    from ichseg.model_file import read_metadata
 
     proto = onnx.load(str(fp32_path))
     half = float16.convert_float_to_float16(proto, keep_io_types=True)

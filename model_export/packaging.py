@@ -13,7 +13,7 @@ holds data only, flat at its root:
 - ``MODEL_CARD.md``: the card beside the model (or ``--card``), else one rendered from the
   model's metadata, so an archive in S3 says what it is.
 
-There is no ``code/`` directory: the server (``model_export/server.py``) is baked into the
+There is no ``code/`` directory: the server (``serving/server.py``) is baked into the
 endpoint image, and everything it needs to run a model correctly (input size, window, thresholds)
 travels inside the ONNX file's metadata. The archive is reproducible: same inputs, same bytes.
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from ichseg.model_file import read_metadata
 from ichseg.model_metadata import ModelMetadata
-from model_export.metadata_io import read_metadata
 
 DEFAULT_MODEL_NAME = "ichseg-unet.onnx"
 CARD_NAME = "MODEL_CARD.md"

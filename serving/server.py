@@ -422,7 +422,7 @@ def _providers_from_env() -> tuple[str, ...]:
 
 
 def app_from_env() -> Flask:
-    """The WSGI app configured by environment variables (``gunicorn 'model_export.server:app_from_env()'``).
+    """The WSGI app configured by environment variables (``gunicorn 'serving.server:app_from_env()'``).
 
     ``ICHSEG_MODEL`` (model file), ``ICHSEG_PROVIDERS`` (comma-separated ONNX Runtime providers),
     ``ICHSEG_ORT_THREADS`` (intra-op threads, read by OnnxSegmenter), ``ICHSEG_BATCH_SIZE``,

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ichseg.model_file import set_metadata
 from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, SLICE_OUTPUT, SUBTYPE_OUTPUT, SUBTYPES, ModelMetadata
 from ichseg.preprocess import InputSpec
-from model_export.metadata_io import set_metadata
 
 GAIN = 12.0
 PIXEL_CENTRE = 0.5

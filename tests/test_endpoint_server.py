@@ -39,7 +39,7 @@ from ichseg.endpoint_protocol import (
     encode_slices,
 )
 from ichseg.inference import OnnxSegmenter
-from model_export.server import MAX_SIDE, MAX_SLICES, MIN_SIDE, create_app
+from serving.server import MAX_SIDE, MAX_SLICES, MIN_SIDE, create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 
 REPO = Path(__file__).resolve().parents[1]

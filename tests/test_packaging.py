@@ -19,7 +19,7 @@ from ichseg.endpoint_protocol import (
     encode_slices,
 )
 from model_export.packaging import CARD_NAME, DEFAULT_MODEL_NAME, archive_members, main, package_model
-from model_export.server import create_app
+from serving.server import create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 from tests.test_endpoint_server import ping_status, start_endpoint, stop_endpoint, wait_until
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ichseg.metrics import detection_stats, dice, iou, per_scan, per_slice, roc_auc, volume_ml
+from ichseg.readers import read_scan
 from ichseg.render import HEMORRHAGE_RGB, contact_sheet, overlay_mask, write_h264
-from ichseg.scan import read_scan
 
 
 def test_overlay_tints_only_the_mask_and_outlines_it() -> None:

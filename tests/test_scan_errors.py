@@ -21,7 +21,7 @@ from ichseg.errors import (
     UnsupportedFormatError,
 )
 from ichseg.limits import ScanLimits
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 from tests.scan_fixtures import (
     dicom_bytes,
     dicom_series,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 from tests.conftest import SHARED_DATA
 from tests.scan_fixtures import (
     HEAD_HU,

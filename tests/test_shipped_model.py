@@ -11,7 +11,7 @@ from ichseg.inference import OnnxSegmenter, segment_scan
 from ichseg.model_metadata import SUBTYPES
 from ichseg.paths import SHIPPED_MODEL
 from ichseg.preprocess import prepare_batch, restore_probabilities
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 
 
 def test_shipped_model_metadata_is_complete() -> None:

@@ -7,7 +7,7 @@ Plain numpy and dataclasses (no TensorFlow) so that data checks run anywhere:
   ``<n>_HGE_Seg.jpg`` beside the brain slices (only in the full release), and
   ``hemorrhage_diagnosis.csv`` with slice-level labels.
 - **CT-ICH, NIfTI release**: ``ct_scans/<id>.nii[.gz]`` (HU) and ``masks/<id>.nii[.gz]``; read with
-  :func:`ichseg.scan.read_scan` so image and mask get exactly the serving-side orientation.
+  :func:`ichseg.readers.read_scan` so image and mask get exactly the serving-side orientation.
 - **MBH-Seg mini sample**: ``images/<id>.png`` (pixel value = HU clipped to [0, 255]) and
   ``masks/<id>.png`` (one RGB colour per subtype).
 
@@ -29,8 +29,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from ichseg.readers import read_scan
 from ichseg.readers.naming import natural_key
-from ichseg.scan import read_scan
 from training.synthetic import SUBTYPES
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ import numpy as np
 from ichseg.calibration import Platt, fit_platt, reliability
 from ichseg.inference import OnnxSegmenter
 from ichseg.metrics import detection_stats, dice, iou, roc_auc
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 from ichseg.windowing import apply_window
 from training.datasets import list_ct_ich_slices, load_ct_ich_mask, load_mbhseg, split_by_patient, split_ct_ich
 from training.synthetic import SUBTYPES
@@ -467,7 +467,7 @@ def summarise(results: list[SliceResult], segmenter: OnnxSegmenter, split: str) 
 
 def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str, Any]:
     """Calibrate and choose thresholds on validation results of the uncalibrated model; stamp them."""
-    from model_export.metadata_io import read_metadata, stamp_metadata
+    from ichseg.model_file import read_metadata, stamp_metadata
 
     meta = read_metadata(model)
     ct_ich = [r for r in results if r.source == "ct-ich"]
@@ -506,7 +506,7 @@ def evaluate(
     if choose_thresholds and split != "val":
         raise ValueError("thresholds and calibration are chosen on validation patients only, never on test")
     if choose_thresholds:
-        from model_export.metadata_io import read_metadata, stamp_metadata
+        from ichseg.model_file import read_metadata, stamp_metadata
 
         # Calibration is fitted to the raw heads: evaluate without any earlier calibration.
         stamp_metadata(model, read_metadata(model).with_updates(slice_calibration=(1.0, 0.0), subtype_calibration=()))

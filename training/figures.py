@@ -8,8 +8,9 @@ converged. Written with matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import matplotlib
 
@@ -21,8 +22,20 @@ from ichseg.calibration import reliability
 from ichseg.metrics import roc_auc
 from ichseg.model_metadata import ModelMetadata
 
-if TYPE_CHECKING:
-    from training.evaluate import SliceResult
+
+class ScoredSlice(Protocol):
+    """What a figure needs of one evaluated slice (``training.evaluate.SliceResult`` has it)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def probability(self) -> float: ...
+    @property
+    def label(self) -> bool: ...
+    @property
+    def subtypes(self) -> Mapping[str, bool]: ...
+    @property
+    def subtype_probabilities(self) -> Mapping[str, float]: ...
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +55,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def write_split_figures(results: list[SliceResult], meta: ModelMetadata, split: str, folder: Path) -> list[Path]:
+def write_split_figures(results: Sequence[ScoredSlice], meta: ModelMetadata, split: str, folder: Path) -> list[Path]:
     """``roc-<split>.png`` and ``calibration-<split>.png`` for CT-ICH slices of one split."""
     folder.mkdir(parents=True, exist_ok=True)
     ct_ich = [r for r in results if r.source == "ct-ich"]

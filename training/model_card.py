@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model_export.metadata_io import read_metadata, stamp_metadata
+from ichseg.model_file import read_metadata, stamp_metadata
 from training.evaluate import markdown_table
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ichseg.preprocess import InputSpec, model_input_spec, place_mask, prepare_batch
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
 from training.datasets import (
     CtIchSlice,

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ichseg.jobs import Job, JobSource, JobState
 from ichseg.pipeline import keys
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.jobs import Job, JobSource, JobState
 
 _JOB_ID = re.compile(r"^(?:[0-9a-f]{32}|ingest-[0-9a-f]{24})$")
 RESULT_FILES = {

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from ichseg.endpoint_protocol import ResponseAttributes, decode_slices, trim_context
-from ichseg.jobs import JobSource, JobState
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
+from ichseg.pipeline.jobs import JobSource, JobState
 from ichseg.pipeline.messages import AssembleMessage, BatchRef, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import Segmentation, build_report, masks_from_probabilities, write_outputs

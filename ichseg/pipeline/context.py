@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from ichseg.jobs import JobStore
 from ichseg.pipeline.config import PipelineConfig
+from ichseg.pipeline.jobs import JobStore
 
 
 class MetricsSink(Protocol):

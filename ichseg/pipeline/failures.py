@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ichseg.jobs import JobSource
 from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.jobs import JobSource
 
 log = logging.getLogger("ichseg.pipeline.failures")
 

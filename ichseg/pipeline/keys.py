@@ -19,7 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from ichseg.jobs import JobSource
+from ichseg.pipeline.jobs import JobSource
 
 UPLOADS_PREFIX = "uploads/"
 INGEST_PREFIX = "ingest/"

@@ -15,10 +15,10 @@ import logging
 from dataclasses import dataclass
 
 from ichseg.endpoint_protocol import decode_slices, encode_slices, trim_context
-from ichseg.jobs import Job, JobNotFound, JobState
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
+from ichseg.pipeline.jobs import Job, JobNotFound, JobState
 from ichseg.pipeline.messages import AssembleMessage, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, encode_slices
 from ichseg.errors import ScanError, ScanTooLargeError
-from ichseg.jobs import JobState
 from ichseg.limits import ScanLimits
 from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
+from ichseg.pipeline.jobs import JobState
 from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import ScanManifest, SegmentMessage, plan_batches
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 from ichseg.windowing import window_by_name, windowed_slices
 
 log = logging.getLogger("ichseg.pipeline.split")

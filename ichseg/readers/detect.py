@@ -53,7 +53,7 @@ READABLE_SINGLE = {
     Content.NIFTI,
     Content.NIFTI_GZ,
 }
-"""Contents :func:`ichseg.scan.read_scan` accepts as a whole input."""
+"""Contents :func:`ichseg.readers.read_scan` accepts as a whole input."""
 
 SLICE_CONTENTS = {Content.JPEG, Content.PNG, Content.DICOM}
 """Contents accepted as members of a zip or a directory (one slice, or one DICOM instance)."""

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import requests
 
-from ichseg.jobs import Job
 from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.jobs import Job
 from infrastructure.local_stack import LocalStack, StackSettings
 from tests.onnx_fixtures import build_tiny_model
 from tests.scan_fixtures import encode_video

@@ -11,8 +11,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ichseg.jobs import JobSource
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
+from ichseg.pipeline.jobs import JobSource
 from infrastructure.local_stack import LocalStack
 from infrastructure.token_issuer import ID_TOKEN_CERT_URL
 from tests.pipeline.conftest import AppClient, decode_policy

@@ -10,12 +10,12 @@ import pytest
 from botocore.stub import Stubber
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, ProtocolError, ResponseAttributes, encode_slices, trim_context
-from ichseg.jobs import JobSource
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
 from ichseg.pipeline.assemble import ModelChanged, combine
 from ichseg.pipeline.config import ConfigError, PipelineConfig
 from ichseg.pipeline.endpoint import EndpointClient, EndpointError, HttpTransport, RetryPolicy, SageMakerTransport
+from ichseg.pipeline.jobs import JobSource
 from ichseg.pipeline.keys import UnexpectedKey, UploadRef
 from ichseg.pipeline.messages import AssembleMessage, MalformedMessage, SegmentMessage, plan_batches
 from ichseg.pipeline.mirror import MirrorFile, mirror_files

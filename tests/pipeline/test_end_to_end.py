@@ -15,9 +15,9 @@ import requests
 
 from ichseg.errors import ScanError
 from ichseg.inference import OnnxSegmenter, segment_scan
-from ichseg.jobs import JobSource, JobState
 from ichseg.model_metadata import SUBTYPES
-from ichseg.scan import read_scan
+from ichseg.pipeline.jobs import JobSource, JobState
+from ichseg.readers import read_scan
 from ichseg.segmentation import build_report
 from infrastructure.local_stack import LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from ichseg.jobs import JobSource, JobState, JobStore
+from ichseg.pipeline.jobs import JobSource, JobState, JobStore
 from tests.pipeline.conftest import aws_client, create_jobs_table
 
 

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from ichseg.endpoint_protocol import ResponseAttributes, decode_slices
-from ichseg.jobs import JobSource, JobState
 from ichseg.pipeline import (
     AssembleMessage,
     SegmentMessage,
@@ -29,6 +28,7 @@ from ichseg.pipeline import (
 )
 from ichseg.pipeline import keys as layout
 from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.jobs import JobSource, JobState
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
 
 

@@ -15,7 +15,7 @@ PREPROCESS_DIGEST = """
 import hashlib, sys
 import numpy as np
 from ichseg.preprocess import InputSpec, prepare_batch, restore_probabilities
-from ichseg.scan import read_scan
+from ichseg.readers import read_scan
 scan = read_scan(sys.argv[1])
 b = prepare_batch(scan.slices[10:14], InputSpec())
 x = b.inputs
@@ -26,7 +26,7 @@ print(hashlib.sha256(x.tobytes()).hexdigest(), hashlib.sha256(y.tobytes()).hexdi
 
 def _digest_here(path: Path) -> list[str]:
     from ichseg.preprocess import InputSpec, prepare_batch, restore_probabilities
-    from ichseg.scan import read_scan
+    from ichseg.readers import read_scan
 
     scan = read_scan(path)
     batch = prepare_batch(scan.slices[10:14], InputSpec())

@@ -181,9 +181,9 @@ def test_exported_group_norms_become_single_instance_norms_with_the_same_outputs
 def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
     import onnxruntime as ort
 
+    from ichseg.model_file import read_metadata, stamp_thresholds
     from ichseg.model_metadata import METADATA_KEY, ModelMetadata
     from model_export.export import default_metadata, export_onnx, keras_onnx_max_difference
-    from model_export.metadata_io import read_metadata, stamp_thresholds
 
     model = build_model(input_size=64, base_filters=4, depth=3)
     metadata = default_metadata(model, "ichseg-test", "9.9.9")
@@ -202,8 +202,8 @@ def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
 def test_fp16_variant_keeps_float32_io_and_close_outputs(tmp_path: Path) -> None:
     import onnxruntime as ort
 
+    from ichseg.model_file import read_metadata
     from model_export.export import default_metadata, export_fp16, export_onnx
-    from model_export.metadata_io import read_metadata
 
     model = build_model(input_size=64, base_filters=4, depth=3)
     export_onnx(model, tmp_path / "m.onnx", default_metadata(model, "ichseg-test", "1.0.0"))

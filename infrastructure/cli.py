@@ -1,0 +1,32 @@
+"""``ichseg stack`` and ``ichseg demo``: the local stack's sub-commands, registered through the
+``ichseg.commands`` entry-point group (pyproject.toml) so the core CLI never imports infrastructure.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``stack`` and ``demo`` to the ``ichseg`` command line."""
+    stack = commands.add_parser("stack", help="run the local stack (moto, storage emulator, endpoint, event pump, API)")
+    stack.add_argument("--state-dir", default="build/local-stack", help="where the stack keeps its files")
+    stack.set_defaults(handler=_stack)
+
+    demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
+    demo.add_argument("--out", default="demo-output", help="output folder")
+    demo.set_defaults(handler=_demo)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from infrastructure.local_stack import stack_command
+
+    return stack_command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Run the whole pipeline locally on the committed sample scan, as the mobile app would use it."""
+    from infrastructure.demo import run_demo
+
+    return run_demo(Path(args.out))
