@@ -42,6 +42,8 @@ _SUBTYPE_WEIGHTS = np.array([0.2, 0.24, 0.24, 0.14, 0.18])
 _N_ANGLES = 2048
 _TAU = 2.0 * math.pi
 _ANGLES = np.linspace(-math.pi, math.pi, _N_ANGLES, endpoint=False)
+_COS_ANGLES = np.cos(_ANGLES)
+_SIN_ANGLES = np.sin(_ANGLES)
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel accurate drawing
 _ONE = float(1 << _SHIFT)
 
@@ -198,6 +200,10 @@ class _Frame:
         self.rho, theta = cv2.cartToPolar(u, v)
         self.aidx = np.rint((theta + np.float32(math.pi)) * np.float32(_N_ANGLES / _TAU)).astype(np.intp) % _N_ANGLES
 
+    def radial(self, table: np.ndarray) -> np.ndarray:
+        """Per-pixel float32 value of a table over ``_ANGLES`` (e.g. a radius, in mm)."""
+        return table.astype(np.float32)[self.aidx]
+
     def px(self, uv: np.ndarray) -> np.ndarray:
         """(K, 2) head-frame mm -> (K, 2) image x, y."""
         return np.asarray(uv, dtype=np.float64).reshape(-1, 2) @ self._linear.T + self._offset
@@ -265,51 +271,223 @@ def _blob_outline(rng: np.random.Generator, center: np.ndarray, radius: float, l
 
 
 # --------------------------------------------------------------------------------------------
-# The generator
+# The generator: a fixed sequence of phases. Each phase draws from ``rng`` in a fixed order, so
+# reordering phases (or draws within one) changes every slice for a given seed.
 
 
 def _generate(rng: np.random.Generator, size: int, wanted: tuple[str, ...]) -> SyntheticSlice:
-    u_ = rng.uniform  # short alias: this function is mostly parameter draws
+    """Draw one slice holding exactly the ``wanted`` subtypes (any of them may come out empty)."""
+    mm_per_px = rng.uniform(190.0, 265.0) / size  # field of view 19-27 cm
+    shape = _draw_head_shape(rng, wanted, mm_per_px)
+    frame = _place_in_image(rng, size, mm_per_px)
+    comp = _compartments(frame, shape)
+    hu = _paint_scalp_and_skull(rng, frame, shape, comp)
+    _add_skull_base(rng, frame, shape, comp, hu)
 
-    mm_per_px = u_(190.0, 265.0) / size  # field of view 19-27 cm
-    # Extra-axial bleeds at least ~3 pixels thick: thinner ones vanish into the bone's partial volume.
-    min_bleed_mm = 3.0 * mm_per_px
+    sah_sector = _plan_subarachnoid(rng, wanted)
+    sulci = _draw_sulci(rng, frame, shape, sah_sector)
+    csf_hu = _paint_parenchyma(rng, frame, shape, comp, sulci.folds, hu)
+    cistern = _draw_cisterns(rng, frame, shape)
+    ventricles = _draw_ventricles(rng, frame, shape, comp)
+    midline = _draw_midline(rng, frame, shape, comp, ventricles)
+    brain = _Brain(sulci, cistern, ventricles, midline)
+    _paint_csf(rng, comp, brain, csf_hu, shape.atrophy, hu)
+    calc_mask = _paint_calcifications(rng, frame, shape, comp, brain, hu)
 
-    # --- level and head shape (mm) -----------------------------------------------------------
+    label, densities = _paint_bleeds(rng, wanted, frame, shape, comp, brain, sah_sector, hu)
+    _add_head_rest(rng, frame, comp.head, hu)
+    hu = _blur_and_noise(rng, frame, hu)
+    return _assemble(hu, label, densities, comp, ventricles.mask, calc_mask, mm_per_px, shape.level)
+
+
+# --------------------------------------------------------------------------------------------
+# State handed from phase to phase
+
+
+@dataclass(frozen=True, eq=False)
+class _Shape:
+    """Head and extra-axial bleed geometry in the head frame (mm): tables are indexed like ``_ANGLES``."""
+
+    level: float
+    """Axial level in [0, 1], as in :attr:`SyntheticSlice.level`."""
+    a: float
+    """Left-right semi-axis of the inner table."""
+    b: float
+    """Antero-posterior semi-axis of the inner table."""
+    atrophy: float
+    """0-1: widens the CSF spaces (sulci, extra-axial CSF, ventricles)."""
+    r_in: np.ndarray
+    """Inner table radius."""
+    r_out: np.ndarray
+    """Outer table radius."""
+    scalp: np.ndarray
+    """Soft tissue over the outer table, including any swelling over a bleed."""
+    r_brain: np.ndarray
+    """Brain surface radius: inside the CSF gap, or pushed in by an extra-axial bleed."""
+    d_edh: np.ndarray
+    """Epidural thickness against the inner table (zero where there is none)."""
+    d_sdh: np.ndarray
+    """Subdural thickness inside the epidural (zero where there is none)."""
+    d_extra: np.ndarray
+    """Both together."""
+    arcs: list[tuple[float, float]]
+    """(centre angle, half width) of each extra-axial bleed: epidural first, then subdural."""
+    midline_shift: float
+    """Along ``u``, away from the bleeds."""
+
+    @property
+    def r_scalp(self) -> np.ndarray:
+        """Skin surface radius."""
+        return self.r_out + self.scalp
+
+    @property
+    def front_v(self) -> float:
+        """``v`` of the inner table straight ahead (negative: anterior)."""
+        return -float(self.r_in[_N_ANGLES // 4])
+
+    @property
+    def back_v(self) -> float:
+        """``v`` of the inner table straight behind."""
+        return float(self.r_in[3 * _N_ANGLES // 4])
+
+
+@dataclass(eq=False)
+class _Compartments:
+    """Per-pixel radii (mm, float32) and compartment masks. The skull base and a fracture over an
+    epidural edit the masks in place, so later phases see the final compartments."""
+
+    rin: np.ndarray
+    rout: np.ndarray
+    rbrain: np.ndarray
+    head: np.ndarray
+    skull: np.ndarray
+    intracranial: np.ndarray
+    parenchyma: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Sulci:
+    """Sulci as random walks inward from the brain surface."""
+
+    lines: list[tuple[float, np.ndarray]]
+    """(surface angle, fixed-point pixel polyline) per sulcus."""
+    folds: np.ndarray
+    """Layer with every fold, thin: the cortex lines each of them."""
+    csf: np.ndarray
+    """Layer with the folds wide enough to show CSF."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Ventricles:
+    """Ventricular system at this level (``mask`` is empty outside the ventricle levels)."""
+
+    present: bool
+    mask: np.ndarray
+    atria: list[np.ndarray]
+    """Head-frame centre of each lateral ventricle's atrium (choroid plexus sits there)."""
+    front: float
+    """``v`` where the frontal horns end (or a stand-in without ventricles), which stops the falx."""
+    back: float
+    """``v`` where the atria end (or a stand-in), which stops the falx."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Midline:
+    """Interhemispheric fissure with the falx in it, bowed by any midline shift."""
+
+    fissure: np.ndarray
+    falx_mask: np.ndarray
+    u: np.ndarray
+    """Head-frame ``u`` of the midline at 32 points from front to back."""
+    v: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Brain:
+    """The brain's CSF-bearing structures, where subarachnoid and intraventricular blood can go."""
+
+    sulci: _Sulci
+    cistern: np.ndarray
+    ventricles: _Ventricles
+    midline: _Midline
+
+
+# --------------------------------------------------------------------------------------------
+# Phases: head shape (mm) and its placement in the image
+
+
+def _draw_head_shape(rng: np.random.Generator, wanted: tuple[str, ...], mm_per_px: float) -> _Shape:
+    """Level, skull tables, scalp, CSF gap and the extra-axial bleeds with their mass effect."""
+    u_ = rng.uniform
     level = u_(0.38, 0.58) if "intraventricular" in wanted else u_(0.08, 1.0)
+    a, b, r_in = _draw_inner_table(rng, level)
+    r_out = _draw_outer_table(rng, level, r_in)
+    scalp = _draw_scalp(rng, level)
+    atrophy = u_(0.0, 1.0)  # drives the CSF spaces: sulci, extra-axial CSF, ventricle size
+    gap = np.maximum(0.0, (0.3 + 2.2 * atrophy) * (1.0 + _periodic(rng, 1, 12, 0.35)))
+    # Extra-axial bleeds at least ~3 pixels thick: thinner ones vanish into the bone's partial volume.
+    d_edh, d_sdh, arcs = _plan_extra_axial(rng, wanted, a, min_bleed_mm=3.0 * mm_per_px)
+    d_extra = d_edh + d_sdh
+    return _Shape(
+        level=level,
+        a=a,
+        b=b,
+        atrophy=atrophy,
+        r_in=r_in,
+        r_out=r_out,
+        scalp=_swell_scalp(rng, scalp, arcs),
+        r_brain=r_in - np.maximum(gap, d_extra),  # the brain is pushed in by an extra-axial bleed
+        d_edh=d_edh,
+        d_sdh=d_sdh,
+        d_extra=d_extra,
+        arcs=arcs,
+        midline_shift=_midline_shift(arcs, d_extra),
+    )
+
+
+def _draw_inner_table(rng: np.random.Generator, level: float) -> tuple[float, float, np.ndarray]:
+    """Semi-axes ``a`` (left-right), ``b`` (antero-posterior) and the inner table radius table."""
+    u_ = rng.uniform
     # The cranial vault is a dome: the cross-section shrinks toward the vertex (and a little at the base).
     shrink = 1.0 if level <= 0.62 else math.sqrt(max(0.0, 1.0 - ((level - 0.62) / 0.55) ** 2))
     shrink *= 1.0 - 0.4 * max(0.0, 0.25 - level)
-    a = u_(58.0, 70.0) * shrink  # left-right semi-axis of the inner table
-    b = max(a * 1.08, u_(74.0, 90.0) * shrink)  # antero-posterior semi-axis
-    cos_t, sin_t = np.cos(_ANGLES), np.sin(_ANGLES)
-    ellipse_r = a * b / np.sqrt((b * cos_t) ** 2 + (a * sin_t) ** 2)
-    egg = u_(0.0, 0.05) * sin_t  # occiput a little broader than the forehead
-    r_in = ellipse_r * (1.0 + egg + _periodic(rng, 2, 8, 0.012))
+    a = u_(58.0, 70.0) * shrink
+    b = max(a * 1.08, u_(74.0, 90.0) * shrink)
+    ellipse_r = a * b / np.sqrt((b * _COS_ANGLES) ** 2 + (a * _SIN_ANGLES) ** 2)
+    egg = u_(0.0, 0.05) * _SIN_ANGLES  # occiput a little broader than the forehead
+    return a, b, ellipse_r * (1.0 + egg + _periodic(rng, 2, 8, 0.012))
 
-    thickness = u_(3.5, 6.5) * (1.0 + 0.3 * sin_t**2) * (1.0 + _periodic(rng, 1, 10, 0.12))
+
+def _draw_outer_table(rng: np.random.Generator, level: float, r_in: np.ndarray) -> np.ndarray:
+    """Outer table radius: the inner table plus a bone thickness, thicker front and back."""
+    thickness = rng.uniform(3.5, 6.5) * (1.0 + 0.3 * _SIN_ANGLES**2) * (1.0 + _periodic(rng, 1, 10, 0.12))
     if level > 0.8:  # the dome is cut obliquely near the vertex: the bone looks thicker
         thickness *= 1.0 + 2.0 * (level - 0.8)
-    r_out = r_in + np.maximum(thickness, 2.5)
+    return r_in + np.maximum(thickness, 2.5)
 
-    scalp = u_(2.5, 5.0) * (1.0 + _periodic(rng, 1, 6, 0.15))
+
+def _draw_scalp(rng: np.random.Generator, level: float) -> np.ndarray:
+    """Soft-tissue thickness over the outer table."""
+    scalp = rng.uniform(2.5, 5.0) * (1.0 + _periodic(rng, 1, 6, 0.15))
     if level < 0.62:  # temporalis muscles thicken the soft tissue at the sides
-        scalp += u_(2.0, 7.0) * cos_t**4
-    scalp = np.maximum(scalp, 1.5)
+        scalp += rng.uniform(2.0, 7.0) * _COS_ANGLES**4
+    return np.maximum(scalp, 1.5)
 
-    atrophy = u_(0.0, 1.0)  # drives the CSF spaces: sulci, extra-axial CSF, ventricle size
-    gap = np.maximum(0.0, (0.3 + 2.2 * atrophy) * (1.0 + _periodic(rng, 1, 12, 0.35)))
 
-    # --- extra-axial bleed plans (thickness profiles over the angle, mm) ---------------------
+def _plan_extra_axial(
+    rng: np.random.Generator, wanted: tuple[str, ...], a: float, min_bleed_mm: float
+) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
+    """Epidural and subdural thickness profiles over the angle (mm) and the arcs they cover."""
+    u_ = rng.uniform
     d_edh = np.zeros(_N_ANGLES)
     d_sdh = np.zeros(_N_ANGLES)
-    bleed_arcs: list[tuple[float, float]] = []
+    arcs: list[tuple[float, float]] = []
     if "epidural" in wanted:
         center, half = u_(-math.pi, math.pi), u_(0.22, 0.5)  # short arc: sutures bound it
         x = _arc_profile(center, half)
         peak = max(min_bleed_mm, min(u_(5.0, 22.0), 0.3 * a))
         d_edh = np.nan_to_num(peak * (1.0 - x**2) ** u_(0.5, 0.8) * (1.0 + _periodic(rng, 3, 9, 0.04)))
-        bleed_arcs.append((center, half))
+        arcs.append((center, half))
     if "subdural" in wanted:
         side = 0.0 if rng.random() < 0.5 else math.pi  # one hemisphere: the falx stops it at the midline
         offset = float(np.clip(rng.normal(0.0, 0.45), -0.8, 0.8))
@@ -320,341 +498,457 @@ def _generate(rng: np.random.Generator, size: int, wanted: tuple[str, ...]) -> S
         d_sdh = np.nan_to_num(
             peak * (1.0 - np.abs(x) ** u_(1.5, 3.0)) ** u_(0.6, 1.1) * (1.0 + _periodic(rng, 3, 12, 0.05))
         )
-        bleed_arcs.append((center, half))
-    d_sdh = np.maximum(d_sdh, 0.0)
-    d_extra = d_edh + d_sdh
-    r_brain = r_in - np.maximum(gap, d_extra)  # the brain is pushed in by an extra-axial bleed
+        arcs.append((center, half))
+    return d_edh, np.maximum(d_sdh, 0.0), arcs
 
-    # Soft-tissue swelling over the impact site, common with traumatic extra-axial bleeds.
-    for center, half in bleed_arcs:
+
+def _swell_scalp(rng: np.random.Generator, scalp: np.ndarray, arcs: list[tuple[float, float]]) -> np.ndarray:
+    """Soft-tissue swelling over the impact site, common with traumatic extra-axial bleeds."""
+    for center, half in arcs:
         if rng.random() < 0.5:
-            x = _arc_profile(center + rng.normal(0.0, 0.2), half * u_(0.5, 1.2))
-            scalp = scalp + np.nan_to_num(u_(2.0, 9.0) * (1.0 - x**2))
-    r_scalp = r_out + scalp
+            x = _arc_profile(center + rng.normal(0.0, 0.2), half * rng.uniform(0.5, 1.2))
+            scalp = scalp + np.nan_to_num(rng.uniform(2.0, 9.0) * (1.0 - x**2))
+    return scalp
 
-    # Midline shift away from a large lateral bleed (mass effect), in mm along u.
-    midline_shift = 0.0
-    for center, _half in bleed_arcs:
-        k = _angle_bin(center)
-        midline_shift -= 0.35 * d_extra[k] * math.cos(center)
-    midline_shift = float(np.clip(midline_shift, -12.0, 12.0))
 
-    # --- frame ---------------------------------------------------------------------------------
+def _midline_shift(arcs: list[tuple[float, float]], d_extra: np.ndarray) -> float:
+    """Midline shift (mm along ``u``) away from a large lateral bleed: mass effect."""
+    shift = 0.0
+    for center, _half in arcs:
+        shift -= 0.35 * d_extra[_angle_bin(center)] * math.cos(center)
+    return float(np.clip(shift, -12.0, 12.0))
+
+
+def _place_in_image(rng: np.random.Generator, size: int, mm_per_px: float) -> _Frame:
+    """Shift the head off-centre and tilt it, as a patient lies in the scanner."""
     offset_px = rng.normal(0.0, 0.035 * size, 2)
-    frame = _Frame(size, mm_per_px, size / 2 + offset_px[0], size / 2 + offset_px[1], rng.normal(0.0, 0.12))
-    ppm = frame.ppm
-    rho, aidx = frame.rho, frame.aidx
+    return _Frame(size, mm_per_px, size / 2 + offset_px[0], size / 2 + offset_px[1], rng.normal(0.0, 0.12))
 
-    def radial(table: np.ndarray) -> np.ndarray:
-        return table.astype(np.float32)[aidx]
 
-    rin_p, rout_p, rbrain_p = radial(r_in), radial(r_out), radial(r_brain)
-    intracranial = rho < rin_p
-    skull = ~intracranial & (rho < rout_p)
-    head = rho < radial(r_scalp)
-    parenchyma = rho < rbrain_p
+def _compartments(frame: _Frame, shape: _Shape) -> _Compartments:
+    """Rasterise the radial tables: skin, skull, intracranial space and brain per pixel."""
+    rho = frame.rho
+    rin, rout, rbrain = frame.radial(shape.r_in), frame.radial(shape.r_out), frame.radial(shape.r_brain)
+    intracranial = rho < rin
+    return _Compartments(
+        rin=rin,
+        rout=rout,
+        rbrain=rbrain,
+        head=rho < frame.radial(shape.r_scalp),
+        skull=~intracranial & (rho < rout),
+        intracranial=intracranial,
+        parenchyma=rho < rbrain,
+    )
 
-    # --- soft tissue and bone ----------------------------------------------------------------
-    hu = np.full((size, size), AIR_HU, dtype=np.float32)
-    hu[head] = u_(25.0, 55.0)
+
+# --------------------------------------------------------------------------------------------
+# Phases: soft tissue and bone
+
+
+def _paint_scalp_and_skull(rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments) -> np.ndarray:
+    """A new HU image: air, scalp (sometimes with a fat band) and the skull's tables and diploe."""
+    u_ = rng.uniform
+    rho = frame.rho
+    hu = np.full((frame.size, frame.size), AIR_HU, dtype=np.float32)
+    hu[comp.head] = u_(25.0, 55.0)
     if rng.random() < 0.6:  # subcutaneous fat: a dark band in the scalp
-        fat_in = radial(r_out + scalp * u_(0.25, 0.45))
-        fat_out = radial(r_out + scalp * u_(0.6, 0.8))
-        hu[head & (rho >= fat_in) & (rho < fat_out)] = u_(-100.0, -40.0)
-    frac = np.clip((rho - rin_p) / np.maximum(rout_p - rin_p, 1e-3), 0.0, 1.0)
+        fat_in = frame.radial(shape.r_out + shape.scalp * u_(0.25, 0.45))
+        fat_out = frame.radial(shape.r_out + shape.scalp * u_(0.6, 0.8))
+        hu[comp.head & (rho >= fat_in) & (rho < fat_out)] = u_(-100.0, -40.0)
+    frac = np.clip((rho - comp.rin) / np.maximum(comp.rout - comp.rin, 1e-3), 0.0, 1.0)
     table_hu, diploe_hu = u_(1150.0, 1500.0), u_(700.0, 900.0)
     bone_hu = table_hu - (table_hu - diploe_hu) * np.sin(np.float32(math.pi) * frac) ** 2
-    hu = np.where(skull, bone_hu, hu)
+    return np.where(comp.skull, bone_hu, hu)
 
-    # --- skull base (low levels): petrous ridges, anterior fossa floor, sinus/mastoid air ------
+
+def _add_skull_base(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments, hu: np.ndarray
+) -> None:
+    """Low levels: petrous ridges, anterior fossa floor, sinus/mastoid air. Moves bone from the
+    intracranial space and brain into the skull."""
     inner_bone = frame.new_layer()
     air_cells = frame.new_layer()
-    if level < 0.3:
-        for side in (-1.0, 1.0):
-            ang = math.pi / 2 - side * u_(0.7, 1.0)  # postero-lateral start on the inner table
-            k = _angle_bin(ang)
-            start = np.array([r_in[k] * math.cos(ang), r_in[k] * math.sin(ang)]) * 1.05
-            end = start + (np.array([side * u_(8.0, 16.0), u_(-8.0, 4.0)]) - start) * u_(0.55, 0.9)
-            # A wedge: broad on the lateral wall, tapering to the apex near the clivus.
-            along = (end - start) / np.linalg.norm(end - start)
-            normal = np.array([-along[1], along[0]])
-            base_half = u_(2.5, 5.0) * (0.6 + (0.3 - level) * 2.5)
-            t = np.linspace(0.0, 1.0, 10)[:, None]
-            spine = start + (end - start) * t
-            half = base_half * (1.0 - 0.8 * t) * (1.0 + rng.normal(0.0, 0.12, t.shape))
-            frame.polygon(inner_bone, np.vstack([spine + normal * half, (spine - normal * half)[::-1]]))
-            for _ in range(int(u_(0, 6))):  # mastoid / petrous air cells
-                frame.disc(air_cells, start + (end - start) * u_(0.0, 0.3) + rng.normal(0.0, 1.5, 2), u_(0.6, 1.8))
-        if level < 0.2:
-            # Floor of the anterior fossa (orbital roofs, crista) cut obliquely: bone bulging in
-            # from the front; the frontal sinus is air within it.
-            front = np.array([rng.normal(0.0, 3.0), -r_in[_N_ANGLES // 4] * u_(0.85, 1.0)])
-            frame.polygon(inner_bone, _blob_outline(rng, front, u_(6.0, 15.0), 0.3))
-            if rng.random() < 0.7:
-                frame.ellipse(air_cells, front + np.array([0.0, -3.0]), (u_(3.0, 9.0), u_(2.0, 4.0)), 0.0)
-    base_bone = (inner_bone > 0) & intracranial
+    if shape.level < 0.3:
+        _draw_petrous_ridges(rng, frame, shape, inner_bone, air_cells)
+        if shape.level < 0.2:
+            _draw_anterior_fossa(rng, frame, shape, inner_bone, air_cells)
+    base_bone = (inner_bone > 0) & comp.intracranial
     if base_bone.any():
-        hu[base_bone] = u_(800.0, 1400.0)
-        hu[(air_cells > 0) & (base_bone | skull)] = u_(-950.0, -700.0)
-        intracranial &= ~base_bone
-        parenchyma &= ~base_bone
-        skull |= base_bone
+        hu[base_bone] = rng.uniform(800.0, 1400.0)
+        hu[(air_cells > 0) & (base_bone | comp.skull)] = rng.uniform(-950.0, -700.0)
+        comp.intracranial &= ~base_bone
+        comp.parenchyma &= ~base_bone
+        comp.skull |= base_bone
 
-    # --- sulci: every fold lines the cortex; only some are wide enough to show CSF ------------
-    sah_sector: tuple[float, float] | None = None
-    if "subarachnoid" in wanted:
-        sah_sector = (u_(-math.pi, math.pi), u_(0.35, 1.1))
-    perimeter = float(np.mean(r_brain)) * _TAU
+
+def _draw_petrous_ridges(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, inner_bone: np.ndarray, air_cells: np.ndarray
+) -> None:
+    """A bony wedge from each side wall toward the clivus, with air cells at its base."""
+    u_ = rng.uniform
+    for side in (-1.0, 1.0):
+        ang = math.pi / 2 - side * u_(0.7, 1.0)  # postero-lateral start on the inner table
+        k = _angle_bin(ang)
+        start = np.array([shape.r_in[k] * math.cos(ang), shape.r_in[k] * math.sin(ang)]) * 1.05
+        end = start + (np.array([side * u_(8.0, 16.0), u_(-8.0, 4.0)]) - start) * u_(0.55, 0.9)
+        # A wedge: broad on the lateral wall, tapering to the apex near the clivus.
+        along = (end - start) / np.linalg.norm(end - start)
+        normal = np.array([-along[1], along[0]])
+        base_half = u_(2.5, 5.0) * (0.6 + (0.3 - shape.level) * 2.5)
+        t = np.linspace(0.0, 1.0, 10)[:, None]
+        spine = start + (end - start) * t
+        half = base_half * (1.0 - 0.8 * t) * (1.0 + rng.normal(0.0, 0.12, t.shape))
+        frame.polygon(inner_bone, np.vstack([spine + normal * half, (spine - normal * half)[::-1]]))
+        for _ in range(int(u_(0, 6))):  # mastoid / petrous air cells
+            frame.disc(air_cells, start + (end - start) * u_(0.0, 0.3) + rng.normal(0.0, 1.5, 2), u_(0.6, 1.8))
+
+
+def _draw_anterior_fossa(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, inner_bone: np.ndarray, air_cells: np.ndarray
+) -> None:
+    """Floor of the anterior fossa (orbital roofs, crista) cut obliquely: bone bulging in from the
+    front; the frontal sinus is air within it."""
+    front = np.array([rng.normal(0.0, 3.0), shape.front_v * rng.uniform(0.85, 1.0)])
+    frame.polygon(inner_bone, _blob_outline(rng, front, rng.uniform(6.0, 15.0), 0.3))
+    if rng.random() < 0.7:
+        frame.ellipse(air_cells, front + np.array([0.0, -3.0]), (rng.uniform(3.0, 9.0), rng.uniform(2.0, 4.0)), 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Phases: brain and CSF spaces
+
+
+def _plan_subarachnoid(rng: np.random.Generator, wanted: tuple[str, ...]) -> tuple[float, float] | None:
+    """(centre angle, half width) of the convexity sector a subarachnoid bleed fills, if wanted.
+    Drawn before the sulci so that the sector can be given sulci to fill."""
+    if "subarachnoid" not in wanted:
+        return None
+    return (rng.uniform(-math.pi, math.pi), rng.uniform(0.35, 1.1))
+
+
+def _draw_sulci(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, sah_sector: tuple[float, float] | None
+) -> _Sulci:
+    """Every fold lines the cortex; only some are wide enough to show CSF."""
+    u_ = rng.uniform
+    perimeter = float(np.mean(shape.r_brain)) * _TAU
     angles = rng.uniform(-math.pi, math.pi, int(perimeter / u_(9.0, 13.0)))
     if sah_sector is not None:  # make sure the bleeding sector has sulci to fill
         extra = max(1, round(sah_sector[1] * u_(3.0, 6.0)))  # ~one per 10-20 degrees: lines, not a sheet
         angles = np.concatenate([angles, sah_sector[0] + rng.uniform(-1.0, 1.0, extra) * sah_sector[1]])
     # Each sulcus is a random walk of 1.2 mm steps heading inward from the brain surface.
     n_sulci = angles.size
-    steps = np.maximum(3, (rng.uniform(6.0, 18.0, n_sulci) * (0.6 + 0.6 * level) / 1.2).astype(int))
+    steps = np.maximum(3, (rng.uniform(6.0, 18.0, n_sulci) * (0.6 + 0.6 * shape.level) / 1.2).astype(int))
     heading = (angles + math.pi + rng.normal(0.0, 0.35, n_sulci))[:, None] + np.cumsum(
         rng.normal(0.0, 0.35, (n_sulci, int(steps.max()))), axis=1
     )
     walk = np.cumsum(1.2 * np.stack([np.cos(heading), np.sin(heading)], axis=-1), axis=1)
     k = _angle_bin(angles)
-    starts = (r_brain[k] + 0.3)[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    starts = (shape.r_brain[k] + 0.3)[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     paths = np.concatenate([starts[:, None, :], starts[:, None, :] + walk], axis=1)
     paths_px = frame.fixed(paths).reshape(paths.shape)
-    sulci = [(float(angles[i]), paths_px[i, : steps[i] + 1]) for i in range(n_sulci)]
+    lines = [(float(angles[i]), paths_px[i, : steps[i] + 1]) for i in range(n_sulci)]
     folds, csf = frame.new_layer(), frame.new_layer()
-    cv2.polylines(folds, [line for _, line in sulci], False, 1, frame.thickness(0.8), cv2.LINE_8, _SHIFT)
-    visible = rng.random(n_sulci) < 0.15 + 0.65 * atrophy
-    widths = rng.uniform(0.6, 1.2, n_sulci) * (0.7 + 0.8 * atrophy)
+    cv2.polylines(folds, [line for _, line in lines], False, 1, frame.thickness(0.8), cv2.LINE_8, _SHIFT)
+    visible = rng.random(n_sulci) < 0.15 + 0.65 * shape.atrophy
+    widths = rng.uniform(0.6, 1.2, n_sulci) * (0.7 + 0.8 * shape.atrophy)
     for i in np.flatnonzero(visible):
-        line = sulci[i][1]
+        line = lines[i][1]
         cv2.polylines(csf, [line], False, 1, frame.thickness(widths[i]), cv2.LINE_8, _SHIFT)
         mouth = line[: max(2, steps[i] // 3)]  # sulci open toward the surface
         cv2.polylines(csf, [mouth], False, 1, frame.thickness(1.6 * widths[i]), cv2.LINE_8, _SHIFT)
+    return _Sulci(lines, folds, csf)
 
-    # --- brain parenchyma: cortex of even thickness along the surface and every fold ----------
+
+def _paint_parenchyma(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments, folds: np.ndarray, hu: np.ndarray
+) -> float:
+    """Fill the intracranial space with CSF and paint the brain over it: cortex of even thickness
+    along the surface and every fold, white matter beneath, deep grey nuclei. Returns the CSF HU."""
+    u_ = rng.uniform
     csf_hu = u_(2.0, 12.0)
     gm_hu = u_(36.0, 44.0)
     wm_hu = gm_hu - u_(6.0, 12.0)
-    hu[intracranial] = csf_hu
-    depth_px = cv2.distanceTransform((parenchyma & (folds == 0)).astype(np.uint8), cv2.DIST_L2, 3)
-    cortex_mm = u_(2.5, 4.5) + _low_freq(rng, size, 6, 0.6)
-    wm = (depth_px > cortex_mm * np.float32(ppm)).astype(np.float32)
-    soft = max(0.6, 0.8 * ppm)
+    hu[comp.intracranial] = csf_hu
+    depth_px = cv2.distanceTransform((comp.parenchyma & (folds == 0)).astype(np.uint8), cv2.DIST_L2, 3)
+    cortex_mm = u_(2.5, 4.5) + _low_freq(rng, frame.size, 6, 0.6)
+    wm = (depth_px > cortex_mm * np.float32(frame.ppm)).astype(np.float32)
+    soft = max(0.6, 0.8 * frame.ppm)
     wm = cv2.GaussianBlur(wm, (0, 0), soft)
     tissue = gm_hu + (wm_hu - gm_hu) * wm
-    if 0.32 <= level <= 0.58:  # basal ganglia and thalami: grey matter islands in the white matter
-        deep = frame.new_layer()
-        for side in (-1.0, 1.0):
-            frame.ellipse(
-                deep,
-                (midline_shift + side * u_(15.0, 21.0), u_(-8.0, 2.0)),
-                (u_(4.0, 7.0), u_(9.0, 13.0)),
-                -side * u_(0.1, 0.4),
-            )
-            frame.ellipse(
-                deep, (midline_shift + side * u_(6.0, 10.0), u_(8.0, 15.0)), (u_(5.0, 8.0), u_(6.0, 10.0)), 0.0
-            )
+    if 0.32 <= shape.level <= 0.58:  # basal ganglia and thalami: grey matter islands in the white matter
+        deep = _draw_deep_grey(rng, frame, shape.midline_shift)
         deep_w = cv2.GaussianBlur(deep.astype(np.float32), (0, 0), 1.5 * soft)
         tissue += (gm_hu - 2.0 - tissue) * deep_w
+    size = frame.size
     tissue += _low_freq(rng, size, int(u_(5, 9)), u_(0.8, 1.8)) + _low_freq(rng, size, max(8, size // 12), 0.8)
-    hu[parenchyma] = tissue[parenchyma]
+    hu[comp.parenchyma] = tissue[comp.parenchyma]
+    return csf_hu
 
-    front_v, back_v = -float(r_in[_N_ANGLES // 4]), float(r_in[3 * _N_ANGLES // 4])
+
+def _draw_deep_grey(rng: np.random.Generator, frame: _Frame, midline_shift: float) -> np.ndarray:
+    """Layer with the lentiform nuclei and thalami of both hemispheres."""
+    u_ = rng.uniform
+    deep = frame.new_layer()
+    for side in (-1.0, 1.0):
+        frame.ellipse(
+            deep,
+            (midline_shift + side * u_(15.0, 21.0), u_(-8.0, 2.0)),
+            (u_(4.0, 7.0), u_(9.0, 13.0)),
+            -side * u_(0.1, 0.4),
+        )
+        frame.ellipse(deep, (midline_shift + side * u_(6.0, 10.0), u_(8.0, 15.0)), (u_(5.0, 8.0), u_(6.0, 10.0)), 0.0)
+    return deep
+
+
+def _draw_cisterns(rng: np.random.Generator, frame: _Frame, shape: _Shape) -> np.ndarray:
+    """Layer with the ambient/suprasellar cisterns: CSF around the midbrain (low levels only)."""
+    u_ = rng.uniform
     cistern = frame.new_layer()
-    if 0.2 <= level < 0.34:  # ambient/suprasellar cisterns: CSF around the midbrain
-        mid = np.array([midline_shift * 0.5, u_(0.0, 8.0)])
+    if 0.2 <= shape.level < 0.34:
+        mid = np.array([shape.midline_shift * 0.5, u_(0.0, 8.0)])
         outer = np.array([u_(11.0, 14.0), u_(10.0, 13.0)])
         frame.ellipse(cistern, mid, outer, 0.0)
         frame.ellipse(cistern, mid + np.array([0.0, -outer[1] * u_(0.8, 1.0)]), (u_(3.0, 6.0), u_(2.5, 4.5)), 0.0)
         inner = outer - u_(1.0, 2.5)
         frame.ellipse(cistern, mid + np.array([0.0, -u_(0.0, 2.0)]), inner, 0.0, value=0)
-    has_ventricles = 0.36 <= level <= 0.72
+    return cistern
+
+
+def _draw_ventricles(rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments) -> _Ventricles:
+    """Lateral and third ventricles, sized by atrophy and cut according to the level."""
+    u_ = rng.uniform
+    present = 0.36 <= shape.level <= 0.72
     vent = frame.new_layer()
     atria: list[np.ndarray] = []
-    vent_front, vent_back = front_v * 0.3, back_v * 0.3
-    if has_ventricles:
-        size_k = (0.55 + 0.8 * atrophy) * u_(0.8, 1.2) * (a / 64.0)
-        head_k = b / 82.0
-        vent_front, vent_back = -u_(22.0, 30.0) * head_k, u_(20.0, 30.0) * head_k
-        t = np.linspace(0.0, 1.0, 64)
-        if level < 0.42:
-            keep = (t <= 0.32) | (t >= 0.72)  # frontal horns and atria; the bodies lie higher
-        elif level < 0.6:
-            keep = np.ones_like(t, dtype=bool)
-        else:
-            keep = (t >= 0.15) & (t <= 0.8)  # upper bodies only
-        upper = 0.7 if level >= 0.6 else 1.0
-        spread, lateral = u_(2.0, 7.0), u_(5.0, 13.0)
-        for side in (-1.0, 1.0):
-            ctrl = np.array([0.8, 3.6, 3.0, 2.2, 4.2, 2.6, 0.8]) * rng.uniform(0.8, 1.2, 7)
-            radius = np.interp(t, [0.0, 0.12, 0.3, 0.55, 0.8, 0.92, 1.0], ctrl) * size_k * upper * u_(0.85, 1.15)
-            radius = np.maximum(radius, 0.8)
-            centre_u = midline_shift + side * (
-                u_(0.8, 1.4) + radius + spread * (2.0 * t - 1.0) ** 2 + lateral * np.maximum(0.0, t - 0.6)
-            )
-            centre_v = vent_front + (vent_back - vent_front) * t
-            frame.discs(vent, np.stack([centre_u, centre_v], axis=1)[keep], radius[keep])
-            if level < 0.6:  # the caudate head indents the frontal horn: a crescent
-                i = 12
-                frame.disc(
-                    vent,
-                    (centre_u[i] + side * radius[i] * 1.35, centre_v[i] + radius[i] * 0.6),
-                    radius[i] * 0.85,
-                    value=0,
-                )
-            atria.append(np.array([centre_u[51], centre_v[51]]))
-        if level < 0.5:  # third ventricle: a midline slit between the thalami
-            frame.ellipse(vent, (midline_shift, u_(0.0, 6.0)), (u_(0.8, 2.2) * size_k, u_(6.0, 10.0)), 0.0)
-    vent_mask = (vent > 0) & parenchyma
+    front, back = shape.front_v * 0.3, shape.back_v * 0.3
+    if present:
+        size_k = (0.55 + 0.8 * shape.atrophy) * u_(0.8, 1.2) * (shape.a / 64.0)
+        head_k = shape.b / 82.0
+        front, back = -u_(22.0, 30.0) * head_k, u_(20.0, 30.0) * head_k
+        atria = _draw_lateral_ventricles(rng, frame, shape, vent, size_k, front, back)
+        if shape.level < 0.5:  # third ventricle: a midline slit between the thalami
+            frame.ellipse(vent, (shape.midline_shift, u_(0.0, 6.0)), (u_(0.8, 2.2) * size_k, u_(6.0, 10.0)), 0.0)
+    return _Ventricles(present, (vent > 0) & comp.parenchyma, atria, front, back)
 
-    # Interhemispheric fissure (CSF) with the falx in it, bowed by any midline shift.
+
+def _draw_lateral_ventricles(
+    rng: np.random.Generator,
+    frame: _Frame,
+    shape: _Shape,
+    vent: np.ndarray,
+    size_k: float,
+    front: float,
+    back: float,
+) -> list[np.ndarray]:
+    """Both lateral ventricles as chains of discs from ``front`` to ``back``; returns their atria."""
+    u_ = rng.uniform
+    level, shift = shape.level, shape.midline_shift
+    t = np.linspace(0.0, 1.0, 64)
+    if level < 0.42:
+        keep = (t <= 0.32) | (t >= 0.72)  # frontal horns and atria; the bodies lie higher
+    elif level < 0.6:
+        keep = np.ones_like(t, dtype=bool)
+    else:
+        keep = (t >= 0.15) & (t <= 0.8)  # upper bodies only
+    upper = 0.7 if level >= 0.6 else 1.0
+    spread, lateral = u_(2.0, 7.0), u_(5.0, 13.0)
+    atria = []
+    for side in (-1.0, 1.0):
+        ctrl = np.array([0.8, 3.6, 3.0, 2.2, 4.2, 2.6, 0.8]) * rng.uniform(0.8, 1.2, 7)
+        radius = np.interp(t, [0.0, 0.12, 0.3, 0.55, 0.8, 0.92, 1.0], ctrl) * size_k * upper * u_(0.85, 1.15)
+        radius = np.maximum(radius, 0.8)
+        centre_u = shift + side * (
+            u_(0.8, 1.4) + radius + spread * (2.0 * t - 1.0) ** 2 + lateral * np.maximum(0.0, t - 0.6)
+        )
+        centre_v = front + (back - front) * t
+        frame.discs(vent, np.stack([centre_u, centre_v], axis=1)[keep], radius[keep])
+        if level < 0.6:  # the caudate head indents the frontal horn: a crescent
+            i = 12
+            frame.disc(
+                vent,
+                (centre_u[i] + side * radius[i] * 1.35, centre_v[i] + radius[i] * 0.6),
+                radius[i] * 0.85,
+                value=0,
+            )
+        atria.append(np.array([centre_u[51], centre_v[51]]))
+    return atria
+
+
+def _draw_midline(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments, ventricles: _Ventricles
+) -> _Midline:
+    """Interhemispheric fissure (CSF) with the falx in it, bowed by any midline shift."""
+    u_ = rng.uniform
     fissure = frame.new_layer()
     falx = frame.new_layer()
+    front_v, back_v = shape.front_v, shape.back_v
     t = np.linspace(0.0, 1.0, 32)
     mid_v = front_v + (back_v - front_v) * t
-    mid_u = midline_shift * np.sin(math.pi * t) + rng.normal(0.0, 0.3, t.size).cumsum() * 0.2
+    mid_u = shape.midline_shift * np.sin(math.pi * t) + rng.normal(0.0, 0.3, t.size).cumsum() * 0.2
     segments = [np.ones_like(t, dtype=bool)]
-    if level < 0.72:  # no falx across the corpus callosum / ventricles
-        segments = [mid_v < vent_front - u_(2.0, 8.0), mid_v > vent_back + u_(2.0, 8.0)]
-    if level >= 0.3:
+    if shape.level < 0.72:  # no falx across the corpus callosum / ventricles
+        segments = [mid_v < ventricles.front - u_(2.0, 8.0), mid_v > ventricles.back + u_(2.0, 8.0)]
+    if shape.level >= 0.3:
         for seg in segments:
             if seg.sum() >= 2:
                 line = np.stack([mid_u[seg], mid_v[seg]], axis=1)
-                frame.polyline(fissure, line, u_(1.0, 2.5) * (0.7 + 0.8 * atrophy))
+                frame.polyline(fissure, line, u_(1.0, 2.5) * (0.7 + 0.8 * shape.atrophy))
                 frame.polyline(falx, line, 0.8)
-    # Thin sulci are narrower than a voxel in young brains: partial volume keeps them greyish.
-    sulcal = (csf > 0) & parenchyma
-    hu[sulcal] += (csf_hu - hu[sulcal]) * np.float32(u_(0.45, 0.75) + 0.25 * atrophy)
-    hu[((fissure > 0) | (cistern > 0)) & parenchyma] = csf_hu
-    hu[vent_mask] = csf_hu + u_(-2.0, 2.0)
-    falx_mask = (falx > 0) & intracranial
-    hu[falx_mask] = u_(65.0, 90.0)
+    return _Midline(fissure, (falx > 0) & comp.intracranial, mid_u, mid_v)
 
-    # --- calcifications: bright, small, and NOT hemorrhage ------------------------------------
+
+def _paint_csf(
+    rng: np.random.Generator, comp: _Compartments, brain: _Brain, csf_hu: float, atrophy: float, hu: np.ndarray
+) -> None:
+    """CSF into the sulci, fissure, cisterns and ventricles; the falx as dense dura."""
+    u_ = rng.uniform
+    parenchyma = comp.parenchyma
+    # Thin sulci are narrower than a voxel in young brains: partial volume keeps them greyish.
+    sulcal = (brain.sulci.csf > 0) & parenchyma
+    hu[sulcal] += (csf_hu - hu[sulcal]) * np.float32(u_(0.45, 0.75) + 0.25 * atrophy)
+    hu[((brain.midline.fissure > 0) | (brain.cistern > 0)) & parenchyma] = csf_hu
+    hu[brain.ventricles.mask] = csf_hu + u_(-2.0, 2.0)
+    hu[brain.midline.falx_mask] = u_(65.0, 90.0)
+
+
+def _paint_calcifications(
+    rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments, brain: _Brain, hu: np.ndarray
+) -> np.ndarray:
+    """Bright, small and NOT hemorrhage: pineal, choroid plexus, falx plaque. Returns their mask."""
+    u_ = rng.uniform
+    level, ventricles, midline = shape.level, brain.ventricles, brain.midline
     calc = frame.new_layer()
-    if has_ventricles and level < 0.5 and rng.random() < 0.45:  # pineal gland
-        frame.disc(calc, (midline_shift + rng.normal(0.0, 0.5), u_(10.0, 18.0)), u_(1.0, 2.5))
-    if has_ventricles and rng.random() < 0.35:  # choroid plexus in the atria
-        for atrium in atria:
+    if ventricles.present and level < 0.5 and rng.random() < 0.45:  # pineal gland
+        frame.disc(calc, (shape.midline_shift + rng.normal(0.0, 0.5), u_(10.0, 18.0)), u_(1.0, 2.5))
+    if ventricles.present and rng.random() < 0.35:  # choroid plexus in the atria
+        for atrium in ventricles.atria:
             frame.disc(calc, atrium + rng.normal(0.0, 1.0, 2), u_(1.0, 2.5))
     if level > 0.5 and rng.random() < 0.1:  # a falx plaque
-        frame.ellipse(calc, (mid_u[20], mid_v[20]), (u_(0.7, 1.5), u_(2.0, 5.0)), 0.0)
-    calc_mask = (calc > 0) & intracranial
+        frame.ellipse(calc, (midline.u[20], midline.v[20]), (u_(0.7, 1.5), u_(2.0, 5.0)), 0.0)
+    calc_mask = (calc > 0) & comp.intracranial
     hu[calc_mask] = u_(110.0, 320.0)
+    return calc_mask
 
-    # --- bleeds ------------------------------------------------------------------------------
-    label = np.zeros((size, size), dtype=np.uint8)  # 0 = none, i + 1 = SUBTYPES[i]; later wins
-    blood_tex = _low_freq(rng, size, max(6, size // 16), u_(2.0, 5.0))
 
-    densities: dict[str, float] = {}
+# --------------------------------------------------------------------------------------------
+# Phases: bleeds
 
-    def blood_hu(name: str) -> float:
-        if name == "subdural" and rng.random() < 0.1:
-            return u_(18.0, 32.0)  # chronic: hypodense to brain, still a subdural
-        if name in ("intraventricular", "subarachnoid") and rng.random() < 0.3:
-            return u_(38.0, 52.0)  # diluted by the CSF it mixes with
-        return u_(42.0, 58.0) if rng.random() < 0.15 else u_(58.0, 85.0)  # subacute / acute
 
-    def paint(region: np.ndarray, name: str) -> None:
-        region = region & intracranial
-        densities[name] = blood_hu(name)
-        hu[region] = (densities[name] + blood_tex[region]).astype(np.float32)
-        label[region] = SUBTYPES.index(name) + 1
+def _blood_density(rng: np.random.Generator, name: str) -> float:
+    """Nominal HU of a bleed of subtype ``name``: its age, and dilution by CSF where it mixes."""
+    u_ = rng.uniform
+    if name == "subdural" and rng.random() < 0.1:
+        return u_(18.0, 32.0)  # chronic: hypodense to brain, still a subdural
+    if name in ("intraventricular", "subarachnoid") and rng.random() < 0.3:
+        return u_(38.0, 52.0)  # diluted by the CSF it mixes with
+    return u_(42.0, 58.0) if rng.random() < 0.15 else u_(58.0, 85.0)  # subacute / acute
 
+
+class _BleedPainter:
+    """Paints bleeds into ``hu`` and the label image, clipped to the intracranial space."""
+
+    def __init__(self, rng: np.random.Generator, hu: np.ndarray, intracranial: np.ndarray) -> None:
+        size = hu.shape[0]
+        self._rng, self._hu, self._intracranial = rng, hu, intracranial
+        self.label = np.zeros((size, size), dtype=np.uint8)  # 0 = none, i + 1 = SUBTYPES[i]; later wins
+        self.texture = _low_freq(rng, size, max(6, size // 16), rng.uniform(2.0, 5.0))
+        self.densities: dict[str, float] = {}
+
+    def paint(self, region: np.ndarray, name: str) -> None:
+        """Blood of subtype ``name`` over ``region`` (inside the skull), over anything painted before."""
+        region = region & self._intracranial
+        self.densities[name] = _blood_density(self._rng, name)
+        self._hu[region] = (self.densities[name] + self.texture[region]).astype(np.float32)
+        self.label[region] = SUBTYPES.index(name) + 1
+
+
+def _paint_bleeds(
+    rng: np.random.Generator,
+    wanted: tuple[str, ...],
+    frame: _Frame,
+    shape: _Shape,
+    comp: _Compartments,
+    brain: _Brain,
+    sah_sector: tuple[float, float] | None,
+    hu: np.ndarray,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Paint each wanted subtype in its compartment; returns the label image and nominal densities.
+
+    The painting order (not :data:`SUBTYPES` order) decides which bleed wins where two overlap.
+    """
+    painter = _BleedPainter(rng, hu, comp.intracranial)
     if "epidural" in wanted:
-        paint((rho >= rin_p - radial(d_edh)) & (d_edh > 0)[aidx], "epidural")
-        if rng.random() < 0.35:  # fracture line through the bone over the epidural
-            center, half = bleed_arcs[0]
-            ang = center + u_(-0.6, 0.6) * half
-            k = _angle_bin(ang)
-            radial_dir = np.array([math.cos(ang), math.sin(ang)])
-            crack = np.stack([radial_dir * (r_in[k] - 0.5), radial_dir * (r_out[k] + 0.5)])
-            crack += rng.normal(0.0, 0.7, (2, 2))
-            layer = frame.new_layer()
-            frame.polyline(layer, crack, 0.6)
-            broken = (layer > 0) & skull
-            hu[broken] = u_(30.0, 60.0)
-            skull &= ~broken
+        painter.paint(_epidural_region(frame, shape, comp), "epidural")
+        if rng.random() < 0.35:
+            _add_fracture(rng, frame, shape, comp, hu)
     if "subdural" in wanted:
-        sdh_outer = radial(r_in - d_edh)
-        paint((rho < sdh_outer) & (rho >= sdh_outer - radial(d_sdh)) & (d_sdh > 0)[aidx], "subdural")
+        painter.paint(_subdural_region(frame, shape), "subdural")
     if sah_sector is not None:
-        center, half = sah_sector
-        in_sector = np.abs(_wrap(_ANGLES - center)) < half
-        sah = frame.new_layer()
-        for ang, line in sulci:
-            if abs(float(_wrap(ang - center))) < half:
-                filled = line[: max(2, int(len(line) * u_(0.5, 1.0)))]
-                cv2.polylines(sah, [filled], False, 1, frame.thickness(1.4, min_px=2), cv2.LINE_8, _SHIFT)
-        convexity = (rho >= rbrain_p) & (rho < radial(r_in - d_extra)) & in_sector[aidx]
-        region = (((sah > 0) & parenchyma) | convexity) & ~vent_mask
-        if level >= 0.3 and rng.random() < 0.3:  # blood along the interhemispheric fissure
-            region |= (fissure > 0) & parenchyma & ~falx_mask
-        if rng.random() < 0.7:  # the basal cisterns, the classic aneurysmal pattern
-            region |= (cistern > 0) & parenchyma
-        paint(region, "subarachnoid")
+        painter.paint(_subarachnoid_region(rng, frame, shape, comp, brain, sah_sector), "subarachnoid")
     if "intraparenchymal" in wanted:
-        near_bone = cv2.dilate(skull.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # e.g. petrous ridges
-        paint(_iph_region(rng, frame, r_brain, parenchyma & ~vent_mask & ~near_bone, hu), "intraparenchymal")
-    if "intraventricular" in wanted and vent_mask.any():
-        rows, cols = _pixel_grid(size)
-        ys = rows[vent_mask]
-        if rng.random() < 0.15:
-            region = vent_mask  # a cast filling the ventricles
-        else:
-            # Blood settles posteriorly in a supine patient: a horizontal fluid level in image rows.
-            cut = np.quantile(ys, 1.0 - u_(0.1, 0.6))
-            region = vent_mask & (rows >= cut)
-            if rng.random() < 0.5:  # often one side only
-                side_mask = (cols < frame.cx) if rng.random() < 0.5 else (cols >= frame.cx)
-                if (region & side_mask).any():
-                    region = region & side_mask
-        paint(region, "intraventricular")
+        near_bone = cv2.dilate(comp.skull.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # e.g. petrous ridges
+        allowed = comp.parenchyma & ~brain.ventricles.mask & ~near_bone
+        painter.paint(_iph_region(rng, frame, shape.r_brain, allowed, hu), "intraparenchymal")
+    if "intraventricular" in wanted and brain.ventricles.mask.any():
+        painter.paint(_intraventricular_region(rng, frame, brain.ventricles.mask), "intraventricular")
+    return painter.label, painter.densities
 
-    # --- scanner: head rest, partial volume blur, noise ----------------------------------------
-    if rng.random() < 0.5:
-        rest = frame.new_layer()
-        rows = np.flatnonzero(head.any(axis=1))
-        bottom = (rows[-1] if rows.size else size * 0.8) + u_(2.0, 10.0) * ppm
-        ry = u_(0.42, 0.65) * size
-        rx = ry * u_(0.9, 1.3)
-        cv2.ellipse(
-            rest,
-            (round(frame.cx * _ONE), round((bottom - ry) * _ONE)),
-            (round(rx * _ONE), round(ry * _ONE)),
-            0.0,
-            15.0,
-            165.0,
-            1,
-            max(1, round(u_(1.0, 3.0) * ppm)),
-            cv2.LINE_8,
-            _SHIFT,
-        )
-        hu[(rest > 0) & ~head] = u_(150.0, 500.0)
 
-    hu = cv2.GaussianBlur(hu, (0, 0), max(0.5, u_(0.35, 0.6) * ppm))
-    noise = rng.standard_normal((size, size), dtype=np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), 0.8)  # CT noise is spatially correlated
-    hu += noise * np.float32(u_(2.5, 5.0) / max(float(noise.std()), 1e-6))
+def _epidural_region(frame: _Frame, shape: _Shape, comp: _Compartments) -> np.ndarray:
+    """The band between the inner table and the inner table minus the epidural thickness."""
+    return (frame.rho >= comp.rin - frame.radial(shape.d_edh)) & (shape.d_edh > 0)[frame.aidx]
 
-    subtype_masks = {name: label == i + 1 for i, name in enumerate(SUBTYPES)}
-    present = tuple(name for name in SUBTYPES if subtype_masks[name].any())
-    return SyntheticSlice(
-        hu=hu.astype(np.float32, copy=False),
-        mask=label > 0,
-        subtype_masks=subtype_masks,
-        subtypes=present,
-        anatomy={
-            "head": head,
-            "skull": skull,
-            "intracranial": intracranial,
-            "ventricles": vent_mask,
-            "calcification": calc_mask & (label == 0),
-        },
-        densities={name: round(densities[name], 2) for name in present},
-        mm_per_pixel=mm_per_px,
-        level=level,
+
+def _add_fracture(rng: np.random.Generator, frame: _Frame, shape: _Shape, comp: _Compartments, hu: np.ndarray) -> None:
+    """A fracture line through the bone over the epidural (the first arc): soft tissue in the skull."""
+    center, half = shape.arcs[0]
+    ang = center + rng.uniform(-0.6, 0.6) * half
+    k = _angle_bin(ang)
+    radial_dir = np.array([math.cos(ang), math.sin(ang)])
+    crack = np.stack([radial_dir * (shape.r_in[k] - 0.5), radial_dir * (shape.r_out[k] + 0.5)])
+    crack += rng.normal(0.0, 0.7, (2, 2))
+    layer = frame.new_layer()
+    frame.polyline(layer, crack, 0.6)
+    broken = (layer > 0) & comp.skull
+    hu[broken] = rng.uniform(30.0, 60.0)
+    comp.skull &= ~broken
+
+
+def _subdural_region(frame: _Frame, shape: _Shape) -> np.ndarray:
+    """The band of the subdural thickness just inside any epidural."""
+    sdh_outer = frame.radial(shape.r_in - shape.d_edh)
+    return (
+        (frame.rho < sdh_outer) & (frame.rho >= sdh_outer - frame.radial(shape.d_sdh)) & (shape.d_sdh > 0)[frame.aidx]
     )
+
+
+def _subarachnoid_region(
+    rng: np.random.Generator,
+    frame: _Frame,
+    shape: _Shape,
+    comp: _Compartments,
+    brain: _Brain,
+    sah_sector: tuple[float, float],
+) -> np.ndarray:
+    """Sulci and the convexity CSF layer within the sector; sometimes the fissure and cisterns."""
+    u_ = rng.uniform
+    parenchyma = comp.parenchyma
+    center, half = sah_sector
+    in_sector = np.abs(_wrap(_ANGLES - center)) < half
+    sah = frame.new_layer()
+    for ang, line in brain.sulci.lines:
+        if abs(float(_wrap(ang - center))) < half:
+            filled = line[: max(2, int(len(line) * u_(0.5, 1.0)))]
+            cv2.polylines(sah, [filled], False, 1, frame.thickness(1.4, min_px=2), cv2.LINE_8, _SHIFT)
+    convexity = (frame.rho >= comp.rbrain) & (frame.rho < frame.radial(shape.r_in - shape.d_extra))
+    convexity &= in_sector[frame.aidx]
+    region = (((sah > 0) & parenchyma) | convexity) & ~brain.ventricles.mask
+    if shape.level >= 0.3 and rng.random() < 0.3:  # blood along the interhemispheric fissure
+        region |= (brain.midline.fissure > 0) & parenchyma & ~brain.midline.falx_mask
+    if rng.random() < 0.7:  # the basal cisterns, the classic aneurysmal pattern
+        region |= (brain.cistern > 0) & parenchyma
+    return region
 
 
 def _iph_region(
@@ -699,3 +993,89 @@ def _iph_region(
         edema = (cv2.dilate(region.astype(np.uint8), kernel) > 0) & allowed & ~region
         hu[edema] = u_(15.0, 25.0) + rng.normal(0.0, 1.0)
     return region
+
+
+def _intraventricular_region(rng: np.random.Generator, frame: _Frame, vent_mask: np.ndarray) -> np.ndarray:
+    """A cast of the ventricles, or (usually) a dependent layer below a fluid level."""
+    rows, cols = _pixel_grid(frame.size)
+    ys = rows[vent_mask]
+    if rng.random() < 0.15:
+        return vent_mask  # a cast filling the ventricles
+    # Blood settles posteriorly in a supine patient: a horizontal fluid level in image rows.
+    cut = np.quantile(ys, 1.0 - rng.uniform(0.1, 0.6))
+    region = vent_mask & (rows >= cut)
+    if rng.random() < 0.5:  # often one side only
+        side_mask = (cols < frame.cx) if rng.random() < 0.5 else (cols >= frame.cx)
+        if (region & side_mask).any():
+            region = region & side_mask
+    return region
+
+
+# --------------------------------------------------------------------------------------------
+# Phases: scanner and output
+
+
+def _add_head_rest(rng: np.random.Generator, frame: _Frame, head: np.ndarray, hu: np.ndarray) -> None:
+    """Half the time, the scanner's head rest: a bright arc under the head, in image axes."""
+    if rng.random() >= 0.5:
+        return
+    u_ = rng.uniform
+    size, ppm = frame.size, frame.ppm
+    rest = frame.new_layer()
+    rows = np.flatnonzero(head.any(axis=1))
+    bottom = (rows[-1] if rows.size else size * 0.8) + u_(2.0, 10.0) * ppm
+    ry = u_(0.42, 0.65) * size
+    rx = ry * u_(0.9, 1.3)
+    cv2.ellipse(
+        rest,
+        (round(frame.cx * _ONE), round((bottom - ry) * _ONE)),
+        (round(rx * _ONE), round(ry * _ONE)),
+        0.0,
+        15.0,
+        165.0,
+        1,
+        max(1, round(u_(1.0, 3.0) * ppm)),
+        cv2.LINE_8,
+        _SHIFT,
+    )
+    hu[(rest > 0) & ~head] = u_(150.0, 500.0)
+
+
+def _blur_and_noise(rng: np.random.Generator, frame: _Frame, hu: np.ndarray) -> np.ndarray:
+    """Partial-volume blur and spatially correlated noise, as in a reconstructed slice."""
+    hu = cv2.GaussianBlur(hu, (0, 0), max(0.5, rng.uniform(0.35, 0.6) * frame.ppm))
+    noise = rng.standard_normal((frame.size, frame.size), dtype=np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), 0.8)  # CT noise is spatially correlated
+    hu += noise * np.float32(rng.uniform(2.5, 5.0) / max(float(noise.std()), 1e-6))
+    return hu
+
+
+def _assemble(
+    hu: np.ndarray,
+    label: np.ndarray,
+    densities: dict[str, float],
+    comp: _Compartments,
+    vent_mask: np.ndarray,
+    calc_mask: np.ndarray,
+    mm_per_px: float,
+    level: float,
+) -> SyntheticSlice:
+    """Split the label image into per-subtype masks and package the slice."""
+    subtype_masks = {name: label == i + 1 for i, name in enumerate(SUBTYPES)}
+    present = tuple(name for name in SUBTYPES if subtype_masks[name].any())
+    return SyntheticSlice(
+        hu=hu.astype(np.float32, copy=False),
+        mask=label > 0,
+        subtype_masks=subtype_masks,
+        subtypes=present,
+        anatomy={
+            "head": comp.head,
+            "skull": comp.skull,
+            "intracranial": comp.intracranial,
+            "ventricles": vent_mask,
+            "calcification": calc_mask & (label == 0),
+        },
+        densities={name: round(densities[name], 2) for name in present},
+        mm_per_pixel=mm_per_px,
+        level=level,
+    )

@@ -230,7 +230,7 @@ def _digest(item: SyntheticSlice, rng: np.random.Generator) -> str:
 
 # "size-seed-variant" -> digest. Seeds 0-2 at 128 px give every variant; the rest were picked to
 # reach branches those miss (upper-ventricle and low-ventricle levels, the falx plaque, fissure
-# SAH, a shrinking clot) and the smallest and default sizes.
+# SAH, a shrinking clot, a chronic subdural) and the smallest and default sizes.
 _GOLDEN = {
     "128-0-random": "5a8fb773f7db1b2dc8295700b84b127cf0b5408df6a91b5f866908b60db85963",
     "128-0-negative": "6cec25a5e621e5de0b33e9f6306ea5c96f3bde3aaf655f5496a05e9d7d48b6c3",
@@ -258,6 +258,7 @@ _GOLDEN = {
     "128-2-all": "8bf2e56aa214075c23a805e8e64aca420e53c0c474577643b634872b1e818c7d",
     "128-6-subarachnoid": "5598e635eb7f7bbbaee33b722938ac8d852ca51b5a278aa32a3e04bd1a3eb38c",
     "128-9-random": "e37c38973e1671b7a36ced258b29e4f3e89d81c04ad7633d64ac9984963801e8",
+    "128-50-subdural": "e69b6d3a92cd386ffddd66df5665cb44eba3992ed8df6a7bbf8242add05183ca",
     "128-10-intraparenchymal": "91d038548dd42e077bd903d6470ffc199b2ad28d2c6d18ef92e38143ccc816e7",
     "64-11-negative": "48f8eabebd4eef612beb776bad53ffe956b5665e37b63c5aa51edcf5536675b6",
     "64-0-all": "f45de51b385a35e82f99db287cdcb15bb41c457eaf525f726420521559904321",
