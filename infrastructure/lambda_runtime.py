@@ -122,6 +122,7 @@ class LocalFunction:
 
     def __init__(self, spec: FunctionSpec, environment: Mapping[str, str], log_dir: str) -> None:
         self.spec = spec
+        self.environment = dict(environment)
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"{spec.name}.log")
         self._pool = ProcessPoolExecutor(

@@ -5,19 +5,25 @@
 
 What runs (all on 127.0.0.1, free ports):
 
-- moto's server (:mod:`infrastructure.moto_server`): S3 (one bucket, real S3 -> SQS
-  notifications for ``uploads/`` and ``ingest/``), SQS (ingest, segment, assemble queues, each
-  with a dead-letter queue, maxReceiveCount 3), DynamoDB (the jobs table: ``by_owner`` index, TTL);
+- moto's server (:mod:`infrastructure.moto_server`) with the resources ``template.yaml`` declares,
+  read by :mod:`infrastructure.cloud_template`: the bucket (its S3 -> SQS notifications, lifecycle
+  rules), the queues with their dead-letter queues, retention and redrive, the jobs table with its
+  keys, index and TTL;
 - gcp-storage-emulator: Firebase Storage (the mirror's bucket);
 - the inference server, ``ichseg endpoint`` (gunicorn + ONNX Runtime) with the model, reached by
   boto3's ``sagemaker-runtime`` client through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``;
-- the six functions, each in its own worker process(es) (:mod:`infrastructure.lambda_runtime`);
-- an event pump per queue: long-polls, passes Lambda's SQS event JSON to the function, deletes what
-  succeeded and honours ``batchItemFailures`` (what Lambda's event source mapping does);
-- a watchdog tick (the EventBridge schedule) and the API front (:mod:`infrastructure.api_front`)
-  with a locally trusted Firebase token issuer (:mod:`infrastructure.token_issuer`).
+- the template's functions, each in its own worker process(es) (:mod:`infrastructure.lambda_runtime`)
+  with the template's handler, timeout, memory and environment (Globals + its own);
+- an event pump per SQS event source: long-polls with the template's batch size, passes Lambda's SQS
+  event JSON to the function, deletes what succeeded and honours ``batchItemFailures`` (what
+  Lambda's event source mapping does);
+- the watchdog's schedule and the API front (:mod:`infrastructure.api_front`) with a locally
+  trusted Firebase token issuer (:mod:`infrastructure.token_issuer`).
 
-The functions see the same environment variables as in the cloud; only the addresses differ.
+A change in template.yaml changes the local stack; ``tests/pipeline/test_local_stack.py`` compares
+the running stack with the template. What is local on purpose: addresses and credentials, the
+physical names, per-function concurrency (two cores), and the overrides tests pass in
+:class:`StackSettings` (shorter visibility timeouts so a retry takes seconds).
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ichseg.paths import REPO_ROOT, SHIPPED_MODEL
 from ichseg.pipeline.jobs import Job, JobState, JobStore
+from infrastructure.cloud_template import TEMPLATE, CloudTemplate, TemplateError
 from infrastructure.lambda_runtime import (
     ACCOUNT_ID,
     FunctionSpec,
@@ -54,9 +61,8 @@ from infrastructure.token_issuer import LocalTokenIssuer
 log = logging.getLogger("ichseg.local_stack")
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-QUEUES = ("ingest", "segment", "assemble")
-"""Queue -> the function its pump feeds: ingest -> split, segment -> segment, assemble -> assemble."""
-QUEUE_FUNCTIONS = {"ingest": "split", "segment": "segment", "assemble": "assemble"}
+LOCAL_ONLY_SETUP = {"authorizer": ("infrastructure.token_issuer:trust_local_certificates",)}
+"""Run in a function's workers before its handler: the authorizer trusts the local token issuer."""
 
 
 class StackError(RuntimeError):
@@ -75,20 +81,29 @@ class StackSettings:
     endpoint_name: str = "ichseg-local"
     firebase_project: str = "ichseg-local"
     firebase_bucket: str = "ichseg-local.appspot.com"
-    visibility_timeout: Mapping[str, int] = field(
-        default_factory=lambda: {"ingest": 120, "segment": 60, "assemble": 120}
-    )
-    """Seconds a received message stays hidden; a failed one is retried after this."""
-    max_receive_count: int = 3
-    batch_size: Mapping[str, int] = field(default_factory=lambda: {"ingest": 1, "segment": 1, "assemble": 1})
+    template: Path = TEMPLATE
+    """The SAM template the stack is built from."""
+    visibility_timeout: Mapping[str, int] = field(default_factory=dict)
+    """Overrides of the template's visibility timeouts by queue (``{"segment": 4}``): tests retry in seconds."""
     concurrency: Mapping[str, int] = field(
         default_factory=lambda: {"api": 2, "authorizer": 1, "split": 1, "segment": 2, "assemble": 1, "watchdog": 1}
     )
-    watchdog_interval_seconds: float = 30.0
+    """Worker processes per function (Lambda scales out; two cores do not)."""
+    watchdog_interval_seconds: float | None = None
+    """Override of the watchdog's schedule (None: the template's rate)."""
     poll_wait_seconds: int = 1
     endpoint_workers: int = 1
     environment: Mapping[str, str] = field(default_factory=dict)
     """Extra variables for every function (e.g. ``ICHSEG_JOB_DEADLINE_SECONDS``)."""
+
+    def parameters(self) -> dict[str, str]:
+        """The template parameters of this local deployment (the others keep their defaults)."""
+        return {
+            "EndpointMode": "existing",  # boto3's sagemaker-runtime client, pointed at the local server
+            "ExistingEndpointName": self.endpoint_name,
+            "FirebaseProjectId": self.firebase_project,
+            "FirebaseStorageBucket": self.firebase_bucket,
+        }
 
 
 @dataclass
@@ -123,6 +138,7 @@ class LocalStack:
 
     def __init__(self, settings: StackSettings | None = None, **overrides: Any) -> None:
         self.settings = replace(settings or StackSettings(), **overrides)
+        self.template = CloudTemplate.load(self.settings.template, self.settings.parameters())
         self.issuer = LocalTokenIssuer(self.settings.firebase_project)
         self.invocations: list[Invocation] = []
         self.functions: dict[str, LocalFunction] = {}
@@ -130,10 +146,9 @@ class LocalStack:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._moto: Any = None
-        self._storage: Any = None
+        self._running = ExitStack()
+        """Every started part's stop, run in reverse order by :meth:`stop`."""
         self._endpoint: subprocess.Popen[bytes] | None = None
-        self._front: Any = None
         self.moto_url = self.storage_url = self.endpoint_url = self.api_url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -160,29 +175,29 @@ class LocalStack:
         for old in self.log_dir.glob("*.log"):  # one run's logs per state dir
             old.unlink()
         self._start_endpoint()  # slowest to come up (ONNX Runtime session + warm-up): first
+        self._running.callback(self._stop_endpoint)
         self._start_moto()
-        self._create_aws_resources()
+        try:
+            self._create_aws_resources()
+        except TemplateError as exc:
+            raise StackError(f"template.yaml: {exc}") from exc
         self._start_storage_emulator()
         self._start_functions()
         self._wait_for_endpoint()
         self._start_front()
-        for queue in QUEUES:
-            self._spawn(self._pump, queue, name=f"ichseg-pump-{queue}")
+        for function in self.template.functions.values():
+            if function.sqs is not None:
+                self._spawn(self._pump, function.sqs.queue, function.name, name=f"ichseg-pump-{function.sqs.queue}")
         self._spawn(self._watchdog_ticks, name="ichseg-watchdog")
 
     def stop(self) -> None:
+        """Stop everything that started, in reverse order (also after a failed start)."""
+        self._running.close()
+
+    def _stop_threads(self) -> None:
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=self.settings.poll_wait_seconds + 5)
-        if self._front is not None:
-            self._front.stop()
-        for function in self.functions.values():
-            function.close()
-        self._stop_endpoint()
-        if self._storage is not None:
-            self._storage.stop()
-        if self._moto is not None:
-            self._moto.stop()
 
     @property
     def log_dir(self) -> Path:
@@ -268,8 +283,9 @@ class LocalStack:
         from infrastructure.moto_server import MotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._moto = MotoServer().start()
-        self.moto_url = self._moto.url
+        moto = MotoServer().start()
+        self._running.callback(moto.stop)
+        self.moto_url = moto.url
         self._deleter = self.aws("sqs")  # boto3 clients are thread-safe: one for every settle callback
 
     def aws(self, service: str) -> Any:
@@ -285,83 +301,78 @@ class LocalStack:
         )
 
     def _create_aws_resources(self) -> None:
-        s = self.settings
+        """Create the template's bucket, queues and table in moto (names are local)."""
+        s, template = self.settings, self.template
         s3, sqs, dynamodb = self.aws("s3"), self.aws("sqs"), self.aws("dynamodb")
         s3.create_bucket(Bucket=s.bucket)
         s3.put_bucket_lifecycle_configuration(
-            Bucket=s.bucket,
-            LifecycleConfiguration={
-                "Rules": [
-                    {"ID": "expire-work", "Filter": {"Prefix": "work/"}, "Status": "Enabled", "Expiration": {"Days": 7}}
-                ]
-            },
+            Bucket=s.bucket, LifecycleConfiguration={"Rules": template.lifecycle_rules()}
         )
-        for name in QUEUES:
-            redrive = {"maxReceiveCount": s.max_receive_count}
-            dlq_url = sqs.create_queue(QueueName=f"ichseg-{name}-dlq")["QueueUrl"]
-            redrive["deadLetterTargetArn"] = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-                "Attributes"
-            ]["QueueArn"]
+        for queue in template.queues.values():
+            dlq_url = sqs.create_queue(
+                QueueName=f"ichseg-{queue.name}-dlq",
+                Attributes={"MessageRetentionPeriod": str(queue.dead_letter_retention_seconds)},
+            )["QueueUrl"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            redrive = {"maxReceiveCount": queue.max_receive_count, "deadLetterTargetArn": dlq_arn}
             url = sqs.create_queue(
-                QueueName=f"ichseg-{name}",
+                QueueName=f"ichseg-{queue.name}",
                 Attributes={
-                    "VisibilityTimeout": str(s.visibility_timeout[name]),
+                    "VisibilityTimeout": str(s.visibility_timeout.get(queue.name, queue.visibility_timeout)),
+                    "MessageRetentionPeriod": str(queue.retention_seconds),
                     "RedrivePolicy": json.dumps(redrive),
                 },
             )["QueueUrl"]
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-            self.queues[name] = QueueInfo(name, url, arn, dlq_url)
+            self.queues[queue.name] = QueueInfo(queue.name, url, arn, dlq_url)
+        table = template.table
         dynamodb.create_table(
             TableName=s.table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "job_id", "AttributeType": "S"},
-                {"AttributeName": "owner", "AttributeType": "S"},
-                {"AttributeName": "created_at", "AttributeType": "S"},
-            ],
-            KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by_owner",
-                    "KeySchema": [
-                        {"AttributeName": "owner", "KeyType": "HASH"},
-                        {"AttributeName": "created_at", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
+            **{k: table[k] for k in ("BillingMode", "AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes")},
         )
-        dynamodb.update_time_to_live(
-            TableName=s.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-        )
-        ingest_arn = self.queues["ingest"].arn
+        if "TimeToLiveSpecification" in table:
+            dynamodb.update_time_to_live(TableName=s.table, TimeToLiveSpecification=table["TimeToLiveSpecification"])
         s3.put_bucket_notification_configuration(
             Bucket=s.bucket,
             NotificationConfiguration={
                 "QueueConfigurations": [
                     {
-                        "Id": f"{prefix.rstrip('/')}-to-ingest",
-                        "QueueArn": ingest_arn,
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                        "Id": f"{n.prefix.rstrip('/')}-to-{n.queue}",
+                        "QueueArn": self.queues[n.queue].arn,
+                        "Events": list(n.events),
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.prefix}]}},
                     }
-                    for prefix in ("uploads/", "ingest/")
+                    for n in template.bucket_notifications
                 ]
             },
         )
+
+    def resolve_resource(self, logical_id: str, attribute: str | None) -> str:
+        """A template resource's local value: ``Ref`` (attribute None) or ``Fn::GetAtt``."""
+        if logical_id == "DataBucket" and attribute is None:
+            return self.settings.bucket
+        if logical_id == "JobsTable" and attribute is None:
+            return self.settings.table
+        queue = self.template.queue_by_logical_id(logical_id)
+        info = self.queues[queue.name]
+        if logical_id == queue.logical_id and attribute in (None, "Arn", "QueueName"):
+            return {None: info.url, "Arn": info.arn, "QueueName": f"ichseg-{queue.name}"}[attribute]
+        raise TemplateError(f"no local value for {logical_id}{'.' + attribute if attribute else ''}")
 
     def _start_storage_emulator(self) -> None:
         from gcp_storage_emulator.server import create_server
 
         logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
         port = free_port()
-        self._storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
-        self._storage.start()
+        storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
+        storage.start()
+        self._running.callback(storage.stop)
         self.storage_url = f"http://127.0.0.1:{port}"
 
     @property
     def environment(self) -> dict[str, str]:
-        """Every function's environment: the template's variables, with local addresses."""
+        """What every local function sees besides the template's variables: local addresses, fake
+        credentials, and :attr:`StackSettings.environment`."""
         s = self.settings
         return {
             **FAKE_CREDENTIALS,
@@ -372,52 +383,47 @@ class LocalStack:
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "ICHSEG_BUCKET": s.bucket,
-            "ICHSEG_TABLE": s.table,
-            "ICHSEG_SEGMENT_QUEUE_URL": self.queues["segment"].url,
-            "ICHSEG_ASSEMBLE_QUEUE_URL": self.queues["assemble"].url,
-            "ICHSEG_ENDPOINT_NAME": s.endpoint_name,
-            "ICHSEG_MAX_RECEIVE_COUNT": str(s.max_receive_count),
-            "ICHSEG_FIREBASE_BUCKET": s.firebase_bucket,
-            "FIREBASE_PROJECT_ID": s.firebase_project,
             "GOOGLE_CLOUD_PROJECT": s.firebase_project,
             "STORAGE_EMULATOR_HOST": self.storage_url,
-            "POWERTOOLS_SERVICE_NAME": "ichseg",
-            "POWERTOOLS_METRICS_NAMESPACE": "ichseg",
-            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
             **dict(s.environment),
         }
 
+    def function_environment(self, name: str) -> dict[str, str]:
+        """One function's environment: the template's (Globals + its own, evaluated) over the local one."""
+        return {
+            **self.environment,
+            **self.template.function_environment(name, self.resolve_resource),
+            **dict(self.settings.environment),
+        }
+
     def _specs(self) -> list[FunctionSpec]:
-        c = self.settings.concurrency
-        trust = ("infrastructure.token_issuer:trust_local_certificates", (self.issuer.certificates,))
-        return [
-            FunctionSpec("api", "functions.api.handler", timeout_seconds=10, concurrency=c["api"]),
-            FunctionSpec(
-                "authorizer",
-                "functions.authorizer.handler",
-                timeout_seconds=5,
-                concurrency=c["authorizer"],
-                setup=trust,
-            ),
-            FunctionSpec(
-                "split", "functions.split.handler", timeout_seconds=300, memory_mb=3008, concurrency=c["split"]
-            ),
-            FunctionSpec("segment", "functions.segment.handler", timeout_seconds=120, concurrency=c["segment"]),
-            FunctionSpec(
-                "assemble", "functions.assemble.handler", timeout_seconds=300, memory_mb=3008, concurrency=c["assemble"]
-            ),
-            FunctionSpec("watchdog", "functions.watchdog.handler", timeout_seconds=60, concurrency=c["watchdog"]),
-        ]
+        concurrency = self.settings.concurrency
+        specs = []
+        for function in self.template.functions.values():
+            setup = LOCAL_ONLY_SETUP.get(function.name)
+            specs.append(
+                FunctionSpec(
+                    function.name,
+                    function.handler,
+                    timeout_seconds=function.timeout_seconds,
+                    memory_mb=function.memory_mb,
+                    concurrency=concurrency.get(function.name, 1),
+                    setup=(setup[0], (self.issuer.certificates,)) if setup else None,
+                )
+            )
+        return specs
 
     def _start_functions(self) -> None:
-        environment = self.environment
         warming: list[Future[str]] = []
         for spec in self._specs():
-            self.functions[spec.name] = LocalFunction(spec, environment, str(self.log_dir))
-            warming += self.functions[spec.name].warm()
+            function = LocalFunction(spec, self.function_environment(spec.name), str(self.log_dir))
+            self.functions[spec.name] = function
+            self._running.callback(function.close)
+            warming += function.warm()
         for future in warming:
             future.result(timeout=300)
+        self._running.callback(self._stop_threads)  # pumps stop first: they feed the functions
 
     def _start_front(self) -> None:
         from infrastructure.api_front import ApiFront, ServerThread
@@ -425,8 +431,9 @@ class LocalStack:
         front = ApiFront(
             self.functions["authorizer"], self.functions["api"], self.settings.region, mint_token=self.issuer.mint
         )
-        self._front = ServerThread(front).start()
-        self.api_url = self._front.url
+        server = ServerThread(front).start()
+        self._running.callback(server.stop)
+        self.api_url = server.url
 
     # ------------------------------------------------------------------ the event pump
 
@@ -435,10 +442,12 @@ class LocalStack:
         thread.start()
         self._threads.append(thread)
 
-    def _pump(self, queue_name: str) -> None:
+    def _pump(self, queue_name: str, function_name: str) -> None:
         """Long-poll one queue and invoke its function like Lambda's SQS event source mapping."""
         queue = self.queues[queue_name]
-        function = self.functions[QUEUE_FUNCTIONS[queue_name]]
+        function = self.functions[function_name]
+        source = self.template.functions[function_name].sqs
+        assert source is not None
         slots = threading.BoundedSemaphore(function.spec.concurrency)
         sqs = self.aws("sqs")
         while not self._stopping.is_set():
@@ -447,7 +456,7 @@ class LocalStack:
             try:
                 messages = sqs.receive_message(
                     QueueUrl=queue.url,
-                    MaxNumberOfMessages=self.settings.batch_size[queue_name],
+                    MaxNumberOfMessages=source.batch_size,
                     WaitTimeSeconds=self.settings.poll_wait_seconds,
                     MessageSystemAttributeNames=["All"],
                     MessageAttributeNames=["All"],
@@ -514,7 +523,8 @@ class LocalStack:
 
     def _watchdog_ticks(self) -> None:
         rule = f"arn:aws:events:{self.settings.region}:{ACCOUNT_ID}:rule/ichseg-watchdog"
-        while not self._stopping.wait(self.settings.watchdog_interval_seconds):
+        interval = self.settings.watchdog_interval_seconds or self.template.functions["watchdog"].schedule_seconds
+        while not self._stopping.wait(interval or 300.0):
             self.tick_watchdog(rule)
 
     def tick_watchdog(self, rule: str = "") -> tuple[str, Any]:

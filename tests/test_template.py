@@ -53,6 +53,7 @@ GLOBAL_ENV = {
     "ICHSEG_ASSEMBLE_QUEUE_URL",
     "ICHSEG_BATCH_SLICES",
     "ICHSEG_JOB_DEADLINE_SECONDS",
+    "ICHSEG_MAX_RECEIVE_COUNT",
     "ICHSEG_UPLOAD_MAX_BYTES",
     "FIREBASE_PROJECT_ID",
     "ICHSEG_FIREBASE_BUCKET",
@@ -204,7 +205,7 @@ def test_queues_have_dead_letter_queues_and_sized_visibility(resources: dict[str
         assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
     for source, dlq in DEAD_LETTER_QUEUES.items():
         p = props(resources, source)
-        assert p["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]}, "maxReceiveCount": 3}
+        assert p["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]}, "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
         assert "RedrivePolicy" not in props(resources, dlq)
         # a DLQ must keep messages longer than its source (retention counts from the first enqueue)
         assert props(resources, dlq)["MessageRetentionPeriod"] > p["MessageRetentionPeriod"]

@@ -24,6 +24,7 @@ import requests
 from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job
+from infrastructure.cloud_template import CloudTemplate
 from infrastructure.local_stack import LocalStack, StackSettings
 from tests.onnx_fixtures import build_tiny_model
 from tests.scan_fixtures import encode_video
@@ -85,26 +86,11 @@ def aws_client(url: str, service: str) -> Any:
 
 
 def create_jobs_table(client: Any, name: str) -> None:
-    """The jobs table as template.yaml declares it: job_id key, by_owner index."""
+    """The jobs table exactly as template.yaml declares it (keys, by_owner index)."""
+    table = CloudTemplate.load().table
     client.create_table(
         TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "job_id", "AttributeType": "S"},
-            {"AttributeName": "owner", "AttributeType": "S"},
-            {"AttributeName": "created_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_owner",
-                "KeySchema": [
-                    {"AttributeName": "owner", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
+        **{k: table[k] for k in ("BillingMode", "AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes")},
     )
 
 

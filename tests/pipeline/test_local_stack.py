@@ -1,0 +1,107 @@
+"""The local stack is template.yaml on one machine: what runs in moto and the worker processes is
+what the template declares, and a change in the template changes the local stack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infrastructure.cloud_template import TEMPLATE, CloudTemplate
+from infrastructure.local_stack import LocalStack, StackSettings
+
+
+def test_queues_match_the_template(stack: LocalStack) -> None:
+    sqs = stack.aws("sqs")
+    template = stack.template
+    assert set(stack.queues) == set(template.queues) == {"ingest", "segment", "assemble"}
+    for name, declared in template.queues.items():
+        info = stack.queues[name]
+        attributes = sqs.get_queue_attributes(QueueUrl=info.url, AttributeNames=["All"])["Attributes"]
+        expected_visibility = stack.settings.visibility_timeout.get(name, declared.visibility_timeout)
+        assert int(attributes["VisibilityTimeout"]) == expected_visibility
+        assert int(attributes["MessageRetentionPeriod"]) == declared.retention_seconds
+        redrive = json.loads(attributes["RedrivePolicy"])
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=info.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+        assert redrive == {"maxReceiveCount": declared.max_receive_count, "deadLetterTargetArn": dlq_arn["QueueArn"]}
+        dlq = sqs.get_queue_attributes(QueueUrl=info.dlq_url, AttributeNames=["MessageRetentionPeriod"])
+        assert int(dlq["Attributes"]["MessageRetentionPeriod"]) == declared.dead_letter_retention_seconds
+
+
+def test_jobs_table_matches_the_template(stack: LocalStack) -> None:
+    declared = stack.template.table
+    dynamodb = stack.aws("dynamodb")
+    table = dynamodb.describe_table(TableName=stack.settings.table)["Table"]
+    assert table["KeySchema"] == declared["KeySchema"]
+    assert sorted(table["AttributeDefinitions"], key=str) == sorted(declared["AttributeDefinitions"], key=str)
+    indexes = {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in table["GlobalSecondaryIndexes"]}
+    assert indexes == {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in declared["GlobalSecondaryIndexes"]}
+    ttl = dynamodb.describe_time_to_live(TableName=stack.settings.table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == (
+        "ENABLED",
+        declared["TimeToLiveSpecification"]["AttributeName"],
+    )
+
+
+def test_bucket_notifications_and_lifecycle_match_the_template(stack: LocalStack) -> None:
+    s3 = stack.aws("s3")
+    configured = s3.get_bucket_notification_configuration(Bucket=stack.settings.bucket)["QueueConfigurations"]
+    seen = {(c["Filter"]["Key"]["FilterRules"][0]["Value"], c["QueueArn"], tuple(c["Events"])) for c in configured}
+    assert seen == {(n.prefix, stack.queues[n.queue].arn, n.events) for n in stack.template.bucket_notifications}
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=stack.settings.bucket)["Rules"]
+    declared = {r["ID"]: r for r in stack.template.lifecycle_rules()}
+    assert {r["ID"] for r in rules} == set(declared) and "expire-work" in declared
+    for rule in rules:
+        assert rule.get("Expiration") == declared[rule["ID"]].get("Expiration")
+
+
+def test_functions_run_with_the_templates_handler_sizing_and_environment(stack: LocalStack) -> None:
+    assert set(stack.functions) == set(stack.template.functions)
+    for name, declared in stack.template.functions.items():
+        function = stack.functions[name]
+        assert (function.spec.handler, function.spec.timeout_seconds, function.spec.memory_mb) == (
+            declared.handler,
+            declared.timeout_seconds,
+            declared.memory_mb,
+        )
+        expected = stack.template.function_environment(name, stack.resolve_resource)
+        overridden = set(stack.settings.environment)
+        assert {k: v for k, v in function.environment.items() if k in expected and k not in overridden} == {
+            k: v for k, v in expected.items() if k not in overridden
+        }
+    # the values that tie the functions to the resources are the local resources
+    split_env = stack.functions["split"].environment
+    assert split_env["ICHSEG_SEGMENT_QUEUE_URL"] == stack.queues["segment"].url
+    assert split_env["ICHSEG_TABLE"] == stack.settings.table
+    assert stack.functions["segment"].environment["ICHSEG_ENDPOINT_NAME"] == stack.settings.endpoint_name
+    assert "ICHSEG_ENDPOINT_NAME" not in stack.functions["split"].environment  # only segment calls the endpoint
+
+
+def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> None:
+    document = CloudTemplate.load().document
+    resources = document["Resources"]
+    resources["SegmentQueue"]["Properties"]["VisibilityTimeout"] = 42
+    resources["AssembleFunction"]["Properties"]["MemorySize"] = 4096
+    resources["AssembleFunction"]["Properties"]["Timeout"] = 200
+    resources["SplitFunction"]["Properties"]["Events"]["Ingest"]["Properties"]["BatchSize"] = 5
+    document["Globals"]["Function"]["Environment"]["Variables"]["ICHSEG_NEW_SETTING"] = "on"
+    document["Parameters"]["MaxReceiveCount"]["Default"] = 5
+    changed = tmp_path / "template.yaml"
+    changed.write_text(_dump_with_tags(document))
+
+    template = CloudTemplate.load(changed)
+    assert template.queues["segment"].visibility_timeout == 42
+    assert {q.max_receive_count for q in template.queues.values()} == {5}
+    assert template.functions["split"].sqs is not None and template.functions["split"].sqs.batch_size == 5
+    assert template.functions["watchdog"].environment["ICHSEG_NEW_SETTING"] == "on"
+    specs = {s.name: s for s in LocalStack(StackSettings(template=changed))._specs()}
+    assert (specs["assemble"].memory_mb, specs["assemble"].timeout_seconds) == (4096, 200)
+    original = {s.name: s for s in LocalStack(StackSettings(template=TEMPLATE))._specs()}
+    assert (original["assemble"].memory_mb, original["assemble"].timeout_seconds) == (3008, 300)
+
+
+def _dump_with_tags(document: dict[str, Any]) -> str:
+    """YAML of the long-form template (``{"Ref": X}`` is valid CloudFormation YAML too)."""
+    return yaml.safe_dump(document, sort_keys=False)
