@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -78,8 +77,28 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     positives, negatives = int(actual.sum()), int((~actual).sum())
     if positives == 0 or negatives == 0:
         return float("nan")
-    ranks = rankdata(scores)
+    if np.isnan(scores).any():  # as scipy.stats.rankdata's default nan_policy="propagate" answered
+        return float("nan")
+    ranks = average_ranks(scores)
     return float((ranks[actual].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing their mean rank: ``scipy.stats.rankdata(values)``.
+
+    The same arithmetic as scipy's "average" method (a stable sort, then each run of equal values
+    gets the mean of its first and last rank), so the float64 ranks are identical to the last bit;
+    the runtime images need no scipy for it.
+    """
+    values = np.asarray(values).ravel()
+    order = np.argsort(values, kind="mergesort")
+    inverse = np.empty(order.size, dtype=np.intp)
+    inverse[order] = np.arange(order.size, dtype=np.intp)
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    dense = np.cumsum(starts)[inverse]
+    bounds = np.r_[np.flatnonzero(starts), starts.size]
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
 
 
 def volume_ml(masks: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_thickness_mm: float) -> float:

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 HEAD_THRESHOLD = 20
 """Grey level above which a pixel is tissue (in any brain-type window, air and fat are ~0)."""
@@ -104,17 +103,17 @@ def head_placement(slice_u8: np.ndarray, crop_to_head: bool = True) -> Placement
     small = cv2.resize(
         slice_u8, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
     )
-    tissue = ndimage.binary_opening(small > HEAD_THRESHOLD, iterations=1)
-    labels, count = ndimage.label(tissue)
-    if count == 0:
+    tissue = binary_dilation(binary_erosion(small > HEAD_THRESHOLD, 1), 1)  # an opening: specks go
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(tissue.view(np.uint8), connectivity=4)
+    if count == 1:  # label 0 is the background
         return full
-    sizes = ndimage.sum(tissue, labels, range(1, count + 1))
-    largest = labels == (int(np.argmax(sizes)) + 1)
-    if sizes.max() < 0.01 * tissue.size:  # nothing head-sized: keep the whole frame
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if areas.max() < 0.01 * tissue.size:  # nothing head-sized: keep the whole frame
         return full
-    rows, cols = np.nonzero(largest)
-    top, bottom = rows.min() / scale, (rows.max() + 1) / scale
-    left, right = cols.min() / scale, (cols.max() + 1) / scale
+    largest = _first_in_raster_order(labels, stats, 1 + np.flatnonzero(areas == areas.max()))
+    row, col = int(stats[largest, cv2.CC_STAT_TOP]), int(stats[largest, cv2.CC_STAT_LEFT])
+    top, bottom = row / scale, (row + int(stats[largest, cv2.CC_STAT_HEIGHT])) / scale
+    left, right = col / scale, (col + int(stats[largest, cv2.CC_STAT_WIDTH])) / scale
     side = max(bottom - top, right - left) * (1 + 2 * HEAD_MARGIN)
     side = int(min(max(side, 32), max(height, width) * 1.5))
     centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
@@ -146,18 +145,69 @@ def intracranial_region(image_u8: np.ndarray) -> np.ndarray:
     region = np.zeros(image_u8.shape, dtype=bool)
     # A light closing first; at the skull base (foramina, thin bone) a stronger one closes the ring.
     for closing in (2, 5):
-        ring = ndimage.binary_closing(bone, iterations=max(1, round(closing * scale)), border_value=0)
-        cavities = ndimage.binary_fill_holes(ring) & ~ring
-        labels, count = ndimage.label(cavities)
-        if count:
-            sizes = ndimage.sum(cavities, labels, range(1, count + 1))
+        iterations = max(1, round(closing * scale))
+        ring = binary_erosion(binary_dilation(bone, iterations), iterations)  # a closing
+        cavities = binary_fill_holes(ring) & ~ring
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(cavities.view(np.uint8), connectivity=4)
+        if count > 1:  # label 0 is the background
+            sizes = stats[1:, cv2.CC_STAT_AREA]
             region = np.isin(labels, 1 + np.flatnonzero(sizes >= _MIN_CAVITY_FRACTION * image_u8.size))
         if region.sum() >= _MIN_REGION_FRACTION * image_u8.size:
             break
     else:
-        tissue = ndimage.binary_fill_holes(image_u8 > HEAD_THRESHOLD)
-        region = ndimage.binary_erosion(tissue, iterations=max(1, round(6 * scale))) & ~bone
-    return ndimage.binary_dilation(region, iterations=max(1, round(scale)))
+        tissue = binary_fill_holes(image_u8 > HEAD_THRESHOLD)
+        region = binary_erosion(tissue, max(1, round(6 * scale))) & ~bone
+    return binary_dilation(region, max(1, round(scale)))
+
+
+# Binary morphology with the 4-connected cross (3x3) and nothing but background outside the image,
+# iterated one step at a time: exactly scipy.ndimage's defaults (binary_erosion/dilation/closing
+# with border_value=0, binary_fill_holes, label), which the models up to 0.2 were trained with.
+# OpenCV computes the same sets, so the Lambda and endpoint images need no scipy;
+# tests/training/test_morphology_matches_scipy.py compares the two on every slice of the real data.
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def binary_erosion(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_erosion(mask, iterations=iterations)``: pixels outside count as background."""
+    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    for _ in range(iterations):
+        # One step per call: OpenCV's own iteration count is not documented to re-apply the border.
+        out = cv2.erode(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
+
+
+def binary_dilation(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (the cross is symmetric)."""
+    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    for _ in range(iterations):
+        out = cv2.dilate(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
+
+
+def binary_fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)``: background not 4-connected to the image's edge is filled."""
+    # A one-pixel frame of background joins every edge pixel of the background into one component;
+    # flooding it from a frame corner reaches exactly the background that is not a hole.
+    outside = np.pad(~np.asarray(mask, dtype=bool), 1, constant_values=True).view(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 2, flags=4)
+    return outside[1:-1, 1:-1] != 2
+
+
+def _first_in_raster_order(labels: np.ndarray, stats: np.ndarray, candidates: np.ndarray) -> int:
+    """Of several equally large components, the one whose first pixel comes first in raster order.
+
+    scipy.ndimage.label numbers components in that order and the crop took the first of the
+    largest; OpenCV's numbering is its own, so ties are broken explicitly to keep the same crop.
+    """
+    if len(candidates) == 1:
+        return int(candidates[0])
+
+    def first_pixel(label: int) -> tuple[int, int]:
+        row = int(stats[label, cv2.CC_STAT_TOP])
+        return row, int(np.argmax(labels[row] == label))
+
+    return int(min(candidates, key=first_pixel))
 
 
 def prepare_batch(slices: np.ndarray, spec: InputSpec) -> ModelBatch:
