@@ -21,6 +21,8 @@ train-env: $(TRAIN_VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-runtime: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q

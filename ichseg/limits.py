@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -36,12 +37,12 @@ class ScanLimits:
     def from_env(cls, environ: dict[str, str] | None = None) -> ScanLimits:
         """Defaults, overridden by ``ICHSEG_LIMIT_<FIELD>`` variables where set."""
         env = os.environ if environ is None else environ
-        values: dict[str, int | float] = {}
+        overrides: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             raw = env.get(f"ICHSEG_LIMIT_{field.name.upper()}")
             if raw is not None:
-                values[field.name] = float(raw) if field.type == "float" else int(raw)
-        return cls(**values)  # type: ignore[arg-type]
+                overrides[field.name] = float(raw) if field.type == "float" else int(raw)
+        return dataclasses.replace(cls(), **overrides)
 
 
 def check_scan_size(limits: ScanLimits, name: str, frames: int, height: int, width: int) -> None:

@@ -390,7 +390,8 @@ def _read_slices() -> np.ndarray:
 
 def _read_body(limit: int) -> bytes:
     """The body, read in pieces and abandoned past ``limit`` (a chunked body declares no length)."""
-    pieces, total = [], 0
+    pieces: list[bytes] = []
+    total = 0
     while True:
         piece = request.stream.read(min(1 << 20, limit + 1 - total))
         if not piece:

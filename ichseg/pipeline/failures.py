@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ichseg.errors import ErrorCode
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.jobs import JobSource
+from ichseg.pipeline.jobs import JobSource, JobState, Stage
 
 log = logging.getLogger("ichseg.pipeline.failures")
 
@@ -28,9 +29,9 @@ log = logging.getLogger("ichseg.pipeline.failures")
 def fail_job(
     ctx: PipelineContext,
     job_id: str,
-    code: str,
+    code: ErrorCode,
     reason: str,
-    stage: str,
+    stage: Stage,
     source: JobSource | None = None,
     owner: str | None = None,
     upload_key: str = "",
@@ -47,7 +48,7 @@ def fail_job(
 def last_attempt_fails_job(
     ctx: PipelineContext,
     job_id: str,
-    stage: str,
+    stage: Stage,
     receive_count: int,
     source: JobSource | None = None,
     owner: str | None = None,
@@ -67,7 +68,8 @@ def last_attempt_fails_job(
                 f"{stage} failed {receive_count} time(s); last error: {type(exc).__name__}: {exc}. "
                 "The message is in the dead-letter queue."
             )
-            fail_job(ctx, job_id, f"{stage}_failed", reason, stage, source=source, owner=owner, upload_key=upload_key)
+            stage = Stage(stage)
+            fail_job(ctx, job_id, stage.gave_up, reason, stage, source=source, owner=owner, upload_key=upload_key)
         raise
 
 
@@ -92,8 +94,8 @@ def fail_overdue_jobs(ctx: PipelineContext) -> WatchdogResult:
             f"the job did not finish within its deadline ({ctx.config.job_deadline_seconds} s); "
             f"it was stuck in {job.state.value}{progress}"
         )
-        if job.state.value == "RECEIVED" and "received" not in job.stamps:
+        if job.state == JobState.RECEIVED and "received" not in job.stamps:
             reason = "no upload arrived before the deadline"
-        if fail_job(ctx, job.job_id, "deadline_exceeded", reason, "watchdog"):
+        if fail_job(ctx, job.job_id, ErrorCode.DEADLINE_EXCEEDED, reason, Stage.WATCHDOG):
             failed.append(job.job_id)
     return WatchdogResult(tuple(failed), checked)

@@ -31,6 +31,8 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from ichseg.errors import ErrorCode
+
 
 class JobState(StrEnum):
     """Where a job is. ``DONE`` and ``FAILED`` are terminal."""
@@ -52,6 +54,25 @@ class JobState(StrEnum):
 
 
 ACTIVE_STATES = tuple(s for s in JobState if not s.terminal)
+
+
+class Stage(StrEnum):
+    """The part of the pipeline that failed a job (``failed_stage``)."""
+
+    SPLIT = "split"
+    SEGMENT = "segment"
+    ASSEMBLE = "assemble"
+    WATCHDOG = "watchdog"
+
+    @property
+    def gave_up(self) -> ErrorCode:
+        """The code of a job this stage fails after its last attempt."""
+        return {
+            Stage.SPLIT: ErrorCode.SPLIT_FAILED,
+            Stage.SEGMENT: ErrorCode.SEGMENT_FAILED,
+            Stage.ASSEMBLE: ErrorCode.ASSEMBLE_FAILED,
+            Stage.WATCHDOG: ErrorCode.DEADLINE_EXCEEDED,
+        }[self]
 
 
 class JobSource(StrEnum):
@@ -77,9 +98,9 @@ class Job:
     total_slices: int | None = None
     done_batches: frozenset[str] = frozenset()
     done_slices: int = 0
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
     error_reason: str | None = None
-    failed_stage: str | None = None
+    failed_stage: Stage | None = None
     results: Mapping[str, str] = field(default_factory=dict)
     """Result name -> S3 key under ``results/{job_id}/``."""
     summary: Mapping[str, Any] = field(default_factory=dict)
@@ -242,7 +263,7 @@ class JobStore:
             job_id,
             "SET #received_at = :now, #deadline_at = :deadline, #updated_at = :iso",
             "#state = :received AND attribute_not_exists(#received_at)",
-            {":now": now, ":deadline": now + deadline_seconds, ":iso": utc_iso(now), ":received": "RECEIVED"},
+            {":now": now, ":deadline": now + deadline_seconds, ":iso": utc_iso(now), ":received": JobState.RECEIVED},
         )
 
     def mark_split(self, job_id: str, total_batches: int, total_slices: int, scan: Mapping[str, Any]) -> bool:
@@ -254,8 +275,8 @@ class JobStore:
             "#split_at = :now, #updated_at = :iso",
             "#state = :received",
             {
-                ":split": "SPLIT",
-                ":received": "RECEIVED",
+                ":split": JobState.SPLIT,
+                ":received": JobState.RECEIVED,
                 ":batches": total_batches,
                 ":slices": total_slices,
                 ":scan": dict(scan),
@@ -271,7 +292,7 @@ class JobStore:
             job_id,
             "SET #state = :segmenting, #segmenting_at = :now, #updated_at = :iso",
             "#state = :split",
-            {":segmenting": "SEGMENTING", ":split": "SPLIT", ":now": now, ":iso": utc_iso(now)},
+            {":segmenting": JobState.SEGMENTING, ":split": JobState.SPLIT, ":now": now, ":iso": utc_iso(now)},
         )
 
     def mark_batch_done(self, job_id: str, batch_id: str, slices: int) -> Job | None:
@@ -292,8 +313,8 @@ class JobStore:
                     ":batch": {"SS": [batch_id]},
                     ":id": {"S": batch_id},
                     ":slices": {"N": str(slices)},
-                    ":split": {"S": "SPLIT"},
-                    ":segmenting": {"S": "SEGMENTING"},
+                    ":split": {"S": JobState.SPLIT},
+                    ":segmenting": {"S": JobState.SEGMENTING},
                     ":iso": {"S": utc_iso(now)},
                 },
                 ReturnValues="ALL_NEW",
@@ -312,9 +333,9 @@ class JobStore:
             "SET #state = :assembling, #assembling_at = :now, #updated_at = :iso",
             "#state IN (:split, :segmenting)",
             {
-                ":assembling": "ASSEMBLING",
-                ":split": "SPLIT",
-                ":segmenting": "SEGMENTING",
+                ":assembling": JobState.ASSEMBLING,
+                ":split": JobState.SPLIT,
+                ":segmenting": JobState.SEGMENTING,
                 ":now": now,
                 ":iso": utc_iso(now),
             },
@@ -335,8 +356,8 @@ class JobStore:
         """ASSEMBLING -> DONE with the result keys, the report headline and the mirror outcome."""
         now = self.clock()
         values: dict[str, Any] = {
-            ":done": "DONE",
-            ":assembling": "ASSEMBLING",
+            ":done": JobState.DONE,
+            ":assembling": JobState.ASSEMBLING,
             ":results": dict(results),
             ":summary": dict(summary),
             ":now": now,
@@ -354,9 +375,9 @@ class JobStore:
     def fail(
         self,
         job_id: str,
-        code: str,
+        code: ErrorCode,
         reason: str,
-        stage: str,
+        stage: Stage,
         source: JobSource | None = None,
         owner: str | None = None,
         upload_key: str = "",
@@ -373,8 +394,8 @@ class JobStore:
             "#failed_at = :now, #updated_at = :iso",
             "attribute_exists(#job_id) AND NOT (#state IN (:done, :failed))",
             {
-                ":failed": "FAILED",
-                ":done": "DONE",
+                ":failed": JobState.FAILED,
+                ":done": JobState.DONE,
                 ":code": code,
                 ":reason": reason,
                 ":stage": stage,
@@ -432,9 +453,9 @@ class JobStore:
             total_slices=_int_or_none(raw.get("total_slices")),
             done_batches=frozenset(raw.get("done_batches", ())),
             done_slices=int(raw.get("done_slices", 0)),
-            error_code=raw.get("error_code"),
+            error_code=ErrorCode(raw["error_code"]) if raw.get("error_code") else None,
             error_reason=raw.get("error_reason"),
-            failed_stage=raw.get("failed_stage"),
+            failed_stage=Stage(raw["failed_stage"]) if raw.get("failed_stage") else None,
             results=raw.get("results", {}),
             summary=raw.get("summary", {}),
             scan=raw.get("scan_info", {}),

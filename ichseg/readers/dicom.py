@@ -137,7 +137,7 @@ def _sort_along_normal(instances: list[_Instance], source: str) -> tuple[list[_I
                 "they are not one axial series"
             )
     normal = np.cross(reference[:3], reference[3:])
-    along = {id(inst): float(np.dot(inst.position, normal)) for inst in instances}  # type: ignore[arg-type]
+    along = {id(inst): float(np.dot(np.asarray(inst.position, dtype=float), normal)) for inst in instances}
     ordered = sorted(instances, key=lambda i: along[id(i)])
     steps = np.diff([along[id(i)] for i in ordered])
     if np.any(np.abs(steps) < 1e-4):
@@ -170,8 +170,10 @@ def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
 
 
 def _float_or_none(value: object) -> float | None:
+    if value is None or value == "":
+        return None
     try:
-        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+        return float(str(value))  # pydicom's DS/IS values, numbers or their text
     except (TypeError, ValueError):
         return None
 
@@ -206,7 +208,7 @@ def _multiframe_scan(instance: _Instance, fmt: str, source: str, limits: ScanLim
     measures = getattr(shared, "PixelMeasuresSequence", [None])[0] if shared is not None else None
     spacing = _pixel_spacing(measures) if measures is not None else None
     step = None
-    order = np.arange(frames)
+    order: np.ndarray = np.arange(frames)
     orientation = getattr(getattr(shared, "PlaneOrientationSequence", [None])[0], "ImageOrientationPatient", None)
     if orientation is not None and len(positions) == frames and all(p is not None for p in positions):
         cosines = np.array([float(v) for v in orientation])

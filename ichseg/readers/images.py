@@ -20,7 +20,7 @@ def decode_slice_image(data: bytes, name: str, limits: ScanLimits) -> np.ndarray
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             check_scan_size(limits, name, 1, height, width)
             image.load()
