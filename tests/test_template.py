@@ -205,7 +205,10 @@ def test_queues_have_dead_letter_queues_and_sized_visibility(resources: dict[str
         assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
     for source, dlq in DEAD_LETTER_QUEUES.items():
         p = props(resources, source)
-        assert p["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]}, "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
+        assert p["RedrivePolicy"] == {
+            "deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]},
+            "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+        }
         assert "RedrivePolicy" not in props(resources, dlq)
         # a DLQ must keep messages longer than its source (retention counts from the first enqueue)
         assert props(resources, dlq)["MessageRetentionPeriod"] > p["MessageRetentionPeriod"]
