@@ -139,4 +139,3 @@ def test_layers_are_what_the_readme_says() -> None:
     assert tops == set(PACKAGES)
     readme = (REPO / "README.md").read_text()
     assert all(f"{package}/" in readme for package in PACKAGES)
-
