@@ -20,11 +20,13 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -118,18 +120,29 @@ def _warm() -> str:
 
 
 class LocalFunction:
-    """A function's worker processes; :meth:`invoke` is a synchronous Lambda Invoke."""
+    """A function's worker processes; :meth:`invoke` is a synchronous Lambda Invoke.
+
+    A worker that dies (killed, out of memory) fails the invocations it was running, as a crashed
+    Lambda does, and the next :meth:`submit` starts fresh workers: Lambda would start a new
+    execution environment, so the local stack must not stop serving the function.
+    """
 
     def __init__(self, spec: FunctionSpec, environment: Mapping[str, str], log_dir: str) -> None:
         self.spec = spec
         self.environment = dict(environment)
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"{spec.name}.log")
-        self._pool = ProcessPoolExecutor(
-            max_workers=spec.concurrency,
+        self.restarts = 0
+        """How many times a broken set of workers was replaced."""
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.spec.concurrency,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(spec, dict(environment), self.log_path),
+            initargs=(self.spec, dict(self.environment), self.log_path),
         )
 
     def warm(self) -> list[Future[str]]:
@@ -137,13 +150,28 @@ class LocalFunction:
         return [self._pool.submit(_warm) for _ in range(self.spec.concurrency)]
 
     def submit(self, event: dict[str, Any]) -> Future[tuple[str, Any]]:
-        return self._pool.submit(_invoke, event)
+        """Start one invocation; replaces the workers first if one of them has died."""
+        with self._lock:
+            try:
+                return self._pool.submit(_invoke, event)
+            except BrokenProcessPool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                self.restarts += 1
+                return self._pool.submit(_invoke, event)
 
     def invoke(self, event: dict[str, Any]) -> tuple[str, Any]:
         return self.submit(event).result()
 
+    def worker_pids(self) -> set[int]:
+        """The process ids of the running workers (for fault-injection tests and benchmarks)."""
+        with self._lock:
+            futures = [self._pool.submit(os.getpid) for _ in range(self.spec.concurrency * 4)]
+        return {f.result(timeout=60) for f in futures}
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------- events

@@ -471,7 +471,13 @@ class LocalStack:
                 slots.release()
                 continue
             started = time.time()
-            future = function.submit(sqs_event(messages, queue.arn, self.settings.region))
+            try:
+                future = function.submit(sqs_event(messages, queue.arn, self.settings.region))
+            except Exception:  # not even a fresh worker starts: the messages come back after their timeout
+                log.exception("could not invoke %s", function_name)
+                slots.release()
+                time.sleep(0.5)
+                continue
             future.add_done_callback(
                 lambda done, m=messages, t=started: self._settle(queue, function.spec.name, m, done, t, slots)
             )
