@@ -113,6 +113,23 @@ def test_too_many_frames(tmp_path: Path) -> None:
         read_scan(path, ScanLimits(max_frames=4))
 
 
+def test_a_small_video_of_huge_frames_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
+    """A few KB can declare frames worth gigabytes: the limit is checked before any frame is decoded."""
+    import tracemalloc
+
+    frames = np.zeros((12, 1200, 1600), np.uint8)  # 23 Mi voxels, a few KB of H.264
+    path = encode_video(tmp_path / "huge.mp4", frames, "mp4", "libx264", "yuv420p")
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ScanTooLargeError, match="voxels"):
+            read_scan(path, ScanLimits(max_total_pixels=12 * 1200 * 1600 - 1))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1200 * 1600  # less than one decoded frame was ever allocated
+
+
 def test_too_many_pixels(tmp_path: Path) -> None:
     path = tmp_path / "wide.png"
     path.write_bytes(png_bytes(np.zeros((40, 50), np.uint8)))
