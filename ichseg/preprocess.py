@@ -170,18 +170,18 @@ _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 def binary_erosion(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``scipy.ndimage.binary_erosion(mask, iterations=iterations)``: pixels outside count as background."""
-    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    out: np.ndarray = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
     for _ in range(iterations):
         # One step per call: OpenCV's own iteration count is not documented to re-apply the border.
-        out = cv2.erode(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.erode(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=(0,))
     return out.view(bool)
 
 
 def binary_dilation(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (the cross is symmetric)."""
-    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    out: np.ndarray = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
     for _ in range(iterations):
-        out = cv2.dilate(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.dilate(out, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=(0,))
     return out.view(bool)
 
 
@@ -190,7 +190,7 @@ def binary_fill_holes(mask: np.ndarray) -> np.ndarray:
     # A one-pixel frame of background joins every edge pixel of the background into one component;
     # flooding it from a frame corner reaches exactly the background that is not a hole.
     outside = np.pad(~np.asarray(mask, dtype=bool), 1, constant_values=True).view(np.uint8)
-    cv2.floodFill(outside, None, (0, 0), 2, flags=4)
+    cv2.floodFill(outside, None, (0, 0), (2,), flags=4)
     return outside[1:-1, 1:-1] != 2
 
 

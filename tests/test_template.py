@@ -149,7 +149,9 @@ def test_every_function_is_the_shared_image_with_a_fixed_handler(resources: dict
         p = fn["Properties"]
         assert p["PackageType"] == "Image", name
         assert p["ImageConfig"]["Command"] == [HANDLERS[name]], name
-        assert fn["Metadata"] == {"Dockerfile": DOCKERFILE, "DockerContext": ".", "DockerTag": "python3.11"}, name
+        # api and authorizer run the slim image (tests/test_lean_functions.py checks what it lacks).
+        dockerfile = f"{DOCKERFILE}.api" if name in ("ApiFunction", "AuthorizerFunction") else DOCKERFILE
+        assert fn["Metadata"] == {"Dockerfile": dockerfile, "DockerContext": ".", "DockerTag": "python3.11"}, name
         assert p["Role"] == {"Fn::GetAtt": [f"{name}Role", "Arn"]}, name  # its own role
         assert p["LoggingConfig"]["LogGroup"] == {"Ref": f"{name}LogGroup"}, name
         if name in SIZING:

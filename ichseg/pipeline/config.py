@@ -12,14 +12,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import CONTEXT_SLICES, SAGEMAKER_MAX_PAYLOAD_BYTES
 from ichseg.limits import MiB
-from ichseg.windowing import DEFAULT_WINDOW
+
+# Values of ichseg.endpoint_protocol (SAGEMAKER_MAX_PAYLOAD_BYTES, CONTEXT_SLICES) and of
+# ichseg.windowing (DEFAULT_WINDOW.name), repeated rather than imported: both modules import numpy,
+# and the API and authorizer images (infrastructure/lambda/Dockerfile.api) import this module
+# without numpy installed. tests/test_lean_functions.py checks that the copies equal the originals.
+_SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+_CONTEXT_SLICES = 1
+_DEFAULT_WINDOW_NAME = "ct-ich-brain"
 
 MAX_SLICES_PER_REQUEST = 24
 """What one request may carry, context slices included: inside the ~28 slices whose probabilities
 and five subtype probabilities fit SageMaker's 1024-character CustomAttributes."""
-REQUEST_BYTES_BUDGET = SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024
+REQUEST_BYTES_BUDGET = _SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024
 """SageMaker's 6 MB request cap, less room for the .npy header and HTTP framing."""
 
 ALLOWED_UPLOAD_TYPES = (
@@ -65,7 +71,7 @@ class PipelineConfig:
     endpoint_backoff_seconds: float = 0.5
     endpoint_timeout_seconds: float = 60.0
     mirror_attempts: int = 3
-    window: str = DEFAULT_WINDOW.name
+    window: str = _DEFAULT_WINDOW_NAME
     """Window for HU inputs (DICOM, NIfTI); must be the model's (model metadata ``window``)."""
     video_fps: float = 5.0
     firebase_bucket: str = ""
@@ -110,7 +116,7 @@ class PipelineConfig:
             endpoint_backoff_seconds=float(number("ICHSEG_ENDPOINT_BACKOFF_SECONDS", 0.5, float)),
             endpoint_timeout_seconds=float(number("ICHSEG_ENDPOINT_TIMEOUT_SECONDS", 60.0, float)),
             mirror_attempts=int(number("ICHSEG_MIRROR_ATTEMPTS", 3)),
-            window=text("ICHSEG_WINDOW", DEFAULT_WINDOW.name),
+            window=text("ICHSEG_WINDOW", _DEFAULT_WINDOW_NAME),
             video_fps=float(number("ICHSEG_VIDEO_FPS", 5.0, float)),
             firebase_bucket=text("ICHSEG_FIREBASE_BUCKET"),
             firebase_project_id=text("FIREBASE_PROJECT_ID"),
@@ -140,5 +146,5 @@ class PipelineConfig:
         """
         by_bytes = max(1, REQUEST_BYTES_BUDGET // max(1, height * width))
         # The request also carries CONTEXT_SLICES neighbours on each side of the batch.
-        room = min(MAX_SLICES_PER_REQUEST, by_bytes) - 2 * CONTEXT_SLICES
+        room = min(MAX_SLICES_PER_REQUEST, by_bytes) - 2 * _CONTEXT_SLICES
         return max(1, min(self.batch_slices, room))
