@@ -83,14 +83,25 @@ def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: i
         config.upload_url_seconds + config.job_deadline_seconds,
         content_type=content_type,
     )
-    post = presigned_post(ctx, key, content_type)
-    return UploadTicket(
-        job_id, post["url"], post["fields"], config.upload_url_seconds, config.upload_max_bytes, content_type
-    )
+    low, high = upload_size_range(config.upload_max_bytes, size_bytes)
+    post = presigned_post(ctx, key, content_type, low, high)
+    return UploadTicket(job_id, post["url"], post["fields"], config.upload_url_seconds, high, content_type)
 
 
-def presigned_post(ctx: PipelineContext, key: str, content_type: str) -> dict[str, Any]:
-    """A SigV4 presigned POST for exactly this key and Content-Type, size-capped, short-lived."""
+UPLOAD_SIZE_SLACK = 1024
+"""Bytes an upload may exceed its declared size by (a client that counted a little short still passes)."""
+
+
+def upload_size_range(upload_max_bytes: int, size_bytes: int | None) -> tuple[int, int]:
+    """The sizes S3 will accept for the upload: the declared size (never shorter, which would be a
+    truncated file, and at most :data:`UPLOAD_SIZE_SLACK` longer), or anything up to the limit."""
+    if size_bytes is None:
+        return 1, upload_max_bytes
+    return size_bytes, min(upload_max_bytes, size_bytes + UPLOAD_SIZE_SLACK)
+
+
+def presigned_post(ctx: PipelineContext, key: str, content_type: str, min_bytes: int, max_bytes: int) -> dict[str, Any]:
+    """A SigV4 presigned POST for exactly this key and Content-Type and size range, short-lived."""
     config = ctx.config
     return ctx.s3.generate_presigned_post(
         Bucket=config.bucket,
@@ -98,7 +109,7 @@ def presigned_post(ctx: PipelineContext, key: str, content_type: str) -> dict[st
         Fields={"Content-Type": content_type},
         Conditions=[
             {"Content-Type": content_type},
-            ["content-length-range", 1, config.upload_max_bytes],
+            ["content-length-range", min_bytes, max_bytes],
         ],
         ExpiresIn=config.upload_url_seconds,
     )

@@ -382,7 +382,7 @@ class JobStore:
         owner: str | None = None,
         upload_key: str = "",
     ) -> bool:
-        """Any non-terminal state -> FAILED with a reason; creates a FAILED row if the job is unknown.
+        """Any non-terminal state -> FAILED with a reason; an unknown hospital (ingest) job gets a FAILED row.
 
         Returns False when the job had already ended (DONE or FAILED): the first reason stays.
         """
@@ -405,9 +405,17 @@ class JobStore:
         )
         if updated or self.get(job_id) is not None:
             return updated
-        # A message about a job that never got a row (e.g. a hospital upload whose split failed
-        # before it could record the job): leave a FAILED row so the failure is visible.
-        job, created = self.create(job_id, source or JobSource.INGEST, owner, upload_key, 0)
+        # A hospital upload whose split failed before it could record the job never got a row:
+        # leave a FAILED row (no owner) so ops see the failure. Anything else naming an unknown
+        # job (an app key with no job behind it, a stale message) gets no row: a row would belong
+        # to whoever wrote the message.
+        if (
+            (source or JobSource.INGEST) != JobSource.INGEST
+            or owner is not None
+            or not upload_key.startswith("ingest/")
+        ):
+            return False
+        job, created = self.create(job_id, JobSource.INGEST, None, upload_key, 0)
         return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
 
     # ------------------------------------------------------------------ plumbing

@@ -11,6 +11,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ichseg.pipeline.api import UPLOAD_SIZE_SLACK
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobSource
 from infrastructure.local_stack import LocalStack
@@ -88,12 +89,22 @@ def test_presigned_post_policy_pins_key_type_size_and_expiry(alice: AppClient, s
     assert {"bucket": stack.settings.bucket} in conditions
     assert {"key": key} in conditions  # exact match: no other key, no other user's prefix
     assert {"Content-Type": "video/quicktime"} in conditions
-    assert ["content-length-range", 1, ticket["max_bytes"]] in conditions
+    # bound to the declared size: never shorter (a truncated file), at most UPLOAD_SIZE_SLACK longer
+    assert ["content-length-range", 1234, 1234 + UPLOAD_SIZE_SLACK] in conditions
+    assert ticket["max_bytes"] == 1234 + UPLOAD_SIZE_SLACK
+    assert len(conditions) == 7  # bucket, key, type, size and the three SigV4 fields: nothing else
     assert not any(isinstance(c, list) and c[0] == "starts-with" for c in conditions)
     expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert 0 < (expires - before).total_seconds() <= ticket["expires_in"] + 5 <= 305
     assert ticket["state"] == "RECEIVED" and ticket["status_url"] == f"/v1/scans/{ticket['job_id']}"
     assert response.headers["Location"] == ticket["status_url"]
+
+
+def test_without_a_declared_size_the_policy_allows_up_to_the_upload_limit(alice: AppClient) -> None:
+    ticket = alice.start("video/mp4").json()
+    conditions = decode_policy(ticket["upload"]["fields"])["conditions"]
+    assert ["content-length-range", 1, ticket["max_bytes"]] in conditions
+    assert ticket["max_bytes"] == 536870912  # template.yaml's UploadMaxBytes default
 
 
 @pytest.mark.parametrize("content_type", ["text/html", "application/x-sh", "", "video/mp4; boundary=x"])

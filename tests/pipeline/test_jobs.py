@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from ichseg.pipeline.jobs import JobSource, JobState, JobStore
+from ichseg.errors import ErrorCode
+from ichseg.pipeline.jobs import JobSource, JobState, JobStore, Stage
 from tests.pipeline.conftest import aws_client, create_jobs_table
 
 
@@ -108,8 +109,8 @@ def test_exactly_one_of_many_racing_finishers_starts_assembly(store: JobStore) -
 
 def test_fail_keeps_the_first_reason_and_never_overrides_done(store: JobStore) -> None:
     _segmenting(store, "j1")
-    assert store.fail("j1", "segment_failed", "the endpoint is down", "segment")
-    assert not store.fail("j1", "deadline_exceeded", "too slow", "watchdog")
+    assert store.fail("j1", ErrorCode.SEGMENT_FAILED, "the endpoint is down", Stage.SEGMENT)
+    assert not store.fail("j1", ErrorCode.DEADLINE_EXCEEDED, "too slow", Stage.WATCHDOG)
     job = store.require("j1")
     assert (job.state, job.error_code, job.error_reason, job.failed_stage) == (
         JobState.FAILED,
@@ -123,23 +124,44 @@ def test_fail_keeps_the_first_reason_and_never_overrides_done(store: JobStore) -
     store.mark_batch_done("j2", "b0000", 4)
     store.mark_assembling("j2")
     assert store.mark_done("j2", {"overlay": "results/j2/overlay.mp4"}, {"finding": "Normal"}, None, None)
-    assert not store.fail("j2", "deadline_exceeded", "late", "watchdog")
+    assert not store.fail("j2", ErrorCode.DEADLINE_EXCEEDED, "late", Stage.WATCHDOG)
     assert store.require("j2").state == JobState.DONE
 
 
 def test_failing_an_unknown_job_leaves_a_failed_row(store: JobStore) -> None:
     assert store.fail(
-        "ingest-abc", "split_failed", "cannot read", "split", source=JobSource.INGEST, upload_key="ingest/x.zip"
+        "ingest-abc",
+        ErrorCode.SPLIT_FAILED,
+        "cannot read",
+        Stage.SPLIT,
+        source=JobSource.INGEST,
+        upload_key="ingest/x.zip",
     )
     job = store.require("ingest-abc")
     assert job.state == JobState.FAILED and job.owner is None and job.upload_key == "ingest/x.zip"
+
+
+def test_failing_an_unknown_app_job_creates_no_row_for_anyone(store: JobStore) -> None:
+    unknown = "0123456789abcdef0123456789abcdef"
+    assert not store.fail(
+        unknown,
+        ErrorCode.SPLIT_FAILED,
+        "cannot read",
+        Stage.SPLIT,
+        source=JobSource.APP,
+        owner="mallory",
+        upload_key=f"uploads/{unknown}/scan",
+    )
+    assert not store.fail(unknown, ErrorCode.SPLIT_FAILED, "x", Stage.SPLIT, upload_key=f"uploads/{unknown}/scan")
+    assert not store.fail(unknown, ErrorCode.DEADLINE_EXCEEDED, "x", Stage.WATCHDOG)
+    assert store.get(unknown) is None
 
 
 def test_overdue_lists_active_jobs_past_their_deadline(store: JobStore, clock: Clock) -> None:
     store.create("old", JobSource.APP, "alice", "k", 100)
     _segmenting(store, "busy")  # deadline 900
     store.create("done", JobSource.APP, "alice", "k", 100)
-    store.fail("done", "x", "y", "split")
+    store.fail("done", ErrorCode.NO_FRAMES, "y", Stage.SPLIT)
     clock.now += 200
     assert [job.job_id for job in store.overdue()] == ["old"]
     clock.now += 1000
