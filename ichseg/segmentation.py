@@ -7,16 +7,26 @@ and the pipeline write the same report.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ichseg.metrics import volume_ml
 from ichseg.model_metadata import ModelMetadata
-from ichseg.render import caption_frames, overlay_scan, write_contact_sheet, write_h264
+from ichseg.render import (
+    OVERLAY_CRF,
+    OVERLAY_PRESET,
+    caption_frame,
+    concat_h264,
+    contact_sheet_from_thumbnails,
+    encode_h264_segment,
+    overlay_mask,
+    png_bytes,
+    thumbnail,
+)
 
 HEMORRHAGE_DETECTED = "Hemorrhage detected"
 NORMAL = "Normal"
@@ -58,6 +68,23 @@ def masks_from_probabilities(
     return Segmentation(masks, np.asarray(slice_probabilities, dtype=np.float32), subtypes)
 
 
+def masks_from_u8_probabilities(
+    probabilities_u8: np.ndarray, slice_probabilities: np.ndarray, pixel_threshold: float, slice_threshold: float
+) -> np.ndarray:
+    """:func:`masks_from_probabilities` for probability x 255 maps as the endpoint sends them.
+
+    Bit for bit what thresholding ``probabilities_u8 / 255`` in float32 gives, by one integer
+    comparison instead of a float copy of every map: the smallest grey level whose float32
+    probability reaches the threshold is found once, over the 256 possible levels.
+    """
+    levels = (np.arange(256, dtype=np.float32) / 255.0) >= pixel_threshold
+    first = int(np.argmax(levels)) if levels.any() else 256
+    masks = np.asarray(probabilities_u8) >= first if first < 256 else np.zeros(np.shape(probabilities_u8), bool)
+    gate = np.asarray(slice_probabilities) >= slice_threshold
+    masks &= gate[:, None, None]
+    return masks
+
+
 def slice_captions(
     slice_ids: tuple[str, ...] | list[str], segmentation: Segmentation, model: ModelMetadata
 ) -> list[str]:
@@ -82,6 +109,29 @@ def build_report(
 ) -> dict[str, Any]:
     """The ``report.json`` document: per-slice probability and area, scan probability, volume."""
     areas = segmentation.masks.reshape(len(slice_ids), -1).sum(axis=1)
+    return report_from_areas(
+        slice_ids,
+        segmentation.slice_probabilities,
+        segmentation.subtype_probabilities,
+        areas,
+        model,
+        pixel_spacing_mm,
+        slice_thickness_mm,
+    )
+
+
+def report_from_areas(
+    slice_ids: Sequence[str],
+    slice_probabilities: np.ndarray,
+    subtype_probabilities: np.ndarray | None,
+    areas_px: np.ndarray | Sequence[int],
+    model: ModelMetadata,
+    pixel_spacing_mm: tuple[float, float] | None,
+    slice_thickness_mm: float | None,
+) -> dict[str, Any]:
+    """:func:`build_report` from each slice's mask area instead of the masks (all a report reads
+    of them), for callers that hold the areas of a scan assembled batch by batch."""
+    areas = np.asarray(areas_px, dtype=np.int64)
     pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1] if pixel_spacing_mm else None
     slices = [
         {
@@ -91,19 +141,19 @@ def build_report(
             "area_px": int(area),
             "area_mm2": round(float(area) * pixel_mm2, 2) if pixel_mm2 is not None else None,
         }
-        for slice_id, p, area in zip(slice_ids, segmentation.slice_probabilities, areas, strict=True)
+        for slice_id, p, area in zip(slice_ids, slice_probabilities, areas, strict=True)
     ]
-    subtypes = segmentation.subtype_probabilities
+    subtypes = subtype_probabilities
     if subtypes is not None:
         for entry, row in zip(slices, subtypes, strict=True):
             entry["subtypes"] = {name: round(float(q), 4) for name, q in zip(model.subtypes, row, strict=True)}
-    scan_probability = float(segmentation.slice_probabilities.max()) if len(slice_ids) else 0.0
+    scan_probability = float(np.max(slice_probabilities)) if len(slice_ids) else 0.0
     detected = scan_probability >= model.finding_threshold
-    volume = (
-        round(volume_ml(segmentation.masks, pixel_spacing_mm, slice_thickness_mm), 3)
-        if pixel_spacing_mm and slice_thickness_mm
-        else None
-    )
+    volume = None
+    if pixel_spacing_mm and slice_thickness_mm:
+        # ichseg.metrics.volume_ml's formula (voxel count x voxel volume / 1000), the count summed from the areas.
+        voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_thickness_mm)
+        volume = round(float(areas.sum()) * voxel_mm3 / 1000.0, 3)
     return {
         "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
         "hemorrhage_probability": round(scan_probability, 4),
@@ -126,6 +176,70 @@ def build_report(
     }
 
 
+@dataclass(frozen=True)
+class RenderedSlices:
+    """What people see of a run of consecutive slices: rendered once, joined by :func:`output_files`."""
+
+    video: bytes
+    """The captioned overlays as one :func:`ichseg.render.encode_h264_segment` segment."""
+    thumbnails: tuple[np.ndarray, ...]
+    """The (uncaptioned) overlays as contact-sheet thumbnails."""
+    mask_pngs: tuple[bytes, ...]
+    """Each slice's mask as a 0/255 PNG."""
+
+
+def render_slices(
+    slices_u8: np.ndarray, masks: np.ndarray, labels: Sequence[str], fps: float = 5.0, threads: int = 0
+) -> RenderedSlices:
+    """Overlays, captions, the video segment, thumbnails and mask PNGs of consecutive slices.
+
+    Each slice's overlay is made once and used for its thumbnail and (captioned in place) its
+    video frame. ``threads`` is x264's (0: its choice; 1 where the caller runs beside other work).
+    """
+    overlays = [overlay_mask(s, m) for s, m in zip(slices_u8, masks, strict=True)]
+    # The contact sheet shows the overlays without the video's caption (the sheet has its own labels).
+    thumbnails = tuple(thumbnail(o) for o in overlays)
+    for frame, text in zip(overlays, labels, strict=True):
+        caption_frame(frame, text)
+    video = encode_h264_segment(overlays, fps=fps, crf=OVERLAY_CRF, preset=OVERLAY_PRESET, threads=threads)
+    return RenderedSlices(video, thumbnails, tuple(mask_png(m) for m in masks))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """One slice's mask as a 0/255 8-bit grey PNG; the (usual) empty mask is encoded once per size."""
+    if not mask.any():
+        return _empty_mask_png(*mask.shape)
+    return png_bytes(mask.astype(np.uint8) * 255)
+
+
+@lru_cache(maxsize=8)
+def _empty_mask_png(height: int, width: int) -> bytes:
+    return png_bytes(np.zeros((height, width), np.uint8))
+
+
+def output_files(
+    slice_ids: Sequence[str],
+    parts: Sequence[RenderedSlices],
+    report: dict[str, Any],
+    labels: Sequence[str],
+    masks: bool = True,
+) -> dict[str, bytes]:
+    """The result files of a scan rendered in ``parts`` (in slice order), by name: ``overlay.mp4``
+    (the segments joined without re-encoding), ``contact_sheet.png``, ``report.json`` and, with
+    ``masks``, ``masks/<id>.png``."""
+    files = {
+        "overlay.mp4": concat_h264([part.video for part in parts]),
+        "contact_sheet.png": png_bytes(
+            contact_sheet_from_thumbnails([t for part in parts for t in part.thumbnails], labels)
+        ),
+        "report.json": json.dumps(report, indent=2).encode(),
+    }
+    if masks:
+        pngs = [png for part in parts for png in part.mask_pngs]
+        files.update({f"masks/{slice_id}.png": png for slice_id, png in zip(slice_ids, pngs, strict=True)})
+    return files
+
+
 def write_outputs(
     out_dir: str | Path,
     slice_ids: tuple[str, ...] | list[str],
@@ -138,23 +252,19 @@ def write_outputs(
     """Write ``masks/<id>.png`` (0/255), ``overlay.mp4`` (H.264), ``contact_sheet.png``, ``report.json``."""
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for slice_id, mask in zip(slice_ids, segmentation.masks, strict=True):
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{slice_id}.png")
     labels = (
         slice_captions(slice_ids, segmentation, model)
         if model is not None
         else [f"{i} {p:.2f}" for i, p in zip(slice_ids, segmentation.slice_probabilities, strict=True)]
     )
     # The video names what the model found on each slice; the contact sheet captions its thumbnails.
-    overlays = overlay_scan(slices_u8, segmentation.masks)
-    paths = {
+    # One part for the whole scan: the pipeline renders the same way batch by batch.
+    rendered = render_slices(slices_u8, segmentation.masks, labels, fps=fps)
+    for name, data in output_files(slice_ids, [rendered], report, labels).items():
+        (out / name).write_bytes(data)
+    return {
         "overlay": out / "overlay.mp4",
         "contact_sheet": out / "contact_sheet.png",
         "report": out / "report.json",
         "masks": out / "masks",
     }
-    # Results are waited for: encode fast; the overlay is for viewing, not archiving.
-    write_h264(caption_frames(overlays, labels), paths["overlay"], fps=fps, crf=20, preset="veryfast")
-    write_contact_sheet(overlays, paths["contact_sheet"], labels=labels)
-    paths["report"].write_text(json.dumps(report, indent=2))
-    return paths

@@ -1,18 +1,35 @@
-"""Assemble: per-batch probabilities -> masks, the H.264 overlay, report, contact sheet, DICOM SEG.
+"""Assemble: the results of a segmented scan, built batch by batch while the endpoint still works.
 
-The report is :func:`ichseg.segmentation.build_report`'s, built from the model identity and the
-thresholds the endpoint returned with each batch, so the pipeline and ``ichseg segment`` write the
-same document. Results go to ``results/{job}/``; an app job's video and report are mirrored to
-Firebase Storage. Only then does the job become DONE (ASSEMBLING -> DONE is conditional, so a
-duplicate assemble message finds the job DONE and does nothing).
+Three steps, so that almost nothing is left to do once the last batch is segmented:
+
+1. **Render a batch** (:func:`render_batch`, run by the segment stage the moment the endpoint
+   answers, with the frames and probabilities still in memory): masks, overlays, the batch's
+   H.264 video segment, contact-sheet thumbnails and mask PNGs, stored with the endpoint's
+   attributes as one object, the batch's :class:`BatchPart` (``work/{job}/parts/{batch}.npz``).
+   One object per batch makes it atomic: a redelivered message that renders again replaces the
+   whole part, never half of it, with the same content for the same endpoint answer.
+2. **Write a batch's masks** (:func:`assemble_results` with a batch message, sent by the segment
+   stage after each batch but the last): ``results/{job}/masks/<slice id>.png``. The segment
+   function may write only ``work/``; this function owns ``results/``. A redelivery rewrites the
+   same bytes; a job already DONE or FAILED is left alone. Masks therefore appear while the job
+   runs, and a job that fails later keeps the ones written (this function may not delete): what
+   counts is the job record, which lists results only once it is DONE.
+3. **Final assembly** (:func:`assemble_results` with the job's message): the report from the
+   parts' attributes and mask areas (:func:`ichseg.segmentation.report_from_areas`, the same
+   document ``ichseg segment`` writes), the video segments joined without re-encoding, the contact
+   sheet from the thumbnails, any masks that no batch message wrote yet (a lost or late message
+   costs time, never a mask), the DICOM SEG for DICOM input; an app job's video and report are
+   mirrored to Firebase Storage. Only then does the job become DONE (ASSEMBLING -> DONE is
+   conditional, so a duplicate final message finds the job DONE and does nothing).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +37,39 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.endpoint_protocol import ResponseAttributes, decode_slices, trim_context
+from ichseg.endpoint_protocol import ResponseAttributes
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
 from ichseg.pipeline.jobs import JobSource, JobState
-from ichseg.pipeline.messages import AssembleMessage, BatchRef, ScanManifest
+from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
-from ichseg.segmentation import Segmentation, build_report, masks_from_probabilities, write_outputs
+from ichseg.segmentation import (
+    RenderedSlices,
+    Segmentation,
+    masks_from_u8_probabilities,
+    output_files,
+    render_slices,
+    report_from_areas,
+    slice_captions,
+)
 
 log = logging.getLogger("ichseg.pipeline.assemble")
 
 STAGE = "assemble"
 CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".dcm": "application/dicom"}
 MIRRORED = ("overlay.mp4", "report.json")
+UPLOAD_THREADS = 8
+"""S3 requests in flight at once when writing many small objects (masks)."""
 
 
 @dataclass(frozen=True)
 class AssembleResult:
     job_id: str
     outcome: str
-    """``done``, ``duplicate`` (not ASSEMBLING any more) or ``failed`` (model changed mid-job)."""
+    """``done``, ``batch`` (a batch's masks written), ``duplicate`` (the job is not waiting for this
+    any more) or ``failed`` (model changed mid-job)."""
     slices: int = 0
     seconds: float = 0.0
     end_to_end_seconds: float | None = None
@@ -52,29 +80,215 @@ class ModelChanged(ValueError):
     """Batches of one job were segmented by different models or thresholds (a redeploy mid-job)."""
 
 
+# ------------------------------------------------------------------------------ one batch's part
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """A segmented batch's share of the results: everything the final assembly needs of it."""
+
+    start: int
+    slice_ids: tuple[str, ...]
+    attributes: ResponseAttributes
+    """The endpoint's answer for the batch's own slices (context trimmed): model, thresholds, probabilities."""
+    labels: tuple[str, ...]
+    """Each slice's caption (video frames, contact sheet)."""
+    areas: np.ndarray
+    """(n,) int64: mask pixels per slice."""
+    rendered: RenderedSlices
+
+    @property
+    def count(self) -> int:
+        return len(self.slice_ids)
+
+    def encode(self) -> bytes:
+        """One ``.npz`` (no pickles): small, and written in one PUT, so it is never half there."""
+        pngs = self.rendered.mask_pngs
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            meta=_text_array(
+                json.dumps(
+                    {
+                        "start": self.start,
+                        "slice_ids": list(self.slice_ids),
+                        "labels": list(self.labels),
+                        "attributes": self.attributes.encode(),
+                    }
+                )
+            ),
+            areas=np.asarray(self.areas, dtype=np.int64),
+            video=np.frombuffer(self.rendered.video, dtype=np.uint8),
+            thumbnails=np.stack(self.rendered.thumbnails),
+            mask_pngs=np.frombuffer(b"".join(pngs), dtype=np.uint8),
+            mask_png_sizes=np.array([len(p) for p in pngs], dtype=np.int64),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BatchPart:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            meta = json.loads(arrays["meta"].tobytes().decode())
+            blob = arrays["mask_pngs"].tobytes()
+            ends = np.cumsum(arrays["mask_png_sizes"]).tolist()
+            pngs = tuple(blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
+            rendered = RenderedSlices(arrays["video"].tobytes(), tuple(arrays["thumbnails"]), pngs)
+            part = cls(
+                start=int(meta["start"]),
+                slice_ids=tuple(meta["slice_ids"]),
+                attributes=ResponseAttributes.decode(meta["attributes"]),
+                labels=tuple(meta["labels"]),
+                areas=arrays["areas"],
+                rendered=rendered,
+            )
+        if not part.count == len(part.labels) == len(part.areas) == len(pngs) == len(rendered.thumbnails):
+            raise ValueError(f"a batch part with inconsistent lengths ({part.count} slices)")
+        return part
+
+
+def _text_array(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8)
+
+
+def model_of(attributes: Sequence[ResponseAttributes]) -> ModelMetadata:
+    """The one model identity (name, version, thresholds) behind every batch; :class:`ModelChanged` if not one."""
+    identities = {
+        (a.model, a.version, a.slice_threshold, a.pixel_threshold, a.subtype_names, a.scan_threshold)
+        for a in attributes
+    }
+    if len(identities) != 1:
+        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p, *_ in sorted(identities, key=str))
+        raise ModelChanged(f"the endpoint's model changed while this job ran: {shown}")
+    first = attributes[0]
+    return ModelMetadata(
+        name=first.model,
+        version=first.version,
+        slice_threshold=first.slice_threshold,
+        pixel_threshold=first.pixel_threshold,
+        subtypes=first.subtype_names,
+        scan_threshold=first.scan_threshold,
+    )
+
+
+def _segmentation(masks: np.ndarray, attributes: Sequence[ResponseAttributes], model: ModelMetadata) -> Segmentation:
+    slice_probabilities = np.array([p for a in attributes for p in a.slice_probabilities], dtype=np.float32)
+    subtypes = None
+    if model.subtypes:
+        subtypes = np.array([row for a in attributes for row in a.subtype_probabilities], dtype=np.float32)
+    return Segmentation(masks, slice_probabilities, subtypes)
+
+
+def render_batch(
+    frames_u8: np.ndarray,
+    probabilities_u8: np.ndarray,
+    attributes: ResponseAttributes,
+    start: int,
+    slice_ids: Sequence[str],
+    fps: float,
+    threads: int = 1,
+) -> BatchPart:
+    """A batch's part from its own frames and the endpoint's answer for them (context trimmed).
+
+    Pure computation: the segment stage stores the part. ``threads`` is x264's: one by default,
+    because the segment worker runs beside the inference server and the other workers.
+    """
+    if not len(frames_u8) == len(probabilities_u8) == len(slice_ids) == len(attributes.slice_probabilities):
+        raise ValueError(
+            f"a batch of {len(slice_ids)} slice ids with {len(frames_u8)} frames, {len(probabilities_u8)} maps "
+            f"and {len(attributes.slice_probabilities)} probabilities"
+        )
+    model = model_of([attributes])
+    slice_probabilities = np.asarray(attributes.slice_probabilities, dtype=np.float32)
+    masks = masks_from_u8_probabilities(
+        probabilities_u8, slice_probabilities, model.pixel_threshold, model.slice_threshold
+    )
+    labels = slice_captions(list(slice_ids), _segmentation(masks, [attributes], model), model)
+    return BatchPart(
+        start=start,
+        slice_ids=tuple(slice_ids),
+        attributes=attributes,
+        labels=tuple(labels),
+        areas=masks.reshape(len(masks), -1).sum(axis=1).astype(np.int64),
+        rendered=render_slices(frames_u8, masks, labels, fps=fps, threads=threads),
+    )
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
 def assemble_results(ctx: PipelineContext, message: AssembleMessage, receive_count: int = 1) -> AssembleResult:
-    """Write every result of a fully segmented job and mark it DONE (see the module doc)."""
+    """Write one batch's masks, or every result of a fully segmented job and mark it DONE (see the module doc)."""
     with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
+        if message.batch_id is not None:
+            return _write_batch_masks(ctx, message.job_id, message.batch_id)
         return _assemble(ctx, message.job_id)
 
 
+def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> AssembleResult:
+    """Step 2: a segmented batch's masks under ``results/``, while the rest of the scan is segmented."""
+    started = time.perf_counter()
+    job = ctx.store.require(job_id)
+    if job.state.terminal:  # DONE: the final assembly wrote every mask; FAILED: nothing more is written
+        return AssembleResult(job_id, "duplicate")
+    part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
+    _put_all(ctx, _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs))
+    return AssembleResult(job_id, "batch", part.count, time.perf_counter() - started)
+
+
 def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
+    """Step 3: join the parts into the results, mirror, DONE."""
     started = time.perf_counter()
     job = ctx.store.require(job_id)
     if job.state != JobState.ASSEMBLING:
         log.info("assembly skipped: job is %s", job.state.value)
         return AssembleResult(job_id, "duplicate")
     manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job_id)))
-    frames, probabilities, attributes = _load_batches(ctx, manifest)
+    parts = _load_parts(ctx, manifest)
     try:
-        model, segmentation = combine(probabilities, attributes)
+        model = model_of([p.attributes for p in parts])
     except ModelChanged as exc:
         fail_job(ctx, job_id, "model_changed", f"{exc}; resubmit the scan", STAGE)
         return AssembleResult(job_id, "failed")
-    report = build_report(
-        manifest.slice_ids, segmentation, model, manifest.pixel_spacing_mm, manifest.slice_thickness_mm
+    attributes = [p.attributes for p in parts]
+    slice_probabilities = np.array([q for a in attributes for q in a.slice_probabilities], dtype=np.float32)
+    subtypes = (
+        np.array([row for a in attributes for row in a.subtype_probabilities], dtype=np.float32)
+        if model.subtypes
+        else None
     )
-    results, files = _write_results(ctx, manifest, frames, segmentation, report, model)
+    report = report_from_areas(
+        manifest.slice_ids,
+        slice_probabilities,
+        subtypes,
+        np.concatenate([p.areas for p in parts]),
+        model,
+        manifest.pixel_spacing_mm,
+        manifest.slice_thickness_mm,
+    )
+    labels = [label for p in parts for label in p.labels]
+    files = output_files(manifest.slice_ids, [p.rendered for p in parts], report, labels, masks=False)
+    seg = _dicom_seg(ctx, manifest, parts, model)
+    if seg is not None:
+        files["seg.dcm"] = seg
+    prefix = keys.results_prefix(job_id)
+    uploads = {prefix + name: data for name, data in files.items()}
+    # Masks that no batch message has written yet (the last batch's; any lost or still queued).
+    written = set(_list_keys(ctx, keys.masks_prefix(job_id)))
+    for part in parts:
+        uploads.update(
+            (key, data)
+            for key, data in _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs).items()
+            if key not in written
+        )
+    _put_all(ctx, uploads)
+    results = {
+        "overlay": prefix + "overlay.mp4",
+        "report": prefix + "report.json",
+        "contact_sheet": prefix + "contact_sheet.png",
+        "masks": keys.masks_prefix(job_id),
+    }
+    if seg is not None:
+        results["seg"] = prefix + "seg.dcm"
 
     mirror_prefix = mirror_error = None
     if job.source == JobSource.APP and job.owner and ctx.mirror is not None:
@@ -100,109 +314,65 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
     return AssembleResult(job_id, "done", manifest.num_slices, seconds, end_to_end, mirror_error)
 
 
-def _load_batches(
-    ctx: PipelineContext, manifest: ScanManifest
-) -> tuple[np.ndarray, np.ndarray, list[ResponseAttributes]]:
-    """Frames, probability maps (uint8 x255) and endpoint attributes of every batch, in slice order."""
+def _load_parts(ctx: PipelineContext, manifest: ScanManifest) -> list[BatchPart]:
+    """Every batch's part, in slice order, checked against the manifest."""
     job_id = manifest.job_id
-
-    def load(batch: BatchRef) -> tuple[np.ndarray, np.ndarray, ResponseAttributes]:
-        frames = decode_slices(ctx.get(keys.frames_key(job_id, batch.batch_id)))
-        return (
-            trim_context(frames, batch.context_before, batch.context_after),
-            decode_slices(ctx.get(keys.probabilities_key(job_id, batch.batch_id))),
-            ResponseAttributes.decode(ctx.get(keys.attributes_key(job_id, batch.batch_id)).decode()),
-        )
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        loaded = list(pool.map(load, manifest.batches))
-    frames = np.concatenate([f for f, _, _ in loaded])
-    probabilities = np.concatenate([p for _, p, _ in loaded])
-    if len(frames) != manifest.num_slices or probabilities.shape != frames.shape:
-        raise ValueError(
-            f"batches hold {frames.shape} frames / {probabilities.shape} maps for {manifest.num_slices} slices"
-        )
-    return frames, probabilities, [a for _, _, a in loaded]
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        parts = list(pool.map(lambda b: BatchPart.decode(ctx.get(keys.part_key(job_id, b.batch_id))), manifest.batches))
+    for batch, part in zip(manifest.batches, parts, strict=True):
+        expected = manifest.slice_ids[batch.start : batch.start + batch.count]
+        if part.start != batch.start or part.slice_ids != expected:
+            raise ValueError(
+                f"batch {batch.batch_id}'s part holds slices {part.slice_ids[:3]}..., not {expected[:3]}..."
+            )
+    return parts
 
 
-def combine(probabilities_u8: np.ndarray, attributes: list[ResponseAttributes]) -> tuple[ModelMetadata, Segmentation]:
-    """One model identity and one segmentation from the per-batch endpoint answers."""
-    identities = {
-        (a.model, a.version, a.slice_threshold, a.pixel_threshold, a.subtype_names, a.scan_threshold)
-        for a in attributes
-    }
-    if len(identities) != 1:
-        shown = ", ".join(f"{m} {v} (slice {s}, pixel {p})" for m, v, s, p, *_ in sorted(identities, key=str))
-        raise ModelChanged(f"the endpoint's model changed while this job ran: {shown}")
-    first = attributes[0]
-    model = ModelMetadata(
-        name=first.model,
-        version=first.version,
-        slice_threshold=first.slice_threshold,
-        pixel_threshold=first.pixel_threshold,
-        subtypes=first.subtype_names,
-        scan_threshold=first.scan_threshold,
-    )
-    slice_probabilities = np.array([p for a in attributes for p in a.slice_probabilities], dtype=np.float32)
-    subtypes = None
-    if model.subtypes:
-        subtypes = np.array([row for a in attributes for row in a.subtype_probabilities], dtype=np.float32)
-    segmentation = masks_from_probabilities(
-        probabilities_u8.astype(np.float32) / 255.0,
-        slice_probabilities,
-        model.pixel_threshold,
-        model.slice_threshold,
-        subtypes,
-    )
-    return model, segmentation
+def _mask_files(job_id: str, slice_ids: Iterable[str], pngs: Iterable[bytes]) -> dict[str, bytes]:
+    return {keys.mask_key(job_id, slice_id): png for slice_id, png in zip(slice_ids, pngs, strict=True)}
 
 
-def _write_results(
-    ctx: PipelineContext,
-    manifest: ScanManifest,
-    frames: np.ndarray,
-    segmentation: Segmentation,
-    report: dict[str, Any],
-    model: ModelMetadata,
-) -> tuple[dict[str, str], dict[str, bytes]]:
-    """Render with :func:`write_outputs`, upload under ``results/{job}/``; (result keys, file bytes)."""
-    prefix = keys.results_prefix(manifest.job_id)
-    with tempfile.TemporaryDirectory(prefix="ichseg-assemble-") as tmp:
-        out = Path(tmp)
-        write_outputs(out, manifest.slice_ids, frames, segmentation, report, fps=ctx.config.video_fps, model=model)
-        seg = _dicom_seg(ctx, manifest, segmentation, model)
-        if seg is not None:
-            (out / "seg.dcm").write_bytes(seg)
-        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+def _put_all(ctx: PipelineContext, objects: dict[str, bytes]) -> None:
+    """PUT every object (key -> bytes) under the bucket, several at a time; any failure raises."""
 
-    def upload(item: tuple[str, bytes]) -> None:
-        name, data = item
-        ctx.put(prefix + name, data, CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"))
+    def put(item: tuple[str, bytes]) -> None:
+        key, data = item
+        ctx.put(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(upload, files.items()))
-    results = {
-        "overlay": prefix + "overlay.mp4",
-        "report": prefix + "report.json",
-        "contact_sheet": prefix + "contact_sheet.png",
-        "masks": prefix + "masks/",
-    }
-    if "seg.dcm" in files:
-        results["seg"] = prefix + "seg.dcm"
-    return results, files
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        list(pool.map(put, objects.items()))
+
+
+def _list_keys(ctx: PipelineContext, prefix: str) -> list[str]:
+    paginator = ctx.s3.get_paginator("list_objects_v2")
+    return [
+        o["Key"]
+        for page in paginator.paginate(Bucket=ctx.config.bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
 
 
 def _dicom_seg(
-    ctx: PipelineContext, manifest: ScanManifest, segmentation: Segmentation, model: ModelMetadata
+    ctx: PipelineContext, manifest: ScanManifest, parts: Sequence[BatchPart], model: ModelMetadata
 ) -> bytes | None:
     """The DICOM SEG for DICOM input, or None (not DICOM, or a series a SEG cannot describe)."""
     if manifest.dicom is None or manifest.dicom.get("seg_unavailable"):
         return None
+    import cv2
+
     from ichseg.pipeline.dicom_seg import SegUnavailable, build_seg
 
     headers = json.loads(ctx.get(keys.dicom_headers_key(manifest.job_id)))
+    # The masks come back from their PNGs (lossless), the one copy of them the parts keep.
+    masks = np.stack(
+        [
+            cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+            for part in parts
+            for png in part.rendered.mask_pngs
+        ]
+    )
     try:
-        return build_seg(headers, segmentation.masks, model.name, model.version)
+        return build_seg(headers, masks, model.name, model.version)
     except SegUnavailable as exc:
         log.warning("no DICOM SEG: %s", exc)
         return None

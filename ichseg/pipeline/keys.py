@@ -6,7 +6,8 @@ One bucket (``ICHSEG_BUCKET``), four prefixes:
 - ``ingest/{anything}``: the hospital DICOM router (IAM); the job id is derived from the key and
   the object's ETag, so a duplicated event names the same job while a re-sent series with new
   content starts a new one;
-- ``work/{job_id}/...``: frame batches, probabilities, the manifest (expired by a lifecycle rule);
+- ``work/{job_id}/...``: frame batches, each segmented batch's rendered part, the manifest (expired
+  by a lifecycle rule);
 - ``results/{job_id}/...``: what people and PACS read.
 
 Firebase Storage mirrors an app job's video and report under ``users/{uid}/scans/{job_id}/``.
@@ -71,12 +72,17 @@ def frames_key(job_id: str, batch_id: str) -> str:
     return f"{WORK_PREFIX}{job_id}/frames/{batch_id}.npy"
 
 
-def probabilities_key(job_id: str, batch_id: str) -> str:
-    return f"{WORK_PREFIX}{job_id}/probabilities/{batch_id}.npy"
+def part_key(job_id: str, batch_id: str) -> str:
+    """A segmented batch's share of the results (:class:`ichseg.pipeline.assemble.BatchPart`)."""
+    return f"{WORK_PREFIX}{job_id}/parts/{batch_id}.npz"
 
 
-def attributes_key(job_id: str, batch_id: str) -> str:
-    return f"{WORK_PREFIX}{job_id}/probabilities/{batch_id}.json"
+def masks_prefix(job_id: str) -> str:
+    return f"{RESULTS_PREFIX}{job_id}/masks/"
+
+
+def mask_key(job_id: str, slice_id: str) -> str:
+    return f"{masks_prefix(job_id)}{slice_id}.png"
 
 
 def results_prefix(job_id: str) -> str:

@@ -60,9 +60,14 @@ class SegmentMessage:
     frames_key: str
     context_before: int = 0
     context_after: int = 0
+    slice_ids: tuple[str, ...] = ()
+    """The batch's own slice ids (what its masks and captions are named by), so that the segment
+    stage renders the batch without reading the manifest; empty in messages from before they were
+    carried (the stage then reads them from the manifest)."""
 
     @classmethod
-    def for_batch(cls, job_id: str, batch: BatchRef) -> SegmentMessage:
+    def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...] = ()) -> SegmentMessage:
+        """The message for ``batch``; ``slice_ids`` are the whole scan's (the batch's are taken)."""
         return cls(
             job_id,
             batch.batch_id,
@@ -71,6 +76,7 @@ class SegmentMessage:
             keys.frames_key(job_id, batch.batch_id),
             batch.context_before,
             batch.context_after,
+            tuple(slice_ids[batch.start : batch.start + batch.count]),
         )
 
     def to_json(self) -> str:
@@ -88,6 +94,7 @@ class SegmentMessage:
                 str(data["frames_key"]),
                 int(data.get("context_before", 0)),
                 int(data.get("context_after", 0)),
+                tuple(str(i) for i in data.get("slice_ids", ())),
             )
         except (TypeError, ValueError) as exc:
             raise MalformedMessage(f"segment message with a non-integer field: {body[:200]!r}") from exc
@@ -95,16 +102,25 @@ class SegmentMessage:
 
 @dataclass(frozen=True)
 class AssembleMessage:
-    """Assemble queue: a job whose batches are all segmented."""
+    """Assemble queue: a job whose batches are all segmented (no ``batch_id``: the final assembly),
+    or one segmented batch whose share of the results can be written already (``batch_id``)."""
 
     job_id: str
+    batch_id: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.batch_id is None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        # The final message keeps its original shape ({"job_id": ...}).
+        return json.dumps({"job_id": self.job_id} if self.batch_id is None else asdict(self))
 
     @classmethod
     def from_json(cls, body: str) -> AssembleMessage:
-        return cls(str(_load(body, ("job_id",))["job_id"]))
+        data = _load(body, ("job_id",))
+        batch = data.get("batch_id")
+        return cls(str(data["job_id"]), None if batch is None else str(batch))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,12 @@
-"""Segment: one batch of frames -> the endpoint -> probability maps in S3 -> batch marked done.
+"""Segment: one batch of frames -> the endpoint -> the batch's rendered part in S3 -> batch marked done.
+
+With the frames and the endpoint's probabilities in memory, the stage also does the batch's share
+of the assembly (:func:`ichseg.pipeline.assemble.render_batch`: masks, the batch's video segment,
+thumbnails, mask PNGs) and stores it as one object, so that the final assembly only joins parts.
+Writing the part comes before marking the batch done, so a batch counted as done always has its
+part; a message redelivered before that point renders again and replaces the part as a whole.
+After each batch but the last it asks the assemble function (which owns ``results/``) to write
+the batch's masks; if that message is lost, the final assembly writes them.
 
 The batch is marked done by adding its id to the job's string set under a condition that it is
 not there yet (so a redelivered message never counts twice). The update returns the job as it now
@@ -14,12 +22,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import decode_slices, encode_slices, trim_context
+from ichseg.endpoint_protocol import decode_slices, trim_context
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobNotFound, JobState
-from ichseg.pipeline.messages import AssembleMessage, SegmentMessage
+from ichseg.pipeline.messages import AssembleMessage, ScanManifest, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")
 
@@ -67,13 +75,21 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
             f"plus {before} + {after} context"
         )
     result = ctx.endpoint.segment(frames)
-    # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
-    probabilities = trim_context(result.probabilities_u8, before, after)
-    ctx.put(keys.probabilities_key(job.job_id, message.batch_id), encode_slices(probabilities))
-    # The CustomAttributes as received (model identity, thresholds, probabilities), context trimmed.
-    attributes = result.attributes.trimmed(before, after)
-    ctx.put(keys.attributes_key(job.job_id, message.batch_id), attributes.encode().encode(), "text/plain")
     ctx.metrics.add_metric("EndpointLatency", "Milliseconds", round(result.seconds * 1000, 1))
+    # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
+    # The attributes are the CustomAttributes as received (model identity, thresholds,
+    # probabilities), context trimmed; the part keeps them beside what was rendered from them.
+    from ichseg.pipeline.assemble import render_batch  # PyAV and OpenCV: loaded on first use only
+
+    part = render_batch(
+        trim_context(frames, before, after),
+        trim_context(result.probabilities_u8, before, after),
+        result.attributes.trimmed(before, after),
+        message.start,
+        message.slice_ids or _slice_ids(ctx, message),
+        ctx.config.video_fps,
+    )
+    ctx.put(keys.part_key(job.job_id, message.batch_id), part.encode())
     ctx.metrics.add_metric("FramesSegmented", "Count", message.count)
 
     updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, message.count)
@@ -83,6 +99,9 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     done, total = len(updated.done_batches), updated.total_batches or 0
     log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
     started = done == total and start_assembly(ctx, job.job_id)
+    if done < total:
+        # The last batch's masks are written by the final assembly, which follows at once.
+        _send(ctx, AssembleMessage(job.job_id, message.batch_id))
     return SegmentResult(
         job.job_id, message.batch_id, "segmented", message.count, result.seconds, result.attempts, started
     )
@@ -97,10 +116,20 @@ def start_assembly(ctx: PipelineContext, job_id: str) -> bool:
 
 
 def _send_assembly(ctx: PipelineContext, job_id: str) -> None:
-    ctx.config.require("assemble_queue_url")
-    ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=AssembleMessage(job_id).to_json())
+    _send(ctx, AssembleMessage(job_id))
     ctx.store.mark_assembly_enqueued(job_id)
     log.info("all batches done; assembly enqueued")
+
+
+def _send(ctx: PipelineContext, message: AssembleMessage) -> None:
+    ctx.config.require("assemble_queue_url")
+    ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=message.to_json())
+
+
+def _slice_ids(ctx: PipelineContext, message: SegmentMessage) -> tuple[str, ...]:
+    """The batch's slice ids from the manifest, for messages that do not carry them."""
+    manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(message.job_id)))
+    return manifest.slice_ids[message.start : message.start + message.count]
 
 
 def _repair_assembly(ctx: PipelineContext, job: Job) -> bool:

@@ -6,10 +6,14 @@ Idempotent at every step, because S3 events and SQS deliveries are at-least-once
    (the API created it); a job already past SPLIT means this is a duplicate: nothing to do;
 2. the upload is decoded with the scan library; a :class:`~ichseg.errors.ScanError` fails the job
    with the library's message and consumes the event (the file will not get better);
-3. frames go to ``work/{job}/frames/`` (same bytes on a rerun), then RECEIVED -> SPLIT records the
-   totals; a job found in SPLIT (an earlier run died after this point) resumes here;
-4. the batch messages are sent (a duplicate send is absorbed by the segment stage's done-set),
-   then SPLIT -> SEGMENTING.
+3. the manifest goes to ``work/{job}/manifest.json`` (same bytes on a rerun), then RECEIVED ->
+   SPLIT records the totals;
+4. each batch's frames go to ``work/{job}/frames/`` and its segment message is sent right after
+   (a few batches at a time), so the endpoint starts on the first batch while later ones are
+   still being written; then SPLIT -> SEGMENTING. A job found in SPLIT (an earlier run died
+   somewhere in this step) resumes here: the upload is decoded again, every batch's frames are
+   written again (same bytes) and every message is sent again (a duplicate send is absorbed by
+   the segment stage's done-set). A message is only ever sent once its frames are in S3.
 
 Anything else that goes wrong (S3, DynamoDB, SQS trouble) raises: the event stays on the ingest
 queue, is retried, and on its last delivery fails the job and lands in the dead-letter queue. An
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, encode_slices
 from ichseg.errors import ScanError, ScanTooLargeError
@@ -31,13 +38,17 @@ from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
 from ichseg.pipeline.jobs import JobState
 from ichseg.pipeline.keys import UploadRef
-from ichseg.pipeline.messages import ScanManifest, SegmentMessage, plan_batches
+from ichseg.pipeline.messages import BatchRef, ScanManifest, SegmentMessage, plan_batches
 from ichseg.readers import read_scan
+from ichseg.scan import Scan
 from ichseg.windowing import window_by_name, windowed_slices
 
 log = logging.getLogger("ichseg.pipeline.split")
 
 STAGE = "split"
+WRITERS = 2
+"""Batches written and enqueued at once: enough to keep S3 busy without starving the endpoint
+(which shares the machine in the local stack) of CPU."""
 
 
 @dataclass(frozen=True)
@@ -76,18 +87,19 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
         ctx.metrics.add_metric("DuplicateEvents", "Count", 1)
         return SplitResult(job.job_id, "duplicate")
 
-    if job.state == JobState.RECEIVED:
-        ctx.store.mark_received(job.job_id, config.job_deadline_seconds)
-        try:
-            manifest = _write_frames(ctx, upload)
-        except ScanError as exc:
-            fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
-            return SplitResult(job.job_id, "rejected", seconds=time.perf_counter() - started)
-        ctx.store.mark_split(job.job_id, len(manifest.batches), manifest.num_slices, manifest.summary())
-    else:  # an earlier run wrote everything but died before (or while) enqueuing: resume
-        manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job.job_id)))
+    try:
+        if job.state == JobState.RECEIVED:
+            ctx.store.mark_received(job.job_id, config.job_deadline_seconds)
+            manifest, slices = _decode(ctx, upload)
+            ctx.store.mark_split(job.job_id, len(manifest.batches), manifest.num_slices, manifest.summary())
+        else:  # an earlier run recorded the split but may have died before every batch was out: resume
+            manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job.job_id)))
+            slices = _read_slices(ctx, upload)[0]
+    except ScanError as exc:
+        fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
+        return SplitResult(job.job_id, "rejected", seconds=time.perf_counter() - started)
 
-    _enqueue(ctx, manifest)
+    _store_and_enqueue(ctx, manifest, slices)
     ctx.store.mark_segmenting(job.job_id)
     seconds = time.perf_counter() - started
     log.info("split %d slices into %d batches in %.2f s", manifest.num_slices, len(manifest.batches), seconds)
@@ -96,8 +108,8 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
     return SplitResult(job.job_id, "split", manifest.num_slices, len(manifest.batches), seconds)
 
 
-def _write_frames(ctx: PipelineContext, upload: UploadRef) -> ScanManifest:
-    """Download, decode, window and store the scan in batches; ScanError for anything not a scan."""
+def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, Scan, bytes, ScanLimits]:
+    """Download and decode the upload: (windowed slices, the scan, the upload's bytes, the limits)."""
     limits = ScanLimits.from_env()
     if upload.size > limits.max_bytes:  # the event says how big it is: no need to download it first
         raise ScanTooLargeError(
@@ -105,7 +117,12 @@ def _write_frames(ctx: PipelineContext, upload: UploadRef) -> ScanManifest:
         )
     data = ctx.s3.get_object(Bucket=upload.bucket, Key=upload.key)["Body"].read()
     scan = read_scan(data, limits)
-    slices = windowed_slices(scan, window_by_name(ctx.config.window))
+    return windowed_slices(scan, window_by_name(ctx.config.window)), scan, data, limits
+
+
+def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.ndarray]:
+    """Decode and window the scan, plan its batches and store the manifest; ScanError for anything not a scan."""
+    slices, scan, data, limits = _read_slices(ctx, upload)
     height, width = scan.original_size
     if height * width * (1 + 2 * CONTEXT_SLICES) > REQUEST_BYTES_BUDGET:  # one slice and its context
         raise ScanTooLargeError(
@@ -113,9 +130,6 @@ def _write_frames(ctx: PipelineContext, upload: UploadRef) -> ScanManifest:
             "export the scan at a smaller size"
         )
     batches = plan_batches(scan.num_slices, ctx.config.slices_per_request(height, width), CONTEXT_SLICES)
-    for batch in batches:
-        # Each batch's object carries its context slices: the segment stage needs nothing else.
-        ctx.put(keys.frames_key(upload.job_id, batch.batch_id), encode_slices(slices[batch.stored]))
     dicom = None
     if scan.dicom is not None:
         dicom = _store_dicom_headers(ctx, upload.job_id, data, scan.dicom, limits)
@@ -133,7 +147,7 @@ def _write_frames(ctx: PipelineContext, upload: UploadRef) -> ScanManifest:
         dicom=dicom,
     )
     ctx.put(keys.manifest_key(upload.job_id), manifest.to_json().encode(), "application/json")
-    return manifest
+    return manifest, slices
 
 
 def _store_dicom_headers(ctx: PipelineContext, job_id: str, data: bytes, series: object, limits: ScanLimits) -> dict:
@@ -152,14 +166,16 @@ def _store_dicom_headers(ctx: PipelineContext, job_id: str, data: bytes, series:
     return ref
 
 
-def _enqueue(ctx: PipelineContext, manifest: ScanManifest) -> None:
-    """One message per batch, sent ten at a time (SQS's batch limit); failures raise."""
-    messages = [SegmentMessage.for_batch(manifest.job_id, batch) for batch in manifest.batches]
-    for start in range(0, len(messages), 10):
-        chunk = messages[start : start + 10]
-        response = ctx.sqs.send_message_batch(
-            QueueUrl=ctx.config.segment_queue_url,
-            Entries=[{"Id": m.batch_id, "MessageBody": m.to_json()} for m in chunk],
-        )
-        if response.get("Failed"):
-            raise RuntimeError(f"SQS refused {len(response['Failed'])} segment message(s): {response['Failed'][:2]}")
+def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.ndarray) -> None:
+    """Each batch's frames, then its segment message, ``WRITERS`` batches at a time; failures raise."""
+    if len(slices) != manifest.num_slices:
+        raise ValueError(f"the upload decodes to {len(slices)} slices; its manifest says {manifest.num_slices}")
+
+    def store(batch: BatchRef) -> None:
+        # Each batch's object carries its context slices: the segment stage needs nothing else.
+        ctx.put(keys.frames_key(manifest.job_id, batch.batch_id), encode_slices(slices[batch.stored]))
+        message = SegmentMessage.for_batch(manifest.job_id, batch, manifest.slice_ids)
+        ctx.sqs.send_message(QueueUrl=ctx.config.segment_queue_url, MessageBody=message.to_json())
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        list(pool.map(store, manifest.batches))  # the first failure raises here

@@ -7,6 +7,7 @@ simulate the crashes that at-least-once delivery must survive.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -27,6 +28,7 @@ from ichseg.pipeline import (
     split_scan_into_batches,
 )
 from ichseg.pipeline import keys as layout
+from ichseg.pipeline.assemble import BatchPart
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobSource, JobState
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
@@ -40,7 +42,19 @@ def _upload(ctx: PipelineContext, uid: str, data: bytes) -> UploadRef:
 
 
 def _segment_messages(ctx: PipelineContext) -> list[SegmentMessage]:
-    return [SegmentMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.segment_queue_url)]
+    """The segment queue's messages in batch order (the split sends several batches at once)."""
+    messages = [SegmentMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.segment_queue_url)]
+    return sorted(messages, key=lambda m: m.batch_id)
+
+
+def _assemble_messages(ctx: PipelineContext) -> list[AssembleMessage]:
+    messages = [AssembleMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.assemble_queue_url)]
+    return sorted(messages, key=lambda m: m.batch_id or "~")  # the final message (no batch) last
+
+
+def _mask_keys(ctx: PipelineContext, job_id: str) -> set[str]:
+    listed = ctx.s3.list_objects_v2(Bucket=ctx.config.bucket, Prefix=layout.masks_prefix(job_id))
+    return {o["Key"] for o in listed.get("Contents", [])}
 
 
 def _run_to_assembly(ctx: PipelineContext, upload: UploadRef) -> list[SegmentMessage]:
@@ -65,16 +79,32 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     # Each batch's request carries the neighbouring slices the model reads with its edge slices.
     assert [(m.context_before, m.context_after) for m in messages] == [(0, 1), (1, 1), (1, 0)]
     assert [len(decode_slices(core.get(m.frames_key))) for m in messages] == [5, 6, 2]
+    assert [m.slice_ids for m in messages] == [
+        ("0000", "0001", "0002", "0003"),
+        ("0004", "0005", "0006", "0007"),
+        ("0008",),
+    ]
     results = [segment_batch(core, m) for m in messages]
     assert [r.started_assembly for r in results] == [False, False, True]
     assert core.store.require(upload.job_id).state == JobState.ASSEMBLING
-    attributes = ResponseAttributes.decode(core.get(layout.attributes_key(upload.job_id, "b0001")).decode())
-    assert attributes.model == "ichseg-tiny" and len(attributes.slice_probabilities) == 4
-    assert len(attributes.subtype_probabilities) == 4  # the context slices' answers are dropped
+    part = BatchPart.decode(core.get(layout.part_key(upload.job_id, "b0001")))
+    assert part.attributes.model == "ichseg-tiny" and len(part.attributes.slice_probabilities) == 4
+    assert len(part.attributes.subtype_probabilities) == 4  # the context slices' answers are dropped
+    assert part.slice_ids == ("0004", "0005", "0006", "0007") and len(part.rendered.thumbnails) == 4
 
-    assemble = [AssembleMessage.from_json(m["Body"]) for m in receive_all(core, core.config.assemble_queue_url)]
-    assert assemble == [AssembleMessage(upload.job_id)]
-    done = assemble_results(core, assemble[0])
+    # Every batch but the last asked for its masks to be written; the last one started the assembly.
+    assemble = _assemble_messages(core)
+    assert assemble == [
+        AssembleMessage(upload.job_id, "b0000"),
+        AssembleMessage(upload.job_id, "b0001"),
+        AssembleMessage(upload.job_id),
+    ]
+    written = assemble_results(core, assemble[0])
+    assert (written.outcome, written.slices) == ("batch", 4)
+    assert _mask_keys(core, upload.job_id) == {layout.mask_key(upload.job_id, f"{i:04d}") for i in range(4)}
+    assert core.store.require(upload.job_id).state == JobState.ASSEMBLING  # a batch's masks change no state
+    # b0001's message is lost: the final assembly writes its masks, and the last batch's.
+    done = assemble_results(core, assemble[2])
     assert done.outcome == "done" and done.slices == 9 and done.mirror_error is None
     job = core.store.require(upload.job_id)
     # Frames 5-8 bleed; frame 5, read with its normal neighbour 4, stays under the gate.
@@ -84,11 +114,16 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     assert {"overlay.mp4", "report.json", "contact_sheet.png"} <= names and len(names) == 3 + 9
     mask = np.array(Image.open(io.BytesIO(core.get(f"results/{upload.job_id}/masks/0007.png"))))
     assert set(np.unique(mask)) == {0, 255}
+    report = json.loads(core.get(job.results["report"]))
+    assert [s["area_px"] > 0 for s in report["slices"]] == [False] * 6 + [True] * 3
+    assert [s["area_px"] for s in report["slices"][6:]] == [int((mask > 0).sum())] * 3  # the same blob
+    # The lost message, delivered late, finds the job DONE and writes nothing.
+    assert assemble_results(core, assemble[1]).outcome == "duplicate"
 
     # Replays after the fact change nothing.
     assert split_scan_into_batches(core, upload).outcome == "duplicate"
     assert segment_batch(core, messages[0]).outcome == "skipped"
-    assert assemble_results(core, assemble[0]).outcome == "duplicate"
+    assert assemble_results(core, assemble[2]).outcome == "duplicate"
     assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
     assert core.store.require(upload.job_id).stamps["done"] == job.stamps["done"]
 
@@ -102,7 +137,34 @@ def test_a_duplicate_segment_delivery_during_the_job_counts_once(core: PipelineC
     assert core.store.require(upload.job_id).progress == (4, 8)
     assert segment_batch(core, second).started_assembly
     assert segment_batch(core, second).outcome == "duplicate"
-    assert len(receive_all(core, core.config.assemble_queue_url)) == 1
+    # One request for the first batch's masks, one final assembly: the duplicates sent nothing.
+    assert _assemble_messages(core) == [AssembleMessage(upload.job_id, first.batch_id), AssembleMessage(upload.job_id)]
+
+
+def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(8, bleed_from=2)))
+    split_scan_into_batches(core, upload)
+    first, second = _segment_messages(core)
+    assert segment_batch(core, first).outcome == "segmented"
+    key = layout.part_key(upload.job_id, first.batch_id)
+    part = core.get(key)
+    # The worker wrote the part and died before the batch was recorded: undo the record.
+    core.store.client.update_item(
+        TableName=core.config.table,
+        Key={"job_id": {"S": upload.job_id}},
+        UpdateExpression="DELETE done_batches :b ADD done_slices :minus",
+        ExpressionAttributeValues={":b": {"SS": [first.batch_id]}, ":minus": {"N": "-4"}},
+    )
+    assert segment_batch(core, first).outcome == "segmented"
+    assert core.get(key) == part  # rendered again, bit for bit (the part is replaced whole, never mixed)
+    assert core.store.require(upload.job_id).progress == (4, 8)
+    assert segment_batch(core, second).started_assembly
+    assert [m.batch_id for m in _assemble_messages(core)] == [first.batch_id, first.batch_id, None]
+    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "done"
+    report = json.loads(core.get(core.store.require(upload.job_id).results["report"]))
+    assert len(report["slices"]) == 8 and len(_mask_keys(core, upload.job_id)) == 8
 
 
 def test_a_split_that_died_after_recording_resumes_from_the_manifest(core: PipelineContext, tmp_path: Path) -> None:
@@ -128,13 +190,6 @@ def test_a_redelivery_repairs_an_assembly_that_was_never_enqueued(core: Pipeline
     # The worker recorded the batch and died before the transition to ASSEMBLING.
     frames_done = core.store.mark_batch_done(upload.job_id, message.batch_id, message.count)
     assert frames_done is not None and frames_done.state == JobState.SEGMENTING
-    from ichseg.endpoint_protocol import encode_slices
-
-    core.put(layout.probabilities_key(upload.job_id, "b0000"), encode_slices(np.zeros((4, 64, 80), np.uint8)))
-    core.put(
-        layout.attributes_key(upload.job_id, "b0000"),
-        ResponseAttributes("ichseg-tiny", "0.0.1-test", 0.5, 0.5, (0.0,) * 4).encode().encode(),
-    )
     result = segment_batch(core, message)
     assert result.outcome == "duplicate" and result.started_assembly
     assert len(receive_all(core, core.config.assemble_queue_url)) == 1
@@ -169,9 +224,10 @@ def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContex
 def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: PipelineContext, tmp_path: Path) -> None:
     upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(6)))
     _run_to_assembly(core, upload)
-    key = layout.attributes_key(upload.job_id, "b0001")
-    changed = ResponseAttributes.decode(core.get(key).decode())
-    core.put(key, ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, changed.slice_probabilities).encode().encode())
+    key = layout.part_key(upload.job_id, "b0001")
+    part = BatchPart.decode(core.get(key))
+    changed = ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, part.attributes.slice_probabilities)
+    core.put(key, dataclasses.replace(part, attributes=changed).encode())
     assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "failed"
     job = core.store.require(upload.job_id)
     assert job.state == JobState.FAILED and job.error_code == "model_changed" and "2.0.0" in (job.error_reason or "")
