@@ -12,9 +12,10 @@ the model's window) at three model input sizes.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,7 +38,7 @@ from ichseg.preprocess import (
     intracranial_region,
 )
 from ichseg.windowing import DEFAULT_WINDOW, apply_window
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SAMPLE, SHARED_DATA
 
 CT_ICH = SHARED_DATA / "ct-ich" / "Patients_CT"
 MBH = SHARED_DATA / "mbhseg25-mini" / "images"
@@ -195,15 +196,38 @@ def test_head_crop_and_intracranial_region_match_scipy_on_every_real_slice() -> 
     assert set(branches) == {"ring closed by 2", "ring closed by 5", "fallback"}, branches
 
 
-def test_sample_scan_preprocessing_is_unchanged() -> None:
-    """The committed sample through ``prepare_batch`` (2.5-D, intracranial) equals the scipy path."""
+_RUNTIME_DIGEST = """
+import hashlib, sys
+import numpy as np
+from ichseg.preprocess import model_input_spec, prepare_batch
+from ichseg.readers import read_scan
+batch = prepare_batch(np.asarray(read_scan(sys.argv[1]).slices, dtype=np.uint8), model_input_spec())
+print(hashlib.sha256(batch.inputs.tobytes() + batch.regions.tobytes() + repr(batch.placements).encode()).hexdigest())
+"""
+
+
+def test_sample_scan_preprocessing_is_scipys_here_and_in_the_runtime_environment() -> None:
+    """The committed sample through ``prepare_batch`` (2.5-D, intracranial) equals the scipy path,
+    here and in ``.venv``, which has no scipy at all: no train/serve skew from the change."""
     from ichseg.preprocess import model_input_spec, prepare_batch
     from ichseg.readers import read_scan
 
-    sample = Path(__file__).resolve().parents[2] / "samples" / "ct-ich-051" / "brain.mp4"
-    slices = np.asarray(read_scan(sample).slices, dtype=np.uint8)
+    slices = np.asarray(read_scan(SAMPLE / "brain.mp4").slices, dtype=np.uint8)
     batch = prepare_batch(slices, model_input_spec())
     for image, placement, region, inputs in zip(slices, batch.placements, batch.regions, batch.inputs, strict=True):
         assert placement == scipy_head_placement(image)
         square = _model_square(image, placement, inputs.shape[0])
         assert np.array_equal(region, scipy_intracranial_region(square)[0])
+    assert not batch.regions.all()  # the region did clear something
+
+    runtime_python = REPO / ".venv" / "bin" / "python"
+    assert runtime_python.exists(), "make test builds .venv before the training tests run"
+    runtime = subprocess.run(
+        [str(runtime_python), "-c", _RUNTIME_DIGEST, str(SAMPLE / "brain.mp4")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout.strip()
+    here = hashlib.sha256(batch.inputs.tobytes() + batch.regions.tobytes() + repr(batch.placements).encode())
+    assert runtime == here.hexdigest()
