@@ -43,6 +43,8 @@ def start_scan() -> Response:
         body = app.current_event.json_body or {}
     except ValueError:
         raise BadRequestError("the body must be JSON") from None
+    except RecursionError:  # nested deeper than Python's parser recurses: not a request, an attack
+        raise BadRequestError("the JSON body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object")
     size = body.get("size_bytes")

@@ -1,14 +1,16 @@
-"""Firebase ID token verification for the API's Lambda authorizer (firebase-admin, nothing custom).
+"""Firebase ID token verification for the API's Lambda authorizer (firebase-admin, plus one check).
 
 ``verify_id_token`` checks the RS256 signature against Google's published certificates, the
-expiry, the audience (the Firebase project id) and the issuer
-(``https://securetoken.google.com/<project>``). It needs no Google credential to do so: public
-certificates are public, so the app is initialised with an anonymous one.
+expiry, the issue time, the audience (the Firebase project id) and the issuer
+(``https://securetoken.google.com/<project>``); the sign-in time (``auth_time``) is checked here.
+No Google credential is needed: public certificates are public, so the app is initialised with an
+anonymous one.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from functools import cached_property
 from typing import Any
 
@@ -16,6 +18,8 @@ from ichseg.pipeline.config import ConfigError
 from ichseg.pipeline.mirror import anonymous_credential, firebase_app
 
 BEARER = "bearer "
+CLOCK_SKEW_SECONDS = 5
+"""Tolerance for a sign-in stamped by a clock slightly ahead of this one."""
 
 
 class InvalidToken(Exception):
@@ -51,4 +55,11 @@ class FirebaseTokenVerifier:
         except (auth.InvalidIdTokenError, auth.ExpiredIdTokenError, auth.RevokedIdTokenError, ValueError) as exc:
             raise InvalidToken(str(exc)) from exc
         # CertificateFetchError (Google unreachable) propagates: that is our outage, not a bad token.
+        # Firebase's rules say auth_time (when the user signed in) must be in the past; the Admin
+        # SDK checks iat and exp but not auth_time, so a token claiming a future sign-in is refused here.
+        auth_time = claims.get("auth_time")
+        if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
+            raise InvalidToken("the ID token has no auth_time claim")
+        if auth_time > time.time() + CLOCK_SKEW_SECONDS:
+            raise InvalidToken("the ID token's auth_time is in the future")
         return str(claims["uid"])

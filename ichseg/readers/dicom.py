@@ -111,9 +111,11 @@ def _check_single_series(instances: list[_Instance], source: str) -> None:
     for inst in instances:
         series[str(getattr(inst.dataset, "SeriesInstanceUID", ""))].append(inst)
     if len(series) > 1:
+        # Named by SeriesNumber only: descriptions are free text a site may fill with patient
+        # details, and this message reaches job records, the API and logs.
         parts = [
-            f"{getattr(group[0].dataset, 'SeriesDescription', '') or uid} ({len(group)} images)"
-            for uid, group in series.items()
+            f"series {getattr(group[0].dataset, 'SeriesNumber', None) or index} ({len(group)} images)"
+            for index, group in enumerate(series.values(), start=1)
         ]
         raise InconsistentSeriesError(
             f"{source}: {len(series)} series in one upload: {'; '.join(parts)}. Upload one series at a time"

@@ -54,6 +54,8 @@ def _forgeries(stack: LocalStack) -> dict[str, str]:
         ),
         "alg none": f"{header}.{payload}.",
         "empty subject": issuer.mint("alice", sub=""),
+        "sign-in in the future": issuer.mint("alice", auth_time=int(time.time()) + 3600),
+        "no sign-in time": issuer.sign({k: v for k, v in claims.items() if k != "auth_time"}),
         "garbage": "not-a-jwt",
     }
 
@@ -117,7 +119,7 @@ def test_content_types_outside_the_allowed_list_are_refused(alice: AppClient, co
 def test_oversized_and_malformed_requests_are_refused(alice: AppClient, stack: LocalStack) -> None:
     assert alice.start(size_bytes=10**12).status_code == 413
     assert alice.start(size_bytes="big").status_code == 400
-    for body in (b"[1, 2]", b"{not json"):
+    for body in (b"[1, 2]", b"{not json", b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
         raw = requests.post(
             f"{stack.api_url}/v1/scans",
             data=body,
