@@ -226,18 +226,37 @@ def output_files(
 ) -> dict[str, bytes]:
     """The result files of a scan rendered in ``parts`` (in slice order), by name: ``overlay.mp4``
     (the segments joined without re-encoding), ``contact_sheet.png``, ``report.json`` and, with
-    ``masks``, ``masks/<id>.png``."""
+    ``masks``, ``masks/<id>.png``. Each file has its own function too, for callers that make them
+    side by side."""
     files = {
-        "overlay.mp4": concat_h264([part.video for part in parts]),
-        "contact_sheet.png": png_bytes(
-            contact_sheet_from_thumbnails([t for part in parts for t in part.thumbnails], labels)
-        ),
-        "report.json": json.dumps(report, indent=2).encode(),
+        "overlay.mp4": joined_video(parts),
+        "contact_sheet.png": joined_contact_sheet(parts, labels),
+        "report.json": report_json(report),
     }
     if masks:
-        pngs = [png for part in parts for png in part.mask_pngs]
-        files.update({f"masks/{slice_id}.png": png for slice_id, png in zip(slice_ids, pngs, strict=True)})
+        files.update(mask_files(slice_ids, parts))
     return files
+
+
+def joined_video(parts: Sequence[RenderedSlices]) -> bytes:
+    """``overlay.mp4``: the parts' video segments as one H.264 mp4."""
+    return concat_h264([part.video for part in parts])
+
+
+def joined_contact_sheet(parts: Sequence[RenderedSlices], labels: Sequence[str]) -> bytes:
+    """``contact_sheet.png`` from the parts' thumbnails."""
+    return png_bytes(contact_sheet_from_thumbnails([t for part in parts for t in part.thumbnails], labels))
+
+
+def report_json(report: dict[str, Any]) -> bytes:
+    """``report.json``."""
+    return json.dumps(report, indent=2).encode()
+
+
+def mask_files(slice_ids: Sequence[str], parts: Sequence[RenderedSlices]) -> dict[str, bytes]:
+    """``masks/<id>.png`` for every slice."""
+    pngs = [png for part in parts for png in part.mask_pngs]
+    return {f"masks/{slice_id}.png": png for slice_id, png in zip(slice_ids, pngs, strict=True)}
 
 
 def write_outputs(

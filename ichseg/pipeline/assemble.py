@@ -42,16 +42,18 @@ from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import JobSource, JobState
+from ichseg.pipeline.jobs import Job, JobSource, JobState
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
     RenderedSlices,
     Segmentation,
+    joined_contact_sheet,
+    joined_video,
     masks_from_u8_probabilities,
-    output_files,
     render_slices,
     report_from_areas,
+    report_json,
     slice_captions,
 )
 
@@ -266,42 +268,42 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
         manifest.slice_thickness_mm,
     )
     labels = [label for p in parts for label in p.labels]
-    files = output_files(manifest.slice_ids, [p.rendered for p in parts], report, labels, masks=False)
-    seg = _dicom_seg(ctx, manifest, parts, model)
-    if seg is not None:
-        files["seg.dcm"] = seg
+    rendered = [p.rendered for p in parts]
     prefix = keys.results_prefix(job_id)
-    uploads = {prefix + name: data for name, data in files.items()}
-    # Masks that no batch message has written yet (the last batch's; any lost or still queued).
-    written = set(_list_keys(ctx, keys.masks_prefix(job_id)))
-    for part in parts:
-        uploads.update(
-            (key, data)
-            for key, data in _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs).items()
-            if key not in written
-        )
-    _put_all(ctx, uploads)
     results = {
         "overlay": prefix + "overlay.mp4",
         "report": prefix + "report.json",
         "contact_sheet": prefix + "contact_sheet.png",
         "masks": keys.masks_prefix(job_id),
     }
-    if seg is not None:
-        results["seg"] = prefix + "seg.dcm"
-
-    mirror_prefix = mirror_error = None
-    if job.source == JobSource.APP and job.owner and ctx.mirror is not None:
-        mirror_prefix = keys.mirror_prefix(job.owner, job_id)
-        mirror_error = mirror_files(
-            ctx.mirror,
-            mirror_prefix,
-            [MirrorFile(name, files[name], CONTENT_TYPES[Path(name).suffix]) for name in MIRRORED],
-            attempts=ctx.config.mirror_attempts,
-            sleep=ctx.sleep,
-        )
-        if mirror_error:
-            ctx.metrics.add_metric("MirrorFailures", "Count", 1)
+    # The files are made and written side by side: joining the video and encoding the contact
+    # sheet (both in C, outside the GIL) overlap with the S3 and Firebase requests on the way to DONE.
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        video = pool.submit(joined_video, rendered)
+        sheet = pool.submit(joined_contact_sheet, rendered, labels)
+        seg = pool.submit(_dicom_seg, ctx, manifest, parts, model)
+        # Masks that no batch message has written yet (the last batch's; any lost or still queued).
+        written = set(_list_keys(ctx, keys.masks_prefix(job_id)))
+        files = {"report.json": report_json(report)}
+        uploads = [
+            pool.submit(_put, ctx, key, data)
+            for part in parts
+            for key, data in _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs).items()
+            if key not in written
+        ]
+        uploads.append(pool.submit(_put, ctx, prefix + "report.json", files["report.json"]))
+        files["overlay.mp4"] = video.result()
+        uploads.append(pool.submit(_put, ctx, prefix + "overlay.mp4", files["overlay.mp4"]))
+        mirrored = {name: files[name] for name in MIRRORED}
+        mirror = pool.submit(_mirror, ctx, job, mirrored) if _mirrored(ctx, job) else None
+        uploads.append(pool.submit(_put, ctx, prefix + "contact_sheet.png", sheet.result()))
+        seg_bytes = seg.result()
+        if seg_bytes is not None:
+            uploads.append(pool.submit(_put, ctx, prefix + "seg.dcm", seg_bytes))
+            results["seg"] = prefix + "seg.dcm"
+        for upload in uploads:
+            upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
+        mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
 
     ctx.store.mark_done(job_id, results, _summary(report), mirror_prefix, mirror_error)
     seconds = time.perf_counter() - started
@@ -312,6 +314,27 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
         ctx.metrics.add_metric("EndToEndLatency", "Seconds", round(end_to_end, 3))
     log.info("job DONE: %s, %d slices, assembled in %.2f s", report["finding"], manifest.num_slices, seconds)
     return AssembleResult(job_id, "done", manifest.num_slices, seconds, end_to_end, mirror_error)
+
+
+def _mirrored(ctx: PipelineContext, job: Job) -> bool:
+    """App jobs are mirrored to Firebase Storage when a bucket is configured; hospital jobs never."""
+    return job.source == JobSource.APP and bool(job.owner) and ctx.mirror is not None
+
+
+def _mirror(ctx: PipelineContext, job: Job, files: dict[str, bytes]) -> tuple[str, str | None]:
+    """Upload the video and the report to the owner's Firebase folder: (prefix, error or None)."""
+    assert job.owner is not None  # _mirrored said so
+    prefix = keys.mirror_prefix(job.owner, job.job_id)
+    error = mirror_files(
+        ctx.mirror,
+        prefix,
+        [MirrorFile(name, files[name], CONTENT_TYPES[Path(name).suffix]) for name in MIRRORED],
+        attempts=ctx.config.mirror_attempts,
+        sleep=ctx.sleep,
+    )
+    if error:
+        ctx.metrics.add_metric("MirrorFailures", "Count", 1)
+    return prefix, error
 
 
 def _load_parts(ctx: PipelineContext, manifest: ScanManifest) -> list[BatchPart]:
@@ -332,15 +355,14 @@ def _mask_files(job_id: str, slice_ids: Iterable[str], pngs: Iterable[bytes]) ->
     return {keys.mask_key(job_id, slice_id): png for slice_id, png in zip(slice_ids, pngs, strict=True)}
 
 
+def _put(ctx: PipelineContext, key: str, data: bytes) -> None:
+    ctx.put(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
+
+
 def _put_all(ctx: PipelineContext, objects: dict[str, bytes]) -> None:
     """PUT every object (key -> bytes) under the bucket, several at a time; any failure raises."""
-
-    def put(item: tuple[str, bytes]) -> None:
-        key, data = item
-        ctx.put(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
-
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-        list(pool.map(put, objects.items()))
+        list(pool.map(lambda item: _put(ctx, *item), objects.items()))
 
 
 def _list_keys(ctx: PipelineContext, prefix: str) -> list[str]:

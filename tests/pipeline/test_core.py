@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from botocore.stub import Stubber
+from PIL import Image
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, ProtocolError, ResponseAttributes, encode_slices, trim_context
+from ichseg.metrics import volume_ml
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
-from ichseg.pipeline.assemble import ModelChanged, combine
+from ichseg.pipeline.assemble import BatchPart, ModelChanged, model_of, render_batch
 from ichseg.pipeline.config import ConfigError, PipelineConfig
 from ichseg.pipeline.endpoint import EndpointClient, EndpointError, HttpTransport, RetryPolicy, SageMakerTransport
 from ichseg.pipeline.jobs import JobSource
 from ichseg.pipeline.keys import UnexpectedKey, UploadRef
 from ichseg.pipeline.messages import AssembleMessage, MalformedMessage, SegmentMessage, plan_batches
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
+from ichseg.segmentation import (
+    build_report,
+    masks_from_probabilities,
+    masks_from_u8_probabilities,
+    output_files,
+    report_from_areas,
+    write_outputs,
+)
+from tests.pipeline.conftest import head_frames
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -138,10 +151,14 @@ def test_config_reads_the_environment_and_names_what_is_missing() -> None:
 
 def test_messages_carry_keys_never_pixels_and_reject_garbage() -> None:
     batch = plan_batches(40, 16)[1]
-    message = SegmentMessage.for_batch(JOB, batch)
+    message = SegmentMessage.for_batch(JOB, batch, tuple(f"{i:04d}" for i in range(40)))
     assert SegmentMessage.from_json(message.to_json()) == message
-    assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 256
-    assert AssembleMessage.from_json(AssembleMessage(JOB).to_json()).job_id == JOB
+    assert message.slice_ids == tuple(f"{i:04d}" for i in range(16, 32))
+    assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 512
+    assert AssembleMessage.from_json(AssembleMessage(JOB).to_json()) == AssembleMessage(JOB)
+    assert AssembleMessage(JOB).to_json() == json.dumps({"job_id": JOB})  # the final message's shape is unchanged
+    batch_message = AssembleMessage(JOB, "b0003")
+    assert AssembleMessage.from_json(batch_message.to_json()) == batch_message and not batch_message.final
     for body in ("", "[]", "{}", '{"job_id": "x"}', "not json"):
         with pytest.raises(MalformedMessage):
             SegmentMessage.from_json(body)
@@ -244,16 +261,96 @@ def test_an_unreachable_http_endpoint_is_a_retryable_error() -> None:
     assert info.value.retryable
 
 
-def test_batches_merge_into_one_report_model_and_gated_masks() -> None:
-    probabilities = np.full((3, 8, 8), 200, np.uint8)
+def test_batches_merge_into_one_model_and_gated_masks() -> None:
     attributes = [ResponseAttributes("m", "1", 0.5, 0.6, (0.9, 0.1)), ResponseAttributes("m", "1", 0.5, 0.6, (0.7,))]
-    model, segmentation = combine(probabilities, attributes)
+    model = model_of(attributes)
     assert (model.name, model.version, model.slice_threshold, model.pixel_threshold) == ("m", "1", 0.5, 0.6)
-    assert segmentation.slice_probabilities.tolist() == pytest.approx([0.9, 0.1, 0.7])
-    assert segmentation.masks.sum(axis=(1, 2)).tolist() == [64, 0, 64]  # slice 1 is below the slice threshold
+    part = render_batch(
+        np.zeros((2, 8, 8), np.uint8), np.full((2, 8, 8), 200, np.uint8), attributes[0], 0, ["a", "b"], 5
+    )
+    assert part.areas.tolist() == [64, 0]  # slice b is below the slice threshold
     attributes[1] = ResponseAttributes("m", "2", 0.5, 0.6, (0.7,))
     with pytest.raises(ModelChanged, match=r"m 1 .* m 2"):
-        combine(probabilities, attributes)
+        model_of(attributes)
+
+
+def test_u8_thresholding_is_the_float_thresholding_bit_for_bit() -> None:
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    for threshold in (0.0, 0.3, 0.5, 0.5019608, 128 / 255, 1.0, 1.5):
+        expected = masks_from_probabilities(levels.astype(np.float32) / 255.0, np.ones(1), threshold, 0.5).masks
+        assert np.array_equal(masks_from_u8_probabilities(levels, np.ones(1), threshold, 0.5), expected), threshold
+    assert not masks_from_u8_probabilities(levels, np.zeros(1), 0.0, 0.5).any()  # gated by the slice head
+
+
+def test_a_scan_assembled_batch_by_batch_equals_the_whole_scans_outputs(tmp_path: Path) -> None:
+    """Per-batch parts joined by the final assembly give what ``ichseg segment`` writes for the whole scan."""
+    frames = head_frames(10, bleed_from=4)
+    probabilities = np.where(frames > 200, 230, np.where(frames > 0, 60, 0)).astype(np.uint8)
+    slice_probabilities = (0.1, 0.2, 0.3, 0.45, 0.8, 0.9, 0.95, 0.9, 0.85, 0.7)
+    subtypes = tuple((0.6 * (p > 0.5), 0.2, 0.1, 0.0, 0.05) for p in slice_probabilities)
+    ids = [f"{i:04d}" for i in range(10)]
+    whole = ResponseAttributes("ichseg-unet", "0.2.0", 0.5, 0.5, slice_probabilities, SUBTYPES, subtypes, 0.6)
+    spacing, thickness = (0.5, 0.45), 2.5
+
+    parts = []
+    for batch in plan_batches(10, 4):
+        own = slice(batch.start, batch.start + batch.count)
+        answer = dataclasses.replace(
+            whole, slice_probabilities=slice_probabilities[own], subtype_probabilities=subtypes[own]
+        )
+        part = render_batch(frames[own], probabilities[own], answer, batch.start, ids[own], fps=5.0)
+        parts.append(BatchPart.decode(part.encode()))  # through its stored form
+    model = model_of([p.attributes for p in parts])
+    report = report_from_areas(
+        ids,
+        np.array(slice_probabilities, np.float32),
+        np.array(subtypes, np.float32),
+        np.concatenate([p.areas for p in parts]),
+        model,
+        spacing,
+        thickness,
+    )
+    joined = output_files(ids, [p.rendered for p in parts], report, [label for p in parts for label in p.labels])
+
+    segmentation = masks_from_probabilities(
+        probabilities.astype(np.float32) / 255.0,
+        np.array(slice_probabilities, np.float32),
+        model.pixel_threshold,
+        model.slice_threshold,
+        np.array(subtypes, np.float32),
+    )
+    expected_report = build_report(ids, segmentation, model, spacing, thickness)
+    write_outputs(tmp_path, ids, frames, segmentation, expected_report, model=model)
+
+    assert json.loads(joined["report.json"]) == expected_report == json.loads((tmp_path / "report.json").read_text())
+    assert report["slices_with_hemorrhage"] == ids[4:] and report["volume_ml"] > 0
+    assert report["volume_ml"] == round(volume_ml(segmentation.masks, spacing, thickness), 3)
+    for slice_id in ids:
+        assert joined[f"masks/{slice_id}.png"] == (tmp_path / "masks" / f"{slice_id}.png").read_bytes()
+    sheet = np.array(Image.open(io.BytesIO(joined["contact_sheet.png"])))
+    assert np.array_equal(sheet, np.array(Image.open(tmp_path / "contact_sheet.png")))
+
+    # The video: three segments joined without re-encoding, every frame in order, a key frame
+    # where each batch begins, and the same pictures as the whole scan encoded at once.
+    joined_frames, keyframes = _decoded(joined["overlay.mp4"])
+    whole_frames, _ = _decoded((tmp_path / "overlay.mp4").read_bytes())
+    assert len(joined_frames) == len(whole_frames) == 10 and keyframes == [0, 4, 8]
+    assert np.abs(joined_frames.astype(int) - whole_frames.astype(int)).mean() < 1.0
+    # Where nothing is painted, the video shows the slice itself (below the caption).
+    assert np.abs(joined_frames[:4, 20:].astype(int) - frames[:4, 20:].astype(int)).mean() < 1.0
+    assert 0 < joined["overlay.mp4"].find(b"moov") < joined["overlay.mp4"].find(b"mdat")  # faststart
+
+
+def _decoded(video: bytes) -> tuple[np.ndarray, list[int]]:
+    """Grey frames of an mp4 and the indices of its key frames; the timestamps must be 0, 1, 2... frames."""
+    import av
+
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        decoded = list(container.decode(stream))
+    step = decoded[1].pts - decoded[0].pts
+    assert [f.pts for f in decoded] == [decoded[0].pts + i * step for i in range(len(decoded))]
+    return np.stack([f.to_ndarray(format="gray") for f in decoded]), [i for i, f in enumerate(decoded) if f.key_frame]
 
 
 class FlakyMirror:
