@@ -311,12 +311,20 @@ class CloudTemplate:
         tables = self._of_type("AWS::DynamoDB::Table")
         if len(tables) != 1:
             raise TemplateError(f"expected one DynamoDB table in template.yaml, found {sorted(tables)}")
-        return dict(self.evaluate(next(iter(tables.values()))["Properties"]))
+        declared = dict(next(iter(tables.values()))["Properties"])
+        declared.pop("SSESpecification", None)  # the stack's KMS key: not reproduced locally
+        return dict(self.evaluate(declared))
 
     @cached_property
     def bucket(self) -> dict[str, Any]:
         """The data bucket's properties (its name is local)."""
         return self.properties("DataBucket")
+
+    @property
+    def bucket_versioning(self) -> str | None:
+        """The data bucket's versioning status (``Enabled``/``Suspended``), None if not configured."""
+        status = self.bucket.get("VersioningConfiguration", {}).get("Status")
+        return None if status is None else str(self.evaluate(status))
 
     @cached_property
     def bucket_notifications(self) -> list[BucketNotification]:
@@ -344,6 +352,11 @@ class CloudTemplate:
             }
             if "ExpirationInDays" in rule:
                 converted["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+            if rule.get("ExpiredObjectDeleteMarker"):
+                converted["Expiration"] = {"ExpiredObjectDeleteMarker": True}
+            if "NoncurrentVersionExpiration" in rule:
+                days = int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+                converted["NoncurrentVersionExpiration"] = {"NoncurrentDays": days}
             if "Transitions" in rule:
                 converted["Transitions"] = [
                     {"Days": int(t["TransitionInDays"]), "StorageClass": t["StorageClass"]} for t in rule["Transitions"]

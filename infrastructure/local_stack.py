@@ -7,8 +7,8 @@ What runs (all on 127.0.0.1, free ports):
 
 - moto's server (:mod:`infrastructure.moto_server`) with the resources ``template.yaml`` declares,
   read by :mod:`infrastructure.cloud_template`: the bucket (its S3 -> SQS notifications, lifecycle
-  rules), the queues with their dead-letter queues, retention and redrive, the jobs table with its
-  keys, index and TTL;
+  rules, versioning), the queues with their dead-letter queues, retention and redrive, the jobs
+  table with its keys, index and TTL;
 - gcp-storage-emulator: Firebase Storage (the mirror's bucket);
 - the inference server, ``ichseg endpoint`` (gunicorn + ONNX Runtime) with the model, reached by
   boto3's ``sagemaker-runtime`` client through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``;
@@ -22,8 +22,11 @@ What runs (all on 127.0.0.1, free ports):
 
 A change in template.yaml changes the local stack; ``tests/pipeline/test_local_stack.py`` compares
 the running stack with the template. What is local on purpose: addresses and credentials, the
-physical names, per-function concurrency (two cores), and the overrides tests pass in
-:class:`StackSettings` (shorter visibility timeouts so a retry takes seconds).
+physical names, per-function concurrency (two cores), the overrides tests pass in
+:class:`StackSettings` (shorter visibility timeouts so a retry takes seconds), and what protects
+the data at rest and its audit trail in AWS: the template's KMS key (bucket, queues, table, logs,
+topic and environment are not KMS-encrypted in moto), the bucket's access logging and the Lambda
+dead-letter queue of the watchdog (the bucket's versioning is local).
 """
 
 from __future__ import annotations
@@ -305,6 +308,8 @@ class LocalStack:
         s, template = self.settings, self.template
         s3, sqs, dynamodb = self.aws("s3"), self.aws("sqs"), self.aws("dynamodb")
         s3.create_bucket(Bucket=s.bucket)
+        if template.bucket_versioning is not None:
+            s3.put_bucket_versioning(Bucket=s.bucket, VersioningConfiguration={"Status": template.bucket_versioning})
         s3.put_bucket_lifecycle_configuration(
             Bucket=s.bucket, LifecycleConfiguration={"Rules": template.lifecycle_rules()}
         )

@@ -55,6 +55,11 @@ def test_bucket_notifications_and_lifecycle_match_the_template(stack: LocalStack
     assert {r["ID"] for r in rules} == set(declared) and "expire-work" in declared
     for rule in rules:
         assert rule.get("Expiration") == declared[rule["ID"]].get("Expiration")
+        assert rule.get("NoncurrentVersionExpiration") == declared[rule["ID"]].get("NoncurrentVersionExpiration")
+    # versioned, as in the cloud, so the noncurrent-version expiry above has versions to act on
+    versioning = s3.get_bucket_versioning(Bucket=stack.settings.bucket)
+    assert versioning.get("Status") == stack.template.bucket_versioning == "Enabled"
+    assert "NoncurrentVersionExpiration" in declared["expire-noncurrent-versions"]
 
 
 def test_functions_run_with_the_templates_handler_sizing_and_environment(stack: LocalStack) -> None:
