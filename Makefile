@@ -5,6 +5,7 @@ PYTHON ?= python3
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 VENV := .venv
 TRAIN_VENV := .venv-train
+CHECKOV_VENV := .venv-checkov
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 DEMO_OUT ?= demo-output
@@ -19,10 +20,12 @@ test: lint test-runtime test-training
 env: $(VENV)/.installed
 train-env: $(TRAIN_VENV)/.installed
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/cfn-lint template.yaml
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --compact --quiet --skip-download
 
 test-runtime: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
@@ -52,7 +55,17 @@ $(TRAIN_VENV)/.installed: requirements/training.txt requirements/training-constr
 	touch $@
 
 clean-env:
-	rm -rf $(VENV) $(TRAIN_VENV)
+	rm -rf $(VENV) $(TRAIN_VENV) $(CHECKOV_VENV)
+
+# checkov (the security scanner reviewers run on template.yaml) in an environment of its own: it
+# pins its own dependency tree, which conflicts with the runtime pins. --skip-download: offline, no
+# Prisma Cloud look-ups. Skips are inline in template.yaml, each with its reason (docs/deploy.md).
+$(CHECKOV_VENV)/.installed: infrastructure/checkov/requirements.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) pip==25.2
+	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r infrastructure/checkov/requirements.txt
+	$(CHECKOV_VENV)/bin/pip check
+	touch $@
 
 # `sam validate --lint` in an environment of its own: aws-sam-cli pins its own boto3, cfn-lint and
 # aws-sam-translator, which must not move the runtime pins. Offline; no AWS credentials needed.
