@@ -1,5 +1,6 @@
-"""Assemble function: a fully segmented job -> H.264 overlay, masks, report, contact sheet, DICOM SEG,
-Firebase mirror; job DONE."""
+"""Assemble function: a segmented batch's masks into ``results/`` while the scan is still being
+segmented, and, once every batch is in, the joined H.264 overlay, report, contact sheet, DICOM SEG,
+Firebase mirror; job DONE (see :mod:`ichseg.pipeline.assemble`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 def record_handler(record: SQSRecord) -> None:
     logger.thread_safe_clear_keys()
     message = AssembleMessage.from_json(record.body)
-    logger.thread_safe_append_keys(job_id=message.job_id)
+    logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
     with stage_latency(metrics, "assemble"):
         result = assemble_results(pipeline_context(metrics), message, receive_count(record))
     logger.info(

@@ -1,4 +1,5 @@
-"""Segment function: one batch of frames per message -> the endpoint -> probabilities in S3.
+"""Segment function: one batch of frames per message -> the endpoint -> the batch's rendered part in S3
+(masks, video segment, thumbnails; see :mod:`ichseg.pipeline.segment`).
 
 Failed records are reported individually (``batchItemFailures``), so one bad batch does not make
 SQS redeliver its neighbours.
