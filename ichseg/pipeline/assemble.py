@@ -25,15 +25,18 @@ Three steps, so that almost nothing is left to do once the last batch is segment
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -64,6 +67,37 @@ CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application
 MIRRORED = ("overlay.mp4", "report.json")
 UPLOAD_THREADS = 8
 """S3 requests in flight at once when writing many small objects (masks)."""
+T = TypeVar("T")
+BACKGROUND_NICENESS = 10
+"""How much lower than normal the work that runs beside the endpoint is scheduled (see :func:`in_background`)."""
+
+
+def in_background(work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread of its own at a lower CPU priority (Linux niceness +10) and return its result.
+
+    Rendering a batch and writing its masks happen while the endpoint segments the next batches.
+    Where they share cores with it (the local stack, or any small machine), they should take the
+    CPU the model leaves idle, not slow it down: the model's parallel sections wait for their
+    slowest thread, so a core taken from them costs more than the work done on it. Only the new
+    thread (and threads it starts) is lowered, which any process may do; the caller's priority is
+    untouched, so the final assembly that follows in the same worker runs at normal priority.
+    """
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # re-raised in the caller, where the stage handles it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="ichseg-background")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -232,9 +266,14 @@ def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> Asse
     job = ctx.store.require(job_id)
     if job.state.terminal:  # DONE: the final assembly wrote every mask; FAILED: nothing more is written
         return AssembleResult(job_id, "duplicate")
-    part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
-    _put_all(ctx, _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs))
-    return AssembleResult(job_id, "batch", part.count, time.perf_counter() - started)
+
+    def write() -> int:
+        part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
+        _put_all(ctx, _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs))
+        return part.count
+
+    count = in_background(write)  # beside the endpoint, which is still segmenting the scan
+    return AssembleResult(job_id, "batch", count, time.perf_counter() - started)
 
 
 def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:

@@ -79,17 +79,20 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
     # The attributes are the CustomAttributes as received (model identity, thresholds,
     # probabilities), context trimmed; the part keeps them beside what was rendered from them.
-    from ichseg.pipeline.assemble import render_batch  # PyAV and OpenCV: loaded on first use only
+    from ichseg.pipeline.assemble import in_background, render_batch  # PyAV, OpenCV: loaded on first use
 
-    part = render_batch(
-        trim_context(frames, before, after),
-        trim_context(result.probabilities_u8, before, after),
-        result.attributes.trimmed(before, after),
-        message.start,
-        message.slice_ids or _slice_ids(ctx, message),
-        ctx.config.video_fps,
+    slice_ids = message.slice_ids or _slice_ids(ctx, message)
+    part = in_background(  # at a lower priority than the endpoint segmenting the next batches
+        lambda: render_batch(
+            trim_context(frames, before, after),
+            trim_context(result.probabilities_u8, before, after),
+            result.attributes.trimmed(before, after),
+            message.start,
+            slice_ids,
+            ctx.config.video_fps,
+        ).encode()
     )
-    ctx.put(keys.part_key(job.job_id, message.batch_id), part.encode())
+    ctx.put(keys.part_key(job.job_id, message.batch_id), part)
     ctx.metrics.add_metric("FramesSegmented", "Count", message.count)
 
     updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, message.count)

@@ -393,3 +393,15 @@ def test_the_lambda_side_never_imports_onnxruntime_or_tensorflow() -> None:
         env={"POWERTOOLS_SERVICE_NAME": "ichseg", "PATH": ""},
     )
     assert json.loads(out.stdout) == []
+
+
+def test_background_work_runs_at_a_lower_priority_and_leaves_the_caller_alone() -> None:
+    import os
+
+    from ichseg.pipeline.assemble import BACKGROUND_NICENESS, in_background
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert in_background(lambda: os.getpriority(os.PRIO_PROCESS, 0)) == min(19, mine + BACKGROUND_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+    with pytest.raises(ZeroDivisionError):
+        in_background(lambda: 1 / 0)
