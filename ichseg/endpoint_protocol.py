@@ -13,7 +13,11 @@ Lambda side imports this, never onnxruntime.
 
 Models from 0.2 on read each slice with its neighbours (2.5-D): a request's slices must be
 consecutive slices of one scan, and the caller sends :data:`CONTEXT_SLICES` extra slices on each
-side of its batch where the scan has them, then drops their answers (:func:`trim_context`).
+side of its batch where the scan has them. The request's own CustomAttributes say so
+(:class:`RequestAttributes`, e.g. ``context=1,1``): the endpoint then reads the context slices only
+as neighbours and answers for the batch's own slices, so a batch costs its slices, not two more. A
+request without them is answered for every slice; a caller facing an endpoint that ignores them drops
+the context answers itself (:func:`trim_context`).
 """
 
 from __future__ import annotations
@@ -123,6 +127,42 @@ class ResponseAttributes:
         ):
             raise ProtocolError(f"custom attributes: subtype rows do not match the slices: {text[:200]!r}")
         return attributes
+
+
+@dataclass(frozen=True)
+class RequestAttributes:
+    """What travels beside a request's slices: how many at each end are context (neighbours) only."""
+
+    context_before: int = 0
+    context_after: int = 0
+
+    def encode(self) -> str:
+        if not (self.context_before or self.context_after):
+            return ""
+        return f"context={self.context_before},{self.context_after}"
+
+    def answered(self, count: int) -> int:
+        """How many of ``count`` request slices the endpoint answers for."""
+        answered = count - self.context_before - self.context_after
+        if self.context_before < 0 or self.context_after < 0 or answered < 1:
+            raise ProtocolError(
+                f"context {self.context_before},{self.context_after} leaves no slice to answer for of {count}"
+            )
+        return answered
+
+    @classmethod
+    def decode(cls, text: str) -> RequestAttributes:
+        """Parse ``context=B,A`` (other ``key=value`` parts are ignored; empty means no context)."""
+        try:
+            fields = dict(part.split("=", 1) for part in text.split(";") if part.strip())
+            if "context" not in fields:
+                return cls()
+            before, after = (int(v) for v in fields["context"].split(","))
+        except ValueError as exc:
+            raise ProtocolError(f"malformed request attributes {text[:200]!r} ({exc})") from exc
+        if not (0 <= before <= CONTEXT_SLICES and 0 <= after <= CONTEXT_SLICES):
+            raise ProtocolError(f"context must be 0..{CONTEXT_SLICES} slices on each side, got {before},{after}")
+        return cls(before, after)
 
 
 def trim_context(maps: np.ndarray, before: int, after: int) -> np.ndarray:

@@ -64,11 +64,16 @@ class OnnxSegmenter:
         self.batch_size = batch_size
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    def predict(self, slices_u8: np.ndarray) -> Prediction:
+    def predict(self, slices_u8: np.ndarray, context: tuple[int, int] = (0, 0)) -> Prediction:
         """Windowed uint8 ``(N, H, W)`` slices, consecutive in the scan -> probabilities at their
-        original size (zero outside the intracranial region when the model asks for it)."""
+        original size (zero outside the intracranial region when the model asks for it).
+
+        ``context=(before, after)``: that many slices at each end are only neighbours of the others
+        and get no answer (the result has ``N - before - after`` slices).
+        """
         meta = self.metadata
-        batch = prepare_batch(slices_u8, meta.input)
+        before, after = context
+        batch = prepare_batch(slices_u8, meta.input, before, len(slices_u8) - after)
         pixel_maps, slice_scores, subtype_scores = [], [], []
         for start in range(0, len(batch.inputs), self.batch_size):
             chunk = batch.inputs[start : start + self.batch_size]

@@ -210,23 +210,28 @@ def _first_in_raster_order(labels: np.ndarray, stats: np.ndarray, candidates: np
     return int(min(candidates, key=first_pixel))
 
 
-def prepare_batch(slices: np.ndarray, spec: InputSpec) -> ModelBatch:
+def prepare_batch(slices: np.ndarray, spec: InputSpec, first: int = 0, stop: int | None = None) -> ModelBatch:
     """``(N, H, W)`` uint8 windowed slices, consecutive in the scan -> model inputs and placements.
 
     With 2.5-D context the slices must be the scan's own order (each slice's neighbours are the
     adjacent rows of ``slices``), which every reader of :func:`ichseg.readers.read_scan` guarantees.
+    Only slices ``first`` to ``stop`` become inputs; the others serve as their neighbours (a
+    request's context slices).
     """
     slices = np.asarray(slices)
     if slices.ndim != 3 or slices.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W) uint8 windowed slices, got {slices.dtype} {slices.shape}")
     count = slices.shape[0]
-    placements = tuple(head_placement(image, spec.crop_to_head) for image in slices)
-    out = np.empty((count, spec.size, spec.size, spec.channels), dtype=np.float32)
-    regions = np.ones((count, spec.size, spec.size), dtype=bool)
+    stop = count if stop is None else stop
+    if not 0 <= first < stop <= count:
+        raise ValueError(f"slices {first}..{stop} are not within the {count} given")
+    placements = tuple(head_placement(slices[i], spec.crop_to_head) for i in range(first, stop))
+    out = np.empty((stop - first, spec.size, spec.size, spec.channels), dtype=np.float32)
+    regions = np.ones((stop - first, spec.size, spec.size), dtype=bool)
     if spec.channels % 2 != 1:
         raise ValueError(f"a model input has the slice plus as many neighbours below as above; got {spec.channels}")
     offsets = range(-spec.context, spec.context + 1)
-    for i, placement in enumerate(placements):
+    for row, (i, placement) in enumerate(zip(range(first, stop), placements, strict=True)):
         channels = []
         for offset in offsets:
             neighbour = slices[min(max(i + offset, 0), count - 1)]
@@ -234,9 +239,9 @@ def prepare_batch(slices: np.ndarray, spec: InputSpec) -> ModelBatch:
             channels.append(cv2.resize(square, (spec.size, spec.size), interpolation=cv2.INTER_AREA))
         stack = np.stack(channels, axis=-1)
         if spec.intracranial_only:
-            regions[i] = intracranial_region(channels[len(channels) // 2])
-            stack[~regions[i]] = 0
-        out[i] = stack / np.float32(255.0)
+            regions[row] = intracranial_region(channels[len(channels) // 2])
+            stack[~regions[row]] = 0
+        out[row] = stack / np.float32(255.0)
     return ModelBatch(out, placements, regions)
 
 

@@ -48,6 +48,7 @@ from ichseg.endpoint_protocol import (
     CUSTOM_ATTRIBUTES_HEADER,
     SAGEMAKER_MAX_PAYLOAD_BYTES,
     ProtocolError,
+    RequestAttributes,
     ResponseAttributes,
     decode_slices,
     encode_slices,
@@ -260,13 +261,19 @@ class InferenceService:
             return {"status": "failed", "error": self.error}
         return {"status": "loading"}
 
-    def infer(self, slices: np.ndarray) -> tuple[bytes, str]:
-        """``(N, H, W)`` uint8 slices -> (``.npy`` probability x 255 bytes, CustomAttributes text)."""
+    def infer(self, slices: np.ndarray, request: RequestAttributes | None = None) -> tuple[bytes, str]:
+        """``(N, H, W)`` uint8 slices -> (``.npy`` probability x 255 bytes, CustomAttributes text), for
+        the slices that are not the request's context (those only serve as neighbours)."""
         segmenter = self.segmenter
         if segmenter is None:
             raise RequestRejected(503, "ModelNotReady", f"the model is not ready ({self.status()['status']})")
+        request = request or RequestAttributes()
+        try:
+            request.answered(len(slices))
+        except ProtocolError as exc:
+            raise RequestRejected(400, "ValidationError", str(exc)) from exc
         with self._slots:
-            prediction = segmenter.predict(slices)
+            prediction = segmenter.predict(slices, (request.context_before, request.context_after))
         scaled = np.clip(np.rint(prediction.probabilities * 255.0), 0, 255).astype(np.uint8)
         meta = segmenter.metadata
         attributes = ResponseAttributes(
@@ -331,7 +338,7 @@ def create_app(
         started = time.perf_counter()
         try:
             slices = _read_slices()
-            body, attributes = service.infer(slices)
+            body, attributes = service.infer(slices, _request_attributes())
         except RequestRejected as rejected:
             _event(
                 logging.WARNING,
@@ -371,6 +378,14 @@ def create_app(
     else:
         service.load()
     return app
+
+
+def _request_attributes() -> RequestAttributes:
+    """The request's own CustomAttributes (``context=B,A``), or 400."""
+    try:
+        return RequestAttributes.decode(request.headers.get(CUSTOM_ATTRIBUTES_HEADER, ""))
+    except ProtocolError as exc:
+        raise RequestRejected(400, "ValidationError", str(exc)) from exc
 
 
 def _read_slices() -> np.ndarray:

@@ -165,6 +165,27 @@ def test_invocation_returns_uint8_probabilities_x255_at_the_input_resolution(cli
     assert probabilities[:, :3, :3].max() < 5
 
 
+def test_declared_context_slices_are_read_as_neighbours_and_not_answered(tmp_path: Path) -> None:
+    """A 2.5-D model's batch with one context slice each side: the answers for the inner slices are
+    exactly those of the whole request, and the context slices cost no inference."""
+    model = build_tiny_model(tmp_path / "m.onnx", channels=3, intracranial_only=True, subtypes=True)
+    app = create_app(model, background=False).test_client()
+    slices = head_phantom(count=6, seed=4)
+    whole = post(app, encode_slices(slices))
+    inner = post(app, encode_slices(slices), headers={CUSTOM_ATTRIBUTES_HEADER: "context=1,1"})
+    assert whole.status_code == inner.status_code == 200
+    np.testing.assert_array_equal(decode_slices(inner.data), decode_slices(whole.data)[1:5])
+    whole_attributes = ResponseAttributes.decode(whole.headers[CUSTOM_ATTRIBUTES_HEADER])
+    assert ResponseAttributes.decode(inner.headers[CUSTOM_ATTRIBUTES_HEADER]) == whole_attributes.trimmed(1, 1)
+    only_after = post(app, encode_slices(slices), headers={CUSTOM_ATTRIBUTES_HEADER: "context=0,1"})
+    np.testing.assert_array_equal(decode_slices(only_after.data), decode_slices(whole.data)[:5])
+    for bad in ("context=1", "context=2,2", "context=x,y"):
+        refused = post(app, encode_slices(slices[:2]), headers={CUSTOM_ATTRIBUTES_HEADER: bad})
+        assert refused.status_code == 400 and "context" in refused.json["error"], bad
+    nothing_left = post(app, encode_slices(slices[:2]), headers={CUSTOM_ATTRIBUTES_HEADER: "context=1,1"})
+    assert nothing_left.status_code == 400
+
+
 def test_custom_attributes_carry_the_model_identity_thresholds_and_slice_probabilities(
     client: Any, tiny_model: Path
 ) -> None:

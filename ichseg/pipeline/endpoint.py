@@ -22,9 +22,11 @@ from ichseg.endpoint_protocol import (
     CONTENT_TYPE,
     CUSTOM_ATTRIBUTES_HEADER,
     ProtocolError,
+    RequestAttributes,
     ResponseAttributes,
     decode_slices,
     encode_slices,
+    trim_context,
 )
 
 log = logging.getLogger("ichseg.pipeline.endpoint")
@@ -68,7 +70,7 @@ class EndpointResult:
 class Transport(Protocol):
     """Sends one encoded request; returns (body, custom attributes text) or raises EndpointError."""
 
-    def __call__(self, body: bytes) -> tuple[bytes, str]: ...
+    def __call__(self, body: bytes, custom_attributes: str = "") -> tuple[bytes, str]: ...
 
 
 class SageMakerTransport:
@@ -78,12 +80,13 @@ class SageMakerTransport:
         self.client = client
         self.endpoint_name = endpoint_name
 
-    def __call__(self, body: bytes) -> tuple[bytes, str]:
+    def __call__(self, body: bytes, custom_attributes: str = "") -> tuple[bytes, str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        request: dict[str, Any] = {"CustomAttributes": custom_attributes} if custom_attributes else {}
         try:
             response = self.client.invoke_endpoint(
-                EndpointName=self.endpoint_name, ContentType=CONTENT_TYPE, Accept=CONTENT_TYPE, Body=body
+                EndpointName=self.endpoint_name, ContentType=CONTENT_TYPE, Accept=CONTENT_TYPE, Body=body, **request
             )
             return response["Body"].read(), response.get("CustomAttributes", "")
         except ClientError as exc:
@@ -110,15 +113,18 @@ class HttpTransport:
         # Retries are ours (one policy for both transports), so urllib3 must not add its own.
         self.pool = urllib3.PoolManager(retries=False)
 
-    def __call__(self, body: bytes) -> tuple[bytes, str]:
+    def __call__(self, body: bytes, custom_attributes: str = "") -> tuple[bytes, str]:
         import urllib3
 
+        headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+        if custom_attributes:
+            headers[CUSTOM_ATTRIBUTES_HEADER] = custom_attributes
         try:
             response = self.pool.request(
                 "POST",
                 self.url,
                 body=body,
-                headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE},
+                headers=headers,
                 timeout=self.timeout,
             )
         except urllib3.exceptions.HTTPError as exc:
@@ -157,15 +163,18 @@ class EndpointClient:
         self.sleep = sleep
         self.on_retry = on_retry
 
-    def segment(self, slices_u8: np.ndarray) -> EndpointResult:
-        """Send ``(N, H, W)`` uint8 slices; the probability maps and attributes, or EndpointError."""
+    def segment(self, slices_u8: np.ndarray, context: RequestAttributes | None = None) -> EndpointResult:
+        """Send ``(N, H, W)`` uint8 slices; the maps and attributes of the slices that are not
+        ``context`` (the neighbours at each end), or EndpointError."""
+        context = context or RequestAttributes()
+        expected = context.answered(len(slices_u8))
         body = encode_slices(slices_u8)
         started = time.perf_counter()
         last: EndpointError | None = None
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                payload, attributes_text = self.transport(body)
-                result = self._parse(slices_u8, payload, attributes_text)
+                payload, attributes_text = self.transport(body, context.encode())
+                result = self._parse(slices_u8, payload, attributes_text, context, expected)
                 return EndpointResult(result[0], result[1], attempt, time.perf_counter() - started)
             except EndpointError as exc:
                 last = exc
@@ -182,17 +191,24 @@ class EndpointClient:
         ) from last
 
     @staticmethod
-    def _parse(slices_u8: np.ndarray, payload: bytes, attributes_text: str) -> tuple[np.ndarray, ResponseAttributes]:
+    def _parse(
+        slices_u8: np.ndarray, payload: bytes, attributes_text: str, context: RequestAttributes, expected: int
+    ) -> tuple[np.ndarray, ResponseAttributes]:
         try:
             probabilities = decode_slices(payload)
             attributes = ResponseAttributes.decode(attributes_text)
         except ProtocolError as exc:
             # A malformed answer is the server's fault and may be a transient bad instance.
             raise EndpointError(f"malformed endpoint response: {exc}", retryable=True) from exc
-        if probabilities.shape != slices_u8.shape or len(attributes.slice_probabilities) != len(slices_u8):
+        answered = len(probabilities)
+        if answered == len(slices_u8) and answered != expected:
+            # An endpoint that ignores the request's context answers for every slice: drop the context's.
+            before, after = context.context_before, context.context_after
+            probabilities, attributes = trim_context(probabilities, before, after), attributes.trimmed(before, after)
+        if probabilities.shape != (expected, *slices_u8.shape[1:]) or len(attributes.slice_probabilities) != expected:
             raise EndpointError(
                 f"endpoint answered {probabilities.shape} maps and {len(attributes.slice_probabilities)} slice "
-                f"probabilities for {slices_u8.shape} slices",
+                f"probabilities for {slices_u8.shape} slices ({expected} of them to answer for)",
                 retryable=True,
             )
         return probabilities, attributes

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ichseg.endpoint_protocol import decode_slices, trim_context
+from ichseg.endpoint_protocol import RequestAttributes, decode_slices, trim_context
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
@@ -74,19 +74,20 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
             f"{message.frames_key} holds {len(frames)} slices, the message says {message.count} "
             f"plus {before} + {after} context"
         )
-    result = ctx.endpoint.segment(frames)
+    # The endpoint reads the context slices as neighbours only and answers for the batch's own.
+    result = ctx.endpoint.segment(frames, RequestAttributes(before, after))
     ctx.metrics.add_metric("EndpointLatency", "Milliseconds", round(result.seconds * 1000, 1))
     # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
     # The attributes are the CustomAttributes as received (model identity, thresholds,
-    # probabilities), context trimmed; the part keeps them beside what was rendered from them.
+    # probabilities of the batch's slices); the part keeps them beside what was rendered from them.
     from ichseg.pipeline.assemble import in_background, render_batch  # PyAV, OpenCV: loaded on first use
 
     slice_ids = message.slice_ids or _slice_ids(ctx, message)
     part = in_background(  # at a lower priority than the endpoint segmenting the next batches
         lambda: render_batch(
             trim_context(frames, before, after),
-            trim_context(result.probabilities_u8, before, after),
-            result.attributes.trimmed(before, after),
+            result.probabilities_u8,
+            result.attributes,
             message.start,
             slice_ids,
             ctx.config.video_fps,

@@ -12,7 +12,14 @@ import pytest
 from botocore.stub import Stubber
 from PIL import Image
 
-from ichseg.endpoint_protocol import CONTEXT_SLICES, ProtocolError, ResponseAttributes, encode_slices, trim_context
+from ichseg.endpoint_protocol import (
+    CONTEXT_SLICES,
+    ProtocolError,
+    RequestAttributes,
+    ResponseAttributes,
+    encode_slices,
+    trim_context,
+)
 from ichseg.metrics import volume_ml
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
@@ -170,9 +177,11 @@ class ScriptedTransport:
     def __init__(self, *outcomes: object) -> None:
         self.outcomes = list(outcomes)
         self.calls = 0
+        self.sent: list[str] = []
 
-    def __call__(self, body: bytes) -> tuple[bytes, str]:
+    def __call__(self, body: bytes, custom_attributes: str = "") -> tuple[bytes, str]:
         self.calls += 1
+        self.sent.append(custom_attributes)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
@@ -223,6 +232,27 @@ def test_answers_that_break_the_contract_are_retried_not_trusted() -> None:
     assert EndpointClient(transport, RetryPolicy(attempts=3), sleep=lambda s: None).segment(slices).attempts == 3
 
 
+def test_context_slices_are_declared_and_answers_for_them_are_never_kept() -> None:
+    frames = np.zeros((6, 16, 16), np.uint8)
+    # an endpoint that honours the declaration answers for the 4 inner slices
+    honours = ScriptedTransport(_answer(frames[1:5]))
+    result = EndpointClient(honours, sleep=lambda s: None).segment(frames, RequestAttributes(1, 1))
+    assert honours.sent == ["context=1,1"] and result.probabilities_u8.shape == (4, 16, 16)
+    # one that ignores it answers for all 6: the client drops the context's answers itself
+    ignores = ScriptedTransport(_answer(frames))
+    result = EndpointClient(ignores, sleep=lambda s: None).segment(frames, RequestAttributes(1, 0))
+    assert result.probabilities_u8.shape == (5, 16, 16) and len(result.attributes.slice_probabilities) == 5
+    # no context: nothing is declared
+    plain = ScriptedTransport(_answer(frames))
+    EndpointClient(plain, sleep=lambda s: None).segment(frames)
+    assert plain.sent == [""]
+    assert RequestAttributes.decode("context=1,0") == RequestAttributes(1, 0)
+    assert RequestAttributes.decode("") == RequestAttributes()
+    for bad in ("context=2,0", "context=a,b", "context=1"):
+        with pytest.raises(ProtocolError):
+            RequestAttributes.decode(bad)
+
+
 def test_sagemaker_errors_are_classified_like_the_runtime_reports_them() -> None:
     import boto3
 
@@ -253,6 +283,19 @@ def test_sagemaker_errors_are_classified_like_the_runtime_reports_them() -> None
             outcomes.append(info.value.retryable)
         assert outcomes == [True, False, True]
         assert transport(encode_slices(slices)) == (body, attributes)
+        # the exact request: npy both ways, and the context declared in the request's CustomAttributes
+        stub.add_response(
+            "invoke_endpoint",
+            {"Body": io.BytesIO(body), "ContentType": "application/x-npy", "CustomAttributes": attributes},
+            expected_params={
+                "EndpointName": "ichseg",
+                "ContentType": "application/x-npy",
+                "Accept": "application/x-npy",
+                "Body": encode_slices(slices),
+                "CustomAttributes": "context=1,1",
+            },
+        )
+        assert transport(encode_slices(slices), "context=1,1") == (body, attributes)
 
 
 def test_an_unreachable_http_endpoint_is_a_retryable_error() -> None:

@@ -147,8 +147,10 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     assembles = stack.invocations_of("assemble", job_id)
     finals = [i for i in assembles if "batch_id" not in json.loads(i.bodies[0])]
     assert len(finals) == 2  # the pipeline's final assembly, and the replay
-    # One request to write the first batch's masks early (the last batch's come with the final one).
-    assert [json.loads(i.bodies[0]).get("batch_id") for i in assembles if i not in finals] == ["b0000"]
+    # One request to write the masks of the batch that finished first early (the last one's come with
+    # the final assembly); two segment workers may finish the batches in either order.
+    early = [json.loads(i.bodies[0]).get("batch_id") for i in assembles if i not in finals]
+    assert early in (["b0000"], ["b0001"])
     assert all(not i.failed_ids for i in assembles)
     # Only one assemble message ever came from the pipeline itself: one transition to ASSEMBLING.
     assert stack.store.require(job_id).stamps["assembling"] == job.stamps["assembling"]
