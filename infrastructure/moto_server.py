@@ -7,13 +7,21 @@ without such isolation, and concurrent updates can lose one another (measured he
 workers finishing at once both read "1 of 3 batches done", and the job never completed). The job
 model relies on that atomicity, so this server runs DynamoDB requests one at a time; S3 and SQS
 (whose long polls must not block each other) stay concurrent.
+
+Two settings keep moto's own CPU cost off the machine it shares with the inference server (it is
+an emulator's cost, not the pipeline's): the service behind a host name is looked up once per host
+(moto lists its package directory for every request), and S3 objects up to 64 MiB stay in memory
+(moto's default spools anything over ~5 MiB, one frame batch, to a temporary file).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+
+S3_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class SerializedDynamoDB:
@@ -37,7 +45,19 @@ class MotoServer:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
-        app = SerializedDynamoDB(DomainDispatcherApplication(create_backend_app))
+        known: dict[str | None, Any] = {}
+
+        class Dispatcher(DomainDispatcherApplication):  # type: ignore[misc]
+            """Resolves each host's service once (moto re-lists its package for every request)."""
+
+            def get_backend_for_host(self, host: str | None) -> Any:
+                if host not in known:
+                    known[host] = super().get_backend_for_host(host)
+                return known[host]
+
+        # moto reads this per object; the stack's process is the emulator's, so it is set here.
+        os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(S3_IN_MEMORY_BYTES))
+        app = SerializedDynamoDB(Dispatcher(create_backend_app))
         self._server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
         self.url = f"http://{host}:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="ichseg-moto", daemon=True)
