@@ -17,12 +17,14 @@ from pathlib import Path
 from ichseg.errors import ErrorCode
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobState
+from ichseg.segmentation import Finding
 
 SPEC = Path(__file__).with_name("openapi.yaml")
 CLOSED_SETS: dict[str, Iterable[str]] = {
     "JobState": [state.value for state in JobState],
     "ErrorCode": [code.value for code in ErrorCode],
     "UploadContentType": ALLOWED_UPLOAD_TYPES,
+    "Finding": [finding.value for finding in Finding],
 }
 _MARKED = re.compile(r"^(?P<indent>\s*)enum: \[[^\]]*\]  # generated: (?P<name>\w+)$")
 

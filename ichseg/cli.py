@@ -54,7 +54,7 @@ def segment_command(args: argparse.Namespace) -> int:
     """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report."""
     from ichseg.inference import OnnxSegmenter, segment_scan
     from ichseg.readers import read_scan
-    from ichseg.segmentation import build_report, write_outputs
+    from ichseg.segmentation import build_report, headline, write_outputs
 
     scan = read_scan(args.input)
     segmenter = OnnxSegmenter(args.model)
@@ -63,8 +63,7 @@ def segment_command(args: argparse.Namespace) -> int:
         scan.slice_ids, segmentation, segmenter.metadata, scan.pixel_spacing_mm, scan.slice_thickness_mm
     )
     paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
-    headline = ("finding", "hemorrhage_probability", "slices_with_hemorrhage", "subtypes", "volume_ml")
-    summary = {k: report[k] for k in headline}
+    summary = {**headline(report), "slices_with_hemorrhage": report["slices_with_hemorrhage"]}
     print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
     return 0
 

@@ -163,7 +163,7 @@ def concat_h264(segments: Sequence[bytes], destination: str | Path | None = None
 
 def _remux(segments: Sequence[bytes], path: Path) -> bool:
     """Copy every segment's packets into ``path``; False if their parameter sets differ."""
-    inputs = [av.open(io.BytesIO(segment)) for segment in segments]
+    inputs = [av.open(io.BytesIO(segment), mode="r") for segment in segments]
     try:
         streams = [container.streams.video[0] for container in inputs]
         template = streams[0]
@@ -179,7 +179,7 @@ def _remux(segments: Sequence[bytes], path: Path) -> bool:
             for stream, container in zip(streams, inputs, strict=True):
                 end = offset
                 for packet in container.demux(stream):
-                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                    if packet.dts is None or packet.pts is None:  # the demuxer's end-of-stream marker
                         continue
                     duration = packet.duration or 0
                     end = max(end, packet.pts + offset + duration)
@@ -199,7 +199,7 @@ def _reencode(segments: Sequence[bytes], path: Path) -> None:
     frames: list[np.ndarray] = []
     rate: Fraction | None = None
     for segment in segments:
-        with av.open(io.BytesIO(segment)) as container:
+        with av.open(io.BytesIO(segment), mode="r") as container:
             stream = container.streams.video[0]
             rate = rate or stream.average_rate
             frames += [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
@@ -244,7 +244,7 @@ def thumbnail(frame: np.ndarray, thumb: int = CONTACT_THUMB) -> np.ndarray:
     area averaging by a fractional factor or PIL's thumbnail, for a preview that looks the same.
     Frames already small enough are only converted to RGB.
     """
-    image = np.ascontiguousarray(frame, dtype=np.uint8)
+    image: np.ndarray = np.ascontiguousarray(frame, dtype=np.uint8)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     height, width = image.shape[:2]

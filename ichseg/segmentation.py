@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -28,8 +29,58 @@ from ichseg.render import (
     thumbnail,
 )
 
-HEMORRHAGE_DETECTED = "Hemorrhage detected"
-NORMAL = "Normal"
+
+class Finding(StrEnum):
+    """The scan's verdict in ``report.json`` and the API's result summary."""
+
+    HEMORRHAGE_DETECTED = "Hemorrhage detected"
+    NORMAL = "Normal"
+
+
+HEMORRHAGE_DETECTED = Finding.HEMORRHAGE_DETECTED
+NORMAL = Finding.NORMAL
+
+
+class SliceReport(TypedDict, total=False):
+    """One slice in ``report.json`` (``subtypes`` only for models with a subtype head)."""
+
+    id: str
+    probability: float
+    hemorrhage: bool
+    area_px: int
+    area_mm2: float | None
+    subtypes: dict[str, float]
+
+
+class Thresholds(TypedDict):
+    scan: float
+    slice: float
+    pixel: float
+
+
+class ModelRef(TypedDict):
+    name: str
+    version: str
+
+
+class Report(TypedDict):
+    """``report.json``: the contract with the app, the viewer and hospital integrations."""
+
+    finding: Finding
+    hemorrhage_probability: float
+    slices_with_hemorrhage: list[str]
+    subtypes: dict[str, float] | None
+    volume_ml: float | None
+    volume_ml_by_subtype: dict[str, float] | None
+    volume_ml_by_subtype_note: str | None
+    pixel_spacing_mm: list[float] | None
+    slice_thickness_mm: float | None
+    thresholds: Thresholds
+    model: ModelRef
+    slices: list[SliceReport]
+    disclaimer: str
+
+
 SUBTYPE_SHOWN_FROM = 0.5
 """A subtype is named on a slice's overlay and contact-sheet caption from this (calibrated)
 probability; report.json carries every probability."""
@@ -106,7 +157,7 @@ def build_report(
     model: ModelMetadata,
     pixel_spacing_mm: tuple[float, float] | None,
     slice_thickness_mm: float | None,
-) -> dict[str, Any]:
+) -> Report:
     """The ``report.json`` document: per-slice probability and area, scan probability, volume."""
     areas = segmentation.masks.reshape(len(slice_ids), -1).sum(axis=1)
     return report_from_areas(
@@ -128,12 +179,12 @@ def report_from_areas(
     model: ModelMetadata,
     pixel_spacing_mm: tuple[float, float] | None,
     slice_thickness_mm: float | None,
-) -> dict[str, Any]:
+) -> Report:
     """:func:`build_report` from each slice's mask area instead of the masks (all a report reads
     of them), for callers that hold the areas of a scan assembled batch by batch."""
     areas = np.asarray(areas_px, dtype=np.int64)
     pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1] if pixel_spacing_mm else None
-    slices = [
+    slices: list[SliceReport] = [
         {
             "id": slice_id,
             "probability": round(float(p), 4),
@@ -173,6 +224,29 @@ def report_from_areas(
         "model": {"name": model.name, "version": model.version},
         "slices": slices,
         "disclaimer": "Research software. Not for clinical use.",
+    }
+
+
+class Headline(TypedDict):
+    """The report's headline: what the job record keeps for the status API and the CLI prints."""
+
+    finding: Finding
+    hemorrhage_probability: float
+    slices_with_hemorrhage: int
+    subtypes: dict[str, float] | None
+    volume_ml: float | None
+    model: ModelRef
+
+
+def headline(report: Report) -> Headline:
+    """The few fields of a report a status reply or a terminal line shows."""
+    return {
+        "finding": report["finding"],
+        "hemorrhage_probability": report["hemorrhage_probability"],
+        "slices_with_hemorrhage": len(report["slices_with_hemorrhage"]),
+        "subtypes": report["subtypes"],
+        "volume_ml": report["volume_ml"],
+        "model": report["model"],
     }
 
 
@@ -220,7 +294,7 @@ def _empty_mask_png(height: int, width: int) -> bytes:
 def output_files(
     slice_ids: Sequence[str],
     parts: Sequence[RenderedSlices],
-    report: dict[str, Any],
+    report: Report,
     labels: Sequence[str],
     masks: bool = True,
 ) -> dict[str, bytes]:
@@ -248,7 +322,7 @@ def joined_contact_sheet(parts: Sequence[RenderedSlices], labels: Sequence[str])
     return png_bytes(contact_sheet_from_thumbnails([t for part in parts for t in part.thumbnails], labels))
 
 
-def report_json(report: dict[str, Any]) -> bytes:
+def report_json(report: Report) -> bytes:
     """``report.json``."""
     return json.dumps(report, indent=2).encode()
 
@@ -264,7 +338,7 @@ def write_outputs(
     slice_ids: tuple[str, ...] | list[str],
     slices_u8: np.ndarray,
     segmentation: Segmentation,
-    report: dict[str, Any],
+    report: Report,
     fps: float = 5.0,
     model: ModelMetadata | None = None,
 ) -> dict[str, Path]:

@@ -36,21 +36,23 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from ichseg.endpoint_protocol import ResponseAttributes
+from ichseg.errors import ErrorCode
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobSource, JobState
+from ichseg.pipeline.jobs import Job, JobSource, JobState, Stage
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
     RenderedSlices,
     Segmentation,
+    headline,
     joined_contact_sheet,
     joined_video,
     masks_from_u8_probabilities,
@@ -62,7 +64,7 @@ from ichseg.segmentation import (
 
 log = logging.getLogger("ichseg.pipeline.assemble")
 
-STAGE = "assemble"
+STAGE = Stage.ASSEMBLE
 CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".dcm": "application/dicom"}
 MIRRORED = ("overlay.mp4", "report.json")
 UPLOAD_THREADS = 8
@@ -288,7 +290,7 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
     try:
         model = model_of([p.attributes for p in parts])
     except ModelChanged as exc:
-        fail_job(ctx, job_id, "model_changed", f"{exc}; resubmit the scan", STAGE)
+        fail_job(ctx, job_id, ErrorCode.MODEL_CHANGED, f"{exc}; resubmit the scan", STAGE)
         return AssembleResult(job_id, "failed")
     attributes = [p.attributes for p in parts]
     slice_probabilities = np.array([q for a in attributes for q in a.slice_probabilities], dtype=np.float32)
@@ -344,7 +346,7 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
             upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
         mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
 
-    ctx.store.mark_done(job_id, results, _summary(report), mirror_prefix, mirror_error)
+    ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error)
     seconds = time.perf_counter() - started
     created = job.stamps.get("created")
     end_to_end = ctx.clock() - created if created else None
@@ -417,7 +419,7 @@ def _dicom_seg(
     ctx: PipelineContext, manifest: ScanManifest, parts: Sequence[BatchPart], model: ModelMetadata
 ) -> bytes | None:
     """The DICOM SEG for DICOM input, or None (not DICOM, or a series a SEG cannot describe)."""
-    if manifest.dicom is None or manifest.dicom.get("seg_unavailable"):
+    if manifest.dicom is None or manifest.dicom.seg_unavailable:
         return None
     import cv2
 
@@ -437,15 +439,3 @@ def _dicom_seg(
     except SegUnavailable as exc:
         log.warning("no DICOM SEG: %s", exc)
         return None
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The report's headline, kept on the job for the status API."""
-    return {
-        "finding": report["finding"],
-        "hemorrhage_probability": report["hemorrhage_probability"],
-        "slices_with_hemorrhage": len(report["slices_with_hemorrhage"]),
-        "subtypes": report["subtypes"],
-        "volume_ml": report["volume_ml"],
-        "model": report["model"],
-    }

@@ -60,9 +60,9 @@ def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> 
         raise SegUnavailable(f"{len(missing)} source instance(s) could not be found again in the upload")
     headers = []
     for uid in series.sop_instance_uids:
-        dataset = by_uid[uid]
-        meta = getattr(dataset, "file_meta", None)
-        headers.append({"dataset": dataset.to_json_dict(), "file_meta": meta.to_json_dict() if meta else {}})
+        source = by_uid[uid]
+        meta = getattr(source, "file_meta", None)
+        headers.append({"dataset": source.to_json_dict(), "file_meta": meta.to_json_dict() if meta else {}})
     return headers
 
 

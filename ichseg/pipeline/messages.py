@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ichseg.pipeline import keys
+from ichseg.scan import DicomSeriesRef
 
 
 class MalformedMessage(ValueError):
@@ -26,6 +27,24 @@ def _load(body: str, required: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(data, dict) or any(name not in data for name in required):
         raise MalformedMessage(f"message body lacks one of {required}: {body[:200]!r}")
     return data
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """What the manifest keeps of a DICOM input: the series a SEG points back at, and whether one
+    can be made (``seg_unavailable`` says why not: the job still finishes, without a SEG)."""
+
+    series: DicomSeriesRef
+    seg_unavailable: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.series), "seg_unavailable": self.seg_unavailable}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DicomSource:
+        fields = {k: v for k, v in data.items() if k != "seg_unavailable"}
+        fields["sop_instance_uids"] = tuple(fields["sop_instance_uids"])
+        return cls(DicomSeriesRef(**fields), data.get("seg_unavailable"))
 
 
 @dataclass(frozen=True)
@@ -137,15 +156,17 @@ class ScanManifest:
     batches: tuple[BatchRef, ...]
     pixel_spacing_mm: tuple[float, float] | None = None
     slice_thickness_mm: float | None = None
-    dicom: dict[str, Any] | None = field(default=None)
-    """The DicomSeriesRef fields when the input was DICOM (its headers are stored beside it)."""
+    dicom: DicomSource | None = field(default=None)
+    """The source series when the input was DICOM (its headers are stored beside the manifest)."""
 
     @property
     def num_slices(self) -> int:
         return len(self.slice_ids)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        data["dicom"] = self.dicom.to_dict() if self.dicom is not None else None
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScanManifest:
@@ -162,7 +183,7 @@ class ScanManifest:
             batches=tuple(BatchRef(**b) for b in data["batches"]),
             pixel_spacing_mm=(float(spacing[0]), float(spacing[1])) if spacing else None,
             slice_thickness_mm=data.get("slice_thickness_mm"),
-            dicom=data.get("dicom"),
+            dicom=DicomSource.from_dict(data["dicom"]) if data.get("dicom") else None,
         )
 
     def summary(self) -> dict[str, Any]:

@@ -26,12 +26,12 @@ from ichseg.endpoint_protocol import RequestAttributes, decode_slices, trim_cont
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobNotFound, JobState
+from ichseg.pipeline.jobs import Job, JobNotFound, JobState, Stage
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")
 
-STAGE = "segment"
+STAGE = Stage.SEGMENT
 ASSEMBLY_RESEND_AFTER_SECONDS = 60.0
 """A job in ASSEMBLING without a recorded enqueue is repaired only after this long, so a message
 racing the winner (between its transition and its send) does not send a second copy."""

@@ -36,16 +36,16 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import JobState
+from ichseg.pipeline.jobs import JobState, Stage
 from ichseg.pipeline.keys import UploadRef
-from ichseg.pipeline.messages import BatchRef, ScanManifest, SegmentMessage, plan_batches
+from ichseg.pipeline.messages import BatchRef, DicomSource, ScanManifest, SegmentMessage, plan_batches
 from ichseg.readers import read_scan
-from ichseg.scan import Scan
+from ichseg.scan import DicomSeriesRef, Scan
 from ichseg.windowing import window_by_name, windowed_slices
 
 log = logging.getLogger("ichseg.pipeline.split")
 
-STAGE = "split"
+STAGE = Stage.SPLIT
 WRITERS = 2
 """Batches written and enqueued at once: enough to keep S3 busy without starving the endpoint
 (which shares the machine in the local stack) of CPU."""
@@ -150,20 +150,19 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
     return manifest, slices
 
 
-def _store_dicom_headers(ctx: PipelineContext, job_id: str, data: bytes, series: object, limits: ScanLimits) -> dict:
+def _store_dicom_headers(
+    ctx: PipelineContext, job_id: str, data: bytes, series: DicomSeriesRef, limits: ScanLimits
+) -> DicomSource:
     """Keep the source headers for the DICOM SEG; a SEG problem is reported, never fatal to the job."""
-    from dataclasses import asdict
-
     from ichseg.pipeline.dicom_seg import SegUnavailable, capture_headers, headers_to_json
 
-    ref = asdict(series)  # type: ignore[call-overload]
     try:
-        headers = capture_headers(data, series, limits)  # type: ignore[arg-type]
+        headers = capture_headers(data, series, limits)
     except SegUnavailable as exc:
         log.warning("no DICOM SEG possible: %s", exc)
-        return {**ref, "seg_unavailable": str(exc)}
+        return DicomSource(series, seg_unavailable=str(exc))
     ctx.put(keys.dicom_headers_key(job_id), headers_to_json(headers), "application/json")
-    return ref
+    return DicomSource(series)
 
 
 def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.ndarray) -> None:

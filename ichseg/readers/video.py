@@ -36,7 +36,7 @@ def read_video(data: bytes, content: Content, name: str, limits: ScanLimits) -> 
         check_scan_size(limits, name, max(declared, 1), height, width)
         # With a declared count the frames decode straight into one array (no list + stack copy,
         # so the peak is the scan's size, not twice it).
-        slices = np.empty((declared, height, width), np.uint8) if declared else None
+        slices: np.ndarray | None = np.empty((declared, height, width), np.uint8) if declared else None
         frames: list[np.ndarray] = []
         count = 0
         try:
