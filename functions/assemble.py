@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions import pipeline_context, receive_count, stage_latency
 from ichseg.pipeline import AssembleMessage, assemble_results
+from ichseg.pipeline.assemble import AssemblyClaim
 
 logger = Logger()
 tracer = Tracer()
@@ -22,12 +23,16 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()
     message = AssembleMessage.from_json(record.body)
     logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
+    # The message id claims the final assembly: a redelivery of this message may take it again, a
+    # duplicate message may not; the lease lasts as long as this invocation may still run.
+    remaining = lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context else 900.0
+    claim = AssemblyClaim(record.message_id, remaining + 5)
     with stage_latency(metrics, "assemble"):
-        result = assemble_results(pipeline_context(metrics), message, receive_count(record))
+        result = assemble_results(pipeline_context(metrics), message, receive_count(record), claim)
     logger.info(
         "assemble outcome",
         extra={

@@ -20,7 +20,11 @@ Three steps, so that almost nothing is left to do once the last batch is segment
    sheet from the thumbnails, any masks that no batch message wrote yet (a lost or late message
    costs time, never a mask), the DICOM SEG for DICOM input; an app job's video and report are
    mirrored to Firebase Storage. Only then does the job become DONE (ASSEMBLING -> DONE is
-   conditional, so a duplicate final message finds the job DONE and does nothing).
+   conditional, so a duplicate final message finds the job DONE and does nothing). A duplicate that
+   arrives while the job is still ASSEMBLING finds the assembly claimed
+   (:meth:`~ichseg.pipeline.jobs.JobStore.claim_assembly`, a lease as long as the function may run)
+   and does nothing either: its twin is still in flight, and if that one crashes, SQS redelivers it
+   and it takes its own claim again. So results are written, the job logged DONE and counted once.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,7 +51,7 @@ from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobSource, JobState, Stage
+from ichseg.pipeline.jobs import Job, JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
@@ -105,7 +110,7 @@ def in_background(work: Callable[[], T]) -> T:
 @dataclass(frozen=True)
 class AssembleResult:
     job_id: str
-    outcome: str
+    outcome: StageOutcome
     """``done``, ``batch`` (a batch's masks written), ``duplicate`` (the job is not waiting for this
     any more) or ``failed`` (model changed mid-job)."""
     slices: int = 0
@@ -254,12 +259,23 @@ def render_batch(
 # ------------------------------------------------------------------------------ the stage
 
 
-def assemble_results(ctx: PipelineContext, message: AssembleMessage, receive_count: int = 1) -> AssembleResult:
+@dataclass(frozen=True)
+class AssemblyClaim:
+    """Who runs a final assembly (the SQS message id: its redelivery is the same claimant) and how
+    long it may take (the function's remaining time)."""
+
+    claimant: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lease_seconds: float = 900.0
+
+
+def assemble_results(
+    ctx: PipelineContext, message: AssembleMessage, receive_count: int = 1, claim: AssemblyClaim | None = None
+) -> AssembleResult:
     """Write one batch's masks, or every result of a fully segmented job and mark it DONE (see the module doc)."""
     with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
         if message.batch_id is not None:
             return _write_batch_masks(ctx, message.job_id, message.batch_id)
-        return _assemble(ctx, message.job_id)
+        return _assemble(ctx, message.job_id, claim or AssemblyClaim())
 
 
 def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> AssembleResult:
@@ -267,7 +283,7 @@ def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> Asse
     started = time.perf_counter()
     job = ctx.store.require(job_id)
     if job.state.terminal:  # DONE: the final assembly wrote every mask; FAILED: nothing more is written
-        return AssembleResult(job_id, "duplicate")
+        return AssembleResult(job_id, StageOutcome.DUPLICATE)
 
     def write() -> int:
         part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
@@ -275,23 +291,27 @@ def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> Asse
         return part.count
 
     count = in_background(write)  # beside the endpoint, which is still segmenting the scan
-    return AssembleResult(job_id, "batch", count, time.perf_counter() - started)
+    return AssembleResult(job_id, StageOutcome.BATCH, count, time.perf_counter() - started)
 
 
-def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
+def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> AssembleResult:
     """Step 3: join the parts into the results, mirror, DONE."""
     started = time.perf_counter()
     job = ctx.store.require(job_id)
     if job.state != JobState.ASSEMBLING:
         log.info("assembly skipped: job is %s", job.state.value)
-        return AssembleResult(job_id, "duplicate")
+        return AssembleResult(job_id, StageOutcome.DUPLICATE)
+    if not ctx.store.claim_assembly(job_id, claim.claimant, claim.lease_seconds):
+        log.info("assembly skipped: another delivery of the job's message is assembling it")
+        ctx.metrics.add_metric("DuplicateMessages", "Count", 1)
+        return AssembleResult(job_id, StageOutcome.DUPLICATE)
     manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job_id)))
     parts = _load_parts(ctx, manifest)
     try:
         model = model_of([p.attributes for p in parts])
     except ModelChanged as exc:
         fail_job(ctx, job_id, ErrorCode.MODEL_CHANGED, f"{exc}; resubmit the scan", STAGE)
-        return AssembleResult(job_id, "failed")
+        return AssembleResult(job_id, StageOutcome.FAILED)
     attributes = [p.attributes for p in parts]
     slice_probabilities = np.array([q for a in attributes for q in a.slice_probabilities], dtype=np.float32)
     subtypes = (
@@ -346,7 +366,10 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
             upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
         mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
 
-    ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error)
+    if not ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error):
+        # Only after a lease ran out mid-assembly: the other assembler finished first and counted it.
+        log.info("job already DONE (a concurrent assembly finished it)")
+        return AssembleResult(job_id, StageOutcome.DUPLICATE)
     seconds = time.perf_counter() - started
     created = job.stamps.get("created")
     end_to_end = ctx.clock() - created if created else None
@@ -354,7 +377,7 @@ def _assemble(ctx: PipelineContext, job_id: str) -> AssembleResult:
     if end_to_end is not None:
         ctx.metrics.add_metric("EndToEndLatency", "Seconds", round(end_to_end, 3))
     log.info("job DONE: %s, %d slices, assembled in %.2f s", report["finding"], manifest.num_slices, seconds)
-    return AssembleResult(job_id, "done", manifest.num_slices, seconds, end_to_end, mirror_error)
+    return AssembleResult(job_id, StageOutcome.DONE, manifest.num_slices, seconds, end_to_end, mirror_error)
 
 
 def _mirrored(ctx: PipelineContext, job: Job) -> bool:

@@ -75,6 +75,29 @@ class Stage(StrEnum):
         }[self]
 
 
+class StageOutcome(StrEnum):
+    """What one delivery of a stage's message did (logged by every function, returned to tests)."""
+
+    SPLIT = "split"
+    """The upload was read and its batches enqueued."""
+    SEGMENTED = "segmented"
+    """A batch came back from the endpoint and its part was rendered."""
+    BATCH = "batch"
+    """A batch's masks were written under results/."""
+    DONE = "done"
+    """The final assembly wrote every result; the job is DONE."""
+    DUPLICATE = "duplicate"
+    """Already done by an earlier delivery, or being done by another one right now."""
+    SKIPPED = "skipped"
+    """The job had ended (DONE or FAILED) before this message arrived."""
+    REJECTED = "rejected"
+    """The upload is not a scan ichseg can read; the job FAILED with the reason."""
+    FOREIGN = "foreign"
+    """The upload's key names a job of another owner or source; nothing was done."""
+    FAILED = "failed"
+    """The stage failed the job (e.g. the model changed between batches)."""
+
+
 class JobSource(StrEnum):
     """Who sent the scan: the mobile app (a Firebase user) or the hospital DICOM router (IAM)."""
 
@@ -339,6 +362,19 @@ class JobStore:
                 ":now": now,
                 ":iso": utc_iso(now),
             },
+        )
+
+    def claim_assembly(self, job_id: str, claimant: str, lease_seconds: float) -> bool:
+        """Take the final assembly of an ASSEMBLING job for ``lease_seconds``; False while another
+        delivery holds it. The holder (the same message redelivered) may take it again, and anyone
+        may once its lease is over (a crashed assembler's)."""
+        now = self.clock()
+        return self._update(
+            job_id,
+            "SET #assembly_claim = :claimant, #assembly_claim_until = :until",
+            "#state = :assembling AND (attribute_not_exists(#assembly_claim) OR #assembly_claim = :claimant "
+            "OR #assembly_claim_until < :now)",
+            {":claimant": claimant, ":until": now + lease_seconds, ":now": now, ":assembling": JobState.ASSEMBLING},
         )
 
     def mark_assembly_enqueued(self, job_id: str) -> bool:

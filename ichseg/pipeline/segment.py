@@ -26,7 +26,7 @@ from ichseg.endpoint_protocol import RequestAttributes, decode_slices, trim_cont
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobNotFound, JobState, Stage
+from ichseg.pipeline.jobs import Job, JobNotFound, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")
@@ -43,7 +43,7 @@ class SegmentResult:
 
     job_id: str
     batch_id: str
-    outcome: str
+    outcome: StageOutcome
     """``segmented``, ``duplicate`` (batch already done) or ``skipped`` (job already ended)."""
     slices: int = 0
     endpoint_seconds: float = 0.0
@@ -62,10 +62,12 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     if job is None:
         raise JobNotFound(f"segment message for unknown job {message.job_id}")
     if job.state.terminal:
-        return SegmentResult(job.job_id, message.batch_id, "skipped")
+        return SegmentResult(job.job_id, message.batch_id, StageOutcome.SKIPPED)
     if message.batch_id in job.done_batches or job.state == JobState.ASSEMBLING:
         ctx.metrics.add_metric("DuplicateMessages", "Count", 1)
-        return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, job))
+        return SegmentResult(
+            job.job_id, message.batch_id, StageOutcome.DUPLICATE, started_assembly=_repair_assembly(ctx, job)
+        )
 
     frames = decode_slices(ctx.get(message.frames_key))
     before, after = message.context_before, message.context_after
@@ -99,7 +101,9 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, message.count)
     if updated is None:  # a concurrent copy of this message recorded it first
         latest = ctx.store.require(job.job_id)
-        return SegmentResult(job.job_id, message.batch_id, "duplicate", started_assembly=_repair_assembly(ctx, latest))
+        return SegmentResult(
+            job.job_id, message.batch_id, StageOutcome.DUPLICATE, started_assembly=_repair_assembly(ctx, latest)
+        )
     done, total = len(updated.done_batches), updated.total_batches or 0
     log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
     started = done == total and start_assembly(ctx, job.job_id)
@@ -107,7 +111,7 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
         # The last batch's masks are written by the final assembly, which follows at once.
         _send(ctx, AssembleMessage(job.job_id, message.batch_id))
     return SegmentResult(
-        job.job_id, message.batch_id, "segmented", message.count, result.seconds, result.attempts, started
+        job.job_id, message.batch_id, StageOutcome.SEGMENTED, message.count, result.seconds, result.attempts, started
     )
 
 

@@ -36,7 +36,7 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import JobState, Stage
+from ichseg.pipeline.jobs import JobState, Stage, StageOutcome
 from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import BatchRef, DicomSource, ScanManifest, SegmentMessage, plan_batches
 from ichseg.readers import read_scan
@@ -56,7 +56,7 @@ class SplitResult:
     """What the split did with one upload event."""
 
     job_id: str
-    outcome: str
+    outcome: StageOutcome
     """``split`` (batches enqueued), ``duplicate`` (already past SPLIT), ``rejected`` (bad scan:
     job FAILED), ``foreign`` (the job id belongs to another owner)."""
     slices: int = 0
@@ -81,11 +81,11 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
         # Only the API's presigned POST writes under uploads/{uid}/{job}; a mismatch means a key
         # not made by it. Never let one user's object touch another user's job.
         log.error("upload %s does not belong to job %s's owner; ignored", upload.key, job.job_id)
-        return SplitResult(job.job_id, "foreign")
+        return SplitResult(job.job_id, StageOutcome.FOREIGN)
     if job.state not in (JobState.RECEIVED, JobState.SPLIT):
         log.info("duplicate upload event: job is already %s", job.state.value)
         ctx.metrics.add_metric("DuplicateEvents", "Count", 1)
-        return SplitResult(job.job_id, "duplicate")
+        return SplitResult(job.job_id, StageOutcome.DUPLICATE)
 
     try:
         if job.state == JobState.RECEIVED:
@@ -97,7 +97,7 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
             slices = _read_slices(ctx, upload)[0]
     except ScanError as exc:
         fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
-        return SplitResult(job.job_id, "rejected", seconds=time.perf_counter() - started)
+        return SplitResult(job.job_id, StageOutcome.REJECTED, seconds=time.perf_counter() - started)
 
     _store_and_enqueue(ctx, manifest, slices)
     ctx.store.mark_segmenting(job.job_id)
@@ -105,7 +105,7 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
     log.info("split %d slices into %d batches in %.2f s", manifest.num_slices, len(manifest.batches), seconds)
     ctx.metrics.add_metric("Frames", "Count", manifest.num_slices)
     ctx.metrics.add_metric("Batches", "Count", len(manifest.batches))
-    return SplitResult(job.job_id, "split", manifest.num_slices, len(manifest.batches), seconds)
+    return SplitResult(job.job_id, StageOutcome.SPLIT, manifest.num_slices, len(manifest.batches), seconds)
 
 
 def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, Scan, bytes, ScanLimits]:

@@ -28,9 +28,9 @@ from ichseg.pipeline import (
     split_scan_into_batches,
 )
 from ichseg.pipeline import keys as layout
-from ichseg.pipeline.assemble import BatchPart
+from ichseg.pipeline.assemble import AssemblyClaim, BatchPart
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.jobs import JobSource, JobState
+from ichseg.pipeline.jobs import JobSource, JobState, StageOutcome
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
 
 
@@ -165,6 +165,49 @@ def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
     assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "done"
     report = json.loads(core.get(core.store.require(upload.job_id).results["report"]))
     assert len(report["slices"]) == 8 and len(_mask_keys(core, upload.job_id)) == 8
+
+
+def test_a_duplicate_final_message_during_assembly_does_nothing_and_done_is_counted_once(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    upload = _upload(core, "dave", video_bytes(tmp_path, head_frames(4, bleed_from=2)))
+    split_scan_into_batches(core, upload)
+    for message in _segment_messages(core):
+        segment_batch(core, message)
+    final = AssembleMessage(upload.job_id)
+    # The first delivery holds the assembly (it is still writing); its duplicate arrives meanwhile.
+    assert core.store.claim_assembly(upload.job_id, "first-delivery", lease_seconds=300)
+    duplicate = assemble_results(core, final, claim=AssemblyClaim("duplicate-delivery", 300))
+    assert duplicate.outcome == StageOutcome.DUPLICATE
+    assert core.store.require(upload.job_id).state == JobState.ASSEMBLING
+    assert _result_keys(core, upload.job_id) == []  # the duplicate wrote nothing
+    # The holder (or its own redelivery after a crash) finishes, once.
+    assert assemble_results(core, final, claim=AssemblyClaim("first-delivery", 300)).outcome == StageOutcome.DONE
+    written = {
+        key: core.s3.head_object(Bucket=core.config.bucket, Key=key)["ETag"]
+        for key in _result_keys(core, upload.job_id)
+    }
+    late = assemble_results(core, final, claim=AssemblyClaim("duplicate-delivery", 300))
+    assert late.outcome == StageOutcome.DUPLICATE
+    assert {
+        key: core.s3.head_object(Bucket=core.config.bucket, Key=key)["ETag"]
+        for key in _result_keys(core, upload.job_id)
+    } == written
+
+
+def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "erin", video_bytes(tmp_path, head_frames(4, bleed_from=2)))
+    split_scan_into_batches(core, upload)
+    for message in _segment_messages(core):
+        segment_batch(core, message)
+    assert core.store.claim_assembly(upload.job_id, "crashed", lease_seconds=-1)  # its lease is over
+    result = assemble_results(core, AssembleMessage(upload.job_id), claim=AssemblyClaim("rescuer", 300))
+    assert result.outcome == StageOutcome.DONE
+
+
+def _result_keys(ctx: PipelineContext, job_id: str) -> list[str]:
+    listed = ctx.s3.list_objects_v2(Bucket=ctx.config.bucket, Prefix=f"results/{job_id}/")
+    return sorted(o["Key"] for o in listed.get("Contents", []) if "/masks/" not in o["Key"])
 
 
 def test_a_split_that_died_after_recording_resumes_from_the_manifest(core: PipelineContext, tmp_path: Path) -> None:
