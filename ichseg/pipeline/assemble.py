@@ -395,6 +395,7 @@ def _mirror(ctx: PipelineContext, job: Job, files: dict[str, bytes]) -> tuple[st
         [MirrorFile(name, files[name], CONTENT_TYPES[Path(name).suffix]) for name in MIRRORED],
         attempts=ctx.config.mirror_attempts,
         sleep=ctx.sleep,
+        budget_seconds=ctx.config.mirror_budget_seconds,
     )
     if error:
         ctx.metrics.add_metric("MirrorFailures", "Count", 1)

@@ -71,6 +71,9 @@ class PipelineConfig:
     endpoint_backoff_seconds: float = 0.5
     endpoint_timeout_seconds: float = 60.0
     mirror_attempts: int = 3
+    mirror_budget_seconds: float = 30.0
+    """All the time mirroring one job may take, retries included: well inside the assemble function's
+    timeout (300 s), so a Firebase outage delays a DONE by this much at most, never times it out."""
     window: str = _DEFAULT_WINDOW_NAME
     """Window for HU inputs (DICOM, NIfTI); must be the model's (model metadata ``window``)."""
     video_fps: float = 5.0
@@ -116,6 +119,7 @@ class PipelineConfig:
             endpoint_backoff_seconds=float(number("ICHSEG_ENDPOINT_BACKOFF_SECONDS", 0.5, float)),
             endpoint_timeout_seconds=float(number("ICHSEG_ENDPOINT_TIMEOUT_SECONDS", 60.0, float)),
             mirror_attempts=int(number("ICHSEG_MIRROR_ATTEMPTS", 3)),
+            mirror_budget_seconds=float(number("ICHSEG_MIRROR_BUDGET_SECONDS", 30.0, float)),
             window=text("ICHSEG_WINDOW", _DEFAULT_WINDOW_NAME),
             video_fps=float(number("ICHSEG_VIDEO_FPS", 5.0, float)),
             firebase_bucket=text("ICHSEG_FIREBASE_BUCKET"),

@@ -1,8 +1,10 @@
 """Mirroring results to Firebase Storage, where the mobile app reads them.
 
 The S3 results are the record; the mirror is a convenience copy. Uploads are retried with
-backoff, and if they still fail the job is DONE anyway with ``mirror_error`` set (the app can
-fall back to the presigned S3 links the status API returns).
+backoff within one time budget (``ICHSEG_MIRROR_BUDGET_SECONDS``), and if they still fail the job
+is DONE anyway with ``mirror_error`` set (the app can fall back to the presigned S3 links the
+status API returns). The retries are ichseg's alone: google-cloud-storage's own (a 120 s deadline
+per call by default) are switched off, so the budget is the whole cost of an outage.
 
 Credentials: with ``STORAGE_EMULATOR_HOST`` (local stack) the client is anonymous, as the emulator
 expects; in the cloud a service-account JSON from Secrets Manager
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +24,9 @@ from typing import Any
 from ichseg.pipeline.config import PipelineConfig
 
 log = logging.getLogger("ichseg.pipeline.mirror")
+
+REQUEST_TIMEOUT_SECONDS = 10.0
+"""One upload's connect/read timeout (a result file is a few MB)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,9 @@ class FirebaseMirror:
         name = f"ichseg-mirror:{config.firebase_bucket}:{config.storage_emulator_host}"
         return storage.bucket(app=firebase_app(name, credential, options))
 
-    def upload(self, path: str, data: bytes, content_type: str) -> None:
-        self.bucket.blob(path).upload_from_string(data, content_type=content_type)
+    def upload(self, path: str, data: bytes, content_type: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        # retry=None: one HTTP attempt per call; mirror_files owns the retries and their budget.
+        self.bucket.blob(path).upload_from_string(data, content_type=content_type, timeout=timeout, retry=None)
 
     def list(self, prefix: str) -> list[dict[str, Any]]:
         return [
@@ -94,17 +101,27 @@ def mirror_files(
     attempts: int,
     sleep: Callable[[float], None],
     backoff_seconds: float = 1.0,
+    budget_seconds: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> str | None:
-    """Upload every file under ``prefix``, retrying each; ``None`` on success, else the last error."""
+    """Upload every file under ``prefix``, retrying each; ``None`` on success, else the last error.
+
+    Everything (attempts, their timeouts, the waits between them) fits in ``budget_seconds``.
+    """
+    deadline = clock() + budget_seconds
     for item in files:
         for attempt in range(1, attempts + 1):
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return f"mirroring {item.name} to Firebase Storage stopped: its {budget_seconds:g} s budget is spent"
             try:
-                mirror.upload(prefix + item.name, item.data, item.content_type)
+                mirror.upload(prefix + item.name, item.data, item.content_type, min(remaining, REQUEST_TIMEOUT_SECONDS))
                 break
             except Exception as exc:  # any client/transport error: retry, then report (never lose S3)
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("mirror of %s failed (attempt %d/%d): %s", item.name, attempt, attempts, error)
-                if attempt == attempts:
-                    return f"mirroring {item.name} to Firebase Storage failed after {attempts} attempts: {error}"[:1000]
-                sleep(backoff_seconds * 2 ** (attempt - 1))
+                delay = backoff_seconds * 2 ** (attempt - 1)
+                if attempt == attempts or clock() + delay >= deadline:
+                    return f"mirroring {item.name} to Firebase Storage failed after {attempt} attempts: {error}"[:1000]
+                sleep(delay)
     return None

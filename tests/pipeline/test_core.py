@@ -401,7 +401,7 @@ class FlakyMirror:
         self.failures = failures
         self.uploaded: dict[str, bytes] = {}
 
-    def upload(self, path: str, data: bytes, content_type: str) -> None:
+    def upload(self, path: str, data: bytes, content_type: str, timeout: float = 10.0) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("storage unreachable")
@@ -417,6 +417,55 @@ def test_mirroring_retries_then_reports_instead_of_raising() -> None:
     assert sleeps == [1.0, 2.0]
     error = mirror_files(FlakyMirror(failures=99), "p/", files, attempts=2, sleep=lambda s: None)  # type: ignore[arg-type]
     assert error is not None and "overlay.mp4" in error and "after 2 attempts" in error
+
+
+class HangingMirror:
+    """Firebase during an outage: every upload waits out its whole timeout, then fails."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timeouts: list[float] = []
+
+    def upload(self, path: str, data: bytes, content_type: str, timeout: float = 10.0) -> None:
+        self.timeouts.append(timeout)
+        self.now += timeout
+        raise TimeoutError("read timed out")
+
+
+def test_a_firebase_outage_costs_the_mirror_budget_and_no_more() -> None:
+    mirror = HangingMirror()
+
+    def sleep(seconds: float) -> None:
+        mirror.now += seconds
+
+    files = [MirrorFile(name, b"x", "video/mp4") for name in ("overlay.mp4", "report.json")]
+    error = mirror_files(mirror, "p/", files, attempts=10, sleep=sleep, budget_seconds=30, clock=lambda: mirror.now)  # type: ignore[arg-type]
+    assert error is not None and mirror.now <= 30
+    assert all(t <= 10 for t in mirror.timeouts)
+
+
+def test_the_real_storage_client_does_not_retry_on_its_own(tmp_path: Path) -> None:
+    """google-cloud-storage retries a refused connection for up to 120 s by default: not here."""
+    import time
+
+    from ichseg.pipeline.config import PipelineConfig
+    from ichseg.pipeline.mirror import FirebaseMirror
+
+    config = PipelineConfig.from_env(
+        {"ICHSEG_FIREBASE_BUCKET": "b", "FIREBASE_PROJECT_ID": "p", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+    )
+    files = [MirrorFile("report.json", b"{}", "application/json")]
+    started = time.monotonic()
+    error = mirror_files(FirebaseMirror(config), "p/", files, attempts=2, sleep=lambda s: None, budget_seconds=20)
+    assert error is not None and time.monotonic() - started < 10
+
+
+def test_the_mirror_budget_fits_well_inside_the_assemble_function_timeout() -> None:
+    from ichseg.pipeline.config import PipelineConfig
+    from infrastructure.cloud_template import CloudTemplate
+
+    timeout = CloudTemplate.load().functions["assemble"].timeout_seconds
+    assert PipelineConfig.from_env({}).mirror_budget_seconds * 4 <= timeout
 
 
 def test_the_lambda_side_never_imports_onnxruntime_or_tensorflow() -> None:

@@ -250,7 +250,7 @@ def test_a_redelivery_repairs_an_assembly_that_was_never_enqueued(core: Pipeline
 
 def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContext, tmp_path: Path) -> None:
     class Unreachable:
-        def upload(self, path: str, data: bytes, content_type: str) -> None:
+        def upload(self, path: str, data: bytes, content_type: str, timeout: float = 10.0) -> None:
             raise ConnectionError("firebase storage is unreachable")
 
     core.mirror = Unreachable()
