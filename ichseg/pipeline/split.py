@@ -22,6 +22,7 @@ accepted upload is never silently dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,9 +109,17 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
     return SplitResult(job.job_id, StageOutcome.SPLIT, manifest.num_slices, len(manifest.batches), seconds)
 
 
+def request_sized_limits(limits: ScanLimits) -> ScanLimits:
+    """The limits with slices no larger than one endpoint request can carry (with their context):
+    the readers check them from the file's headers, so an upload of huge frames is refused before a
+    single frame is decoded (a few KB of video can declare gigabytes of pixels)."""
+    request_pixels = REQUEST_BYTES_BUDGET // (1 + 2 * CONTEXT_SLICES)
+    return dataclasses.replace(limits, max_pixels_per_slice=min(limits.max_pixels_per_slice, request_pixels))
+
+
 def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, Scan, bytes, ScanLimits]:
     """Download and decode the upload: (windowed slices, the scan, the upload's bytes, the limits)."""
-    limits = ScanLimits.from_env()
+    limits = request_sized_limits(ScanLimits.from_env())
     if upload.size > limits.max_bytes:  # the event says how big it is: no need to download it first
         raise ScanTooLargeError(
             f"upload is {upload.size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"

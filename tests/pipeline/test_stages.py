@@ -276,13 +276,43 @@ def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: Pipeli
     assert job.state == JobState.FAILED and job.error_code == "model_changed" and "2.0.0" in (job.error_reason or "")
 
 
+def test_a_small_video_of_huge_frames_is_refused_before_any_frame_is_decoded(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    """80 frames of 3000x2500 in a few KB: refused from the stream header, nothing decoded."""
+    import tracemalloc
+
+    from tests.scan_fixtures import encode_video
+
+    data = encode_video(tmp_path / "huge.mp4", np.zeros((80, 2500, 3000), np.uint8), "mp4", "libx264", "yuv420p")
+    assert data.stat().st_size < 200_000
+    upload = _upload(core, "carol", data.read_bytes())
+    tracemalloc.start()
+    try:
+        assert split_scan_into_batches(core, upload).outcome == StageOutcome.REJECTED
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * 2500 * 3000 / 20  # the decoded scan would be 600 MB; clients and the upload stay far below
+    job = core.store.require(upload.job_id)
+    assert (
+        job.state == JobState.FAILED
+        and job.error_code == "too_large"
+        and "pixels per slice" in (job.error_reason or "")
+    )
+
+
 def test_slices_too_large_for_one_request_fail_with_a_scan_error(core: PipelineContext) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((2600, 2600), np.uint8)).save(buffer, format="PNG")
     upload = _upload(core, "carol", buffer.getvalue())
     assert split_scan_into_batches(core, upload).outcome == "rejected"
     job = core.store.require(upload.job_id)
-    assert job.state == JobState.FAILED and job.error_code == "too_large" and "6 MB" in (job.error_reason or "")
+    assert (
+        job.state == JobState.FAILED
+        and job.error_code == "too_large"
+        and "pixels per slice" in (job.error_reason or "")
+    )
 
 
 def test_a_stage_that_keeps_failing_fails_its_job_on_the_last_delivery(core: PipelineContext) -> None:
