@@ -421,7 +421,8 @@ def _mask_files(job_id: str, slice_ids: Iterable[str], pngs: Iterable[bytes]) ->
 
 
 def _put(ctx: PipelineContext, key: str, data: bytes) -> None:
-    ctx.put(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
+    """Write a result object once: a redelivered message finds it written and leaves it."""
+    ctx.put_once(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
 
 
 def _put_all(ctx: PipelineContext, objects: dict[str, bytes]) -> None:

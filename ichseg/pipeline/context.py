@@ -112,5 +112,21 @@ class PipelineContext:
     def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
 
+    def put_once(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> bool:
+        """PUT unless the object exists (S3's conditional write, ``If-None-Match: *``): False if it
+        was already there. Results are written once however often a message is delivered; a
+        result's content depends only on the job's parts, so the first copy is the copy."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(
+                Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                return False
+            raise  # 409 ConditionalRequestConflict (a concurrent writer): SQS redelivers, then it exists
+        return True
+
     def get(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()

@@ -195,6 +195,23 @@ def test_a_duplicate_final_message_during_assembly_does_nothing_and_done_is_coun
     } == written
 
 
+def test_redelivered_batch_mask_messages_write_each_mask_once(core: PipelineContext, tmp_path: Path) -> None:
+    """With bucket versioning (as template.yaml configures it), a rewrite would show as a second version."""
+    core.s3.put_bucket_versioning(Bucket=core.config.bucket, VersioningConfiguration={"Status": "Enabled"})
+    upload = _upload(core, "frank", video_bytes(tmp_path, head_frames(8, bleed_from=2)))
+    split_scan_into_batches(core, upload)
+    first, second = _segment_messages(core)
+    segment_batch(core, first)
+    batch = AssembleMessage(upload.job_id, first.batch_id)
+    for _ in range(3):  # SQS at-least-once: the same request three times
+        assert assemble_results(core, batch).outcome == StageOutcome.BATCH
+    segment_batch(core, second)
+    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == StageOutcome.DONE
+    versions = core.s3.list_object_versions(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")
+    keys = [v["Key"] for v in versions.get("Versions", [])]
+    assert len(keys) == len(set(keys)) == 8 + 3  # 8 masks, overlay, report, contact sheet: one version each
+
+
 def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_path: Path) -> None:
     upload = _upload(core, "erin", video_bytes(tmp_path, head_frames(4, bleed_from=2)))
     split_scan_into_batches(core, upload)
