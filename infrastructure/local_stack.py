@@ -94,6 +94,9 @@ class StackSettings:
     """Worker processes per function (Lambda scales out; two cores do not)."""
     watchdog_interval_seconds: float | None = None
     """Override of the watchdog's schedule (None: the template's rate)."""
+    duplicate_deliveries: bool = False
+    """Chaos: every message a pump receives is sent to its queue once more (SQS's at-least-once,
+    made certain), for the fault benchmark."""
     poll_wait_seconds: int = 1
     endpoint_workers: int = 1
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -152,6 +155,7 @@ class LocalStack:
         self._running = ExitStack()
         """Every started part's stop, run in reverse order by :meth:`stop`."""
         self._endpoint: subprocess.Popen[bytes] | None = None
+        self._storage: Any = None
         self.moto_url = self.storage_url = self.endpoint_url = self.api_url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -185,6 +189,7 @@ class LocalStack:
         except TemplateError as exc:
             raise StackError(f"template.yaml: {exc}") from exc
         self._start_storage_emulator()
+        self._running.callback(self._stop_storage_emulator)
         self._start_functions()
         self._wait_for_endpoint()
         self._start_front()
@@ -364,15 +369,31 @@ class LocalStack:
             return {None: info.url, "Arn": info.arn, "QueueName": f"ichseg-{queue.name}"}[attribute]
         raise TemplateError(f"no local value for {logical_id}{'.' + attribute if attribute else ''}")
 
-    def _start_storage_emulator(self) -> None:
+    def _start_storage_emulator(self, port: int | None = None) -> None:
         from gcp_storage_emulator.server import create_server
 
         logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-        port = free_port()
+        port = port or free_port()
         storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
         storage.start()
-        self._running.callback(storage.stop)
+        self._storage = storage
         self.storage_url = f"http://127.0.0.1:{port}"
+
+    def _stop_storage_emulator(self) -> None:
+        if self._storage is not None:
+            self._storage.stop()
+            self._storage = None
+
+    @contextmanager
+    def storage_down(self) -> Iterator[None]:
+        """Stop the Firebase Storage emulator for the block (a Firebase outage), then start it again,
+        empty, on the same address."""
+        port = int(self.storage_url.rsplit(":", 1)[1])
+        self._stop_storage_emulator()
+        try:
+            yield
+        finally:
+            self._start_storage_emulator(port)
 
     @property
     def environment(self) -> dict[str, str]:
@@ -475,6 +496,8 @@ class LocalStack:
             if not messages:
                 slots.release()
                 continue
+            if self.settings.duplicate_deliveries:
+                self._duplicate(sqs, queue, messages)
             started = time.time()
             try:
                 future = function.submit(sqs_event(messages, queue.arn, self.settings.region))
@@ -486,6 +509,17 @@ class LocalStack:
             future.add_done_callback(
                 lambda done, m=messages, t=started: self._settle(queue, function.spec.name, m, done, t, slots)
             )
+
+    @staticmethod
+    def _duplicate(sqs: Any, queue: QueueInfo, messages: list[dict[str, Any]]) -> None:
+        """Send a copy of each original (not already duplicated) message to its queue."""
+        for message in messages:
+            if "ichseg-duplicate" not in message.get("MessageAttributes", {}):
+                sqs.send_message(
+                    QueueUrl=queue.url,
+                    MessageBody=message["Body"],
+                    MessageAttributes={"ichseg-duplicate": {"DataType": "String", "StringValue": "1"}},
+                )
 
     def _settle(
         self,
