@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOTTED = re.compile(r"^[a-z_][\w./]*(:\w+)?$")
-PACKAGES = ("ichseg", "serving", "functions", "training", "model_export", "infrastructure")
+PACKAGES = ("ichseg", "serving", "functions", "training", "model_export", "infrastructure", "client")
 
 # What each layer may import (besides itself and third-party libraries). The core library is
 # ``ichseg`` without ``ichseg.pipeline``; the AWS application's stages live in ``ichseg.pipeline``.
@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core"},
     "model_export": {"core", "training"},
     "functions": {"core", "pipeline"},
-    "infrastructure": {"core", "pipeline", "functions", "serving"},
+    "infrastructure": {"core", "pipeline", "functions", "serving", "client"},
+    "client": set(),  # speaks only HTTP: runs on a laptop without the AWS side or the model
 }
 
 
