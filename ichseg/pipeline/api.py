@@ -153,6 +153,7 @@ def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
             if name in job.results
         }
         view["results_expire_in"] = expires
+        view["slices"] = slice_links(ctx, job, expires)
         if job.mirror_prefix:
             view["mirror"] = {
                 "prefix": job.mirror_prefix,
@@ -160,3 +161,28 @@ def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
                 "error": job.mirror_error,
             }
     return view
+
+
+def slice_links(ctx: PipelineContext, job: Job, expires: int) -> list[dict[str, str]] | None:
+    """Each slice's id with presigned links to its mask and plain frame (the viewer's data), in key
+    order (``report.json``'s ``slices`` give the scan's order); None for jobs assembled before the
+    frames existed.
+
+    The slice ids come from listing the masks (one request per 1,000 slices), so the job record
+    stays small; presigning is local computation.
+    """
+    frames_prefix = job.results.get("frames")
+    masks_prefix = job.results.get("masks")
+    if not frames_prefix or not masks_prefix:
+        return None
+    bucket = ctx.config.bucket
+    ids = [
+        item["Key"][len(masks_prefix) : -len(".png")]
+        for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=masks_prefix)
+        for item in page.get("Contents", [])
+    ]
+
+    def link(key: str) -> str:
+        return ctx.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+
+    return [{"id": i, "frame": link(f"{frames_prefix}{i}.jpg"), "mask": link(f"{masks_prefix}{i}.png")} for i in ids]

@@ -4,12 +4,13 @@ Three steps, so that almost nothing is left to do once the last batch is segment
 
 1. **Render a batch** (:func:`render_batch`, run by the segment stage the moment the endpoint
    answers, with the frames and probabilities still in memory): masks, overlays, the batch's
-   H.264 video segment, contact-sheet thumbnails and mask PNGs, stored with the endpoint's
+   H.264 video segment, contact-sheet thumbnails, mask PNGs and plain frame JPEGs, stored with the endpoint's
    attributes as one object, the batch's :class:`BatchPart` (``work/{job}/parts/{batch}.npz``).
    One object per batch makes it atomic: a redelivered message that renders again replaces the
    whole part, never half of it, with the same content for the same endpoint answer.
 2. **Write a batch's masks** (:func:`assemble_results` with a batch message, sent by the segment
-   stage after each batch but the last): ``results/{job}/masks/<slice id>.png``. The segment
+   stage after each batch but the last): ``results/{job}/masks/<slice id>.png`` and the plain
+   windowed slice ``results/{job}/frames/<slice id>.jpg`` (what the viewer draws its outline on). The segment
    function may write only ``work/``; this function owns ``results/``. A redelivery rewrites the
    same bytes; a job already DONE or FAILED is left alone. Masks therefore appear while the job
    runs, and a job that fails later keeps the ones written (this function may not delete): what
@@ -70,7 +71,13 @@ from ichseg.segmentation import (
 log = logging.getLogger("ichseg.pipeline.assemble")
 
 STAGE = Stage.ASSEMBLE
-CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".dcm": "application/dicom"}
+CONTENT_TYPES = {
+    ".mp4": "video/mp4",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".json": "application/json",
+    ".dcm": "application/dicom",
+}
 MIRRORED = ("overlay.mp4", "report.json")
 UPLOAD_THREADS = 8
 """S3 requests in flight at once when writing many small objects (masks)."""
@@ -165,6 +172,8 @@ class BatchPart:
             thumbnails=np.stack(self.rendered.thumbnails),
             mask_pngs=np.frombuffer(b"".join(pngs), dtype=np.uint8),
             mask_png_sizes=np.array([len(p) for p in pngs], dtype=np.int64),
+            frame_jpegs=np.frombuffer(b"".join(self.rendered.frame_jpegs), dtype=np.uint8),
+            frame_jpeg_sizes=np.array([len(j) for j in self.rendered.frame_jpegs], dtype=np.int64),
         )
         return buffer.getvalue()
 
@@ -173,9 +182,14 @@ class BatchPart:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             meta = json.loads(arrays["meta"].tobytes().decode())
             blob = arrays["mask_pngs"].tobytes()
-            ends = np.cumsum(arrays["mask_png_sizes"]).tolist()
-            pngs = tuple(blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
-            rendered = RenderedSlices(arrays["video"].tobytes(), tuple(arrays["thumbnails"]), pngs)
+            pngs = _split_blob(blob, arrays["mask_png_sizes"])
+            # Parts written before the viewer's frames existed have none (a job in flight across a deploy).
+            jpegs = (
+                _split_blob(arrays["frame_jpegs"].tobytes(), arrays["frame_jpeg_sizes"])
+                if "frame_jpegs" in arrays
+                else ()
+            )
+            rendered = RenderedSlices(arrays["video"].tobytes(), tuple(arrays["thumbnails"]), pngs, jpegs)
             part = cls(
                 start=int(meta["start"]),
                 slice_ids=tuple(meta["slice_ids"]),
@@ -186,7 +200,15 @@ class BatchPart:
             )
         if not part.count == len(part.labels) == len(part.areas) == len(pngs) == len(rendered.thumbnails):
             raise ValueError(f"a batch part with inconsistent lengths ({part.count} slices)")
+        if jpegs and len(jpegs) != part.count:
+            raise ValueError(f"a batch part with {len(jpegs)} frames for {part.count} slices")
         return part
+
+
+def _split_blob(blob: bytes, sizes: np.ndarray) -> tuple[bytes, ...]:
+    """Concatenated files back into a tuple, given each one's size."""
+    ends = np.cumsum(sizes).tolist()
+    return tuple(blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
 
 
 def _text_array(text: str) -> np.ndarray:
@@ -287,7 +309,7 @@ def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> Asse
 
     def write() -> int:
         part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
-        _put_all(ctx, _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs))
+        _put_all(ctx, _slice_files(job_id, part))
         return part.count
 
     count = in_background(write)  # beside the endpoint, which is still segmenting the scan
@@ -337,19 +359,23 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         "contact_sheet": prefix + "contact_sheet.png",
         "masks": keys.masks_prefix(job_id),
     }
+    if all(p.rendered.frame_jpegs for p in parts):
+        results["frames"] = keys.slice_frames_prefix(job_id)
     # The files are made and written side by side: joining the video and encoding the contact
     # sheet (both in C, outside the GIL) overlap with the S3 and Firebase requests on the way to DONE.
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         video = pool.submit(joined_video, rendered)
         sheet = pool.submit(joined_contact_sheet, rendered, labels)
         seg = pool.submit(_dicom_seg, ctx, manifest, parts, model)
-        # Masks that no batch message has written yet (the last batch's; any lost or still queued).
-        written = set(_list_keys(ctx, keys.masks_prefix(job_id)))
+        # Masks and frames that no batch message has written yet (the last batch's; any lost or still queued).
+        written = set(_list_keys(ctx, keys.masks_prefix(job_id))) | set(
+            _list_keys(ctx, keys.slice_frames_prefix(job_id))
+        )
         files = {"report.json": report_json(report)}
         uploads = [
             pool.submit(_put, ctx, key, data)
             for part in parts
-            for key, data in _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs).items()
+            for key, data in _slice_files(job_id, part).items()
             if key not in written
         ]
         uploads.append(pool.submit(_put, ctx, prefix + "report.json", files["report.json"]))
@@ -418,6 +444,15 @@ def _load_parts(ctx: PipelineContext, manifest: ScanManifest) -> list[BatchPart]
 
 def _mask_files(job_id: str, slice_ids: Iterable[str], pngs: Iterable[bytes]) -> dict[str, bytes]:
     return {keys.mask_key(job_id, slice_id): png for slice_id, png in zip(slice_ids, pngs, strict=True)}
+
+
+def _slice_files(job_id: str, part: BatchPart) -> dict[str, bytes]:
+    """A batch's per-slice results: its masks and (for the viewer) its plain frames."""
+    files = _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs)
+    if part.rendered.frame_jpegs:  # none in parts rendered before the viewer's frames existed
+        frames = zip(part.slice_ids, part.rendered.frame_jpegs, strict=True)
+        files.update((keys.slice_frame_key(job_id, slice_id), jpeg) for slice_id, jpeg in frames)
+    return files
 
 
 def _put(ctx: PipelineContext, key: str, data: bytes) -> None:

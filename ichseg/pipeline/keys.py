@@ -85,6 +85,15 @@ def mask_key(job_id: str, slice_id: str) -> str:
     return f"{masks_prefix(job_id)}{slice_id}.png"
 
 
+def slice_frames_prefix(job_id: str) -> str:
+    """The plain windowed slices as JPEGs (what the viewer shows under its own outline)."""
+    return f"{RESULTS_PREFIX}{job_id}/frames/"
+
+
+def slice_frame_key(job_id: str, slice_id: str) -> str:
+    return f"{slice_frames_prefix(job_id)}{slice_id}.jpg"
+
+
 def results_prefix(job_id: str) -> str:
     return f"{RESULTS_PREFIX}{job_id}/"
 

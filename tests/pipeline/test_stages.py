@@ -111,9 +111,15 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     assert job.state == JobState.DONE and job.summary["slices_with_hemorrhage"] == 3
     listed = core.s3.list_objects_v2(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")["Contents"]
     names = {o["Key"].split(f"results/{upload.job_id}/")[1] for o in listed}
-    assert {"overlay.mp4", "report.json", "contact_sheet.png"} <= names and len(names) == 3 + 9
+    assert {"overlay.mp4", "report.json", "contact_sheet.png"} <= names and len(names) == 3 + 9 + 9
+    # Each slice also has its plain windowed frame (the viewer's "overlay off"), a grey JPEG of the slice's size.
+    assert {f"frames/{i:04d}.jpg" for i in range(9)} <= names and job.results["frames"].endswith("/frames/")
+    frame = np.array(Image.open(io.BytesIO(core.get(f"results/{upload.job_id}/frames/0007.jpg"))))
+    assert frame.ndim == 2 and frame.shape == (64, 80)
     mask = np.array(Image.open(io.BytesIO(core.get(f"results/{upload.job_id}/masks/0007.png"))))
     assert set(np.unique(mask)) == {0, 255}
+    # The frame shows the blob the mask outlines: brighter inside the mask than outside it.
+    assert frame[mask > 0].mean() > frame[mask == 0].mean() + 100
     report = json.loads(core.get(job.results["report"]))
     assert [s["area_px"] > 0 for s in report["slices"]] == [False] * 6 + [True] * 3
     assert [s["area_px"] for s in report["slices"][6:]] == [int((mask > 0).sum())] * 3  # the same blob
@@ -209,7 +215,8 @@ def test_redelivered_batch_mask_messages_write_each_mask_once(core: PipelineCont
     assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == StageOutcome.DONE
     versions = core.s3.list_object_versions(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")
     keys = [v["Key"] for v in versions.get("Versions", [])]
-    assert len(keys) == len(set(keys)) == 8 + 3  # 8 masks, overlay, report, contact sheet: one version each
+    # 8 masks, 8 frames, overlay, report, contact sheet: one version each
+    assert len(keys) == len(set(keys)) == 8 + 8 + 3
 
 
 def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_path: Path) -> None:
