@@ -9,11 +9,12 @@ CHECKOV_VENV := .venv-checkov
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 DEMO_OUT ?= demo-output
+DEMO_ARGS ?=
 
-.PHONY: demo test test-runtime test-training lint env train-env clean-env
+.PHONY: demo test test-runtime test-training lint env train-env clean-env browser
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/ichseg demo --out $(DEMO_OUT)
+	$(VENV)/bin/ichseg demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: lint test-runtime test-training
 
@@ -27,8 +28,15 @@ lint: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(CHECKOV_VENV)/bin/checkov -f template.yaml --compact --quiet --skip-download
 
-test-runtime: $(VENV)/.installed
+test-runtime: $(VENV)/.installed browser
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
+
+# The viewer's browser tests (tests/pipeline/test_viewer.py) drive Debian's headless Chromium through
+# its chromedriver; installed from the distribution when missing (CI runs as root on Debian), never
+# downloaded by Selenium.
+browser:
+	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
 
 test-training: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python -m pytest tests/training -q

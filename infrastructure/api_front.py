@@ -12,6 +12,8 @@ responses, identity source ``$request.header.Authorization``) treats it:
 
 One local-only extra route, ``POST /_local/token {"uid": ...}``, mints an ID token from the stack's
 token issuer (what Firebase Auth's sign-in gives the app); it does not exist in the cloud.
+And ``GET /viewer/...`` serves the static results viewer (``viewer/``), without authorisation (the
+page holds no data; it calls the API with the user's token); in the cloud Firebase Hosting serves it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from infrastructure.lambda_runtime import LocalFunction, authorizer_event, http_
 
 OPENAPI = Path(__file__).resolve().parents[1] / "functions" / "openapi.yaml"
 LOCAL_TOKEN_PATH = "/_local/token"
+VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
+VIEWER_ROUTE = "/viewer/"
+VIEWER_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class ApiFront:
         if self.mint_token is not None and method == "POST" and path == LOCAL_TOKEN_PATH:
             uid = (json.loads(body or b"{}") or {}).get("uid", "local-user")
             return _json_response(200, {"id_token": self.mint_token(str(uid)), "uid": uid})
+        if method in ("GET", "HEAD") and (path + "/").startswith(VIEWER_ROUTE):
+            return viewer_file(path)
         match = next(((r, m) for r in self.routes if r.method == method and (m := r.pattern.match(path))), None)
         if match is None:
             return _json_response(404, {"message": "Not Found"})
@@ -118,6 +130,19 @@ class ApiFront:
         reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def viewer_file(path: str) -> tuple[int, dict[str, str], bytes]:
+    """A file of the static viewer; ``/viewer`` redirects to ``/viewer/`` (the page's relative links
+    need the slash) and ``/viewer/`` is ``index.html``. Only the viewer's own files are served."""
+    if path == VIEWER_ROUTE.rstrip("/"):
+        return 301, {"Location": VIEWER_ROUTE}, b""
+    name = path[len(VIEWER_ROUTE) :] or "index.html"
+    file = (VIEWER_DIR / name).resolve()
+    if file.parent != VIEWER_DIR or file.suffix not in VIEWER_TYPES or not file.is_file():
+        return _json_response(404, {"message": "Not Found"})
+    # no-cache: a reloaded page picks up a changed viewer at once (ETag-less, the files are small).
+    return 200, {"Content-Type": VIEWER_TYPES[file.suffix], "Cache-Control": "no-cache"}, file.read_bytes()
 
 
 def _proxy_response(response: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

@@ -16,6 +16,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")
     demo.add_argument("--out", default="demo-output", help="output folder")
+    demo.add_argument("--serve", action="store_true", help="keep the stack up after the job (for the viewer link)")
     demo.set_defaults(handler=_demo)
 
 
@@ -29,4 +30,4 @@ def _demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline locally on the committed sample scan, as the mobile app would use it."""
     from infrastructure.demo import run_demo
 
-    return run_demo(Path(args.out))
+    return run_demo(Path(args.out), serve=args.serve)

@@ -5,7 +5,8 @@
 2. sign in (the stack's token issuer plays Firebase Auth) and ``POST /v1/scans``;
 3. upload ``samples/ct-ich-051/brain.mp4`` with the presigned POST (a multipart form, as the app);
 4. poll ``GET /v1/scans/{id}`` with a progress bar until DONE;
-5. download the results, show the copy in Firebase Storage, and say how long each stage took.
+5. download the results, show the copy in Firebase Storage, and say how long each stage took;
+6. print the results viewer's link for the job (``--serve`` keeps the stack up so it can be opened).
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def _video_facts(data: bytes) -> str:
         return f"{codec} {context.pix_fmt}, {context.width}x{context.height}, {frames} frames"
 
 
-def run_demo(out: Path, model: Path = SHIPPED_MODEL, sample: Path = SAMPLE_VIDEO, timeout: float = 900.0) -> int:
-    """Run the demo; returns the process exit code (0: the job ended DONE)."""
+def run_demo(
+    out: Path, model: Path = SHIPPED_MODEL, sample: Path = SAMPLE_VIDEO, timeout: float = 900.0, serve: bool = False
+) -> int:
+    """Run the demo; returns the process exit code (0: the job ended DONE). With ``serve`` the stack
+    stays up after the job until Ctrl-C, so the printed viewer link can be opened."""
     from infrastructure.local_stack import LocalStack, StackError, StackSettings
 
     if not model.is_file():
@@ -65,6 +69,10 @@ def run_demo(out: Path, model: Path = SHIPPED_MODEL, sample: Path = SAMPLE_VIDEO
         if status["state"] != "DONE":
             return 1
         print(f"  {'local stack start-up (not part of a job)':<52} {stack_seconds:7.2f} s")
+        if serve:
+            _serve_until_interrupted()
+        else:
+            print("\n(The stack stops now; `make demo DEMO_ARGS=--serve` keeps it up to open the viewer link.)")
         return 0
     finally:
         stack.__exit__(None, None, None)
@@ -143,7 +151,23 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
         print(f"  mirror error: {status['mirror']['error']}")
 
     _print_timings(status, stack, job_id, t1 - t0, t2 - t1, t3 - t2)
+    # The token rides in the fragment, which the browser never sends to a server (viewer/index.html).
+    print(f"\nResults viewer (token valid for an hour): {viewer_link(api, job_id, token)}")
     return status
+
+
+def viewer_link(api: str, job_id: str, token: str) -> str:
+    """The viewer page for a job, signed in: ``<api>/viewer/?job=<id>#token=<ID token>``."""
+    return f"{api}/viewer/?job={job_id}#token={token}"
+
+
+def _serve_until_interrupted() -> None:
+    print("\nThe stack keeps running for the viewer; Ctrl-C stops it.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print()
 
 
 def _poll(api: str, job_id: str, headers: dict[str, str], timeout: float, tqdm: Any) -> dict[str, Any]:

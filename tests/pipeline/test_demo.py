@@ -26,6 +26,7 @@ def test_the_demo_journey_on_the_sample_scan_ends_with_video_report_and_firebase
     assert "H.264 yuv420p, 650x650, 32 frames" in printed
     assert f"users/demo-radiologist/scans/{status['job_id']}/overlay.mp4" in printed
     assert "segment: endpoint inference of every batch" in printed and "end to end" in printed
+    assert f"{stack.api_url}/viewer/?job={status['job_id']}#token=ey" in printed  # a signed-in viewer link
 
 
 def test_the_demo_says_clearly_when_the_model_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

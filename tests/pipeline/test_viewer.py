@@ -1,0 +1,216 @@
+"""The results viewer (``viewer/``) in a real browser: headless Chromium driven by Selenium against
+the local stack, on a job the stack really processed.
+
+Debian's ``chromium`` and ``chromium-driver`` are required (``make browser`` installs them); the
+system chromedriver is passed explicitly and ``SE_OFFLINE`` is set, so Selenium Manager never tries
+to download a driver (nothing is fetched at run time).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from ichseg.pipeline.jobs import JobState
+from infrastructure.local_stack import LocalStack
+from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module, its console log kept (``goog:loggingPrefs``)."""
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        # A failure, not a skip: make test installs them, and a skipped browser test would hide a broken viewer.
+        pytest.fail(
+            f"{CHROMIUM} and {CHROMEDRIVER} are needed: run `make browser` (apt-get install chromium chromium-driver)"
+        )
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for (or download) a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def finished_job(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """A small scan processed by the stack: 8 slices, the last 4 with a 'bleed'; (job id, report)."""
+    client = AppClient(stack, "viewer-user")
+    frames = head_frames(8, height=96, width=120, bleed_from=4)
+    job_id = client.upload(video_bytes(tmp_path_factory.mktemp("scan"), frames))
+    assert client.wait(job_id).state == JobState.DONE
+    status = client.status(job_id).json()
+    report = requests.get(status["results"]["report"], timeout=30).json()
+    return job_id, report
+
+
+def _wait(driver: Any, condition: Any, message: str) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_SECONDS).until(condition, message)
+
+
+def _canvas_state(driver: Any) -> dict[str, str]:
+    return dict(driver.execute_script("return Object.assign({}, document.getElementById('slice').dataset);"))
+
+
+def _wait_drawn(driver: Any, index: int, drawn: str | None = None) -> None:
+    """Until the canvas shows slice ``index`` (and, if given, drawn 'outlined' or 'plain')."""
+
+    def shown(d: Any) -> bool:
+        state = _canvas_state(d)
+        return state.get("slice") == str(index) and (drawn is None or state.get("drawn") == drawn)
+
+    _wait(driver, shown, f"the canvas never showed slice {index} ({drawn or 'any'}): {_canvas_state(driver)}")
+
+
+def _red_pixels(png: bytes) -> int:
+    """Pixels clearly redder than grey: the outline's colour; a plain CT slice has none."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    return int(((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)).sum())
+
+
+def test_the_status_reply_links_every_slice_frame_and_mask(
+    stack: LocalStack, finished_job: tuple[str, dict[str, Any]]
+) -> None:
+    job_id, report = finished_job
+    status = AppClient(stack, "viewer-user").status(job_id).json()
+    links = {item["id"]: item for item in status["slices"]}
+    assert set(links) == {s["id"] for s in report["slices"]}
+    frame = Image.open(io.BytesIO(requests.get(links[report["slices"][-1]["id"]]["frame"], timeout=30).content))
+    mask = Image.open(io.BytesIO(requests.get(links[report["slices"][-1]["id"]]["mask"], timeout=30).content))
+    assert frame.format == "JPEG" and mask.format == "PNG" and frame.size == mask.size
+    # Another user learns nothing, slice links included.
+    assert AppClient(stack, "someone-else").status(job_id).status_code == 404
+
+
+def test_the_front_serves_the_viewer_files_only(stack: LocalStack) -> None:
+    page = requests.get(f"{stack.api_url}/viewer/", timeout=30)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "Not for clinical use" in page.text
+    moved = requests.get(f"{stack.api_url}/viewer", timeout=30, allow_redirects=False)
+    assert moved.status_code == 301 and moved.headers["Location"] == "/viewer/"
+    assert (
+        requests.get(f"{stack.api_url}/viewer/viewer.js", timeout=30)
+        .headers["Content-Type"]
+        .startswith("text/javascript")
+    )
+    for outside in ("/viewer/../functions/api.py", "/viewer/%2e%2e/README.md", "/viewer/nothing.html"):
+        assert requests.get(stack.api_url + outside, timeout=30).status_code == 404, outside
+
+
+def test_the_viewer_shows_a_finished_job_in_a_real_browser(
+    browser: Any, stack: LocalStack, finished_job: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    job_id, report = finished_job
+    probabilities = [s["probability"] for s in report["slices"]]
+    count = len(probabilities)
+    token = stack.token("viewer-user")
+
+    # Without a token the page asks for one (a link shared without it); the pasted token opens the scan.
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}")
+    field = _wait(driver, lambda d: d.find_element(By.ID, "token-input"), "no sign-in form")
+    _wait(driver, lambda d: field.is_displayed(), "the sign-in form stays hidden")
+    field.send_keys(token + Keys.ENTER)
+    best = int(np.argmax(probabilities))
+    _wait_drawn(driver, best)  # opens on the most likely slice
+
+    # The usual way in: the token in the fragment, which the page then drops from the address bar.
+    driver.get("about:blank")  # else only the fragment changes, and the open page stays as it is
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={token}")
+    _wait_drawn(driver, best, "outlined")
+    assert "token" not in driver.current_url and driver.current_url.endswith(f"?job={job_id}")
+    assert not driver.find_element(By.ID, "signin").is_displayed()
+
+    # The facts come from report.json; "Not for clinical use" and the model are shown.
+    text = driver.find_element(By.TAG_NAME, "body").text
+    assert driver.find_element(By.ID, "finding").text == report["finding"] == "Hemorrhage detected"
+    assert "NOT FOR CLINICAL USE" in text.upper()
+    assert driver.find_element(By.ID, "model").text == f"{report['model']['name']} {report['model']['version']}"
+    assert driver.find_element(By.ID, "positive").text == f"{len(report['slices_with_hemorrhage'])} of {count}"
+    subtype_rows = driver.find_elements(By.CSS_SELECTOR, "#subtypes tr")
+    assert len(subtype_rows) == len(report["subtypes"])
+
+    # The slider (keyboard on the focused range input: Home is its first value) changes the slice.
+    slider = driver.find_element(By.ID, "slider")
+    assert slider.get_attribute("max") == str(count - 1)
+    slider.send_keys(Keys.HOME)
+    _wait_drawn(driver, 0)
+    slider.send_keys(Keys.ARROW_RIGHT)
+    _wait_drawn(driver, 1)
+    # Arrow keys anywhere else on the page step through the slices (and wrap at the ends).
+    box = driver.find_element(By.ID, "frame-box")
+    box.click()
+    box.send_keys(Keys.ARROW_RIGHT)
+    _wait_drawn(driver, 2)
+    box.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
+    _wait_drawn(driver, count - 1)
+    assert driver.find_element(By.ID, "slice-label").text == f"Slice {count} / {count}"
+
+    # Clicking a bar of the probability chart jumps to its slice; the threshold line sits at the slice threshold.
+    target = next(i for i, s in enumerate(report["slices"]) if s["area_px"] > 0 and i != count - 1)
+    driver.find_element(By.CSS_SELECTOR, f"#chart rect.bar[data-index='{target}']").click()
+    _wait_drawn(driver, target, "outlined")
+    threshold = driver.find_element(By.CSS_SELECTOR, "#chart line.threshold")
+    assert float(threshold.get_attribute("y1")) == pytest.approx(100 - 100 * report["thresholds"]["slice"])
+
+    # The overlay toggle: the outline's red is on the canvas, then gone, and the frame is otherwise the same image.
+    canvas = driver.find_element(By.ID, "slice")
+    outlined = canvas.screenshot_as_png
+    driver.find_element(By.ID, "overlay").click()
+    _wait_drawn(driver, target, "plain")
+    assert _canvas_state(driver)["overlay"] == "off"
+    plain = canvas.screenshot_as_png
+    assert _red_pixels(outlined) > 20 and _red_pixels(plain) == 0
+    driver.find_element(By.ID, "overlay").click()
+    _wait_drawn(driver, target, "outlined")
+
+    # Play advances by itself; pause stops it.
+    driver.find_element(By.ID, "play").click()
+    _wait(driver, lambda d: _canvas_state(d)["slice"] != str(target), "playing did not advance")
+    driver.find_element(By.ID, "play").click()
+    assert driver.find_element(By.ID, "play").text == "Play"
+
+    # Zoom in and back to fit.
+    driver.find_element(By.ID, "zoom-in").click()
+    assert float(_canvas_state(driver)["zoom"]) == pytest.approx(1.25)
+    driver.find_element(By.ID, "zoom-reset").click()
+    assert float(_canvas_state(driver)["zoom"]) == 1.0
+
+    shot = tmp_path / "viewer.png"
+    driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000 and Image.open(shot).size[0] >= 1000
+    # No console errors (failed loads, exceptions) in the whole session.
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], json.dumps(errors, indent=1)

@@ -1,0 +1,416 @@
+// ichseg results viewer. Plain browser JavaScript (no build step, no libraries).
+//
+// Data: GET /v1/scans/{job} gives presigned links: report.json, and per slice its plain windowed
+// frame (JPEG) and mask (0/255 PNG). The outline is drawn here, from the mask, so it can be turned
+// off or faded. Images come from S3 without CORS, so the canvas may be "tainted": nothing here
+// reads pixels back; the outline is made with canvas compositing (dilate by shifted copies, XOR
+// with the mask, tint), which works on any image.
+"use strict";
+
+(function () {
+  const OUTLINE_RGB = "rgb(255, 40, 40)"; // ichseg.render.HEMORRHAGE_RGB, as in overlay.mp4
+  const FILL_SHARE = 0.35; // the fill is fainter than the outline, as in overlay.mp4
+  const PRELOAD_IN_FLIGHT = 6; // a browser's connections per host over HTTP/1.1
+  const ZOOM_STEP = 1.25;
+  const MAX_ZOOM = 16;
+
+  const $ = (id) => document.getElementById(id);
+  const params = new URLSearchParams(location.search);
+  const jobId = params.get("job") || "";
+  // The API: ?api=<base URL> where the viewer is hosted elsewhere; by default the origin that
+  // serves /viewer/ (the local stack's front, or a proxy in front of both).
+  const apiBase = (params.get("api") || new URL("..", location.href).href).replace(/\/+$/, "");
+
+  const state = {
+    slices: [], // [{id, probability, area_px, area_mm2, frame: Image, mask: Image, ready: bool}]
+    index: 0,
+    overlay: true,
+    opacity: 1,
+    playing: null, // interval id while playing
+    zoom: 1,
+    panX: 0,
+    panY: 0,
+    expiresAt: null,
+  };
+
+  function tokenFromFragment() {
+    const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
+    const token = fragment.get("token");
+    if (token) {
+      // Out of the address bar, the history and any screenshot of the page.
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return token;
+  }
+
+  function say(text, isError) {
+    const message = $("message");
+    message.textContent = text;
+    message.className = isError ? "error" : "";
+  }
+
+  async function start(token) {
+    if (!/^[0-9a-z-]{8,64}$/.test(jobId)) {
+      say("No job in the link: open the viewer as /viewer/?job=<job id>.", true);
+      return;
+    }
+    say("Loading the scan ...");
+    let response;
+    try {
+      response = await fetch(`${apiBase}/v1/scans/${encodeURIComponent(jobId)}`, {
+        headers: { Authorization: `Bearer ${token}` },
+        cache: "no-store",
+      });
+    } catch (error) {
+      say(`The API cannot be reached (${error.message}).`, true);
+      return;
+    }
+    if (response.status === 401 || response.status === 403) {
+      say("The sign-in has expired or is not valid: sign in again.", true);
+      showSignin();
+      return;
+    }
+    if (response.status === 404) {
+      say("No such scan for this account.", true);
+      return;
+    }
+    if (!response.ok) {
+      say(`The API answered ${response.status}.`, true);
+      return;
+    }
+    const status = await response.json();
+    if (status.state !== "DONE") {
+      const reason = status.error ? `: ${status.error.reason}` : "";
+      say(`The scan is ${status.state}${reason}. Reload when it is DONE.`, status.state === "FAILED");
+      return;
+    }
+    if (!status.slices || !status.results || !status.results.report) {
+      say("This scan's results have no viewer data (processed before the viewer existed).", true);
+      return;
+    }
+    const report = await (await fetch(status.results.report, { cache: "no-store" })).json();
+    state.expiresAt = Date.now() + 1000 * (status.results_expire_in || 0);
+    show(report, status.slices);
+  }
+
+  function showSignin() {
+    const form = $("signin");
+    form.hidden = false;
+    form.addEventListener(
+      "submit",
+      (event) => {
+        event.preventDefault();
+        form.hidden = true;
+        start($("token-input").value.trim());
+      },
+      { once: true },
+    );
+  }
+
+  // ------------------------------------------------------------------ the page, once data is here
+
+  function show(report, links) {
+    const byId = new Map(links.map((link) => [link.id, link]));
+    state.slices = report.slices.map((slice) => ({ ...slice, link: byId.get(slice.id), frame: null, mask: null }));
+    if (state.slices.some((slice) => !slice.link)) {
+      say("The report and the slice links disagree; reload the page.", true);
+      return;
+    }
+    say("");
+    $("viewer").hidden = false;
+    showFacts(report);
+    drawChart(report);
+    const slider = $("slider");
+    slider.max = String(state.slices.length - 1);
+    bindControls();
+    // Open on the most likely slice: what the radiologist wants to see first.
+    const best = state.slices.reduce((b, s, i) => (s.probability > state.slices[b].probability ? i : b), 0);
+    goTo(best);
+    preload(best);
+  }
+
+  function showFacts(report) {
+    $("finding").textContent = report.finding;
+    $("finding").className = report.finding === "Normal" ? "normal" : "positive";
+    $("probability").textContent = report.hemorrhage_probability.toFixed(2);
+    $("positive").textContent = `${report.slices_with_hemorrhage.length} of ${report.slices.length}`;
+    $("volume").textContent =
+      report.volume_ml === null || report.volume_ml === undefined ? "not known (no voxel size)" : `${report.volume_ml.toFixed(1)} mL`;
+    $("model").textContent = `${report.model.name} ${report.model.version}`;
+    const t = report.thresholds;
+    $("thresholds").textContent = `scan ${t.scan}, slice ${t.slice}, pixel ${t.pixel}`;
+    const body = $("subtypes").tBodies[0];
+    body.replaceChildren();
+    const subtypes = Object.entries(report.subtypes || {}).sort((a, b) => b[1] - a[1]);
+    for (const [name, probability] of subtypes) {
+      const row = body.insertRow();
+      row.insertCell().textContent = name;
+      row.insertCell().textContent = probability.toFixed(2);
+    }
+    if (!subtypes.length) body.insertRow().insertCell().textContent = "not given by this model";
+    $("report-disclaimer").textContent = report.disclaimer || "";
+    $("expiry").textContent = state.expiresAt ? `at ${new Date(state.expiresAt).toLocaleTimeString()}` : "soon";
+  }
+
+  function drawChart(report) {
+    const svg = $("chart");
+    const ns = "http://www.w3.org/2000/svg";
+    const n = state.slices.length;
+    const width = Math.max(n, 1) * 10;
+    const height = 100;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.replaceChildren();
+    state.slices.forEach((slice, index) => {
+      // A full-height hit area per slice, so a slice with probability 0 can be clicked too.
+      const hit = document.createElementNS(ns, "rect");
+      Object.entries({ x: index * 10, y: 0, width: 10, height, class: "hit", "data-index": index }).forEach(([k, v]) =>
+        hit.setAttribute(k, String(v)),
+      );
+      const bar = document.createElementNS(ns, "rect");
+      const h = Math.max(1, slice.probability * height);
+      Object.entries({
+        x: index * 10 + 1,
+        y: height - h,
+        width: 8,
+        height: h,
+        class: slice.hemorrhage ? "bar positive" : "bar",
+        "data-index": index,
+      }).forEach(([k, v]) => bar.setAttribute(k, String(v)));
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `slice ${index + 1}: ${slice.probability.toFixed(2)}`;
+      hit.appendChild(title);
+      svg.append(hit, bar);
+    });
+    const y = height - report.thresholds.slice * height;
+    const line = document.createElementNS(ns, "line");
+    Object.entries({ x1: 0, x2: width, y1: y, y2: y, class: "threshold" }).forEach(([k, v]) => line.setAttribute(k, String(v)));
+    svg.appendChild(line);
+    const cursor = document.createElementNS(ns, "rect");
+    Object.entries({ id: "chart-cursor", x: 0, y: 0, width: 10, height, class: "cursor" }).forEach(([k, v]) =>
+      cursor.setAttribute(k, String(v)),
+    );
+    svg.appendChild(cursor);
+    svg.addEventListener("click", (event) => {
+      const index = event.target.getAttribute && event.target.getAttribute("data-index");
+      if (index !== null && index !== undefined) goTo(Number(index));
+    });
+  }
+
+  // ------------------------------------------------------------------ images
+
+  function loadImage(url) {
+    return new Promise((resolve, reject) => {
+      const image = new Image();
+      image.decoding = "async";
+      image.onload = () => resolve(image);
+      image.onerror = () => reject(new Error("an image did not load (expired link?)"));
+      image.src = url;
+    });
+  }
+
+  function load(index) {
+    const slice = state.slices[index];
+    if (!slice.loading) {
+      slice.loading = Promise.all([loadImage(slice.link.frame), loadImage(slice.link.mask)]).then(([frame, mask]) => {
+        slice.frame = frame;
+        slice.mask = mask;
+        if (index === state.index) draw();
+      });
+      slice.loading.catch((error) => say(`${error.message} Reload the page for fresh links.`, true));
+    }
+    return slice.loading;
+  }
+
+  // Every slice, nearest to the first shown first, a few at a time: the first slice appears
+  // after two small requests, and stepping through the scan soon needs no network.
+  async function preload(from) {
+    const order = state.slices.map((_, i) => i).sort((a, b) => Math.abs(a - from) - Math.abs(b - from));
+    const workers = Array.from({ length: PRELOAD_IN_FLIGHT }, async () => {
+      while (order.length) {
+        await load(order.shift()).catch(() => undefined);
+      }
+    });
+    await Promise.all(workers);
+  }
+
+  // ------------------------------------------------------------------ drawing
+
+  const scratch = { ring: document.createElement("canvas"), red: document.createElement("canvas"), cut: document.createElement("canvas") };
+
+  function sized(canvas, w, h) {
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.globalCompositeOperation = "source-over";
+    ctx.globalAlpha = 1;
+    return ctx;
+  }
+
+  // White-on-black shape -> drawn onto ctx in the outline colour with this alpha, without reading
+  // pixels: multiply by (colour where the shape is, white elsewhere) to take out the other
+  // channels, then add the colour.
+  function tint(ctx, shape, alpha) {
+    const w = shape.width;
+    const h = shape.height;
+    const red = sized(scratch.red, w, h);
+    red.drawImage(shape, 0, 0);
+    red.globalCompositeOperation = "multiply";
+    red.fillStyle = OUTLINE_RGB;
+    red.fillRect(0, 0, w, h);
+    const cut = sized(scratch.cut, w, h);
+    cut.fillStyle = "white";
+    cut.fillRect(0, 0, w, h);
+    cut.globalCompositeOperation = "difference";
+    cut.drawImage(shape, 0, 0); // black where the shape is
+    cut.globalCompositeOperation = "lighter";
+    cut.drawImage(scratch.red, 0, 0); // the colour where the shape is
+    ctx.save();
+    ctx.globalAlpha = alpha;
+    ctx.globalCompositeOperation = "multiply";
+    ctx.drawImage(scratch.cut, 0, 0);
+    ctx.globalCompositeOperation = "lighter";
+    ctx.drawImage(scratch.red, 0, 0);
+    ctx.restore();
+  }
+
+  function ringOf(mask) {
+    const w = mask.naturalWidth;
+    const h = mask.naturalHeight;
+    const ring = sized(scratch.ring, w, h);
+    ring.fillStyle = "black";
+    ring.fillRect(0, 0, w, h);
+    ring.globalCompositeOperation = "lighten"; // max: the mask dilated by one pixel
+    for (let dy = -1; dy <= 1; dy++) for (let dx = -1; dx <= 1; dx++) ring.drawImage(mask, dx, dy);
+    ring.globalCompositeOperation = "difference"; // minus the mask itself: its outer edge
+    ring.drawImage(mask, 0, 0);
+    return scratch.ring;
+  }
+
+  function draw() {
+    const slice = state.slices[state.index];
+    const canvas = $("slice");
+    if (!slice || !slice.frame) return;
+    const w = slice.frame.naturalWidth;
+    const h = slice.frame.naturalHeight;
+    const ctx = sized(canvas, w, h);
+    ctx.drawImage(slice.frame, 0, 0);
+    const outlined = state.overlay && state.opacity > 0 && slice.area_px > 0;
+    if (outlined) {
+      const shape = sized(document.createElement("canvas"), w, h).canvas;
+      shape.getContext("2d").drawImage(slice.mask, 0, 0);
+      tint(ctx, shape, state.opacity * FILL_SHARE);
+      tint(ctx, ringOf(slice.mask), state.opacity);
+    }
+    canvas.dataset.slice = String(state.index);
+    canvas.dataset.drawn = outlined ? "outlined" : "plain";
+  }
+
+  // ------------------------------------------------------------------ navigation and controls
+
+  function goTo(index) {
+    const n = state.slices.length;
+    state.index = ((index % n) + n) % n;
+    const slice = state.slices[state.index];
+    $("slider").value = String(state.index);
+    $("slice-label").textContent = `Slice ${state.index + 1} / ${n}`;
+    $("slice-probability").textContent = slice.probability.toFixed(2) + (slice.hemorrhage ? " (hemorrhage)" : "");
+    $("slice-area").textContent =
+      slice.area_mm2 !== null && slice.area_mm2 !== undefined ? `${slice.area_mm2.toFixed(0)} mm²` : `${slice.area_px} px`;
+    $("chart-cursor").setAttribute("x", String(state.index * 10));
+    if (slice.frame) draw();
+    else load(state.index);
+  }
+
+  function setPlaying(on) {
+    if (state.playing !== null) clearInterval(state.playing);
+    state.playing = on ? setInterval(() => goTo(state.index + 1), 1000 / Number($("speed").value)) : null;
+    $("play").textContent = on ? "Pause" : "Play";
+    $("play").setAttribute("aria-pressed", String(on));
+  }
+
+  function applyZoom() {
+    const canvas = $("slice");
+    canvas.style.transform = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom})`;
+    canvas.dataset.zoom = state.zoom.toFixed(3);
+  }
+
+  function zoomBy(factor) {
+    state.zoom = Math.min(MAX_ZOOM, Math.max(1, state.zoom * factor));
+    if (state.zoom === 1) state.panX = state.panY = 0;
+    applyZoom();
+  }
+
+  function bindControls() {
+    $("prev").addEventListener("click", () => goTo(state.index - 1));
+    $("next").addEventListener("click", () => goTo(state.index + 1));
+    $("play").addEventListener("click", () => setPlaying(state.playing === null));
+    $("speed").addEventListener("change", () => state.playing !== null && setPlaying(true));
+    $("slider").addEventListener("input", (event) => goTo(Number(event.target.value)));
+    $("overlay").addEventListener("change", (event) => {
+      state.overlay = event.target.checked;
+      $("slice").dataset.overlay = state.overlay ? "on" : "off";
+      draw();
+    });
+    $("opacity").addEventListener("input", (event) => {
+      state.opacity = Number(event.target.value) / 100;
+      draw();
+    });
+    $("zoom-in").addEventListener("click", () => zoomBy(ZOOM_STEP));
+    $("zoom-out").addEventListener("click", () => zoomBy(1 / ZOOM_STEP));
+    $("zoom-reset").addEventListener("click", () => zoomBy(0));
+    document.addEventListener("keydown", (event) => {
+      // A focused slider already moves with the arrows (and fires "input"); typing in a field is not navigation.
+      const tag = event.target.tagName;
+      if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+      const keys = {
+        ArrowLeft: () => goTo(state.index - 1),
+        ArrowRight: () => goTo(state.index + 1),
+        ArrowUp: () => goTo(state.index - 1),
+        ArrowDown: () => goTo(state.index + 1),
+        " ": () => setPlaying(state.playing === null),
+        "+": () => zoomBy(ZOOM_STEP),
+        "-": () => zoomBy(1 / ZOOM_STEP),
+        0: () => zoomBy(0),
+      };
+      const action = keys[event.key];
+      if (action) {
+        event.preventDefault();
+        action();
+      }
+    });
+    const box = $("frame-box");
+    box.addEventListener(
+      "wheel",
+      (event) => {
+        event.preventDefault();
+        zoomBy(event.deltaY < 0 ? ZOOM_STEP : 1 / ZOOM_STEP);
+      },
+      { passive: false },
+    );
+    let drag = null;
+    box.addEventListener("pointerdown", (event) => {
+      drag = { x: event.clientX - state.panX, y: event.clientY - state.panY };
+      box.setPointerCapture(event.pointerId);
+    });
+    box.addEventListener("pointermove", (event) => {
+      if (!drag || state.zoom === 1) return;
+      state.panX = event.clientX - drag.x;
+      state.panY = event.clientY - drag.y;
+      applyZoom();
+    });
+    box.addEventListener("pointerup", () => (drag = null));
+    applyZoom();
+  }
+
+  // ------------------------------------------------------------------ start
+
+  const token = tokenFromFragment();
+  if (token) start(token);
+  else {
+    say("Sign in: paste the app's ID token (links from the app carry it in #token=...).");
+    showSignin();
+  }
+})();
