@@ -365,6 +365,8 @@
       // A focused slider already moves with the arrows (and fires "input"); typing in a field is not navigation.
       const tag = event.target.tagName;
       if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+      // Space on a focused button is that button's click; toggling play here as well would undo it.
+      if (tag === "BUTTON" && event.key === " ") return;
       const keys = {
         ArrowLeft: () => goTo(state.index - 1),
         ArrowRight: () => goTo(state.index + 1),

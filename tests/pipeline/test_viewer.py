@@ -201,6 +201,11 @@ def test_the_viewer_shows_a_finished_job_in_a_real_browser(
     _wait(driver, lambda d: _canvas_state(d)["slice"] != str(target), "playing did not advance")
     driver.find_element(By.ID, "play").click()
     assert driver.find_element(By.ID, "play").text == "Play"
+    # Space plays and pauses too, from the image (not only from the button).
+    box.send_keys(Keys.SPACE)
+    assert driver.find_element(By.ID, "play").text == "Pause"
+    box.send_keys(Keys.SPACE)
+    assert driver.find_element(By.ID, "play").text == "Play"
 
     # Zoom in and back to fit.
     driver.find_element(By.ID, "zoom-in").click()
