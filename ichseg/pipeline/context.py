@@ -119,9 +119,7 @@ class PipelineContext:
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.put_object(
-                Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
-            )
+            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
                 return False
