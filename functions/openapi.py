@@ -1,56 +1,38 @@
-"""The API's closed sets in ``functions/openapi.yaml`` come from the code, not from a second list.
+"""The API's OpenAPI document is generated from the code: ``functions/api.py``'s routes and the
+pydantic models of ``ichseg.pipeline.api_models`` (whose closed sets are the code's enums).
 
-Each ``enum:`` line marked ``# generated: <Name>`` is rewritten from :data:`CLOSED_SETS`:
+``functions/openapi.json`` is the committed copy (what app developers and the local front read);
+``GET /v1/openapi.json`` serves the same document.
 
-    .venv/bin/python -m functions.openapi           # rewrite the marked lines
-    .venv/bin/python -m functions.openapi --check   # exit 1 if the file differs (tests run this)
+    .venv/bin/python -m functions.openapi           # rewrite functions/openapi.json
+    .venv/bin/python -m functions.openapi --check   # exit 1 if it differs from the code (tests run this)
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from ichseg.errors import ErrorCode
-from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
-from ichseg.pipeline.jobs import JobState
-from ichseg.segmentation import Finding
-
-SPEC = Path(__file__).with_name("openapi.yaml")
-CLOSED_SETS: dict[str, Iterable[str]] = {
-    "JobState": [state.value for state in JobState],
-    "ErrorCode": [code.value for code in ErrorCode],
-    "UploadContentType": ALLOWED_UPLOAD_TYPES,
-    "Finding": [finding.value for finding in Finding],
-}
-_MARKED = re.compile(r"^(?P<indent>\s*)enum: \[[^\]]*\]  # generated: (?P<name>\w+)$")
+SPEC = Path(__file__).with_name("openapi.json")
 
 
-def render(spec: str) -> str:
-    """The spec with every marked ``enum:`` line regenerated."""
+def render() -> str:
+    """The OpenAPI document the code describes, as committed."""
+    from functions.api import openapi_json
 
-    def line(text: str) -> str:
-        match = _MARKED.match(text)
-        if match is None:
-            return text
-        values = ", ".join(CLOSED_SETS[match["name"]])
-        return f"{match['indent']}enum: [{values}]  # generated: {match['name']}"
-
-    return "\n".join(line(text) for text in spec.split("\n"))
+    return openapi_json()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite (or, with ``--check``, verify) the generated enums of ``functions/openapi.yaml``."""
+    """Rewrite (or, with ``--check``, verify) ``functions/openapi.json``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report whether the file is up to date")
     args = parser.parse_args(argv)
-    current = SPEC.read_text()
-    generated = render(current)
+    generated = render()
     if args.check:
-        if generated != current:
+        if not SPEC.exists() or SPEC.read_text() != generated:
             print(f"{SPEC} is out of date: run python -m functions.openapi", file=sys.stderr)
             return 1
         return 0

@@ -1,8 +1,13 @@
 """The local HTTP front for the API: what API Gateway's HTTP API does, for the local stack.
 
-Each request is matched against the routes of ``functions/openapi.yaml`` (the same description the
-app developers read), then treated as an HTTP API with a Lambda authorizer (payload 2.0, simple
-responses, identity source ``$request.header.Authorization``) treats it:
+Each request is matched against the routes of ``functions/openapi.json`` (the document generated
+from the API function's code, the one the app developers read), then treated as an HTTP API with a
+Lambda authorizer (payload 2.0, simple responses, identity source ``$request.header.Authorization``)
+treats it:
+
+- a body over :data:`MAX_BODY_BYTES` (HTTP API's 10 MB payload limit): 413, nothing is called;
+- a path the API has but not with this method: 405 with ``Allow`` (API Gateway would say 404; the
+  contract says 405, and the routes are the same either way);
 
 - no ``Authorization`` header: 401 ``{"message":"Unauthorized"}``, the authorizer is not called;
 - the authorizer answers ``isAuthorized: false``: 403 ``{"message":"Forbidden"}``;
@@ -28,7 +33,7 @@ from typing import Any
 
 from infrastructure.lambda_runtime import LocalFunction, authorizer_event, http_api_event
 
-OPENAPI = Path(__file__).resolve().parents[1] / "functions" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[1] / "functions" / "openapi.json"
 LOCAL_TOKEN_PATH = "/_local/token"
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
 VIEWER_ROUTE = "/viewer/"
@@ -38,6 +43,8 @@ VIEWER_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".png": "image/png",
 }
+MAX_BODY_BYTES = 10 * 1024 * 1024
+"""API Gateway HTTP API's request payload limit (10 MB); bigger requests never reach a function."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,7 @@ class Route:
 
 def routes_from_openapi(path: Path = OPENAPI) -> list[Route]:
     """The API's routes as the OpenAPI description declares them (one source for docs and front)."""
-    import yaml
-
-    document = yaml.safe_load(path.read_text())
+    document = json.loads(path.read_text())
     routes = []
     for template, operations in document["paths"].items():
         regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$"
@@ -94,8 +99,14 @@ class ApiFront:
             return _json_response(200, {"id_token": self.mint_token(str(uid)), "uid": uid})
         if method in ("GET", "HEAD") and (path + "/").startswith(VIEWER_ROUTE):
             return viewer_file(path)
+        if len(body) > MAX_BODY_BYTES:
+            return _json_response(413, {"message": "Request Entity Too Large"})
         match = next(((r, m) for r in self.routes if r.method == method and (m := r.pattern.match(path))), None)
         if match is None:
+            allowed = sorted({r.method for r in self.routes if r.pattern.match(path)})
+            if allowed:
+                status, headers, data = _json_response(405, {"message": "Method Not Allowed"})
+                return status, {**headers, "Allow": ", ".join(allowed)}, data
             return _json_response(404, {"message": "Not Found"})
         route, found = match
         request = http_api_event(method, path, query, headers, body, route.key, found.groupdict() or None, source_ip)
@@ -117,6 +128,11 @@ class ApiFront:
         from werkzeug.wrappers import Request
 
         request = Request(environ)
+        # Refused before reading: a client declaring a huge body must not make the front buffer it.
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            status, headers, body = _json_response(413, {"message": "Request Entity Too Large"})
+            start_response("413 Request Entity Too Large", [*headers.items(), ("Content-Length", str(len(body)))])
+            return [body]
         status, headers, body = self.handle(
             request.method,
             request.path,

@@ -385,10 +385,14 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     assert not allowed_resources(resources, "AssembleFunctionRole", "sqs:SendMessage")
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
-    assert secret_readers == {"AssembleFunctionRole"}  # mirroring to Firebase Storage
-    assert allowed_resources(resources, "AssembleFunctionRole", "secretsmanager:GetSecretValue") == [
-        {"Ref": "FirebaseCredentialsSecretArn"}
-    ]
+    # Assemble mirrors results to Firebase Storage; the API deletes that copy (DELETE /v1/scans/{job_id}).
+    assert secret_readers == {"AssembleFunctionRole", "ApiFunctionRole"}
+    for role in secret_readers:
+        assert allowed_resources(resources, role, "secretsmanager:GetSecretValue") == [
+            {"Ref": "FirebaseCredentialsSecretArn"}
+        ]
+    # The API deletes object versions under the job prefixes only.
+    assert prefixes("ApiFunctionRole", "s3:DeleteObjectVersion") == {"uploads/*", "work/*", "results/*"}
 
 
 def test_router_may_put_under_ingest_only(resources: dict[str, Any]) -> None:
@@ -447,7 +451,11 @@ def test_http_api_uses_the_firebase_authorizer(resources: dict[str, Any]) -> Non
         for e in props(resources, "ApiFunction")["Events"].values()
         if e["Type"] == "HttpApi" and e["Properties"]["ApiId"] == {"Ref": "HttpApi"}
     }
-    assert routes == {("POST", "/v1/scans"), ("GET", "/v1/scans/{job_id}")}
+    # The generated OpenAPI document's routes (tests/test_api_contract.py checks the local front too).
+    from infrastructure.api_front import routes_from_openapi
+
+    assert routes == {(route.method, route.template) for route in routes_from_openapi()}
+    assert ("DELETE", "/v1/scans/{job_id}") in routes
 
 
 def test_endpoint_modes_and_autoscaling(template: dict[str, Any], resources: dict[str, Any]) -> None:

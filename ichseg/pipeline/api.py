@@ -1,4 +1,5 @@
-"""The mobile app's API, as plain functions: start a scan (presigned POST), read a scan's status.
+"""The mobile app's API, as plain functions: start a scan (presigned POST), read a scan's status,
+list a user's scans, delete a scan.
 
 Authorisation happens before these run (the Lambda authorizer verifies the Firebase ID token and
 passes the uid); here the uid decides everything: uploads go under ``uploads/{uid}/``, and a job
@@ -11,6 +12,9 @@ content-length-range, expiry). moto does not enforce policies; AWS does.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,9 @@ RESULT_FILES = {
     "contact_sheet": "contact_sheet.png",
     "seg": "seg.dcm",
 }
+VIEWER_PATH = "/viewer/"
+"""The static results viewer, relative to the API's base URL (``?job=<id>`` names the job)."""
+LIST_LIMIT_DEFAULT = 20
 
 
 class ApiError(Exception):
@@ -115,12 +122,120 @@ def presigned_post(ctx: PipelineContext, key: str, content_type: str, min_bytes:
     )
 
 
-def scan_status(ctx: PipelineContext, uid: str, job_id: str) -> dict[str, Any]:
-    """The job as its owner sees it; :class:`ApiError` 404 for unknown jobs and other people's."""
+def owned_job(ctx: PipelineContext, uid: str, job_id: str) -> Job:
+    """The caller's job; :class:`ApiError` 404 for unknown jobs and other people's (ids cannot be probed)."""
     job = ctx.store.get(job_id) if _JOB_ID.match(job_id or "") else None
     if job is None or job.owner is None or job.owner != uid:
         raise ApiError(404, f"no scan {job_id!r}")
-    return status_view(ctx, job)
+    return job
+
+
+def scan_status(ctx: PipelineContext, uid: str, job_id: str) -> dict[str, Any]:
+    """The job as its owner sees it; :class:`ApiError` 404 for unknown jobs and other people's."""
+    return status_view(ctx, owned_job(ctx, uid, job_id))
+
+
+def viewer_link(job_id: str) -> str:
+    """The viewer page for a job, relative to the API base (the page fetches the status itself)."""
+    return f"{VIEWER_PATH}?job={job_id}"
+
+
+def list_scans(
+    ctx: PipelineContext, uid: str, limit: int = LIST_LIMIT_DEFAULT, cursor: str | None = None
+) -> dict[str, Any]:
+    """The caller's jobs, newest first, one page; ``next`` is an opaque cursor for the following page."""
+    start = _decode_cursor(cursor, uid) if cursor else None
+    jobs, following = ctx.store.page_for_owner(uid, limit, start)
+    return {
+        "scans": [
+            {
+                "job_id": job.job_id,
+                "state": job.state.value,
+                "created_at": job.created_at,
+                "error": _error(job),
+                "result": dict(job.summary) or None,
+                "status_url": f"/v1/scans/{job.job_id}",
+            }
+            for job in jobs
+        ],
+        "next": _encode_cursor(following) if following else None,
+    }
+
+
+_CURSOR_KEYS = {"job_id", "owner", "created_at"}
+
+
+def _encode_cursor(key: dict[str, str]) -> str:
+    # Opaque to the client (base64url of the index key); not secret: the owner in it is the caller.
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, uid: str) -> dict[str, str]:
+    """The index key inside a cursor; 400 unless it is one this API gave this caller.
+
+    Checked here, not left to DynamoDB: a forged key for another owner would be refused by the
+    query (a 500), and a malformed one must be the client's error, not ours.
+    """
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        key = None
+    valid = (
+        isinstance(key, dict)
+        and set(key) == _CURSOR_KEYS
+        and all(isinstance(value, str) and value for value in key.values())
+        and key["owner"] == uid
+        and _JOB_ID.match(key["job_id"]) is not None
+    )
+    if not valid:
+        raise ApiError(400, "next is not a cursor this API returned")
+    return dict(key)
+
+
+def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
+    """Delete the caller's ended job: its S3 objects (every version), its Firebase copy, its row.
+
+    404 for unknown jobs, other people's and already deleted ones (a second DELETE is 404); 409
+    while the job is still being processed (a stage could write results after the delete).
+    The row goes last: if anything before it fails, the job is still listed and a retry finishes.
+    """
+    job = owned_job(ctx, uid, job_id)
+    if not job.state.terminal:
+        raise ApiError(409, f"scan {job_id!r} is {job.state.value}: delete it once it is DONE or FAILED")
+    for prefix in (
+        f"{keys.UPLOADS_PREFIX}{uid}/{job_id}/",
+        f"{keys.WORK_PREFIX}{job_id}/",
+        keys.results_prefix(job_id),
+    ):
+        delete_all_versions(ctx, prefix)
+    if ctx.mirror is not None:
+        ctx.mirror.delete(keys.mirror_prefix(uid, job_id))
+    if not ctx.store.delete_ended(job_id, uid):  # deleted concurrently by another request
+        raise ApiError(404, f"no scan {job_id!r}")
+
+
+def delete_all_versions(ctx: PipelineContext, prefix: str) -> int:
+    """Delete every version and delete marker under ``prefix`` (the bucket is versioned); how many."""
+    bucket = ctx.config.bucket
+    deleted = 0
+    for page in ctx.s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        objects = [
+            {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+            for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        for start in range(0, len(objects), 1000):  # DeleteObjects takes at most 1000 keys
+            answer = ctx.s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
+            )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise RuntimeError(f"deleting {first.get('Key')} failed: {first.get('Code')} {first.get('Message')}")
+        deleted += len(objects)
+    return deleted
+
+
+def _error(job: Job) -> dict[str, Any] | None:
+    return {"code": job.error_code, "reason": job.error_reason} if job.state == JobState.FAILED else None
 
 
 def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
@@ -136,12 +251,13 @@ def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
             "batches_total": job.total_batches or 0,
         },
         "created_at": job.created_at,
-        "error": {"code": job.error_code, "reason": job.error_reason} if job.state == JobState.FAILED else None,
+        "error": _error(job),
         "scan": dict(job.scan) or None,
         "result": dict(job.summary) or None,
         "results": None,
         "timings": job.stage_seconds(),
         "mirror": None,
+        "viewer": viewer_link(job.job_id),
     }
     if job.state == JobState.DONE:
         expires = ctx.config.result_url_seconds

@@ -200,16 +200,31 @@ class JobStore:
 
     def list_for_owner(self, owner: str, limit: int = 20) -> list[Job]:
         """A user's most recent jobs (newest first), from the ``by_owner`` index."""
-        response = self.client.query(
-            TableName=self.table,
-            IndexName="by_owner",
-            KeyConditionExpression="#owner = :owner",
-            ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues={":owner": {"S": owner}},
-            ScanIndexForward=False,
-            Limit=limit,
-        )
-        return [self._job(item) for item in response.get("Items", [])]
+        return self.page_for_owner(owner, limit)[0]
+
+    def page_for_owner(
+        self, owner: str, limit: int = 20, start: Mapping[str, str] | None = None
+    ) -> tuple[list[Job], dict[str, str] | None]:
+        """One page of a user's jobs, newest first, and the key to continue from (``None``: last page).
+
+        ``start`` is a key this method returned (``job_id``, ``owner``, ``created_at``); the index
+        is eventually consistent, so a job created a moment ago may be missing from its first page.
+        """
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": "by_owner",
+            "KeyConditionExpression": "#owner = :owner",
+            "ExpressionAttributeNames": {"#owner": "owner"},
+            "ExpressionAttributeValues": {":owner": {"S": owner}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if start:
+            request["ExclusiveStartKey"] = {name: {"S": value} for name, value in start.items()}
+        response = self.client.query(**request)
+        last = response.get("LastEvaluatedKey")
+        following = {name: str(self._de.deserialize(value)) for name, value in last.items()} if last else None
+        return [self._job(item) for item in response.get("Items", [])], following
 
     def overdue(self, now: float | None = None) -> Iterator[Job]:
         """Jobs not yet DONE/FAILED whose deadline has passed (the watchdog's work list).
@@ -455,6 +470,29 @@ class JobStore:
         return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
 
     # ------------------------------------------------------------------ plumbing
+
+    def delete_ended(self, job_id: str, owner: str) -> bool:
+        """Delete the job's row if it is ``owner``'s and DONE or FAILED; False if it is not (any more).
+
+        Conditional, so a job that a stage is still moving is never deleted from under it.
+        """
+        try:
+            self.client.delete_item(
+                TableName=self.table,
+                Key=self._key(job_id),
+                ConditionExpression="#owner = :owner AND #state IN (:done, :failed)",
+                ExpressionAttributeNames={"#owner": "owner", "#state": "state"},
+                ExpressionAttributeValues={
+                    ":owner": {"S": owner},
+                    ":done": {"S": JobState.DONE.value},
+                    ":failed": {"S": JobState.FAILED.value},
+                },
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
 
     def _update(self, job_id: str, expression: str, condition: str, values: Mapping[str, Any]) -> bool:
         kwargs: dict[str, Any] = {

@@ -13,6 +13,7 @@ expects; in the cloud a service-account JSON from Secrets Manager
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -86,6 +87,21 @@ class FirebaseMirror:
     def upload(self, path: str, data: bytes, content_type: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         # retry=None: one HTTP attempt per call; mirror_files owns the retries and their budget.
         self.bucket.blob(path).upload_from_string(data, content_type=content_type, timeout=timeout, retry=None)
+
+    def delete(self, prefix: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> int:
+        """Delete every object under ``prefix`` (a job's folder); how many there were.
+
+        Deleting nothing is success (a job without a mirror, or a second delete), and an object
+        that disappears between the listing and its delete counts as deleted.
+        """
+        from google.api_core.exceptions import NotFound
+
+        deleted = 0
+        for blob in list(self.bucket.list_blobs(prefix=prefix, timeout=timeout)):
+            with contextlib.suppress(NotFound):  # gone since the listing: deleted either way
+                blob.delete(timeout=timeout)
+            deleted += 1
+        return deleted
 
     def list(self, prefix: str) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,187 @@
+"""The API's request and response bodies as pydantic models: what the API validates and documents.
+
+The OpenAPI document (``functions/openapi.json``) is generated from these and the routes of
+``functions/api.py``, so the closed sets (states, error codes, content types, findings) come from
+the code's own enums and tuples: there is no second list to keep in step.
+
+Requests are strict (``strict=True``: ``"12"`` is not an integer, ``true`` is not a size) and
+closed (``extra="forbid"``: a misspelt field is an error, not silently ignored), so a body the
+schema does not allow is refused with 400 and a reason, never half-accepted.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ichseg.errors import ErrorCode
+from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
+from ichseg.pipeline.jobs import JobState
+
+UploadContentType = StrEnum("UploadContentType", {t: t for t in ALLOWED_UPLOAD_TYPES})  # type: ignore[misc]
+"""The upload types the API accepts, as an enum so the schema lists them (one source: the config)."""
+
+FINDINGS = ("Hemorrhage detected", "Normal")
+"""The report's headline findings (``ichseg.segmentation.Finding``, which the slim image cannot import)."""
+
+DEFAULT_UPLOAD_MAX_BYTES = 512 * 1024 * 1024
+"""template.yaml's ``UploadMaxBytes`` default: the schema's ceiling for ``size_bytes`` (a deployment
+with a lower limit answers 413 above it, which the schema documents)."""
+
+LIST_LIMIT_MAX = 100
+"""The most jobs one ``GET /v1/scans`` page holds."""
+
+
+def _integral_float(value: object) -> object:
+    # JSON Schema's "integer" includes 5.0 (JSON has one number type); strict pydantic would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StartScanRequest(_Request):
+    """``POST /v1/scans``: what the app will upload."""
+
+    # strict=False here only: a strict enum field wants an enum instance, and JSON has only its value.
+    content_type: UploadContentType = Field(
+        strict=False, description="The Content-Type the upload will declare (the policy pins it)."
+    )
+    size_bytes: Annotated[int, BeforeValidator(_integral_float), Field(ge=1, le=DEFAULT_UPLOAD_MAX_BYTES)] | None = (
+        Field(default=None, description="The file's size, if known; larger than `max_bytes` is refused at once (413).")
+    )
+
+
+class Error(BaseModel):
+    """Every refusal: ``message`` says why (for 400, which field and what was wrong)."""
+
+    message: str
+
+
+class UploadForm(BaseModel):
+    url: str = Field(description="Where to POST the multipart form.")
+    fields: dict[str, str] = Field(
+        description="Form fields to send verbatim before the file (key, policy, signature...)."
+    )
+    method: Literal["POST"]
+    file_field: Literal["file"]
+
+
+class UploadTicket(BaseModel):
+    """``POST /v1/scans`` 201: the job (RECEIVED) and how to upload its scan."""
+
+    job_id: str
+    state: Literal["RECEIVED"]
+    upload: UploadForm
+    content_type: str
+    max_bytes: int
+    expires_in: int = Field(description="Seconds the presigned POST stays valid.")
+    status_url: str
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Slices segmented so far.")
+    total: int = Field(description="Slices in the scan (0 until the upload is split).")
+    batches_done: int
+    batches_total: int
+
+
+class JobError(BaseModel):
+    code: ErrorCode | None = Field(description="Machine-readable; `reason` says it for people.")
+    reason: str | None = Field(description="For people.")
+
+
+class Subtypes(BaseModel):
+    epidural: float | None = None
+    subdural: float | None = None
+    intraparenchymal: float | None = None
+    intraventricular: float | None = None
+    subarachnoid: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str | None = None
+    version: str | None = None
+
+
+class Headline(BaseModel):
+    """The report's headline when DONE."""
+
+    finding: Literal[FINDINGS] | None = None  # type: ignore[valid-type]
+    hemorrhage_probability: float | None = None
+    slices_with_hemorrhage: int | None = None
+    subtypes: Subtypes | None = Field(
+        default=None, description="Calibrated subtype probabilities; null without a subtype head."
+    )
+    volume_ml: float | None = None
+    model: ModelInfo | None = None
+
+
+class ResultLinks(BaseModel):
+    """Short-lived presigned S3 GET links, when DONE."""
+
+    overlay: str | None = Field(
+        default=None, description="H.264 MP4 (yuv420p, faststart) with the hemorrhage outlined."
+    )
+    report: str | None = Field(default=None, description="report.json: per-slice probability, subtypes, area, volume.")
+    contact_sheet: str | None = None
+    seg: str | None = Field(default=None, description="DICOM SEG (DICOM input only).")
+
+
+class SliceLinks(BaseModel):
+    """One slice's viewer data: presigned links to its plain windowed frame and its mask."""
+
+    id: str
+    frame: str = Field(description="JPEG of the windowed slice.")
+    mask: str = Field(description="PNG of the slice's hemorrhage mask.")
+
+
+class Mirror(BaseModel):
+    prefix: str
+    files: list[str]
+    error: str | None = Field(description="Set if the copy failed (S3 results are unaffected).")
+
+
+class ScanStatus(BaseModel):
+    """``GET /v1/scans/{job_id}``: the job as its owner sees it."""
+
+    job_id: str
+    state: JobState = Field(
+        description="RECEIVED -> SPLIT -> SEGMENTING -> ASSEMBLING -> DONE, or FAILED from any state."
+    )
+    progress: Progress
+    created_at: str = Field(description="ISO-8601 UTC.")
+    error: JobError | None = Field(description="Set when FAILED.")
+    scan: dict[str, object] | None = Field(description="What was read (format, slices, height, width, spacing).")
+    result: Headline | None
+    results: ResultLinks | None
+    results_expire_in: int | None = Field(default=None, description="Seconds the `results` links stay valid.")
+    slices: list[SliceLinks] | None = Field(
+        default=None, description="When DONE: every slice's frame and mask links (the viewer's data), in key order."
+    )
+    timings: dict[str, float] = Field(description='Seconds between states (e.g. "split->segmenting").')
+    mirror: Mirror | None = Field(description="The Firebase Storage copy of the video and report.")
+    viewer: str = Field(description="The results viewer for this job, relative to the API's base URL.")
+
+
+class ScanSummary(BaseModel):
+    """One job in ``GET /v1/scans``."""
+
+    job_id: str
+    state: JobState
+    created_at: str
+    error: JobError | None
+    result: Headline | None
+    status_url: str
+
+
+class ScanList(BaseModel):
+    """``GET /v1/scans``: the caller's jobs, newest first."""
+
+    scans: list[ScanSummary]
+    next: str | None = Field(description="Pass as `next` for the following page; null on the last page.")

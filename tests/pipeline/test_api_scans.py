@@ -1,0 +1,159 @@
+"""The rest of the API as the app meets it: listing, deleting, the viewer link, refused bodies.
+
+Everything runs through the local front (authorizer + API function in their worker processes)
+against moto and the Firebase Storage emulator; nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ichseg.pipeline.api_models import ScanStatus
+from infrastructure.api_front import MAX_BODY_BYTES
+from infrastructure.local_stack import LocalStack
+from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+
+
+def _list(client: AppClient, **params: object) -> requests.Response:
+    return requests.get(f"{client.stack.api_url}/v1/scans", params=params, headers=client.headers, timeout=30)
+
+
+def _delete(client: AppClient, job_id: str) -> requests.Response:
+    return requests.delete(f"{client.stack.api_url}/v1/scans/{job_id}", headers=client.headers, timeout=60)
+
+
+def _versions(stack: LocalStack, prefix: str) -> list[str]:
+    page = stack.aws("s3").list_object_versions(Bucket=stack.settings.bucket, Prefix=prefix)
+    return [entry["Key"] for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+
+
+def test_listing_is_the_callers_jobs_newest_first_a_page_at_a_time(stack: LocalStack) -> None:
+    carol, dave = AppClient(stack, "carol-list"), AppClient(stack, "dave-list")
+    started = []
+    for _ in range(5):
+        started.append(carol.start().json()["job_id"])
+        time.sleep(0.005)  # created_at has millisecond resolution: keep the order unambiguous
+    dave_job = dave.start().json()["job_id"]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, object] = {"limit": 2, **({"next": cursor} if cursor else {})}
+        response = _list(carol, **params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["scans"]) <= 2
+        seen += [scan["job_id"] for scan in page["scans"]]
+        pages += 1
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == started[::-1] and pages >= 3  # newest first, every job once, in pages of two
+    first = _list(carol, limit=1).json()["scans"][0]
+    assert first["state"] == "RECEIVED" and first["status_url"] == f"/v1/scans/{started[-1]}"
+    assert [scan["job_id"] for scan in _list(dave).json()["scans"]] == [dave_job]
+
+
+def test_a_cursor_is_only_good_for_its_owner_and_malformed_ones_are_400(stack: LocalStack) -> None:
+    erin, frank = AppClient(stack, "erin-list"), AppClient(stack, "frank-list")
+    for _ in range(2):
+        erin.start()
+    cursor = _list(erin, limit=1).json()["next"]
+    assert cursor
+    # Someone else's cursor must not read erin's index partition: refused, not a 500 from DynamoDB.
+    stolen = _list(frank, limit=1, next=cursor)
+    assert stolen.status_code == 400 and "cursor" in stolen.json()["message"]
+    for bad in ("garbage", "e30", "W10", "%%%", "eyJhIjoxfQ"):
+        response = _list(erin, next=bad)
+        assert response.status_code == 400, (bad, response.text)
+    for limit in ("0", "101", "ten", "-1"):
+        response = _list(erin, limit=limit)
+        assert response.status_code == 400 and "limit" in response.json()["message"], limit
+
+
+def test_status_has_the_viewer_link(alice: AppClient) -> None:
+    job_id = alice.start().json()["job_id"]
+    assert alice.status(job_id).json()["viewer"] == f"/viewer/?job={job_id}"
+
+
+def test_deleting_a_done_job_removes_every_version_the_mirror_and_the_row(stack: LocalStack, tmp_path: Path) -> None:
+    gina, bob = AppClient(stack, "gina-delete"), AppClient(stack, "bob")
+    job_id = gina.upload(video_bytes(tmp_path, head_frames(6, bleed_from=3)))
+    assert gina.wait(job_id).state.value == "DONE"
+    status = gina.status(job_id).json()
+    ScanStatus.model_validate(status)  # a DONE job's status is what the contract documents
+    assert set(status["results"]) >= {"overlay", "report", "contact_sheet"}
+    assert status["slices"] and status["viewer"] == f"/viewer/?job={job_id}"
+    assert requests.get(status["results"]["report"], timeout=30).status_code == 200
+    # A second version of a result (the bucket is versioned): DELETE must remove old versions too.
+    s3 = stack.aws("s3")
+    s3.put_object(Bucket=stack.settings.bucket, Key=f"results/{job_id}/report.json", Body=b"{}")
+    prefixes = (f"uploads/gina-delete/{job_id}/", f"work/{job_id}/", f"results/{job_id}/")
+    assert all(_versions(stack, prefix) for prefix in prefixes[::2])
+    mirror = f"users/gina-delete/scans/{job_id}/"
+    assert stack.firebase_objects(mirror)
+
+    assert _delete(bob, job_id).status_code == 404  # someone else's job: not found, untouched
+    assert gina.status(job_id).status_code == 200
+    response = _delete(gina, job_id)
+    assert response.status_code == 204 and response.content == b""
+    assert [_versions(stack, prefix) for prefix in prefixes] == [[], [], []]
+    assert stack.firebase_objects(mirror) == []
+    assert stack.store.get(job_id) is None
+    assert gina.status(job_id).status_code == 404
+    assert job_id not in [scan["job_id"] for scan in _list(gina).json()["scans"]]
+    assert _delete(gina, job_id).status_code == 404  # the second DELETE: documented as 404
+
+
+def test_a_failed_job_can_be_deleted_and_a_running_one_cannot(stack: LocalStack) -> None:
+    hana = AppClient(stack, "hana-delete")
+    running = hana.start().json()["job_id"]
+    refused = _delete(hana, running)
+    assert refused.status_code == 409 and "RECEIVED" in refused.json()["message"]
+    assert hana.status(running).status_code == 200  # nothing was removed
+    failed = hana.upload(b"this is not a scan at all" * 10, "video/mp4")
+    assert hana.wait(failed).state.value == "FAILED"
+    assert _delete(hana, failed).status_code == 204
+    assert _versions(stack, f"uploads/hana-delete/{failed}/") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"content_type": "video/mp4", "size_bytes": "12"},  # strict: a string is not an integer
+        {"content_type": "video/mp4", "size_bytes": True},
+        {"content_type": "video/mp4", "size_bytes": 1.5},
+        {"content_type": "video/mp4", "size_bytes": 0},
+        {"content_type": "video/mp4", "sizebytes": 12},  # a misspelt field is an error, not ignored
+        {"content_type": 7},
+        {},
+    ],
+)
+def test_bodies_outside_the_schema_are_400_with_a_reason(alice: AppClient, body: dict[str, object]) -> None:
+    response = requests.post(f"{alice.stack.api_url}/v1/scans", json=body, headers=alice.headers, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["message"].startswith("invalid request: ")
+
+
+def test_unknown_methods_on_known_paths_are_405_and_unknown_paths_404(alice: AppClient) -> None:
+    url = f"{alice.stack.api_url}/v1/scans"
+    for method in ("TRACE", "PUT", "PATCH"):
+        response = requests.request(method, url, headers=alice.headers, timeout=30)
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "GET, POST"
+    assert requests.request("TRACE", url + "/x/y", headers=alice.headers, timeout=30).status_code == 404
+
+
+def test_bodies_over_the_http_api_payload_limit_are_413_and_up_to_it_reach_the_function(alice: AppClient) -> None:
+    url = f"{alice.stack.api_url}/v1/scans"
+    headers = {**alice.headers, "Content-Type": "application/json"}
+    too_big = requests.post(url, data=b" " * (MAX_BODY_BYTES + 1), headers=headers, timeout=60)
+    assert too_big.status_code == 413
+    # Exactly the limit: JSON padded with whitespace, a valid request that the function answers.
+    body = b'{"content_type": "video/mp4"}'
+    at_limit = requests.post(url, data=body + b" " * (MAX_BODY_BYTES - len(body)), headers=headers, timeout=60)
+    assert at_limit.status_code == 201, at_limit.text[:200]
