@@ -83,45 +83,38 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
     import requests
     from tqdm import tqdm
 
+    from client.api import JobFailed, Progress, ScansClient
+
     out.mkdir(parents=True, exist_ok=True)
     api = stack.api_url
     # 1. Sign in: Firebase Auth gives the app an ID token (here: the stack's local issuer).
     token = requests.post(f"{api}/_local/token", json={"uid": uid}, timeout=30).json()["id_token"]
-    headers = {"Authorization": f"Bearer {token}"}
-    data = sample.read_bytes()
-
-    # 2. Ask for an upload.
+    # 2-4. The same client `ichseg scans` uses: POST /v1/scans, the presigned POST straight to S3
+    # (the file last in the form), then polling with a progress bar.
+    client = ScansClient(api, token)
     t0 = time.perf_counter()
-    response = requests.post(
-        f"{api}/v1/scans", json={"content_type": "video/mp4", "size_bytes": len(data)}, headers=headers, timeout=30
-    )
-    response.raise_for_status()
-    ticket = response.json()
-    job_id = ticket["job_id"]
-    print(f"POST /v1/scans -> {response.status_code}, job {job_id}; presigned POST to {ticket['upload']['url']}")
-
-    # 3. Upload straight to S3 with the presigned POST (the file goes last in the form).
-    t1 = time.perf_counter()
-    posted = requests.post(
-        ticket["upload"]["url"],
-        data=ticket["upload"]["fields"],
-        files={"file": (sample.name, data, "video/mp4")},
-        timeout=120,
-    )
-    posted.raise_for_status()
+    with tqdm(total=sample.stat().st_size, unit="B", unit_scale=True, desc="upload", leave=False) as bar:
+        job_id = client.submit(sample, on_bytes=bar.update)
     t2 = time.perf_counter()
-    print(f"uploaded {sample.name} ({len(data) / 1024:.0f} KiB) in {t2 - t1:.2f} s (S3 answered {posted.status_code})")
+    size = sample.stat().st_size / 1024
+    print(f"POST /v1/scans -> job {job_id}; uploaded {sample.name} ({size:.0f} KiB) with its presigned POST")
+    with tqdm(total=None, unit="slice", desc="RECEIVED", dynamic_ncols=True) as bar:
 
-    # 4. Poll with a progress bar (done/total slices).
-    status = _poll(api, job_id, headers, timeout, tqdm)
+        def show(progress: Progress) -> None:
+            bar.total = progress.total or bar.total
+            bar.n = progress.done
+            bar.set_description(progress.state)
+            bar.refresh()
+
+        try:
+            status = client.wait(job_id, on_progress=show, poll_seconds=POLL_SECONDS, timeout=timeout)
+        except JobFailed as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return client.status(job_id)
     t3 = time.perf_counter()
-    if status["state"] != "DONE":
-        error = status.get("error") or {}
-        print(f"\nerror: the job ended {status['state']}: {error.get('reason')} ({error.get('code')})", file=sys.stderr)
-        return status
 
     # 5. Download what the app would show.
-    files = _download(status["results"], out)
+    files = client.download(job_id, out)
     (out / "status.json").write_text(json.dumps({k: v for k, v in status.items() if k != "results"}, indent=2))
     report = json.loads(files["report"].read_bytes())
     print(
@@ -150,7 +143,7 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
     if status["mirror"] and status["mirror"]["error"]:
         print(f"  mirror error: {status['mirror']['error']}")
 
-    _print_timings(status, stack, job_id, t1 - t0, t2 - t1, t3 - t2)
+    _print_timings(status, stack, job_id, t2 - t0, t3 - t2)
     # The token rides in the fragment, which the browser never sends to a server (viewer/index.html).
     print(f"\nResults viewer (token valid for an hour): {viewer_link(api, job_id, token)}")
     return status
@@ -170,43 +163,7 @@ def _serve_until_interrupted() -> None:
         print()
 
 
-def _poll(api: str, job_id: str, headers: dict[str, str], timeout: float, tqdm: Any) -> dict[str, Any]:
-    import requests
-
-    deadline = time.time() + timeout
-    with tqdm(total=None, unit="slice", desc="RECEIVED", dynamic_ncols=True) as bar:
-        while True:
-            status = requests.get(f"{api}/v1/scans/{job_id}", headers=headers, timeout=30).json()
-            done, total = status["progress"]["done"], status["progress"]["total"]
-            if total and bar.total != total:
-                bar.total = total
-            bar.n = done
-            bar.set_description(status["state"])
-            bar.refresh()
-            if status["state"] in ("DONE", "FAILED"):
-                return status
-            if time.time() > deadline:
-                raise TimeoutError(f"job {job_id} still {status['state']} after {timeout:.0f} s")
-            time.sleep(POLL_SECONDS)
-
-
-def _download(links: dict[str, str], out: Path) -> dict[str, Path]:
-    import requests
-
-    names = {"overlay": "overlay.mp4", "report": "report.json", "contact_sheet": "contact_sheet.png", "seg": "seg.dcm"}
-    files = {}
-    for name, url in links.items():
-        response = requests.get(url, timeout=120)
-        response.raise_for_status()
-        path = out / names[name]
-        path.write_bytes(response.content)
-        files[name] = path
-    return files
-
-
-def _print_timings(
-    status: dict[str, Any], stack: Any, job_id: str, api_seconds: float, upload_seconds: float, wait_seconds: float
-) -> None:
+def _print_timings(status: dict[str, Any], stack: Any, job_id: str, upload_seconds: float, wait_seconds: float) -> None:
     labels = {
         "created->received": "upload + S3 event -> split starts",
         "received->split": "split: decode, window, write frame batches",
@@ -220,5 +177,5 @@ def _print_timings(
     segments = stack.invocations_of("segment", job_id)
     if segments:
         print(f"  ({len(segments)} segment invocation(s), {sum(i.seconds for i in segments):.2f} s of function time)")
-    end_to_end = api_seconds + upload_seconds + wait_seconds
+    end_to_end = upload_seconds + wait_seconds
     print(f"  {'end to end (POST /v1/scans -> DONE seen by the app)':<52} {end_to_end:7.2f} s")
