@@ -6,6 +6,7 @@ against moto and the Firebase Storage emulator; nothing here is mocked.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -157,3 +158,24 @@ def test_bodies_over_the_http_api_payload_limit_are_413_and_up_to_it_reach_the_f
     body = b'{"content_type": "video/mp4"}'
     at_limit = requests.post(url, data=body + b" " * (MAX_BODY_BYTES - len(body)), headers=headers, timeout=60)
     assert at_limit.status_code == 201, at_limit.text[:200]
+
+
+def test_the_api_serves_its_generated_openapi_document(alice: AppClient) -> None:
+    from functions.openapi import SPEC
+
+    response = requests.get(f"{alice.stack.api_url}/v1/openapi.json", headers=alice.headers, timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == json.loads(SPEC.read_text())
+    # Behind the authorizer like every route (one HttpApi, one default authorizer).
+    assert requests.get(f"{alice.stack.api_url}/v1/openapi.json", timeout=30).status_code == 401
+
+
+def test_a_non_json_body_is_415_not_a_crash(alice: AppClient) -> None:
+    for content_type in ("multipart/form-data", "text/plain", "application/x-www-form-urlencoded"):
+        response = requests.post(
+            f"{alice.stack.api_url}/v1/scans",
+            data=b'{"content_type": "video/mp4"}',
+            headers={**alice.headers, "Content-Type": content_type},
+            timeout=30,
+        )
+        assert response.status_code == 415, (content_type, response.text)
