@@ -44,6 +44,14 @@ def test_submit_wait_status_download_and_open(stack: LocalStack, tmp_path: Path)
     opened = scans(stack, "open", job_id)
     assert opened.returncode == 0 and opened.stdout.strip().startswith(stack.api_url) and job_id in opened.stdout
 
+    listed = scans(stack, "list")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[0].split()[:2] == [job_id, "DONE"]  # newest first
+    deleted = scans(stack, "delete", job_id)
+    assert deleted.returncode == 0 and f"deleted {job_id}" in deleted.stdout
+    assert job_id not in scans(stack, "list").stdout
+    again = scans(stack, "delete", job_id)
+    assert again.returncode == 1 and "no such job" in again.stderr
+
 
 def test_errors_are_one_clear_line(stack: LocalStack, tmp_path: Path) -> None:
     refused = scans(stack, "status", "0" * 32, token="not-a-token")
