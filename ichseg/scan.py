@@ -44,6 +44,8 @@ class Scan:
     """Distance between slice centres in mm (DICOM: from the position step)."""
     source: str = ""
     dicom: DicomSeriesRef | None = field(default=None, repr=False)
+    non_image_objects: int = 0
+    """DICOM objects in the input without pixel data (DICOMDIR, dose reports...), skipped."""
 
     def __post_init__(self) -> None:
         if self.slices.ndim != 3:
@@ -71,4 +73,4 @@ class Scan:
             "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
             "slice_thickness_mm": self.slice_thickness_mm,
             "hu": self.hu,
-        }
+        } | ({"non_image_objects": self.non_image_objects} if self.non_image_objects else {})

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ichseg.errors import NoFramesError
 from ichseg.readers import read_scan
 from tests.conftest import SHARED_DATA
 from tests.scan_fixtures import (
@@ -211,3 +212,39 @@ def test_enhanced_multiframe_ct_sorted_by_per_frame_positions(tmp_path: Path) ->
     assert [float(s.max()) for s in np.where(scan.slices < 500, scan.slices, -1000)] == [HEAD_HU + k for k in range(3)]
     assert float(scan.slices.min()) == -1000.0
     assert scan.pixel_spacing_mm == (0.6, 0.7) and scan.slice_thickness_mm == pytest.approx(1.25)
+
+
+def _non_image_object(sop_class: str, modality: str = "") -> bytes:
+    """A DICOM object without pixels, as exports put beside the images (DICOMDIR, a dose report)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    if modality:
+        ds.Modality = modality
+    return dicom_bytes(ds)
+
+
+def test_non_image_objects_in_an_exported_series_folder_are_skipped_and_counted(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    write_dicom_series(folder, dicom_series(3))
+    (folder / "DICOMDIR").write_bytes(_non_image_object("1.2.840.10008.1.3.10"))  # left out by its name
+    (folder / "DIRFILE").write_bytes(_non_image_object("1.2.840.10008.1.3.10"))  # Philips' own directory file
+    (folder / "DOSE").write_bytes(_non_image_object("1.2.840.10008.5.1.4.1.1.88.67", "SR"))  # dose report
+    scan = read_scan(folder)
+    assert scan.num_slices == 3 and scan.hu and scan.non_image_objects == 2
+    assert scan.describe()["non_image_objects"] == 2
+    assert "non_image_objects" not in read_scan(tmp_path / "export" / "IM0000").describe()
+
+
+def test_a_folder_of_only_non_image_objects_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "DOSE").write_bytes(_non_image_object("1.2.840.10008.5.1.4.1.1.88.67", "SR"))
+    with pytest.raises(NoFramesError, match=r"none of the 1 DICOM object\(s\) holds pixel data"):
+        read_scan(folder)

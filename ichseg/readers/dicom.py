@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pydicom
@@ -38,17 +38,31 @@ class _Instance:
     dataset: Dataset
     position: np.ndarray | None
     orientation: np.ndarray | None
+    modality: str = ""
 
 
 def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits) -> Scan:
-    """Turn DICOM files (name, bytes) of one CT series into a HU scan."""
-    instances = _dedupe([_parse(name, data) for name, data in files])
+    """Turn DICOM files (name, bytes) of one CT series into a HU scan.
+
+    Objects without pixel data (a DICOMDIR, a vendor's directory file, a dose report) are what a
+    series exported to CD or PACS carries beside its images: they are skipped and counted.
+    """
+    parsed = [_parse(name, data) for name, data in files]
+    images = [p for p in parsed if "PixelData" in p.dataset or "FloatPixelData" in p.dataset]
+    if not images:
+        classes = sorted({str(getattr(p.dataset, "SOPClassUID", "?")) for p in parsed})
+        raise NoFramesError(
+            f"{source}: none of the {len(parsed)} DICOM object(s) holds pixel data (SOP classes {', '.join(classes)})"
+        )
+    for image in images:
+        _require_ct(image)
+    instances = _dedupe(images)
     _check_single_series(instances, source)
     first = instances[0].dataset
     if int(getattr(first, "NumberOfFrames", 1) or 1) > 1:
         if len(instances) > 1:
             raise InconsistentSeriesError(f"{source}: several multi-frame instances in one series; upload one")
-        return _multiframe_scan(instances[0], fmt, source, limits)
+        return replace(_multiframe_scan(instances[0], fmt, source, limits), non_image_objects=len(parsed) - len(images))
     rows, cols = int(first.Rows), int(first.Columns)
     for inst in instances:
         size = (int(inst.dataset.Rows), int(inst.dataset.Columns))
@@ -70,6 +84,7 @@ def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, 
         slice_thickness_mm=thickness,
         source=source,
         dicom=_series_ref([inst.dataset for inst in ordered]),
+        non_image_objects=len(parsed) - len(images),
     )
 
 
@@ -79,15 +94,20 @@ def _parse(name: str, data: bytes) -> _Instance:
         modality = str(getattr(dataset, "Modality", "") or "")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptScanError(f"{name}: the DICOM file is truncated or damaged ({exc})") from exc
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
-        raise NoFramesError(
-            f"{name}: DICOM object without pixel data (SOP class {getattr(dataset, 'SOPClassUID', '?')})"
-        )
-    if modality != "CT":
-        raise NotCTError(f"{name}: DICOM modality is {modality or 'missing'}, not CT; ichseg segments head CT only")
     return _Instance(
-        name, dataset, _vector(dataset, "ImagePositionPatient", 3), _vector(dataset, "ImageOrientationPatient", 6)
+        name,
+        dataset,
+        _vector(dataset, "ImagePositionPatient", 3),
+        _vector(dataset, "ImageOrientationPatient", 6),
+        modality,
     )
+
+
+def _require_ct(instance: _Instance) -> None:
+    if instance.modality != "CT":
+        raise NotCTError(
+            f"{instance.name}: DICOM modality is {instance.modality or 'missing'}, not CT; ichseg segments head CT only"
+        )
 
 
 def _vector(dataset: Dataset, keyword: str, length: int) -> np.ndarray | None:
