@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where slices are encoded: the API function reads the constants without it
+    import numpy as np
 
 CONTENT_TYPE = "application/x-npy"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -43,6 +45,8 @@ class ProtocolError(ValueError):
 
 def encode_slices(slices: np.ndarray) -> bytes:
     """Serialise ``(N, H, W)`` uint8 slices (or probability maps) as ``.npy`` bytes."""
+    import numpy as np
+
     array = np.asarray(slices)
     if array.dtype != np.uint8 or array.ndim != 3:
         raise ProtocolError(f"expected a (N, H, W) uint8 array, got {array.dtype} {array.shape}")
@@ -53,6 +57,8 @@ def encode_slices(slices: np.ndarray) -> bytes:
 
 def decode_slices(payload: bytes) -> np.ndarray:
     """Parse ``.npy`` bytes into a ``(N, H, W)`` uint8 array; :class:`ProtocolError` otherwise."""
+    import numpy as np
+
     try:
         array = np.load(io.BytesIO(payload), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -12,14 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ichseg.endpoint_protocol import CONTEXT_SLICES as _CONTEXT_SLICES
+from ichseg.endpoint_protocol import SAGEMAKER_MAX_PAYLOAD_BYTES as _SAGEMAKER_MAX_PAYLOAD_BYTES
 from ichseg.limits import MiB
 
-# Values of ichseg.endpoint_protocol (SAGEMAKER_MAX_PAYLOAD_BYTES, CONTEXT_SLICES) and of
-# ichseg.windowing (DEFAULT_WINDOW.name), repeated rather than imported: both modules import numpy,
+# ichseg.windowing's DEFAULT_WINDOW.name, repeated rather than imported: windowing imports numpy,
 # and the API and authorizer images (infrastructure/lambda/Dockerfile.api) import this module
-# without numpy installed. tests/test_lean_functions.py checks that the copies equal the originals.
-_SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
-_CONTEXT_SLICES = 1
+# without numpy installed. tests/test_lean_functions.py checks that the copy equals the original.
 _DEFAULT_WINDOW_NAME = "ct-ich-brain"
 
 MAX_SLICES_PER_REQUEST = 24
