@@ -65,27 +65,23 @@ $(TRAIN_VENV)/.installed: requirements/training.txt requirements/training-constr
 clean-env:
 	rm -rf $(VENV) $(TRAIN_VENV) $(CHECKOV_VENV)
 
-# checkov (the security scanner reviewers run on template.yaml) in an environment of its own: it
-# pins its own dependency tree, which conflicts with the runtime pins. --skip-download: offline, no
-# Prisma Cloud look-ups. Skips are inline in template.yaml, each with its reason (docs/deploy.md).
-$(CHECKOV_VENV)/.installed: infrastructure/checkov/requirements.txt
-	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) pip==25.2
-	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r infrastructure/checkov/requirements.txt
-	$(CHECKOV_VENV)/bin/pip check
+# Template tools, each in an environment of its own (.venv-<tool> from infrastructure/<tool>/
+# requirements.txt), because each pins a dependency tree that conflicts with the runtime pins:
+# checkov (the security scanner reviewers run on template.yaml; --skip-download: offline, no Prisma
+# Cloud look-ups; skips are inline in template.yaml, each with its reason, docs/deploy.md) and the
+# SAM CLI below.
+.venv-%/.installed: infrastructure/%/requirements.txt
+	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/pip install $(PIP_FLAGS) pip==25.2
+	.venv-$*/bin/pip install $(PIP_FLAGS) -r $<
+	.venv-$*/bin/pip check
 	touch $@
 
-# `sam validate --lint` in an environment of its own: aws-sam-cli pins its own boto3, cfn-lint and
-# aws-sam-translator, which must not move the runtime pins. Offline; no AWS credentials needed.
-# (make test lints template.yaml with cfn-lint from .venv; this is the extra SAM-translator check.)
+# `sam validate --lint`: aws-sam-cli pins its own boto3, cfn-lint and aws-sam-translator. Offline;
+# no AWS credentials needed. (make test lints template.yaml with cfn-lint from .venv; this is the
+# extra SAM-translator check.)
 SAM_VENV := .venv-sam
 .PHONY: sam-validate
-$(SAM_VENV)/.installed: infrastructure/sam/requirements.txt
-	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) pip==25.2
-	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) -r infrastructure/sam/requirements.txt
-	$(SAM_VENV)/bin/pip check
-	touch $@
 
 sam-validate: $(SAM_VENV)/.installed
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0 \
