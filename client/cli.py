@@ -98,7 +98,7 @@ def _status(client: ScansClient, args: argparse.Namespace) -> int:
 
 def _list(client: ScansClient, args: argparse.Namespace) -> int:
     page = client.list(limit=args.limit)
-    for job in page.get("scans", page.get("items", [])):
+    for job in page["scans"]:
         print(f"{job['job_id']}  {job['state']:<10}  {job.get('created_at', '')}")
     return 0
 
