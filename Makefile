@@ -11,7 +11,7 @@ HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI
 DEMO_OUT ?= demo-output
 DEMO_ARGS ?=
 
-.PHONY: demo test test-runtime test-training lint env train-env clean-env browser
+.PHONY: demo test test-runtime test-training lint env train-env clean-env browser dicom-tools
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/ichseg demo --out $(DEMO_OUT) $(DEMO_ARGS)
@@ -28,7 +28,7 @@ lint: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(CHECKOV_VENV)/bin/checkov -f template.yaml --compact --quiet --skip-download
 
-test-runtime: $(VENV)/.installed browser
+test-runtime: $(VENV)/.installed browser dicom-tools
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
 
 # The viewer's browser tests (tests/pipeline/test_viewer.py) drive Debian's headless Chromium through
@@ -37,6 +37,13 @@ test-runtime: $(VENV)/.installed browser
 browser:
 	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+
+# Hospital integration tests (tests/pipeline/test_pacs.py and the DICOM checks): a real PACS (Orthanc),
+# dcmtk's storescu/echoscu and dicom3tools' dciodvfy (the DICOM standard's object validator), from the
+# distribution when missing.
+dicom-tools:
+	command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v dciodvfy >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc dcmtk dicom3tools)
 
 test-training: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python -m pytest tests/training -q
