@@ -57,6 +57,7 @@ from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
     RenderedSlices,
+    Report,
     Segmentation,
     headline,
     joined_contact_sheet,
@@ -366,7 +367,7 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         video = pool.submit(joined_video, rendered)
         sheet = pool.submit(joined_contact_sheet, rendered, labels)
-        seg = pool.submit(_dicom_seg, ctx, manifest, parts, model)
+        dicom = pool.submit(_dicom_seg, ctx, manifest, parts, model, report)
         # Masks and frames that no batch message has written yet (the last batch's; any lost or still queued).
         written = set(_list_keys(ctx, keys.masks_prefix(job_id))) | set(
             _list_keys(ctx, keys.slice_frames_prefix(job_id))
@@ -384,10 +385,9 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         mirrored = {name: files[name] for name in MIRRORED}
         mirror = pool.submit(_mirror, ctx, job, mirrored) if _mirrored(ctx, job) else None
         uploads.append(pool.submit(_put, ctx, prefix + "contact_sheet.png", sheet.result()))
-        seg_bytes = seg.result()
-        if seg_bytes is not None:
-            uploads.append(pool.submit(_put, ctx, prefix + "seg.dcm", seg_bytes))
-            results["seg"] = prefix + "seg.dcm"
+        for name, data in dicom.result().items():  # seg.dcm, sr.dcm: results "seg", "sr"
+            uploads.append(pool.submit(_put, ctx, prefix + name, data))
+            results[Path(name).stem] = prefix + name
         for upload in uploads:
             upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
         mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
@@ -476,14 +476,20 @@ def _list_keys(ctx: PipelineContext, prefix: str) -> list[str]:
 
 
 def _dicom_seg(
-    ctx: PipelineContext, manifest: ScanManifest, parts: Sequence[BatchPart], model: ModelMetadata
-) -> bytes | None:
-    """The DICOM SEG for DICOM input, or None (not DICOM, or a series a SEG cannot describe)."""
+    ctx: PipelineContext, manifest: ScanManifest, parts: Sequence[BatchPart], model: ModelMetadata, report: Report
+) -> dict[str, bytes]:
+    """The DICOM SEG and SR for DICOM input by file name (``seg.dcm``, ``sr.dcm``); none for other input.
+
+    Neither is fatal: a series a SEG cannot describe gets neither, a report the SR cannot carry
+    gets the SEG alone, each with a warning; the job is DONE either way. Their UIDs come from the
+    job id, so a re-run of the assembly makes the very same instances.
+    """
     if manifest.dicom is None or manifest.dicom.seg_unavailable:
-        return None
+        return {}
     import cv2
 
     from ichseg.pipeline.dicom_seg import SegUnavailable, build_seg
+    from ichseg.pipeline.dicom_sr import SrUnavailable, build_sr
 
     headers = json.loads(ctx.get(keys.dicom_headers_key(manifest.job_id)))
     # The masks come back from their PNGs (lossless), the one copy of them the parts keep.
@@ -495,7 +501,13 @@ def _dicom_seg(
         ]
     )
     try:
-        return build_seg(headers, masks, model.name, model.version)
+        seg = build_seg(headers, masks, model.name, model.version, manifest.job_id)
     except SegUnavailable as exc:
         log.warning("no DICOM SEG: %s", exc)
-        return None
+        return {}
+    try:
+        sr = build_sr(headers, seg, report, model.name, model.version, manifest.job_id)
+    except SrUnavailable as exc:
+        log.warning("no DICOM SR: %s", exc)
+        return {"seg.dcm": seg}
+    return {"seg.dcm": seg, "sr.dcm": sr}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,37 @@ class SegUnavailable(RuntimeError):
     """The scan is DICOM but a SEG cannot be made for it (said in the report, not a job failure)."""
 
 
+class DerivedObject(StrEnum):
+    """The DICOM objects a job derives from its source series, each with UIDs of its own."""
+
+    SEG = "seg"
+    SR = "sr"
+
+
+@dataclass(frozen=True)
+class DerivedUids:
+    """A derived object's series and instance UIDs."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+def derived_uids(job_id: str, kind: DerivedObject) -> DerivedUids:
+    """The UIDs of a job's SEG or SR, the same on every build for the job.
+
+    A re-run of the assembly, or a re-delivery to a PACS, must make the very same instances: a
+    PACS de-duplicates by SOP Instance UID, so fresh UIDs would file a second copy.
+    """
+    from pydicom.uid import generate_uid
+
+    if not job_id:
+        raise ValueError("a job id is required to derive DICOM UIDs")
+    return DerivedUids(
+        series_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "series"]),
+        sop_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "instance"]),
+    )
+
+
 def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> list[dict[str, Any]]:
     """The source instances' headers (no pixels) in slice order, as DICOM JSON with file meta."""
     by_uid: dict[str, Dataset] = {}
@@ -80,6 +113,7 @@ def _is_dicom(payload: bytes) -> bool:
 
 
 def datasets_from_headers(headers: Sequence[dict[str, Any]]) -> list[Dataset]:
+    """The source datasets (no pixels) back from :func:`capture_headers`' JSON, Type 2 gaps filled."""
     datasets = []
     for entry in headers:
         dataset = Dataset.from_json(entry["dataset"])
@@ -93,11 +127,16 @@ def datasets_from_headers(headers: Sequence[dict[str, Any]]) -> list[Dataset]:
     return datasets
 
 
-def build_seg(headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: str, model_version: str) -> bytes:
-    """A binary DICOM SEG (one segment: intracranial hemorrhage) over the source series."""
+def build_seg(
+    headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: str, model_version: str, job_id: str
+) -> bytes:
+    """A binary DICOM SEG (one segment: intracranial hemorrhage) over the source series.
+
+    Its UIDs come from ``job_id`` (:func:`derived_uids`). An all-normal scan still gets a SEG: its
+    one segment is empty (every frame encoded, all zero), which is valid and says "none found".
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     sources = datasets_from_headers(headers)
     if len(sources) != len(masks):
@@ -114,15 +153,16 @@ def build_seg(headers: Sequence[dict[str, Any]], masks: np.ndarray, model_name: 
             name=model_name, version=model_version, family=codes.cid7162.ArtificialIntelligence
         ),
     )
+    uids = derived_uids(job_id, DerivedObject.SEG)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=np.asarray(masks, dtype=np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=generate_uid(),
+            series_instance_uid=uids.series_instance_uid,
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=uids.sop_instance_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=model_name,
