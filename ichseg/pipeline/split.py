@@ -37,10 +37,11 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import JobState, Stage, StageOutcome
+from ichseg.pipeline.jobs import JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import BatchRef, DicomSource, ScanManifest, SegmentMessage, plan_batches
 from ichseg.readers import read_scan
+from ichseg.readers.archive import redact_member_names
 from ichseg.scan import DicomSeriesRef, Scan
 from ichseg.windowing import window_by_name, windowed_slices
 
@@ -125,7 +126,13 @@ def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, S
             f"upload is {upload.size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
         )
     data = ctx.s3.get_object(Bucket=upload.bucket, Key=upload.key)["Body"].read()
-    scan = read_scan(data, limits)
+    try:
+        scan = read_scan(data, limits)
+    except ScanError as exc:
+        if upload.source != JobSource.INGEST:
+            raise
+        # The reason reaches the job record, logs and ops: never a hospital's member paths.
+        raise type(exc)(redact_member_names(str(exc), data)) from exc
     return windowed_slices(scan, window_by_name(ctx.config.window)), scan, data, limits
 
 

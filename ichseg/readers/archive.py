@@ -80,3 +80,22 @@ def iter_zip_members(data: bytes, name: str, limits: ScanLimits) -> Iterator[tup
                     f"{name}: zip member {info.filename!r} does not match its declared size; refusing it"
                 )
             yield info.filename, payload
+
+
+def redact_member_names(message: str, data: bytes) -> str:
+    """``message`` with every path of the zip ``data`` replaced by its place in the archive.
+
+    Hospital routers name folders and files after patients (``DOE_JANE_MRN123/IM0001``); a reason
+    that quotes a member's path would carry the patient into job records, the API and logs. The
+    member's number still tells a site which file it was.
+    """
+    try:
+        names = [info.filename for info in zipfile.ZipFile(io.BytesIO(data)).infolist()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+        return message
+    # Longest first: a folder's path is a prefix of its files' paths.
+    order = sorted(range(len(names)), key=lambda i: len(names[i]), reverse=True)
+    for index in order:
+        if names[index]:
+            message = message.replace(names[index], f"member #{index + 1}")
+    return message

@@ -1,0 +1,235 @@
+"""A real PACS for the hospital-integration tests: Debian's Orthanc, started with a generated config.
+
+Orthanc plays the hospital's side of the DICOM network exactly as a site runs it: it holds the
+study, sends it to ichseg's gateway with a C-STORE (``POST /modalities/{id}/store``, what a PACS
+routing rule or a technologist's "send to" does) and receives the SEG and SR that come back, which
+the tests then fetch over its REST API. ``make test`` installs it (the Makefile's ``dicom-tools``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+class PacsError(RuntimeError):
+    """Orthanc did not start or answered its REST API with an error."""
+
+
+@dataclass
+class OrthancPacs:
+    """One Orthanc process: its AE title, DICOM port and REST address; the modalities it knows."""
+
+    workdir: Path
+    ae_title: str
+    dicom_port: int
+    http_port: int
+    modalities: dict[str, tuple[str, str, int]]
+    """Orthanc's name for a peer -> (AE title, host, port)."""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def address(self) -> str:
+        """``AE@host:port``, the form ``ichseg stack --pacs`` and the gateway's destinations take."""
+        return f"{self.ae_title}@127.0.0.1:{self.dicom_port}"
+
+    def write_config(self) -> Path:
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "ichseg-test-pacs",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
+            "StableAge": 1,
+            "Plugins": [],
+            "HttpTimeout": 30,
+            "DicomScuTimeout": 30,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self, timeout: float = 30.0) -> OrthancPacs:
+        """Start Orthanc and wait until its REST API answers."""
+        if shutil.which(ORTHANC) is None and not Path(ORTHANC).exists():
+            raise PacsError(f"{ORTHANC} is missing: run `make dicom-tools` (apt-get install orthanc)")
+        config = self.write_config()
+        log = (self.workdir / "orthanc.log").open("ab")
+        self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise PacsError(f"Orthanc exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/system", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise PacsError(f"Orthanc did not answer within {timeout:.0f} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """Orthanc stopped for the block (a PACS outage), then started again with the same storage."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.workdir / "orthanc.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # --------------------------------------------------------------- REST
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, f"{self.url}{path}", timeout=120, **kwargs)
+        if not response.ok:
+            raise PacsError(f"Orthanc {method} {path}: {response.status_code} {response.text[:300]}")
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") else response
+
+    def upload(self, dicom: bytes) -> dict[str, Any]:
+        """Store one instance (what a modality sending to the PACS does); Orthanc's ids back."""
+        result: dict[str, Any] = self._call("POST", "/instances", data=dicom)
+        return result
+
+    def send_study(self, modality: str, study_id: str, synchronous: bool = True) -> dict[str, Any]:
+        """C-STORE a whole study to a known modality (a routing rule / "send to" in a PACS viewer)."""
+        body = {"Resources": [study_id], "Synchronous": synchronous}
+        result: dict[str, Any] = self._call("POST", f"/modalities/{modality}/store", json=body)
+        return result
+
+    def echo(self, modality: str) -> bool:
+        """C-ECHO a known modality from Orthanc."""
+        response = requests.post(f"{self.url}/modalities/{modality}/echo", json={}, timeout=30)
+        return response.ok
+
+    def series_of_modality(self, modality: str) -> list[dict[str, Any]]:
+        """Every series Orthanc holds whose Modality is ``modality`` (SEG, SR, CT...)."""
+        found = []
+        for series_id in self._call("GET", "/series"):
+            series = self._call("GET", f"/series/{series_id}")
+            if series.get("MainDicomTags", {}).get("Modality") == modality:
+                found.append(series)
+        return found
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return bytes(self._call("GET", f"/instances/{instance_id}/file").content)
+
+    def statistics(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/statistics")
+        return result
+
+
+PATIENT_IDENTIFIERS: dict[str, str] = {
+    "PatientName": "Quetzal^Marisol^Anneliese",
+    "PatientID": "MRN-44871093",
+    "PatientBirthDate": "19560317",
+    "OtherPatientIDs": "NHS-9434765919",
+    "PatientAddress": "17 Larkspur Crescent Wexford",
+    "AccessionNumber": "ACC-77120594",
+    "StudyID": "STU-55102",
+    "StudyDescription": "CT HEAD Quetzal Marisol MRN-44871093",
+    "SeriesDescription": "Axial 5mm Quetzal 1956-03-17",
+    "InstitutionName": "Saint Brigid Larkspur Hospital",
+    "ReferringPhysicianName": "Okonkwo-Reyes^Tiberius",
+    "OperatorsName": "Vandersloot^Henrike",
+    "PerformingPhysicianName": "Abernathy-Quist^Cornelius",
+    "RequestingPhysician": "Fairweather^Ignatius",
+    "ProtocolName": "Head Quetzal MRN-44871093",
+    "ImageComments": "Patient Quetzal fell at home 1956-03-17",
+}
+"""What a real head CT carries about its patient, in every field a site fills: each value unique
+enough that finding it anywhere outside the hospital's own results is certainly a leak."""
+
+PHI_NEEDLES = (
+    "Quetzal",
+    "44871093",
+    "19560317",
+    "1956-03-17",
+    "9434765919",
+    "Larkspur",
+    "77120594",
+    "55102",
+    "Okonkwo",
+    "Vandersloot",
+    "Abernathy",
+    "Fairweather",
+    "Brigid",
+)
+"""Substrings of :data:`PATIENT_IDENTIFIERS` to search for in logs, items and objects."""
+
+
+def identified_head_ct(
+    count: int = 8,
+    bleed_from: int | None = 4,
+    rows: int = 64,
+    cols: int = 80,
+    step_mm: float = 5.0,
+    modality: str = "CT",
+) -> list[Any]:
+    """A head CT series in Hounsfield units that the tests' tiny model reads like
+    ``tests.pipeline.conftest.head_frames`` (a dim head, a bright bleed from ``bleed_from`` on),
+    carrying :data:`PATIENT_IDENTIFIERS` in every field."""
+    import numpy as np
+    from pydicom.uid import MRImageStorage
+
+    from tests.scan_fixtures import dicom_series
+
+    series = dicom_series(
+        count=count, rows=rows, cols=cols, step_mm=step_mm, pixel_spacing=(0.5, 0.5), modality=modality
+    )
+    yy, xx = np.mgrid[:rows, :cols]
+    head = ((yy - rows / 2) / (0.42 * rows)) ** 2 + ((xx - cols / 2) / (0.42 * cols)) ** 2 <= 1
+    blob = ((yy - rows * 0.45) ** 2 + (xx - cols * 0.4) ** 2) <= (0.12 * rows) ** 2
+    for index, ds in enumerate(series):
+        # The CT-ICH brain window (level 40, width 120) maps -20 HU to 0: grey 15 is -13 HU, grey 230 is 88 HU.
+        hu = np.full((rows, cols), -1000.0, np.float32)
+        hu[head] = -13.0
+        if bleed_from is not None and index >= bleed_from:
+            hu[blob] = 88.0
+        ds.PixelData = np.rint(hu + 1024).astype(np.uint16).tobytes()
+        for keyword, value in PATIENT_IDENTIFIERS.items():
+            setattr(ds, keyword, value)
+        ds.ConvolutionKernel = "STANDARD"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Manufacturer = "GE MEDICAL SYSTEMS"
+        ds.StudyDate, ds.StudyTime = "20261201", "031500"
+        if modality == "MR":
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    return series

@@ -1,0 +1,89 @@
+"""Patient data stays in the hospital path.
+
+A hospital series carries identifiers in every field a site fills (name, IDs, birth date,
+accession, descriptions, institution, physicians) and in its zip member names (routers name
+folders after patients). They may reach the hospital's own results (the SEG and SR must land in
+the patient's record) and nothing else: not the job row, not an error reason, not a log line or
+metric, not Firebase, not the report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pydicom
+
+from ichseg.pipeline.jobs import JobState
+from ichseg.pipeline.keys import ingest_job_id
+from infrastructure.local_stack import LocalStack
+from tests.pacs_fixtures import PATIENT_IDENTIFIERS, PHI_NEEDLES, identified_head_ct
+from tests.scan_fixtures import dicom_bytes
+
+
+def _leaks(text: str) -> list[str]:
+    return [needle for needle in PHI_NEEDLES if needle.lower() in text.lower()]
+
+
+def _patient_zip(series: list[pydicom.Dataset], corrupt: int | None = None) -> bytes:
+    buffer = io.BytesIO()
+    folder = "Quetzal_Marisol_MRN-44871093/1956-03-17 CT HEAD ACC-77120594"
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, ds in enumerate(series):
+            payload = dicom_bytes(ds)
+            if index == corrupt:
+                payload = payload[: len(payload) // 3]
+            archive.writestr(f"{folder}/Quetzal_{index:03d}.dcm", payload)
+    return buffer.getvalue()
+
+
+def _ingest(stack: LocalStack, archive: bytes) -> str:
+    key = f"ingest/router-phi/{uuid.uuid4().hex}.zip"
+    put = stack.aws("s3").put_object(Bucket=stack.settings.bucket, Key=key, Body=archive)
+    return ingest_job_id(key, put["ETag"])
+
+
+def _job_item(stack: LocalStack, job_id: str) -> str:
+    item = stack.aws("dynamodb").get_item(TableName=stack.settings.table, Key={"job_id": {"S": job_id}})["Item"]
+    return json.dumps(item)
+
+
+def _logs(stack: LocalStack) -> str:
+    time.sleep(0.3)  # the workers' last lines
+    return "\n".join(path.read_text(errors="replace") for path in sorted(Path(stack.log_dir).glob("*.log")))
+
+
+def test_identifiers_stay_in_the_hospital_results(stack: LocalStack) -> None:
+    job_id = _ingest(stack, _patient_zip(identified_head_ct()))
+    job = stack.wait_for_job(job_id, timeout=120)
+    assert job.state == JobState.DONE, job.error_reason
+
+    assert _leaks(_job_item(stack, job_id)) == []
+    s3 = stack.aws("s3")
+    report = s3.get_object(Bucket=stack.settings.bucket, Key=job.results["report"])["Body"].read().decode()
+    assert _leaks(report) == []
+    assert [o for o in stack.firebase_objects("") if job_id in o["name"]] == []
+    assert _leaks(_logs(stack)) == []
+    # The positive control: the SEG goes back to the patient's record, so it must name the patient.
+    seg = pydicom.dcmread(
+        io.BytesIO(s3.get_object(Bucket=stack.settings.bucket, Key=job.results["seg"])["Body"].read())
+    )
+    assert str(seg.PatientName) == PATIENT_IDENTIFIERS["PatientName"]
+    assert seg.PatientID == PATIENT_IDENTIFIERS["PatientID"]
+
+
+def test_refused_series_name_no_patient_in_their_reasons(stack: LocalStack) -> None:
+    refused = {
+        "MR": _patient_zip(identified_head_ct(count=3, modality="MR")),
+        "truncated member": _patient_zip(identified_head_ct(count=3), corrupt=1),
+    }
+    for case, archive in refused.items():
+        job = stack.wait_for_job(_ingest(stack, archive), timeout=60)
+        assert job.state == JobState.FAILED, case
+        assert job.error_reason and _leaks(job.error_reason) == [], (case, job.error_reason)
+        assert _leaks(_job_item(stack, job.job_id)) == [], case
+    assert _leaks(_logs(stack)) == []
