@@ -1,0 +1,260 @@
+"""The DICOM objects a DICOM scan gets back: the SEG and the SR measurement report.
+
+Both are built from a real pydicom series through the split's own header capture, checked by
+dciodvfy (0 errors), and read back: what the SR says must be what ``report.json`` says, what it
+points at must be the SEG and the source images, and the UIDs must be the job's own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from ichseg.limits import ScanLimits
+from ichseg.model_metadata import ModelMetadata
+from ichseg.pipeline.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
+from ichseg.pipeline.dicom_sr import SR_SERIES_DESCRIPTION, SrUnavailable, build_sr
+from ichseg.scan import DicomSeriesRef
+from ichseg.segmentation import Report, report_from_areas
+from tests.dicom_tools import dciodvfy_errors
+from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
+
+SLICES, ROWS, COLS = 5, 32, 40
+SPACING = (0.5, 0.45)
+STEP_MM = 2.5
+MODEL = ModelMetadata(
+    name="ichseg-test", version="1.2.3", subtypes=("epidural", "subdural"), pixel_threshold=0.5, slice_threshold=0.5
+)
+VOLUME = "118565006"  # SCT Volume
+PROBABILITY = "122157"  # DCM Probability
+REFERENCED_SEGMENT = "121191"  # DCM Referenced Segment
+INTRACRANIAL_HEMORRHAGE = "1386000"  # SCT
+PRESENT, ABSENT = "52101004", "272519000"  # SCT
+
+
+@pytest.fixture(scope="module")
+def series() -> list[Dataset]:
+    datasets = dicom_series(count=SLICES, rows=ROWS, cols=COLS, pixel_spacing=SPACING, step_mm=STEP_MM)
+    for ds in datasets:
+        ds.PatientName, ds.StudyDate, ds.AccessionNumber = "Test^Patient", "20260101", "ACC-1"
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def headers(series: list[Dataset], tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The headers as the split keeps them: captured from the uploaded zip, in slice order."""
+    archive = zip_files(
+        tmp_path_factory.mktemp("upload") / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)}
+    )
+    first = series[0]
+    ref = DicomSeriesRef(
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in series),
+        sop_class_uid=str(first.SOPClassUID),
+    )
+    return capture_headers(archive.read_bytes(), ref, ScanLimits())
+
+
+def _case(bleed: bool) -> tuple[np.ndarray, Report]:
+    """Masks and the report the pipeline would write for them (slices 2 and 3 bleed when ``bleed``)."""
+    masks = np.zeros((SLICES, ROWS, COLS), dtype=bool)
+    probabilities = np.full(SLICES, 0.1, dtype=np.float32)
+    if bleed:
+        masks[2, 10:15, 10:20] = True
+        masks[3, 12:14, 12:20] = True
+        probabilities[2:4] = (0.93, 0.81)
+    report = report_from_areas(
+        [f"{i:04d}" for i in range(SLICES)],
+        probabilities,
+        np.full((SLICES, 2), 0.2, dtype=np.float32),
+        masks.reshape(SLICES, -1).sum(axis=1),
+        MODEL,
+        SPACING,
+        STEP_MM,
+    )
+    return masks, report
+
+
+def _build(headers: list[dict[str, Any]], bleed: bool, job_id: str) -> tuple[bytes, bytes, Report]:
+    masks, report = _case(bleed)
+    seg = build_seg(headers, masks, MODEL.name, MODEL.version, job_id)
+    return seg, build_sr(headers, seg, report, MODEL.name, MODEL.version, job_id), report
+
+
+def _read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _items(node: Dataset) -> Iterator[Dataset]:
+    """Every content item of an SR tree, depth first."""
+    for item in getattr(node, "ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def _concept(item: Dataset) -> str:
+    names = getattr(item, "ConceptNameCodeSequence", [])
+    return str(names[0].CodeValue) if names else ""
+
+
+def _numbers(sr: Dataset, code: str) -> list[float]:
+    return [
+        float(item.MeasuredValueSequence[0].NumericValue)
+        for item in _items(sr)
+        if item.ValueType == "NUM" and _concept(item) == code
+    ]
+
+
+def _evaluation(sr: Dataset) -> str:
+    [value] = [
+        str(item.ConceptCodeSequence[0].CodeValue)
+        for item in _items(sr)
+        if item.ValueType == "CODE" and _concept(item) == INTRACRANIAL_HEMORRHAGE
+    ]
+    return value
+
+
+def _segment_references(sr: Dataset) -> list[Dataset]:
+    return [item for item in _items(sr) if item.ValueType == "IMAGE" and _concept(item) == REFERENCED_SEGMENT]
+
+
+def _valid(tmp_path: Path, name: str, data: bytes) -> list[str]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return dciodvfy_errors(path)
+
+
+@pytest.mark.parametrize("bleed", [True, False], ids=["hemorrhage", "normal"])
+def test_seg_and_sr_are_valid_dicom(headers: list[dict[str, Any]], tmp_path: Path, bleed: bool) -> None:
+    seg, sr, _ = _build(headers, bleed, "job-valid")
+    assert _valid(tmp_path, "seg.dcm", seg) == []
+    assert _valid(tmp_path, "sr.dcm", sr) == []
+
+
+def test_the_validator_catches_a_broken_object(headers: list[dict[str, Any]], tmp_path: Path) -> None:
+    # The check above is worth something only if dciodvfy flags what is wrong.
+    _, sr, _ = _build(headers, True, "job-broken")
+    broken = _read(sr)
+    del broken.CompletionFlag  # Type 1 in the SR Document General Module
+    buffer = io.BytesIO()
+    broken.save_as(buffer)
+    errors = _valid(tmp_path, "broken.dcm", buffer.getvalue())
+    assert any("CompletionFlag" in error for error in errors), errors
+
+
+def test_sr_of_a_hemorrhage_reports_the_volume_of_the_seg_segment(
+    headers: list[dict[str, Any]], series: list[Dataset]
+) -> None:
+    seg_bytes, sr_bytes, report = _build(headers, True, "job-bleed")
+    seg, sr = _read(seg_bytes), _read(sr_bytes)
+    assert report["volume_ml"] is not None and report["volume_ml"] > 0
+    assert _numbers(sr, VOLUME) == [pytest.approx(report["volume_ml"])]
+    assert _numbers(sr, PROBABILITY) == [pytest.approx(report["hemorrhage_probability"])]
+    assert _evaluation(sr) == PRESENT
+    [segment] = _segment_references(sr)
+    assert segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+    assert segment.ReferencedSOPSequence[0].ReferencedSegmentNumber == 1
+    # The SEG's frames are the bleeding slices (in highdicom's order), each referencing its source
+    # instance and holding that slice's mask.
+    sources = [str(ds.SOPInstanceUID) for ds in series]
+    framed = [
+        sources.index(str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID))
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    ]
+    assert sorted(framed) == [2, 3]
+    masks, _ = _case(True)
+    for frame_pixels, index in zip(seg.pixel_array, framed, strict=True):
+        assert np.array_equal(frame_pixels.astype(bool), masks[index])
+    # The slices involved are the source images of the scan's finding.
+    measured = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in _items(sr)
+        if item.ValueType == "IMAGE" and _concept(item) == "121112"  # DCM Source of Measurement
+    }
+    assert measured == set(sources[2:4])
+    notes = [str(item.TextValue) for item in _items(sr) if item.ValueType == "TEXT" and _concept(item) == "121106"]
+    assert "Slices with hemorrhage: 0002, 0003." in notes
+    assert any("cannot separate the subtypes" in note for note in notes)  # no subtype volume is invented
+
+
+def test_sr_of_a_normal_scan_says_absent_with_no_volume(headers: list[dict[str, Any]], series: list[Dataset]) -> None:
+    seg_bytes, sr_bytes, report = _build(headers, False, "job-normal")
+    seg, sr = _read(seg_bytes), _read(sr_bytes)
+    assert report["finding"] == "Normal" and report["volume_ml"] == 0.0
+    assert _evaluation(sr) == ABSENT and _numbers(sr, VOLUME) == [0.0]
+    assert _segment_references(sr) == []  # an empty segment is no region to point at
+    # The SEG still says "none found": one segment, every frame encoded and empty.
+    assert int(seg.NumberOfFrames) == SLICES and not np.any(seg.pixel_array)
+    library = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for item in _items(sr) if item.ValueType == "IMAGE"
+    }
+    assert library == {str(ds.SOPInstanceUID) for ds in series}
+
+
+def test_both_objects_land_in_the_source_study_as_new_series(
+    headers: list[dict[str, Any]], series: list[Dataset]
+) -> None:
+    seg_bytes, sr_bytes, _ = _build(headers, True, "job-study")
+    source = series[0]
+    for data in (seg_bytes, sr_bytes):
+        obj = _read(data)
+        assert obj.StudyInstanceUID == source.StudyInstanceUID
+        assert (obj.PatientID, str(obj.PatientName), obj.AccessionNumber) == ("ICHSEG-TEST", "Test^Patient", "ACC-1")
+        assert obj.SeriesInstanceUID != source.SeriesInstanceUID
+    sr = _read(sr_bytes)
+    assert sr.SeriesDescription == SR_SERIES_DESCRIPTION and sr.Modality == "SR"
+    assert _read(seg_bytes).SeriesNumber != sr.SeriesNumber
+    evidence = {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for ref_series in study.ReferencedSeriesSequence
+        for instance in ref_series.ReferencedSOPSequence
+    }
+    assert evidence == {str(ds.SOPInstanceUID) for ds in series} | {str(_read(seg_bytes).SOPInstanceUID)}
+
+
+def test_uids_come_from_the_job_id(headers: list[dict[str, Any]]) -> None:
+    def uids(job_id: str) -> list[str]:
+        seg, sr, _ = _build(headers, True, job_id)
+        return [str(getattr(_read(d), k)) for d in (seg, sr) for k in ("SeriesInstanceUID", "SOPInstanceUID")]
+
+    first, again, other = uids("job-a"), uids("job-a"), uids("job-b")
+    assert first == again  # a re-run makes the very same instances: a PACS files them once
+    assert len(set(first)) == 4 and not set(first) & set(other)
+    expected = [derived_uids("job-a", kind) for kind in (DerivedObject.SEG, DerivedObject.SR)]
+    assert first == [uid for u in expected for uid in (u.series_instance_uid, u.sop_instance_uid)]
+    with pytest.raises(ValueError, match="job id"):
+        derived_uids("", DerivedObject.SR)
+
+
+def test_subtype_volumes_appear_only_when_the_report_has_them(headers: list[dict[str, Any]], tmp_path: Path) -> None:
+    masks, report = _case(True)
+    seg = build_seg(headers, masks, MODEL.name, MODEL.version, "job-subtypes")
+    plain = _read(build_sr(headers, seg, report, MODEL.name, MODEL.version, "job-subtypes"))
+    assert len(_numbers(plain, VOLUME)) == 1
+    with_subtypes: Report = {**report, "volume_ml_by_subtype": {"epidural": 0.012, "subdural": 0.027}}
+    sr_bytes = build_sr(headers, seg, with_subtypes, MODEL.name, MODEL.version, "job-subtypes")
+    assert _valid(tmp_path, "sr.dcm", sr_bytes) == []
+    assert sorted(_numbers(_read(sr_bytes), VOLUME)) == pytest.approx([0.012, 0.027, report["volume_ml"]])
+
+
+def test_a_report_that_does_not_fit_the_series_is_a_clear_error(headers: list[dict[str, Any]]) -> None:
+    masks, report = _case(True)
+    seg = build_seg(headers, masks, MODEL.name, MODEL.version, "job-mismatch")
+    short: Report = {**report, "slices": report["slices"][:3]}
+    with pytest.raises(SrUnavailable, match="3 slice"):
+        build_sr(headers, seg, short, MODEL.name, MODEL.version, "job-mismatch")
+    with pytest.raises(SrUnavailable, match="SEG"):
+        build_sr(headers, b"not dicom", report, MODEL.name, MODEL.version, "job-mismatch")
+    source_bytes = json.dumps(headers[0]["dataset"]).encode()
+    with pytest.raises(SrUnavailable):
+        build_sr(headers, source_bytes, report, MODEL.name, MODEL.version, "job-mismatch")
