@@ -1,8 +1,10 @@
-"""DICOM CT series: one instance, a zipped series or a folder, sorted along the slice normal.
+"""DICOM CT: one instance, or a zipped/folder series or study, sorted along the slice normal.
 
-Geometry follows the DICOM patient coordinate system: slices are ordered by the projection of
+A study of several series is narrowed to one by :mod:`ichseg.readers.series_selection`. Geometry
+follows the DICOM patient coordinate system: slices are ordered by the projection of
 ImagePositionPatient on the normal of ImageOrientationPatient (InstanceNumber only when positions
-are missing); pixels are rescaled to Hounsfield units with RescaleSlope/RescaleIntercept.
+are missing), and each slice's extent along that normal comes from its position and thickness;
+pixels are rescaled to Hounsfield units with RescaleSlope/RescaleIntercept.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from ichseg.errors import (
 )
 from ichseg.limits import ScanLimits, check_scan_size
 from ichseg.readers.naming import index_ids
-from ichseg.scan import DicomSeriesRef, Scan
+from ichseg.readers.series_selection import (
+    SeriesRules,
+    describe_series,
+    enhanced_frame_geometry,
+    select_series,
+    slice_extents,
+    slice_normal,
+)
+from ichseg.scan import DicomSeriesRef, Scan, SeriesSelection
 
 ORIENTATION_TOLERANCE = 1e-3
 """Direction cosines closer than this are the same orientation (rounding in exporters)."""
@@ -41,11 +51,15 @@ class _Instance:
     modality: str = ""
 
 
-def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits) -> Scan:
-    """Turn DICOM files (name, bytes) of one CT series into a HU scan.
+def read_dicom_instances(
+    files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits, rules: SeriesRules | None = None
+) -> Scan:
+    """Turn DICOM files (name, bytes) of one CT series, or of a study, into a HU scan.
 
     Objects without pixel data (a DICOMDIR, a vendor's directory file, a dose report) are what a
-    series exported to CD or PACS carries beside its images: they are skipped and counted.
+    series exported to CD or PACS carries beside its images: they are skipped and counted. Of
+    several series, ``rules`` (default: :meth:`SeriesRules.from_env`) choose one; the others are
+    named in :attr:`Scan.series` with the reason each was skipped.
     """
     parsed = [_parse(name, data) for name, data in files]
     images = [p for p in parsed if "PixelData" in p.dataset or "FloatPixelData" in p.dataset]
@@ -54,15 +68,28 @@ def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, 
         raise NoFramesError(
             f"{source}: none of the {len(parsed)} DICOM object(s) holds pixel data (SOP classes {', '.join(classes)})"
         )
-    for image in images:
-        _require_ct(image)
-    instances = _dedupe(images)
-    _check_single_series(instances, source)
+    non_image = len(parsed) - len(images)
+    groups = _by_series(_dedupe(images))
+    if len(groups) == 1:
+        # One series is what the sender chose: read as it is, with the errors that explain it.
+        instances = groups[0]
+        for image in instances:
+            _require_ct(image)
+        selection = SeriesSelection(describe_series([i.dataset for i in instances]), (), non_image)
+    else:
+        index, selection = select_series(
+            [[i.dataset for i in group] for group in groups], rules or SeriesRules.from_env(), source, non_image
+        )
+        instances = groups[index]
+    return replace(_read_series(instances, fmt, source, limits), non_image_objects=non_image, series=selection)
+
+
+def _read_series(instances: list[_Instance], fmt: str, source: str, limits: ScanLimits) -> Scan:
     first = instances[0].dataset
     if int(getattr(first, "NumberOfFrames", 1) or 1) > 1:
         if len(instances) > 1:
             raise InconsistentSeriesError(f"{source}: several multi-frame instances in one series; upload one")
-        return replace(_multiframe_scan(instances[0], fmt, source, limits), non_image_objects=len(parsed) - len(images))
+        return _multiframe_scan(instances[0], fmt, source, limits)
     rows, cols = int(first.Rows), int(first.Columns)
     for inst in instances:
         size = (int(inst.dataset.Rows), int(inst.dataset.Columns))
@@ -72,19 +99,24 @@ def read_dicom_instances(files: list[tuple[str, bytes]], fmt: str, source: str, 
                 f"{inst.name} is {size[1]}x{size[0]})"
             )
     check_scan_size(limits, source, len(instances), rows, cols)
-    ordered, step = _sort_along_normal(instances, source)
+    ordered, along = _sort_along_normal(instances, source)
     slices = np.stack([_hu_pixels(inst.name, inst.dataset) for inst in ordered])
-    thickness = step if step is not None else _float_or_none(getattr(first, "SliceThickness", None))
+    own = [_float_or_none(getattr(inst.dataset, "SliceThickness", None)) for inst in ordered]
+    step = round(float(np.median(np.diff(along))), 4) if along is not None and len(along) > 1 else None
+    if along is not None:
+        extents: tuple[float, ...] | None = slice_extents(along, own) or None
+    else:  # no positions: the thickness tag is all there is, and only when every slice agrees
+        extents = (own[0],) * len(own) if own[0] is not None and len(set(own)) == 1 else None
     return Scan(
         slices=slices,
         slice_ids=index_ids(len(ordered)),
         format=fmt,
         hu=True,
         pixel_spacing_mm=_pixel_spacing(first),
-        slice_thickness_mm=thickness,
+        slice_thickness_mm=step if step is not None else _float_or_none(getattr(first, "SliceThickness", None)),
         source=source,
         dicom=_series_ref([inst.dataset for inst in ordered]),
-        non_image_objects=len(parsed) - len(images),
+        slice_extents_mm=extents,
     )
 
 
@@ -126,26 +158,17 @@ def _dedupe(instances: list[_Instance]) -> list[_Instance]:
     return list(seen.values())
 
 
-def _check_single_series(instances: list[_Instance], source: str) -> None:
+def _by_series(instances: list[_Instance]) -> list[list[_Instance]]:
+    """Instances grouped by SeriesInstanceUID, in the order the series first appear."""
     series: dict[str, list[_Instance]] = defaultdict(list)
     for inst in instances:
         series[str(getattr(inst.dataset, "SeriesInstanceUID", ""))].append(inst)
-    if len(series) > 1:
-        # Named by SeriesNumber only: descriptions are free text a site may fill with patient
-        # details, and this message reaches job records, the API and logs.
-        parts = [
-            f"series {getattr(group[0].dataset, 'SeriesNumber', None) or index} ({len(group)} images)"
-            for index, group in enumerate(series.values(), start=1)
-        ]
-        raise InconsistentSeriesError(
-            f"{source}: {len(series)} series in one upload: {'; '.join(parts)}. Upload one series at a time"
-        )
+    return list(series.values())
 
 
-def _sort_along_normal(instances: list[_Instance], source: str) -> tuple[list[_Instance], float | None]:
-    """Order slices along the normal; return them and the median position step (mm)."""
-    if len(instances) == 1:
-        return instances, None
+def _sort_along_normal(instances: list[_Instance], source: str) -> tuple[list[_Instance], list[float] | None]:
+    """Order slices along the normal; return them and their positions along it (mm; None when
+    positions are missing and InstanceNumber gave the order)."""
     if any(inst.position is None or inst.orientation is None for inst in instances):
         ordered = sorted(instances, key=lambda i: int(getattr(i.dataset, "InstanceNumber", 0) or 0))
         return ordered, None
@@ -158,15 +181,17 @@ def _sort_along_normal(instances: list[_Instance], source: str) -> tuple[list[_I
                 f"{source}: instances have different orientations ({instances[0].name} vs {inst.name}); "
                 "they are not one axial series"
             )
-    normal = np.cross(reference[:3], reference[3:])
+    # The normal of the (possibly gantry-tilted) slice plane: positions projected on it are the
+    # distances between slices, where the table's z would overstate them by 1/cos(tilt).
+    normal = slice_normal(reference)
     along = {id(inst): float(np.dot(np.asarray(inst.position, dtype=float), normal)) for inst in instances}
     ordered = sorted(instances, key=lambda i: along[id(i)])
-    steps = np.diff([along[id(i)] for i in ordered])
-    if np.any(np.abs(steps) < 1e-4):
+    positions = [along[id(i)] for i in ordered]
+    if np.any(np.abs(np.diff(positions)) < 1e-4):
         raise InconsistentSeriesError(
             f"{source}: two different instances share one slice position; the series is not one volume"
         )
-    return ordered, round(float(np.median(steps)), 4)
+    return ordered, positions
 
 
 def _hu_pixels(name: str, dataset: Dataset) -> np.ndarray:
@@ -223,21 +248,23 @@ def _multiframe_scan(instance: _Instance, fmt: str, source: str, limits: ScanLim
         # Enhanced CT keeps the rescale in the functional groups, where apply_rescale does not look.
         slope = float(getattr(transform, "RescaleSlope", 1) or 1)
         pixels = pixels * np.float32(slope) + np.float32(float(getattr(transform, "RescaleIntercept", 0) or 0))
-    positions = []
-    for group in getattr(dataset, "PerFrameFunctionalGroupsSequence", []):
-        plane = getattr(group, "PlanePositionSequence", None)
-        positions.append([float(v) for v in plane[0].ImagePositionPatient] if plane else None)
+    positions, orientation, thicknesses = enhanced_frame_geometry(dataset)
     measures = getattr(shared, "PixelMeasuresSequence", [None])[0] if shared is not None else None
     spacing = _pixel_spacing(measures) if measures is not None else None
     step = None
+    extents = None
     order: np.ndarray = np.arange(frames)
-    orientation = getattr(getattr(shared, "PlaneOrientationSequence", [None])[0], "ImageOrientationPatient", None)
     if orientation is not None and len(positions) == frames and all(p is not None for p in positions):
-        cosines = np.array([float(v) for v in orientation])
-        along = np.array(positions) @ np.cross(cosines[:3], cosines[3:])
+        along = np.array(positions) @ slice_normal(orientation)
         order = np.argsort(along, kind="stable")
+        ordered_along = [float(v) for v in along[order]]
         if frames > 1:
-            step = round(float(np.median(np.diff(along[order]))), 4)
+            if float(np.min(np.diff(ordered_along))) < 1e-4:
+                raise InconsistentSeriesError(
+                    f"{source}: two frames share one slice position; the instance is not one volume"
+                )
+            step = round(float(np.median(np.diff(ordered_along))), 4)
+        extents = slice_extents(ordered_along, [thicknesses[i] for i in order]) or None
     return Scan(
         slices=pixels[order],
         slice_ids=index_ids(frames),
@@ -247,4 +274,5 @@ def _multiframe_scan(instance: _Instance, fmt: str, source: str, limits: ScanLim
         slice_thickness_mm=step,
         source=source,
         dicom=_series_ref([dataset]),
+        slice_extents_mm=extents,
     )
