@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOTTED = re.compile(r"^[a-z_][\w./]*(:\w+)?$")
-PACKAGES = ("ichseg", "serving", "functions", "training", "model_export", "infrastructure", "client")
+PACKAGES = ("ichseg", "serving", "functions", "training", "model_export", "infrastructure", "client", "gateway")
 
 # What each layer may import (besides itself and third-party libraries). The core library is
 # ``ichseg`` without ``ichseg.pipeline``; the AWS application's stages live in ``ichseg.pipeline``.
@@ -25,8 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core"},
     "model_export": {"core", "training"},
     "functions": {"core", "pipeline"},
-    "infrastructure": {"core", "pipeline", "functions", "serving", "client"},
+    "infrastructure": {"core", "pipeline", "functions", "serving", "client", "gateway"},
     "client": set(),  # speaks only HTTP: runs on a laptop without the AWS side or the model
+    "gateway": {"core", "pipeline"},  # the DICOM gateway: its own container, beside the functions
 }
 
 

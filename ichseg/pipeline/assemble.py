@@ -392,6 +392,11 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
             upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
         mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
 
+    if job.source == JobSource.INGEST and ctx.config.delivery_queue_url:
+        # The DICOM gateway sends the SEG (and SR) back to the site's PACS. Sent before DONE so a
+        # crash in between cannot lose it (the gateway retries a job not DONE yet); a duplicate
+        # from a redelivered assembly is harmless (delivery is idempotent per job).
+        ctx.sqs.send_message(QueueUrl=ctx.config.delivery_queue_url, MessageBody=json.dumps({"job_id": job_id}))
     if not ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error):
         # Only after a lease ran out mid-assembly: the other assembler finished first and counted it.
         log.info("job already DONE (a concurrent assembly finished it)")

@@ -54,6 +54,8 @@ class PipelineConfig:
     table: str = ""
     segment_queue_url: str = ""
     assemble_queue_url: str = ""
+    delivery_queue_url: str = ""
+    """The DICOM gateway's queue: a DONE hospital (ingest) job's id is sent here; empty: no gateway."""
     endpoint_name: str = ""
     """SageMaker real-time endpoint, called through boto3 ``sagemaker-runtime``."""
     endpoint_url: str = ""
@@ -105,6 +107,7 @@ class PipelineConfig:
             table=text("ICHSEG_TABLE"),
             segment_queue_url=text("ICHSEG_SEGMENT_QUEUE_URL"),
             assemble_queue_url=text("ICHSEG_ASSEMBLE_QUEUE_URL"),
+            delivery_queue_url=text("ICHSEG_DELIVERY_QUEUE_URL"),
             endpoint_name=text("ICHSEG_ENDPOINT_NAME"),
             endpoint_url=text("ICHSEG_ENDPOINT_URL").rstrip("/"),
             batch_slices=int(number("ICHSEG_BATCH_SLICES", 16)),

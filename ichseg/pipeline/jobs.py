@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -98,6 +98,19 @@ class StageOutcome(StrEnum):
     """The stage failed the job (e.g. the model changed between batches)."""
 
 
+class DeliveryState(StrEnum):
+    """How a DONE hospital job's results (SEG, SR) are getting back to its PACS (the DICOM gateway).
+
+    No state at all: the gateway has not tried yet. ``PENDING``: tried, failed, will retry (the
+    queue redelivers); ``DELIVERED``: every result object was stored; ``FAILED``: given up (the last
+    receive of the delivery message, or no destination configured for the site).
+    """
+
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
 class JobSource(StrEnum):
     """Who sent the scan: the mobile app (a Firebase user) or the hospital DICOM router (IAM)."""
 
@@ -137,6 +150,13 @@ class Job:
     expires_at: int | None = None
     stamps: Mapping[str, float] = field(default_factory=dict)
     """State name (lower case) -> when the job entered it, plus ``created``."""
+    delivery_state: DeliveryState | None = None
+    """Hospital jobs: the results' way back to the PACS (None: not attempted yet)."""
+    delivery_attempts: int = 0
+    delivery_reason: str | None = None
+    """Why the last delivery attempt failed (network and DICOM status only: never patient data)."""
+    delivered_objects: frozenset[str] = frozenset()
+    """Result names (``seg``, ``sr``) a PACS has stored: a retry sends only the others."""
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -469,6 +489,57 @@ class JobStore:
         job, created = self.create(job_id, JobSource.INGEST, None, upload_key, 0)
         return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
 
+    # ------------------------------------------------------------------ delivery (the DICOM gateway)
+    #
+    # Delivery is at-least-once (an SQS message, redelivered until deleted) made idempotent: each
+    # write is conditional on the job being DONE and its delivery not yet settled, result names a
+    # PACS stored are a set (``ADD`` is idempotent per name, so a retry sends only the rest), and the
+    # SEG/SR SOP Instance UIDs are deterministic, so an object stored twice (a crash between the
+    # C-STORE and this write) replaces itself in the PACS instead of appearing twice.
+
+    def record_delivery_failure(self, job_id: str, reason: str, delivered: Iterable[str] = ()) -> bool:
+        """One failed attempt (PENDING, attempts + 1, the reason, what did get stored); False if the
+        delivery is already settled (DELIVERED or FAILED) or the job is not DONE."""
+        return self._delivery(job_id, DeliveryState.PENDING, reason, delivered, settled_may_change=False)
+
+    def mark_delivered(self, job_id: str, delivered: Iterable[str]) -> bool:
+        """Every result stored: DELIVERED. False if it already was (a duplicate message). A FAILED
+        delivery may still become DELIVERED (its message redriven from the dead-letter queue)."""
+        return self._delivery(job_id, DeliveryState.DELIVERED, None, delivered, settled_may_change=True)
+
+    def fail_delivery(self, job_id: str, reason: str, delivered: Iterable[str] = ()) -> bool:
+        """Give up: FAILED with the reason; False if already DELIVERED or FAILED (counted once)."""
+        return self._delivery(job_id, DeliveryState.FAILED, reason, delivered, settled_may_change=False)
+
+    def _delivery(
+        self, job_id: str, state: DeliveryState, reason: str | None, delivered: Iterable[str], settled_may_change: bool
+    ) -> bool:
+        now = self.clock()
+        values: dict[str, Any] = {
+            ":done": JobState.DONE,
+            ":state": state,
+            ":one": 1,
+            ":now": now,
+            ":iso": utc_iso(now),
+        }
+        expression = "SET #delivery_state = :state, #delivery_at = :now, #updated_at = :iso"
+        if reason is not None:
+            expression += ", #delivery_reason = :reason"
+            values[":reason"] = reason[:500]
+        expression += " ADD #delivery_attempts :one"
+        names = set(delivered)
+        if names:
+            expression += ", #delivered_objects :objects"
+            values[":objects"] = names
+        if reason is None:
+            expression += " REMOVE #delivery_reason"
+        if settled_may_change:
+            condition = "#state = :done AND (attribute_not_exists(#delivery_state) OR #delivery_state <> :state)"
+        else:
+            condition = "#state = :done AND (attribute_not_exists(#delivery_state) OR #delivery_state = :pending)"
+            values[":pending"] = DeliveryState.PENDING
+        return self._update(job_id, expression, condition, values)
+
     # ------------------------------------------------------------------ plumbing
 
     def delete_ended(self, job_id: str, owner: str) -> bool:
@@ -547,6 +618,10 @@ class JobStore:
             deadline_at=float(raw["deadline_at"]) if "deadline_at" in raw else None,
             expires_at=_int_or_none(raw.get("expires_at")),
             stamps=stamps,
+            delivery_state=DeliveryState(raw["delivery_state"]) if raw.get("delivery_state") else None,
+            delivery_attempts=int(raw.get("delivery_attempts", 0)),
+            delivery_reason=raw.get("delivery_reason"),
+            delivered_objects=frozenset(raw.get("delivered_objects", ())),
         )
 
 

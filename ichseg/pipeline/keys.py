@@ -5,7 +5,9 @@ One bucket (``ICHSEG_BUCKET``), four prefixes:
 - ``uploads/{uid}/{job_id}/scan``: the mobile app's presigned POST (the API chose the job id);
 - ``ingest/{anything}``: the hospital DICOM router (IAM); the job id is derived from the key and
   the object's ETag, so a duplicated event names the same job while a re-sent series with new
-  content starts a new one;
+  content starts a new one. The DICOM gateway writes content-addressed keys,
+  ``ingest/{site}/{sha256 of the zip}.zip``: for those the key alone names the job (the ETag of a
+  multipart or SSE-KMS upload is no content hash, and the key already is one);
 - ``work/{job_id}/...``: frame batches, each segmented batch's rendered part, the manifest (expired
   by a lifecycle rule);
 - ``results/{job_id}/...``: what people and PACS read.
@@ -32,6 +34,9 @@ _UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 """Firebase uids are at most 128 characters; the ones Firebase generates are alphanumeric. Anything
 else in a key is refused rather than trusted as a path segment."""
 _APP_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_SITE = re.compile(r"^(?![._]*$)[A-Za-z0-9_.-]{1,64}$")
+"""A site (the gateway's calling AE title made key-safe): never a path trick like ``..``."""
+_CONTENT_ADDRESSED = re.compile(r"^ingest/(?P<site>[^/]+)/(?P<digest>[0-9a-f]{64})\.zip$")
 
 
 class UnexpectedKey(ValueError):
@@ -44,10 +49,42 @@ def new_job_id() -> str:
 
 
 def ingest_job_id(key: str, etag: str) -> str:
-    """Deterministic id for a hospital upload: same object (key + content) -> same job."""
+    """Deterministic id for a hospital upload: same object (key + content) -> same job.
+
+    A content-addressed gateway key (:func:`gateway_ingest_key`) names its job by itself, whatever
+    the ETag: the same series re-sent to the same site is the same job, another site's is not.
+    """
+    if is_content_addressed(key):
+        return f"ingest-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
     content = etag.strip('"')  # S3 quotes ETags in some APIs and not in events
     digest = hashlib.sha256(f"{key}\0{content}".encode()).hexdigest()
     return f"ingest-{digest[:24]}"
+
+
+def is_valid_site(site: str) -> bool:
+    return bool(_SITE.match(site))
+
+
+def gateway_ingest_key(site: str, digest: str) -> str:
+    """Where the DICOM gateway puts a complete series: ``ingest/{site}/{sha256 hex of the zip}.zip``."""
+    key = f"{INGEST_PREFIX}{site}/{digest}.zip"
+    if not is_valid_site(site) or not is_content_addressed(key):
+        raise ValueError(f"site {site!r} / digest {digest!r} cannot name a gateway upload")
+    return key
+
+
+def is_content_addressed(key: str) -> bool:
+    """Is this a gateway key (``ingest/{site}/{sha256}.zip`` with a valid site)?"""
+    match = _CONTENT_ADDRESSED.match(key)
+    return match is not None and is_valid_site(match["site"])
+
+
+def ingest_site(key: str) -> str | None:
+    """The site an ``ingest/{site}/...`` upload came from (where its results go back); None if none."""
+    if not key.startswith(INGEST_PREFIX):
+        return None
+    site, sep, rest = key[len(INGEST_PREFIX) :].partition("/")
+    return site if sep and rest and is_valid_site(site) else None
 
 
 def is_valid_uid(uid: str) -> bool:

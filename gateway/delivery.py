@@ -1,0 +1,224 @@
+"""Results back to the PACS: a DONE hospital job's SEG and SR, by C-STORE, to its site's destination.
+
+The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before it marks the job DONE
+(so a crash cannot lose the message). For each message this module reads the job and decides:
+
+- unknown job, or FAILED in the pipeline: nothing to send; the message is deleted;
+- not DONE yet (the message overtook the DONE write): left on the queue, back in a few seconds;
+- DONE and already DELIVERED (a duplicate message): deleted;
+- DONE: the result objects not yet stored are C-STOREd over one new association; all stored ->
+  DELIVERED, message deleted; otherwise the attempt and its reason are recorded (PENDING) and the
+  message comes back after a backoff that doubles per receive; on the queue's last receive the
+  delivery is FAILED, counted as ``DeliveryFailures`` (an alarm) and the message goes on to the
+  dead-letter queue. A site without a destination is FAILED at once (retrying cannot help).
+
+Reasons name destinations, result names and DICOM statuses only, never patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from gateway.settings import Destination, GatewaySettings
+from ichseg.pipeline import keys
+from ichseg.pipeline.context import MetricsSink
+from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobState, JobStore
+
+log = logging.getLogger("gateway.delivery")
+
+DELIVERED_NAMES = ("seg", "sr")
+"""The job's results that go back to the PACS (names in :attr:`Job.results`), in sending order."""
+MAX_VISIBILITY_SECONDS = 43_200
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+"""Success, and the storage warnings (coerced / elements discarded / does not match): stored all the same."""
+
+
+class DeliveryOutcome(StrEnum):
+    """What one receive of a delivery message did."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    """Already DELIVERED (or FAILED) by an earlier message: deleted."""
+    NOT_DONE = "not_done"
+    """The job is not DONE yet: the message comes back in a few seconds."""
+    NOTHING_TO_SEND = "nothing_to_send"
+    """Unknown job, FAILED in the pipeline, or not a hospital job: deleted, nothing sent."""
+    RETRY = "retry"
+    """The PACS did not store everything: recorded, the message comes back after a backoff."""
+    GAVE_UP = "gave_up"
+    """Last receive, or no destination for the site: delivery FAILED, counted."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome and what happens to the message: deleted, or visible again after ``visibility`` seconds
+    (``None``: left alone, so that after the last receive the queue moves it to the dead-letter queue)."""
+
+    outcome: DeliveryOutcome
+    delete: bool
+    visibility: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What one association stored (result names) and, if not everything, why not."""
+
+    stored: frozenset[str]
+    failure: str | None
+
+
+def parse_message(body: str) -> str:
+    """The job id of a delivery message; ValueError if the body is not ``{"job_id": "<id>"}``."""
+    try:
+        job_id = json.loads(body).get("job_id")
+    except (ValueError, AttributeError):
+        raise ValueError("delivery message is not a JSON object") from None
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 128:
+        raise ValueError("delivery message has no job_id")
+    return job_id
+
+
+def store_objects(calling_ae: str, destination: Destination, objects: Mapping[str, bytes]) -> StoreResult:
+    """C-STORE each object (name -> DICOM file bytes) over one new association to ``destination``."""
+    datasets = {name: dcmread(io.BytesIO(data)) for name, data in objects.items()}
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = 10
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    for dataset in datasets.values():
+        syntaxes = [dataset.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys(syntaxes)))
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        return StoreResult(frozenset(), f"association with {destination} {why}")
+    stored: set[str] = set()
+    failure = None
+    try:
+        for name, dataset in datasets.items():
+            try:
+                status = assoc.send_c_store(dataset)
+            except ValueError:  # no accepted presentation context for this SOP class / transfer syntax
+                failure = f"{name}: {destination} accepted no presentation context for it"
+                break
+            code = int(status.get("Status", -1)) if status else -1
+            if code not in STORED_STATUSES:
+                failure = f"{name}: {destination} answered " + (f"status 0x{code:04X}" if code >= 0 else "nothing")
+                break
+            stored.add(name)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return StoreResult(frozenset(stored), failure)
+
+
+class Deliverer:
+    """Reads the delivery queue and sends results back (:meth:`poll_once` is one receive; :meth:`run` loops)."""
+
+    def __init__(self, settings: GatewaySettings, store: JobStore, s3: Any, sqs: Any, metrics: MetricsSink) -> None:
+        self.settings = settings
+        self.store = store
+        self.s3 = s3
+        self.sqs = sqs
+        self.metrics = metrics
+
+    def run(self, stop: threading.Event) -> None:
+        """Long-poll until ``stop`` is set; a failing receive is logged and retried."""
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # SQS or DynamoDB unreachable: the messages wait on the queue
+                log.exception("delivery poll failed; retrying")
+                stop.wait(5)
+
+    def poll_once(self) -> list[Decision]:
+        """Receive up to 10 messages and act on each."""
+        response = self.sqs.receive_message(
+            QueueUrl=self.settings.delivery_queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.settings.poll_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        decisions = []
+        for message in response.get("Messages", []):
+            receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            decision = self.handle(message["Body"], receives)
+            if decision.delete:
+                self.sqs.delete_message(
+                    QueueUrl=self.settings.delivery_queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+            elif decision.visibility is not None:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.settings.delivery_queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=decision.visibility,
+                )
+            decisions.append(decision)
+        return decisions
+
+    def handle(self, body: str, receives: int) -> Decision:
+        """Decide and act on one message received for the ``receives``-th time."""
+        try:
+            job_id = parse_message(body)
+        except ValueError as exc:
+            log.error("delivery message dropped: %s", exc)
+            return Decision(DeliveryOutcome.NOTHING_TO_SEND, True, reason=str(exc))
+        job = self.store.get(job_id)
+        if job is None or job.source != JobSource.INGEST or job.state == JobState.FAILED:
+            log.info("job %s: nothing to deliver (%s)", job_id, "unknown" if job is None else job.state.value)
+            return Decision(DeliveryOutcome.NOTHING_TO_SEND, True)
+        if job.state != JobState.DONE:
+            if receives >= self.settings.delivery_attempts:
+                log.warning("job %s still %s at the delivery message's last receive", job_id, job.state.value)
+                return Decision(DeliveryOutcome.NOT_DONE, False)
+            return Decision(DeliveryOutcome.NOT_DONE, False, self.settings.pending_retry_seconds)
+        if job.delivery_state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+            return Decision(DeliveryOutcome.DUPLICATE, True)
+        return self._deliver(job, receives)
+
+    def _deliver(self, job: Job, receives: int) -> Decision:
+        site = keys.ingest_site(job.upload_key)
+        destination = self.settings.destination_for(site) if site else self.settings.default_destination
+        pending = {n: job.results[n] for n in DELIVERED_NAMES if n in job.results and n not in job.delivered_objects}
+        if destination is None:
+            return self._give_up(job, f"no DICOM destination configured for site {site or '(none)'}", (), True)
+        if not pending and not job.delivered_objects:
+            return self._give_up(job, "the job has no DICOM results (its input was not DICOM)", (), True)
+        objects = {
+            name: self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            for name, key in pending.items()
+        }
+        result = (
+            store_objects(self.settings.ae_title, destination, objects) if objects else StoreResult(frozenset(), None)
+        )
+        if result.failure is None:
+            self.store.mark_delivered(job.job_id, result.stored)
+            log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(objects)) or "nothing new", destination)
+            self.metrics.add_metric("Deliveries", "Count", 1)
+            return Decision(DeliveryOutcome.DELIVERED, True)
+        if receives >= self.settings.delivery_attempts:
+            return self._give_up(job, f"{result.failure} (attempt {receives}, the last)", result.stored, False)
+        self.store.record_delivery_failure(job.job_id, f"{result.failure} (attempt {receives})", result.stored)
+        self.metrics.add_metric("DeliveryRetries", "Count", 1)
+        backoff = self.settings.delivery_backoff_seconds * 2 ** (receives - 1)
+        log.warning("job %s: delivery attempt %d failed: %s", job.job_id, receives, result.failure)
+        return Decision(DeliveryOutcome.RETRY, False, int(min(MAX_VISIBILITY_SECONDS, backoff)), result.failure)
+
+    def _give_up(self, job: Job, reason: str, stored: Iterable[str], delete: bool) -> Decision:
+        if self.store.fail_delivery(job.job_id, reason, stored):
+            self.metrics.add_metric("DeliveryFailures", "Count", 1)
+        log.error("job %s: delivery FAILED: %s", job.job_id, reason)
+        return Decision(DeliveryOutcome.GAVE_UP, delete, reason=reason)

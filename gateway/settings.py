@@ -1,0 +1,190 @@
+"""The gateway's configuration: environment variables (``ICHSEG_GATEWAY_*`` and the pipeline's
+``ICHSEG_BUCKET``, ``ICHSEG_TABLE``, ``ICHSEG_DELIVERY_QUEUE_URL``, ``ICHSEG_MAX_RECEIVE_COUNT``) or
+the ``ichseg gateway`` flags that mirror them. boto3 reads its own ``AWS_*`` variables
+(``AWS_ENDPOINT_URL`` points every client at moto locally).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ichseg.limits import MiB
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+"""DICOM AE titles: 1-16 characters of the default repertoire without backslash (PS3.5 6.2)."""
+_DESTINATION = re.compile(r"^(?P<ae>[^@]+)@(?P<host>[^:@]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
+_SITE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class SettingsError(ValueError):
+    """A gateway setting is missing or malformed (names the variable or flag and the bad value)."""
+
+
+def valid_ae_title(text: str) -> str:
+    """``text`` stripped of padding if it is a usable AE title; :class:`SettingsError` otherwise."""
+    title = text.strip()
+    if not _AE_TITLE.match(title):
+        raise SettingsError(f"{text!r} is not a DICOM AE title (1-16 printable characters, no backslash)")
+    return title
+
+
+def site_of(ae_title: str) -> str:
+    """The key-safe site name of a calling AE title: the ``{site}`` in ``ingest/{site}/...``.
+
+    Letters, digits, ``_ . -`` are kept and anything else becomes ``_``, so a title can never escape
+    its prefix (no ``/``) and the destinations map, keyed the same way, finds its results' way back.
+    """
+    site = _SITE_UNSAFE.sub("_", ae_title.strip())
+    if not site.strip("._"):
+        raise SettingsError(f"AE title {ae_title!r} gives no usable site name")
+    return site
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A PACS (or any C-STORE SCP) the results are sent to."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``AE@host:port`` (IPv6 hosts in brackets); :class:`SettingsError` (a ValueError) if malformed."""
+        match = _DESTINATION.match(text.strip())
+        if not match:
+            raise SettingsError(f"destination {text!r} is not AE@host:port")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise SettingsError(f"destination {text!r}: port {port} is out of range")
+        return cls(valid_ae_title(match["ae"]), match["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destinations(text: str) -> dict[str, Destination]:
+    """``SITE=AE@host:port,SITE2=...`` -> {site: destination}; sites are made key-safe like :func:`site_of`."""
+    found: dict[str, Destination] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        site, sep, destination = entry.partition("=")
+        if not sep or not site.strip():
+            raise SettingsError(f"destination {entry!r} is not SITE=AE@host:port")
+        found[site_of(site)] = Destination.parse(destination)
+    return found
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway needs; see the module docstring for where each comes from."""
+
+    spool_dir: Path
+    """Received instances stay here until S3 has them (``incoming/``, ``claimed/``, ``sent/``)."""
+    ae_title: str = "ICHSEG"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    """0: any free port (:attr:`gateway.service.GatewayService.address` tells which)."""
+    allowed_calling_aes: tuple[str, ...] = ()
+    """Calling AE titles allowed to associate; empty: any."""
+    idle_seconds: float = 10.0
+    """A series nobody added an instance to for this long is complete."""
+    max_associations: int = 8
+    max_spool_bytes: int = 20 * 1024 * MiB
+    """Past this, instances are refused with 0xA700 (out of resources) until uploads free room."""
+    sent_retention_seconds: float = 3600.0
+    """How long an uploaded series is kept, so that re-sent instances of it are recognised."""
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    """Site (the calling AE title made key-safe) -> where its results go."""
+    default_destination: Destination | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """With a CA, callers must present a certificate it signed (mutual TLS)."""
+    delivery_attempts: int = 3
+    """The delivery queue's redrive ``maxReceiveCount``: the receive that is the last one fails delivery."""
+    delivery_backoff_seconds: float = 30.0
+    """Visibility after a failed delivery: this, doubled per receive (SQS's cap: 12 hours)."""
+    pending_retry_seconds: int = 5
+    """Visibility for a message whose job is not DONE yet (sent just before the job's DONE write)."""
+    bucket: str = ""
+    table: str = ""
+    delivery_queue_url: str = ""
+    """Empty: the gateway receives and uploads but delivers nothing."""
+    poll_seconds: int = 20
+    """SQS long-poll wait (at most 20)."""
+
+    def __post_init__(self) -> None:
+        valid_ae_title(self.ae_title)
+        for title in self.allowed_calling_aes:
+            valid_ae_title(title)
+        if not 0 <= self.port < 65536:
+            raise SettingsError(f"port {self.port} is out of range")
+        if self.idle_seconds <= 0 or self.max_associations < 1 or self.max_spool_bytes < 1:
+            raise SettingsError("idle seconds, maximum associations and maximum spool bytes must be positive")
+        if self.delivery_attempts < 1 or not 0 <= self.poll_seconds <= 20:
+            raise SettingsError("delivery attempts must be >= 1 and the poll wait 0-20 seconds")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise SettingsError("DICOM TLS needs both a certificate and its key")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
+
+    def destination_for(self, site: str) -> Destination | None:
+        """Where a site's results go: its own destination, else the default, else nowhere."""
+        return self.destinations.get(site, self.default_destination)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+        """Read the settings from environment variables; :class:`SettingsError` names a bad one."""
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str:
+            return env.get(name, "").strip()
+
+        def number(name: str, kind: type[int] | type[float]) -> int | float | None:
+            raw = text(name)
+            if not raw:
+                return None
+            try:
+                return kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+        def path(name: str) -> Path | None:
+            return Path(text(name)) if text(name) else None
+
+        allowed = tuple(a.strip() for a in text("ICHSEG_GATEWAY_ALLOWED_AES").split(",") if a.strip())
+        values: dict[str, object] = {
+            "ae_title": text("ICHSEG_GATEWAY_AE_TITLE") or None,
+            "host": text("ICHSEG_GATEWAY_HOST") or None,
+            "port": number("ICHSEG_GATEWAY_PORT", int),
+            "allowed_calling_aes": allowed or None,
+            "idle_seconds": number("ICHSEG_GATEWAY_IDLE_SECONDS", float),
+            "max_associations": number("ICHSEG_GATEWAY_MAX_ASSOCIATIONS", int),
+            "max_spool_bytes": number("ICHSEG_GATEWAY_MAX_SPOOL_BYTES", int),
+            "sent_retention_seconds": number("ICHSEG_GATEWAY_SENT_RETENTION_SECONDS", float),
+            "destinations": parse_destinations(text("ICHSEG_GATEWAY_DESTINATIONS")) or None,
+            "default_destination": (
+                Destination.parse(text("ICHSEG_GATEWAY_DEFAULT_DESTINATION"))
+                if text("ICHSEG_GATEWAY_DEFAULT_DESTINATION")
+                else None
+            ),
+            "tls_certificate": path("ICHSEG_GATEWAY_TLS_CERTIFICATE"),
+            "tls_key": path("ICHSEG_GATEWAY_TLS_KEY"),
+            "tls_ca": path("ICHSEG_GATEWAY_TLS_CA"),
+            "delivery_attempts": number("ICHSEG_MAX_RECEIVE_COUNT", int),
+            "delivery_backoff_seconds": number("ICHSEG_GATEWAY_DELIVERY_BACKOFF_SECONDS", float),
+            "bucket": text("ICHSEG_BUCKET") or None,
+            "table": text("ICHSEG_TABLE") or None,
+            "delivery_queue_url": text("ICHSEG_DELIVERY_QUEUE_URL") or None,
+            "poll_seconds": number("ICHSEG_GATEWAY_POLL_SECONDS", int),
+        }
+        spool = text("ICHSEG_GATEWAY_SPOOL_DIR")
+        if not spool:
+            raise SettingsError("missing configuration: ICHSEG_GATEWAY_SPOOL_DIR")
+        return cls(spool_dir=Path(spool), **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

@@ -1,0 +1,281 @@
+"""The spool: received instances on disk until S3 has their series, then kept a while to recognise re-sends.
+
+::
+
+    {spool}/incoming/{site}/{study uid}/{series uid}/{sop uid}.dcm   being received
+    {spool}/claimed/{site}/{study uid}/{series uid}/...              complete, being uploaded
+    {spool}/sent/{site}/{study uid}/{series uid}/...                 uploaded, kept for the retention
+    {spool}/tmp/                                                     files being written, zips being built
+
+Every instance is written to ``tmp/``, fsynced and renamed into its series folder, so a file in a
+series folder is always whole; the same SOP Instance UID sent again replaces its own file (one
+slice). A complete series moves ``incoming -> claimed`` in one directory rename (an instance that
+arrives after that starts a new incoming folder for the series), is zipped together with what was
+already sent of it (so a re-sent instance of an uploaded series gives the same zip and the same
+content-addressed key: no second job; an instance that changes or extends it gives a new zip: a new
+job), and moves on to ``sent/`` only once S3 has the zip. A gateway killed at any point finds its
+work where it stopped: ``claimed/`` is uploaded again (the same key, already there: just moved on),
+``incoming/`` waits for its idle time again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("gateway.spool")
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+"""Every member's timestamp: the zip's bytes depend on the instances only."""
+INCOMING, CLAIMED, SENT, TMP = "incoming", "claimed", "sent", "tmp"
+
+
+class SpoolFull(RuntimeError):
+    """Storing this instance would take the spool past its bound (C-STORE answers 0xA700)."""
+
+
+def is_dicom_uid(text: str) -> bool:
+    """A DICOM UID (digits and dots, at most 64 characters): safe as a file or folder name."""
+    return len(text) <= 64 and bool(_UID.match(text))
+
+
+def uid_tag(uid: str) -> str:
+    """A short, stable, non-identifying handle for a UID in logs (the UID itself may embed dates)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, order=True)
+class SeriesRef:
+    """One series of one site: the spool folder ``{site}/{study}/{series}``."""
+
+    site: str
+    study_uid: str
+    series_uid: str
+
+    def __post_init__(self) -> None:
+        if not (is_dicom_uid(self.study_uid) and is_dicom_uid(self.series_uid)):
+            raise ValueError("study and series instance UIDs must be DICOM UIDs")
+        if not self.site or "/" in self.site or self.site.strip(".") == "":
+            raise ValueError(f"site {self.site!r} cannot name a folder")
+
+    @property
+    def relative(self) -> Path:
+        return Path(self.site, self.study_uid, self.series_uid)
+
+    def __str__(self) -> str:
+        return f"{self.site}/series-{uid_tag(self.series_uid)}"
+
+
+@dataclass(frozen=True)
+class SeriesZip:
+    """A series packed for upload: the zip file, its sha256 (the key's name) and its instance count."""
+
+    path: Path
+    digest: str
+    instances: int
+
+
+class Spool:
+    """The folders above with their byte count; safe to use from every association's thread."""
+
+    def __init__(self, root: Path, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._lock = threading.Lock()
+        for name in (INCOMING, CLAIMED, SENT, TMP):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        # Leftovers of a killed gateway: half-written instances and zips are never part of a series.
+        for leftover in (root / TMP).iterdir():
+            _remove(leftover)
+        self._used = sum(f.stat().st_size for f in self._files(INCOMING, CLAIMED, SENT))
+        now = clock()
+        # A series found on start waits a full idle time: its sender may be resuming it right now.
+        self._touched: dict[SeriesRef, float] = dict.fromkeys(self.series(INCOMING), now)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    # ------------------------------------------------------------------ receiving
+
+    def store(self, ref: SeriesRef, sop_uid: str, data: bytes) -> None:
+        """Write one instance durably (tmp, fsync, rename); :class:`SpoolFull` past the bound."""
+        if not is_dicom_uid(sop_uid):
+            raise ValueError("the SOP instance UID is not a DICOM UID")
+        with self._lock:
+            if self._used + len(data) > self.max_bytes:
+                self._evict_sent(self._used + len(data) - self.max_bytes)
+            if self._used + len(data) > self.max_bytes:
+                raise SpoolFull(f"spool holds {self._used} bytes, bound {self.max_bytes}")
+        fd, temp = tempfile.mkstemp(dir=self.root / TMP, suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            with self._lock:
+                folder = self.root / INCOMING / ref.relative
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f"{sop_uid}.dcm"
+                replaced = target.stat().st_size if target.exists() else 0
+                os.replace(temp, target)
+                _fsync_dir(folder)
+                self._used += len(data) - replaced
+                self._touched[ref] = self.clock()
+        except BaseException:
+            _remove(Path(temp))
+            raise
+
+    # ------------------------------------------------------------------ completing
+
+    def series(self, stage: str) -> list[SeriesRef]:
+        """The series folders under ``incoming``, ``claimed`` or ``sent``, sorted."""
+        found = []
+        base = self.root / stage
+        for folder in base.glob("*/*/*"):
+            if folder.is_dir():
+                site, study, series = folder.relative_to(base).parts
+                try:
+                    found.append(SeriesRef(site, study, series))
+                except ValueError:
+                    log.warning("spool: ignoring a folder that is no series (%s)", stage)
+        return sorted(found)
+
+    def idle(self, idle_seconds: float) -> list[SeriesRef]:
+        """Incoming series nobody added an instance to for ``idle_seconds``: complete."""
+        now = self.clock()
+        with self._lock:
+            return sorted(ref for ref, touched in self._touched.items() if now - touched >= idle_seconds)
+
+    def claim(self, ref: SeriesRef) -> bool:
+        """Move a complete incoming series to ``claimed/`` (one rename); False while an earlier claim
+        of the same series is still being uploaded (this one waits its turn, then joins it)."""
+        with self._lock:
+            target = self.root / CLAIMED / ref.relative
+            if target.exists():
+                return False
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.root / INCOMING / ref.relative, target)
+            _fsync_dir(target.parent)
+            self._touched.pop(ref, None)
+            _prune(self.root / INCOMING, (self.root / INCOMING / ref.relative).parent)
+            return True
+
+    def pack(self, ref: SeriesRef) -> SeriesZip:
+        """The claimed series and what was already sent of it as one deterministic zip in ``tmp/``.
+
+        Members ``{sop uid}.dcm`` sorted by SOP Instance UID, fixed timestamps and attributes,
+        stored uncompressed (the digest must not depend on the zlib build; DICOM pixel data is
+        often compressed already).
+        """
+        members = {p.stem: p for p in _dicom_files(self.root / SENT / ref.relative)}
+        members.update({p.stem: p for p in _dicom_files(self.root / CLAIMED / ref.relative)})
+        path = self.root / TMP / f"{uuid.uuid4().hex}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for sop_uid in sorted(members):
+                info = zipfile.ZipInfo(f"{sop_uid}.dcm", date_time=_ZIP_TIME)
+                info.create_system = 3
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_STORED
+                archive.writestr(info, members[sop_uid].read_bytes())
+        digest = hashlib.sha256()
+        with path.open("rb") as packed:
+            for chunk in iter(lambda: packed.read(1 << 20), b""):
+                digest.update(chunk)
+        return SeriesZip(path, digest.hexdigest(), len(members))
+
+    def mark_sent(self, ref: SeriesRef) -> None:
+        """S3 has the claimed series: move its instances into ``sent/`` (the retention clock restarts)."""
+        with self._lock:
+            source = self.root / CLAIMED / ref.relative
+            target = self.root / SENT / ref.relative
+            target.mkdir(parents=True, exist_ok=True)
+            for path in _dicom_files(source):
+                replaced = target / path.name
+                if replaced.exists():
+                    self._used -= replaced.stat().st_size
+                os.replace(path, replaced)
+            _fsync_dir(target)
+            os.utime(target)
+            shutil.rmtree(source, ignore_errors=True)
+            _prune(self.root / CLAIMED, source.parent)
+
+    # ------------------------------------------------------------------ forgetting
+
+    def expire_sent(self, retention_seconds: float) -> int:
+        """Delete sent series older than the retention; returns how many."""
+        cutoff = time.time() - retention_seconds
+        expired = 0
+        with self._lock:
+            for ref, mtime in self._sent_by_age():
+                if mtime >= cutoff:
+                    break
+                self._delete_sent(ref)
+                expired += 1
+        return expired
+
+    def _evict_sent(self, needed: int) -> None:
+        """Make room by forgetting the oldest sent series first (caller holds the lock)."""
+        for ref, _ in self._sent_by_age():
+            if needed <= 0:
+                return
+            needed -= self._delete_sent(ref)
+
+    def _sent_by_age(self) -> list[tuple[SeriesRef, float]]:
+        aged = [(ref, (self.root / SENT / ref.relative).stat().st_mtime) for ref in self.series(SENT)]
+        return sorted(aged, key=lambda pair: pair[1])
+
+    def _delete_sent(self, ref: SeriesRef) -> int:
+        folder = self.root / SENT / ref.relative
+        freed = sum(p.stat().st_size for p in _dicom_files(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+        _prune(self.root / SENT, folder.parent)
+        self._used -= freed
+        return freed
+
+    def _files(self, *stages: str) -> Iterator[Path]:
+        for stage in stages:
+            yield from (p for p in (self.root / stage).rglob("*.dcm") if p.is_file())
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the file's own fsync does not cover its directory entry)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(base: Path, folder: Path) -> None:
+    """Remove ``folder`` and its parents up to ``base`` while they are empty."""
+    while folder != base and base in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,111 @@
+"""Series completion: every complete series becomes one content-addressed zip under ``ingest/``.
+
+A series is complete once nobody added an instance to it for ``idle_seconds`` (DICOM has no "end of
+series" message). Its zip goes to ``ingest/{site}/{sha256}.zip`` -- the pipeline names the job after
+that key alone (:func:`ichseg.pipeline.keys.ingest_job_id`) -- with a ``head_object`` first, so a
+series already uploaded (a re-send, or a gateway killed between the PUT and the move to ``sent/``)
+is not PUT again and starts no second S3 event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from gateway.spool import CLAIMED, SeriesRef, Spool
+from ichseg.pipeline import keys
+from ichseg.pipeline.context import MetricsSink
+
+log = logging.getLogger("gateway.uploader")
+
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+"""Series zips up to this size go in one PUT (a typical head CT is 50-300 MB: larger ones in parts)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What became of one complete series."""
+
+    series: SeriesRef
+    key: str
+    instances: int
+    created: bool
+    """False: the object was already there (a re-send of an uploaded series): no new job."""
+
+
+class Uploader:
+    """Uploads complete series from the spool (:meth:`run_once` is one pass; :meth:`run` loops)."""
+
+    def __init__(
+        self, spool: Spool, s3: Any, bucket: str, idle_seconds: float, retention_seconds: float, metrics: MetricsSink
+    ) -> None:
+        self.spool = spool
+        self.s3 = s3
+        self.bucket = bucket
+        self.idle_seconds = idle_seconds
+        self.retention_seconds = retention_seconds
+        self.metrics = metrics
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Pass over the spool every ``interval`` seconds until ``stop`` is set; errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # S3 unreachable, disk trouble: the spool keeps everything, try again
+                log.exception("gateway upload pass failed; retrying")
+            stop.wait(interval)
+
+    def run_once(self) -> list[Upload]:
+        """Upload what an earlier run claimed, claim and upload the idle series, expire old sent ones."""
+        done = []
+        for ref in self.spool.series(CLAIMED):
+            done.append(self.upload(ref))
+        for ref in self.spool.idle(self.idle_seconds):
+            if self.spool.claim(ref):
+                done.append(self.upload(ref))
+        expired = self.spool.expire_sent(self.retention_seconds)
+        if expired:
+            log.info("spool: forgot %d sent series past their retention", expired)
+        return done
+
+    def upload(self, ref: SeriesRef) -> Upload:
+        """Zip the claimed series, PUT it unless S3 has it already, then move it to ``sent/``."""
+        packed = self.spool.pack(ref)
+        try:
+            key = keys.gateway_ingest_key(ref.site, packed.digest)
+            created = not self._exists(key)
+            if created:
+                from boto3.s3.transfer import TransferConfig
+
+                self.s3.upload_file(
+                    str(packed.path),
+                    self.bucket,
+                    key,
+                    ExtraArgs={"ContentType": "application/zip"},
+                    Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD),
+                )
+        finally:
+            packed.path.unlink(missing_ok=True)
+        self.spool.mark_sent(ref)
+        job_id = keys.ingest_job_id(key, "")
+        log.info(
+            "series %s: %d instances %s",
+            ref,
+            packed.instances,
+            f"uploaded as job {job_id}" if created else f"already uploaded (job {job_id})",
+        )
+        self.metrics.add_metric("GatewaySeriesUploaded" if created else "GatewaySeriesResent", "Count", 1)
+        return Upload(ref, key, packed.instances, created)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
