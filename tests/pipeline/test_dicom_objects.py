@@ -20,11 +20,24 @@ from pydicom.dataset import Dataset
 
 from ichseg.limits import ScanLimits
 from ichseg.model_metadata import ModelMetadata
+from ichseg.pipeline import (
+    AssembleMessage,
+    SegmentMessage,
+    UploadRef,
+    assemble_results,
+    create_scan,
+    segment_batch,
+    split_scan_into_batches,
+)
+from ichseg.pipeline import keys as layout
+from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
 from ichseg.pipeline.dicom_sr import SR_SERIES_DESCRIPTION, SrUnavailable, build_sr
+from ichseg.pipeline.jobs import JobState
 from ichseg.scan import DicomSeriesRef
 from ichseg.segmentation import Report, report_from_areas
 from tests.dicom_tools import dciodvfy_errors
+from tests.pipeline.conftest import receive_all
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 
 SLICES, ROWS, COLS = 5, 32, 40
@@ -258,3 +271,35 @@ def test_a_report_that_does_not_fit_the_series_is_a_clear_error(headers: list[di
     source_bytes = json.dumps(headers[0]["dataset"]).encode()
     with pytest.raises(SrUnavailable):
         build_sr(headers, source_bytes, report, MODEL.name, MODEL.version, "job-mismatch")
+
+
+def test_the_assembly_writes_seg_and_sr_for_a_dicom_upload(
+    core: PipelineContext, series: list[Dataset], tmp_path: Path
+) -> None:
+    """The stages one by one on a DICOM zip: the job's results name both objects, valid and the job's own."""
+    archive = zip_files(tmp_path / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)})
+    data = archive.read_bytes()
+    ticket = create_scan(core, "dana", "application/zip", len(data))
+    key = layout.upload_key("dana", ticket.job_id)
+    etag = core.s3.put_object(Bucket=core.config.bucket, Key=key, Body=data)["ETag"]
+    job_id = ticket.job_id
+    assert split_scan_into_batches(core, UploadRef.from_object(core.config.bucket, key, etag, len(data))).outcome == (
+        "split"
+    )
+    segments = [SegmentMessage.from_json(m["Body"]) for m in receive_all(core, core.config.segment_queue_url)]
+    for message in sorted((m for m in segments if m.job_id == job_id), key=lambda m: m.batch_id):
+        assert segment_batch(core, message).outcome == "segmented"
+    assert assemble_results(core, AssembleMessage(job_id)).outcome == "done"
+
+    job = core.store.require(job_id)
+    assert job.state == JobState.DONE
+    assert (job.results["seg"], job.results["sr"]) == (f"results/{job_id}/seg.dcm", f"results/{job_id}/sr.dcm")
+    seg_bytes, sr_bytes = core.get(job.results["seg"]), core.get(job.results["sr"])
+    assert _valid(tmp_path, "seg.dcm", seg_bytes) == [] and _valid(tmp_path, "sr.dcm", sr_bytes) == []
+    report = json.loads(core.get(job.results["report"]))
+    sr = _read(sr_bytes)
+    assert sr.SOPInstanceUID == derived_uids(job_id, DerivedObject.SR).sop_instance_uid
+    assert _read(seg_bytes).SOPInstanceUID == derived_uids(job_id, DerivedObject.SEG).sop_instance_uid
+    assert _numbers(sr, VOLUME) == [pytest.approx(report["volume_ml"])]
+    assert _evaluation(sr) == (PRESENT if report["finding"] == "Hemorrhage detected" else ABSENT)
+    assert sr.StudyInstanceUID == series[0].StudyInstanceUID
