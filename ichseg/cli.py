@@ -60,7 +60,13 @@ def segment_command(args: argparse.Namespace) -> int:
     segmenter = OnnxSegmenter(args.model)
     slices, segmentation = segment_scan(scan, segmenter)
     report = build_report(
-        scan.slice_ids, segmentation, segmenter.metadata, scan.pixel_spacing_mm, scan.slice_thickness_mm
+        scan.slice_ids,
+        segmentation,
+        segmenter.metadata,
+        scan.pixel_spacing_mm,
+        scan.slice_thickness_mm,
+        scan.slice_extents_mm,
+        scan.series,
     )
     paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
     summary = {**headline(report), "slices_with_hemorrhage": report["slices_with_hemorrhage"]}

@@ -28,6 +28,7 @@ from ichseg.render import (
     png_bytes,
     thumbnail,
 )
+from ichseg.scan import SeriesSelection, SpacingRun, spacing_profile
 
 
 class Finding(StrEnum):
@@ -49,6 +50,8 @@ class SliceReport(TypedDict, total=False):
     hemorrhage: bool
     area_px: int
     area_mm2: float | None
+    extent_mm: float | None
+    """The slice's extent along the slice normal (what its area counts for in the volume)."""
     subtypes: dict[str, float]
 
 
@@ -63,6 +66,30 @@ class ModelRef(TypedDict):
     version: str
 
 
+class SeriesEntry(TypedDict):
+    """A DICOM series by number and UID (never its description: free text with patient details)."""
+
+    series_number: int | None
+    series_instance_uid: str
+    images: int
+    kernel: str | None
+    thickness_mm: float | None
+
+
+class SkippedSeriesEntry(SeriesEntry):
+    reason: str
+    """A :class:`ichseg.scan.SkipReason` value."""
+    detail: str
+
+
+class SeriesReport(TypedDict):
+    """Which series of a DICOM upload was segmented, the ones skipped and why."""
+
+    chosen: SeriesEntry
+    skipped: list[SkippedSeriesEntry]
+    non_image_objects: int
+
+
 class Report(TypedDict):
     """``report.json``: the contract with the app, the viewer and hospital integrations."""
 
@@ -75,6 +102,11 @@ class Report(TypedDict):
     volume_ml_by_subtype_note: str | None
     pixel_spacing_mm: list[float] | None
     slice_thickness_mm: float | None
+    """The median distance between slice centres (for display; the volume sums per-slice extents)."""
+    spacing_profile: list[SpacingRun] | None
+    """Runs of slices sharing one extent, when the spacing varies (a two-stage head protocol)."""
+    series: SeriesReport | None
+    """DICOM inputs: the series segmented and the ones skipped."""
     thresholds: Thresholds
     model: ModelRef
     slices: list[SliceReport]
@@ -157,6 +189,8 @@ def build_report(
     model: ModelMetadata,
     pixel_spacing_mm: tuple[float, float] | None,
     slice_thickness_mm: float | None,
+    slice_extents_mm: Sequence[float] | None = None,
+    series: SeriesSelection | None = None,
 ) -> Report:
     """The ``report.json`` document: per-slice probability and area, scan probability, volume."""
     areas = segmentation.masks.reshape(len(slice_ids), -1).sum(axis=1)
@@ -168,6 +202,8 @@ def build_report(
         model,
         pixel_spacing_mm,
         slice_thickness_mm,
+        slice_extents_mm,
+        series,
     )
 
 
@@ -179,11 +215,21 @@ def report_from_areas(
     model: ModelMetadata,
     pixel_spacing_mm: tuple[float, float] | None,
     slice_thickness_mm: float | None,
+    slice_extents_mm: Sequence[float] | None = None,
+    series: SeriesSelection | None = None,
 ) -> Report:
     """:func:`build_report` from each slice's mask area instead of the masks (all a report reads
-    of them), for callers that hold the areas of a scan assembled batch by batch."""
+    of them), for callers that hold the areas of a scan assembled batch by batch.
+
+    The volume is the sum over slices of area x pixel area x the slice's own extent along the
+    normal (``slice_extents_mm``), so a protocol that changes spacing part-way is measured right;
+    without extents every slice counts ``slice_thickness_mm``.
+    """
     areas = np.asarray(areas_px, dtype=np.int64)
     pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1] if pixel_spacing_mm else None
+    extents = list(slice_extents_mm) if slice_extents_mm is not None else None
+    if extents is not None and len(extents) != len(slice_ids):
+        raise ValueError(f"{len(extents)} slice extents for {len(slice_ids)} slices")
     slices: list[SliceReport] = [
         {
             "id": slice_id,
@@ -191,8 +237,9 @@ def report_from_areas(
             "hemorrhage": bool(p >= model.slice_threshold),
             "area_px": int(area),
             "area_mm2": round(float(area) * pixel_mm2, 2) if pixel_mm2 is not None else None,
+            "extent_mm": round(float(extents[i]), 4) if extents is not None else slice_thickness_mm,
         }
-        for slice_id, p, area in zip(slice_ids, slice_probabilities, areas, strict=True)
+        for i, (slice_id, p, area) in enumerate(zip(slice_ids, slice_probabilities, areas, strict=True))
     ]
     subtypes = subtype_probabilities
     if subtypes is not None:
@@ -201,7 +248,10 @@ def report_from_areas(
     scan_probability = float(np.max(slice_probabilities)) if len(slice_ids) else 0.0
     detected = scan_probability >= model.finding_threshold
     volume = None
-    if pixel_spacing_mm and slice_thickness_mm:
+    if pixel_spacing_mm and extents is not None:
+        pixel_area = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
+        volume = round(float(np.dot(areas.astype(np.float64), np.asarray(extents, np.float64))) * pixel_area / 1000, 3)
+    elif pixel_spacing_mm and slice_thickness_mm:
         # ichseg.metrics.volume_ml's formula (voxel count x voxel volume / 1000), the count summed from the areas.
         voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_thickness_mm)
         volume = round(float(areas.sum()) * voxel_mm3 / 1000.0, 3)
@@ -220,10 +270,41 @@ def report_from_areas(
         "volume_ml_by_subtype_note": SUBTYPE_VOLUME_NOTE if subtypes is not None else None,
         "pixel_spacing_mm": list(pixel_spacing_mm) if pixel_spacing_mm else None,
         "slice_thickness_mm": slice_thickness_mm,
+        "spacing_profile": spacing_profile(slice_ids, extents),
+        "series": series_report(series) if series is not None else None,
         "thresholds": {"scan": model.finding_threshold, "slice": model.slice_threshold, "pixel": model.pixel_threshold},
         "model": {"name": model.name, "version": model.version},
         "slices": slices,
         "disclaimer": "Research software. Not for clinical use.",
+    }
+
+
+def series_report(selection: SeriesSelection) -> SeriesReport:
+    """The report's ``series`` section."""
+
+    chosen = selection.chosen
+    skipped: list[SkippedSeriesEntry] = [
+        {
+            "series_number": s.series.series_number,
+            "series_instance_uid": s.series.series_instance_uid,
+            "images": s.series.images,
+            "kernel": s.series.kernel,
+            "thickness_mm": s.series.thickness_mm,
+            "reason": s.reason.value,
+            "detail": s.detail,
+        }
+        for s in selection.skipped
+    ]
+    return {
+        "chosen": {
+            "series_number": chosen.series_number,
+            "series_instance_uid": chosen.series_instance_uid,
+            "images": chosen.images,
+            "kernel": chosen.kernel,
+            "thickness_mm": chosen.thickness_mm,
+        },
+        "skipped": skipped,
+        "non_image_objects": selection.non_image_objects,
     }
 
 

@@ -350,6 +350,8 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         model,
         manifest.pixel_spacing_mm,
         manifest.slice_thickness_mm,
+        manifest.slice_extents_mm,
+        manifest.series,
     )
     labels = [label for p in parts for label in p.labels]
     rendered = [p.rendered for p in parts]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ichseg.pipeline import keys
-from ichseg.scan import DicomSeriesRef
+from ichseg.scan import DicomSeriesRef, SeriesSelection
 
 
 class MalformedMessage(ValueError):
@@ -158,6 +158,11 @@ class ScanManifest:
     slice_thickness_mm: float | None = None
     dicom: DicomSource | None = field(default=None)
     """The source series when the input was DICOM (its headers are stored beside the manifest)."""
+    slice_extents_mm: tuple[float, ...] | None = None
+    """Each slice's extent along the normal (the volume's per-slice weights); None: unknown, or a
+    manifest written before they were carried."""
+    series: SeriesSelection | None = None
+    """DICOM: the series segmented and the ones skipped, for the report."""
 
     @property
     def num_slices(self) -> int:
@@ -166,6 +171,7 @@ class ScanManifest:
     def to_json(self) -> str:
         data = asdict(self)
         data["dicom"] = self.dicom.to_dict() if self.dicom is not None else None
+        data["series"] = self.series.to_dict() if self.series is not None else None
         return json.dumps(data)
 
     @classmethod
@@ -184,6 +190,10 @@ class ScanManifest:
             pixel_spacing_mm=(float(spacing[0]), float(spacing[1])) if spacing else None,
             slice_thickness_mm=data.get("slice_thickness_mm"),
             dicom=DicomSource.from_dict(data["dicom"]) if data.get("dicom") else None,
+            slice_extents_mm=(
+                tuple(float(e) for e in data["slice_extents_mm"]) if data.get("slice_extents_mm") is not None else None
+            ),
+            series=SeriesSelection.from_dict(data["series"]) if data.get("series") else None,
         )
 
     def summary(self) -> dict[str, Any]:

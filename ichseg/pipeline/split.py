@@ -161,6 +161,8 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
         pixel_spacing_mm=scan.pixel_spacing_mm,
         slice_thickness_mm=scan.slice_thickness_mm,
         dicom=dicom,
+        slice_extents_mm=scan.slice_extents_mm,
+        series=scan.series,
     )
     ctx.put(keys.manifest_key(upload.job_id), manifest.to_json().encode(), "application/json")
     return manifest, slices
