@@ -6,14 +6,18 @@ read its measurements. The SR says what the report says, in codes:
 - observer: the algorithm (a device), ichseg with the model's name and version;
 - procedure reported: CT of head;
 - a scan-level group (TID 1501): intracranial hemorrhage present or absent, the scan's
-  hemorrhage probability, and as source images the slices called hemorrhage (none listed for a
-  normal scan: then every image of the library is the source);
+  hemorrhage probability, and as source images the slices called hemorrhage (every slice for a
+  normal scan, whose verdict rests on all of them);
 - where the mask holds any pixel, a volumetric group (TID 1411) whose region is segment 1 of the
   SEG, with the hemorrhage volume in mL; with an empty mask there is no region to point at, so
   the volume (0 mL) goes into the scan-level group instead;
 - per-subtype volumes only where the report has them (today's mask head cannot separate the
   subtypes: a text note says so rather than inventing numbers);
-- an image library of every source image.
+- a text note of what codes cannot say (the slices' ids, the disclaimer).
+
+Every source instance and the SEG are listed as the document's evidence. There is no image
+library: its dozen acquisition items per image made building the SR of a 200-slice scan take
+seconds, and nothing here reads them.
 
 Patient and study attributes come from the source headers, so the SR lands in the source study;
 its series and instance UIDs come from the job id, so a re-run makes the very same instance.
@@ -105,7 +109,7 @@ def build_sr(
                     value=codes.SCT.Present if detected else codes.SCT.Absent,
                 )
             ],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in involved] or None,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in involved or sources],
         )
         groups: list[Any] = [scan_group]
         if has_region:
@@ -145,7 +149,6 @@ def build_sr(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=CT_OF_HEAD,
             imaging_measurements=groups,
-            referenced_images=sources,
         )
         content[0].ContentSequence.append(_notes(report))
         uids = derived_uids(job_id, DerivedObject.SR)

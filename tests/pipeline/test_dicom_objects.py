@@ -207,10 +207,13 @@ def test_sr_of_a_normal_scan_says_absent_with_no_volume(headers: list[dict[str, 
     assert _segment_references(sr) == []  # an empty segment is no region to point at
     # The SEG still says "none found": one segment, every frame encoded and empty.
     assert int(seg.NumberOfFrames) == SLICES and not np.any(seg.pixel_array)
-    library = {
-        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for item in _items(sr) if item.ValueType == "IMAGE"
-    }
-    assert library == {str(ds.SOPInstanceUID) for ds in series}
+    # The verdict rests on every slice: all are its source images.
+    measured = [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in _items(sr)
+        if item.ValueType == "IMAGE" and _concept(item) == "121112"  # DCM Source of Measurement
+    ]
+    assert measured == [str(ds.SOPInstanceUID) for ds in series]
 
 
 def test_both_objects_land_in_the_source_study_as_new_series(
