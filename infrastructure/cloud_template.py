@@ -8,7 +8,7 @@ and what the local machine cannot do the same way are local; :data:`LOCAL_PARAME
 parameter values a local deployment uses.
 
 CloudFormation's intrinsic functions are evaluated for the subset the template uses where it
-matters locally (``Ref``, ``Fn::If``, conditions, ``Fn::GetAtt`` of queue ARNs); a resource the
+matters locally (``Ref``, ``Fn::If``, ``Fn::Join``, conditions, ``Fn::GetAtt`` of queue ARNs); a resource the
 local stack has no counterpart for resolves through the caller's ``resolve_resource``.
 """
 
@@ -198,7 +198,8 @@ class CloudTemplate:
                     if argument == "AWS::NoValue":
                         return NO_VALUE
                     if argument in self.document.get("Parameters", {}):
-                        return self.parameter(argument)
+                        value = self.parameter(argument)
+                        return value.split(",") if self._is_list_parameter(argument) else value
                     return self._resource(resolve_resource, argument, None)
                 if key == "Fn::GetAtt":
                     return self._resource(resolve_resource, argument[0], argument[1])
@@ -208,6 +209,10 @@ class CloudTemplate:
                 if key == "Fn::Equals":
                     left, right = (walk(a) for a in argument)
                     return str(left) == str(right)
+                if key == "Fn::Join":
+                    delimiter, items = argument
+                    joined = walk(items)
+                    return str(delimiter).join(str(v) for v in (joined if isinstance(joined, list) else [joined]))
                 if key == "Fn::Not":
                     return not walk(argument[0])
                 if key == "Fn::And":
@@ -221,6 +226,10 @@ class CloudTemplate:
             return {k: v for k, v in ((k, walk(v)) for k, v in node.items()) if v is not NO_VALUE}
 
         return walk(value)
+
+    def _is_list_parameter(self, name: str) -> bool:
+        kind = str(self.document.get("Parameters", {}).get(name, {}).get("Type", ""))
+        return kind == "CommaDelimitedList" or kind.startswith("List<")
 
     @staticmethod
     def _resource(resolve: Callable[[str, str | None], Any] | None, logical_id: str, attribute: str | None) -> Any:
@@ -304,6 +313,19 @@ class CloudTemplate:
         """A function's environment variables with the intrinsics evaluated (absent ones dropped)."""
         evaluated = self.evaluate(dict(self.functions[name].environment), resolve_resource)
         return {key: str(value) for key, value in evaluated.items()}
+
+    def container_environment(
+        self, task_definition: str, container: str, resolve_resource: Callable[[str, str | None], Any]
+    ) -> dict[str, str]:
+        """An ECS container's ``Environment`` (name -> value, intrinsics evaluated, absent ones dropped):
+        what the local stack gives the process it runs in that container's place."""
+        definitions = self.properties(task_definition).get("ContainerDefinitions", [])
+        for definition in definitions:
+            if definition.get("Name") == container:
+                declared = definition.get("Environment", [])
+                evaluated = self.evaluate(declared, resolve_resource)
+                return {str(item["Name"]): str(item["Value"]) for item in evaluated if "Value" in item}
+        raise TemplateError(f"{task_definition} has no container {container}")
 
     @cached_property
     def table(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ DEAD_LETTER_QUEUES = {
     "IngestQueue": "IngestDeadLetterQueue",
     "SegmentQueue": "SegmentDeadLetterQueue",
     "AssembleQueue": "AssembleDeadLetterQueue",
+    "DeliveryQueue": "DeliveryDeadLetterQueue",  # consumed by the DICOM gateway (ECS), not a function
 }
 # The watchdog's schedule invokes it asynchronously: its failed events go to a Lambda DLQ.
 WATCHDOG_DLQ = "WatchdogDeadLetterQueue"
@@ -64,14 +65,16 @@ KMS_WRITES_VIA = {
     "AuthorizerFunctionRole": set(),  # only its environment
     "SplitFunctionRole": {"s3", "sqs", "dynamodb"},
     "SegmentFunctionRole": {"s3", "sqs", "dynamodb"},
-    "AssembleFunctionRole": {"s3", "dynamodb"},
+    "AssembleFunctionRole": {"s3", "sqs", "dynamodb"},  # sqs: DeliveryQueue
     "WatchdogFunctionRole": {"sqs", "dynamodb"},  # its Lambda DLQ
+    "GatewayTaskRole": {"s3", "dynamodb"},  # ingest uploads, the job's delivery state
 }
 # The checkov checks template.yaml skips, where, and why (docs/deploy.md): nothing else may be skipped.
 CHECKOV_SKIPS = {
     **{fn: {"CKV_AWS_117", "CKV_AWS_116"} for fn in HANDLERS if fn != "WatchdogFunction"},
     "WatchdogFunction": {"CKV_AWS_117"},  # has a DLQ: its invocations are asynchronous
     "AccessLogsBucket": {"CKV_AWS_18"},  # the access-log destination cannot log to itself
+    "GatewayLoadBalancer": {"CKV_AWS_91"},  # NLB access logs cover TLS listeners only; the gateway logs associations
 }
 GLOBAL_ENV = {
     "ICHSEG_BUCKET",
@@ -241,8 +244,11 @@ def test_queues_have_dead_letter_queues_and_sized_visibility(resources: dict[str
         assert "RedrivePolicy" not in props(resources, dlq)
         # a DLQ must keep messages longer than its source (retention counts from the first enqueue)
         assert props(resources, dlq)["MessageRetentionPeriod"] > p["MessageRetentionPeriod"]
-        consumer = QUEUE_CONSUMERS[source]
-        assert p["VisibilityTimeout"] >= 6 * props(resources, consumer)["Timeout"], source
+        if source in QUEUE_CONSUMERS:
+            consumer = QUEUE_CONSUMERS[source]
+            assert p["VisibilityTimeout"] >= 6 * props(resources, consumer)["Timeout"], source
+    # the gateway's delivery: its retries within one receive (backoff doubles per receive) fit
+    assert props(resources, "DeliveryQueue")["VisibilityTimeout"] >= 600
 
 
 def test_sqs_event_sources_report_partial_batch_failures(resources: dict[str, Any]) -> None:
@@ -382,7 +388,7 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     assert queues("SegmentFunctionRole", "sqs:ReceiveMessage") == {"SegmentQueue"}
     assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue"}
     assert queues("AssembleFunctionRole", "sqs:ReceiveMessage") == {"AssembleQueue"}
-    assert not allowed_resources(resources, "AssembleFunctionRole", "sqs:SendMessage")
+    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue"}
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
     # Assemble mirrors results to Firebase Storage; the API deletes that copy (DELETE /v1/scans/{job_id}).
@@ -420,11 +426,11 @@ def test_alarms_on_every_dead_letter_queue_and_function(resources: dict[str, Any
     for alarm in alarms:
         p = alarm["Properties"]
         assert {"Ref": "AlarmTopic"} in p["AlarmActions"]
-        dims = {d["Name"]: d["Value"] for d in p["Dimensions"]}
-        if p["Namespace"] == "AWS/SQS" and p["MetricName"] == "ApproximateNumberOfMessagesVisible":
+        dims = {d["Name"]: d["Value"] for d in p.get("Dimensions", [])}
+        if p.get("Namespace") == "AWS/SQS" and p["MetricName"] == "ApproximateNumberOfMessagesVisible":
             assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
             watched_dlqs.add(dims["QueueName"]["Fn::GetAtt"][0])
-        if p["Namespace"] == "AWS/Lambda" and p["MetricName"] == "Errors":
+        if p.get("Namespace") == "AWS/Lambda" and p["MetricName"] == "Errors":
             watched_functions.add(dims["FunctionName"]["Ref"])
     assert watched_dlqs == set(DEAD_LETTER_QUEUES.values()) | {WATCHDOG_DLQ}
     assert watched_functions == set(HANDLERS)
@@ -536,7 +542,7 @@ def test_one_rotating_customer_managed_key_encrypts_every_store(
     table_sse = props(resources, "JobsTable")["SSESpecification"]
     assert table_sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": KEY_ARN}
     log_groups = of_type(resources, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 7
+    assert len(log_groups) == 8  # six functions, the API's access log, the gateway
     for name in log_groups:
         assert props(resources, name)["KmsKeyId"] == KEY_ARN, name
     assert props(resources, "AlarmTopic")["KmsMasterKeyId"] == {"Ref": "DataKey"}
@@ -681,3 +687,316 @@ def test_outputs(template: dict[str, Any]) -> None:
     for name in ("ApiUrl", "BucketName", "TableName", "IngestQueueUrl", "SegmentQueueUrl", "AssembleQueueUrl"):
         assert name in outputs, name
     assert outputs["DashboardName"]["Value"] == {"Ref": "Dashboard"}
+
+
+# --------------------------------------------------------------------------------------------------
+# The DICOM gateway (issue 12): an optional ECS service behind an internal NLB, fed by DeliveryQueue.
+
+GATEWAY_RESOURCES = {  # everything the gateway adds, and its type; all of it only with DeployGateway
+    "GatewayCluster": "AWS::ECS::Cluster",
+    "GatewayLogGroup": "AWS::Logs::LogGroup",
+    "GatewayExecutionRole": "AWS::IAM::Role",
+    "GatewayTaskRole": "AWS::IAM::Role",
+    "GatewaySpool": "AWS::EFS::FileSystem",
+    "GatewaySpoolAccessPoint": "AWS::EFS::AccessPoint",
+    "GatewaySpoolMountTargetA": "AWS::EFS::MountTarget",
+    "GatewaySpoolMountTargetB": "AWS::EFS::MountTarget",
+    "GatewayLoadBalancerSecurityGroup": "AWS::EC2::SecurityGroup",
+    "GatewayLoadBalancerTlsIngress": "AWS::EC2::SecurityGroupIngress",
+    "GatewayLoadBalancerToTasks": "AWS::EC2::SecurityGroupEgress",
+    "GatewaySecurityGroup": "AWS::EC2::SecurityGroup",
+    "GatewayTasksToSpool": "AWS::EC2::SecurityGroupEgress",
+    "GatewaySpoolSecurityGroup": "AWS::EC2::SecurityGroup",
+    "GatewayLoadBalancer": "AWS::ElasticLoadBalancingV2::LoadBalancer",
+    "GatewayTargetGroup": "AWS::ElasticLoadBalancingV2::TargetGroup",
+    "GatewayDicomListener": "AWS::ElasticLoadBalancingV2::Listener",
+    "GatewayDicomTlsListener": "AWS::ElasticLoadBalancingV2::Listener",
+    "GatewayTaskDefinition": "AWS::ECS::TaskDefinition",
+    "GatewayService": "AWS::ECS::Service",
+    "DeliveryFailuresAlarm": "AWS::CloudWatch::Alarm",
+}
+GATEWAY_DOCKERFILE = "infrastructure/gateway/Dockerfile"
+
+
+def container(resources: dict[str, Any]) -> dict[str, Any]:
+    (definition,) = props(resources, "GatewayTaskDefinition")["ContainerDefinitions"]
+    return dict(definition)
+
+
+def test_delivery_queue_is_announced_by_assemble(resources: dict[str, Any]) -> None:
+    env = props(resources, "AssembleFunction")["Environment"]["Variables"]
+    assert env["ICHSEG_DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
+    senders = {o for o, s in statements(resources) if "sqs:SendMessage" in as_list(s["Action"])}
+    delivery_senders = {
+        o
+        for o in senders
+        if {"Fn::GetAtt": ["DeliveryQueue", "Arn"]} in allowed_resources(resources, o, "sqs:SendMessage")
+    }
+    assert delivery_senders == {"AssembleFunctionRole"}
+    # no function consumes it: the gateway does
+    for name in HANDLERS:
+        for event in props(resources, name).get("Events", {}).values():
+            assert event["Properties"].get("Queue") != {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}, name
+    assert allowed_resources(resources, "GatewayTaskRole", "sqs:ReceiveMessage") == [
+        {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}
+    ]
+
+
+def test_the_gateway_is_optional_and_only_with_its_image_and_network(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    found = {name: r["Type"] for name, r in resources.items() if name.startswith("Gateway")}
+    assert found == {k: v for k, v in GATEWAY_RESOURCES.items() if k.startswith("Gateway")}
+    for name, kind in GATEWAY_RESOURCES.items():
+        assert resources[name]["Type"] == kind, name
+        expected = (
+            "GatewayTls" if name in ("GatewayDicomTlsListener", "GatewayLoadBalancerTlsIngress") else "DeployGateway"
+        )
+        assert resources[name].get("Condition") == expected, name
+    conditions = template["Conditions"]
+    deploy = json.dumps(conditions["DeployGateway"])
+    for parameter in ("GatewayImageUri", "GatewayVpcId", "GatewayAllowedCidr", "GatewaySubnetIds"):
+        assert parameter in deploy, parameter
+        assert template["Parameters"][parameter]["Default"] == "", parameter  # the stack deploys without it
+    assert conditions["GatewayTls"] == {
+        "Fn::And": [
+            {"Condition": "DeployGateway"},
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "GatewayCertificateArn"}, ""]}]},
+        ]
+    }
+    assert "GatewayNeedsNetwork" in template["Rules"]
+    # what the pipeline itself needs of deliveries exists with or without the gateway
+    for name in ("DeliveryQueue", "DeliveryDeadLetterQueue", "DeliveryDeadLetterAlarm"):
+        assert "Condition" not in resources[name], name
+
+
+def test_gateway_listens_on_104_and_dicom_tls_on_2762_only_with_a_certificate(resources: dict[str, Any]) -> None:
+    balancer = props(resources, "GatewayLoadBalancer")
+    assert (balancer["Type"], balancer["Scheme"]) == ("network", "internal")  # over VPN / Direct Connect
+    assert balancer["Subnets"] == {"Ref": "GatewaySubnetIds"}
+    tcp = props(resources, "GatewayDicomListener")
+    assert (tcp["Protocol"], tcp["Port"]) == ("TCP", 104)
+    assert "Certificates" not in tcp
+    tls = props(resources, "GatewayDicomTlsListener")
+    assert (tls["Protocol"], tls["Port"]) == ("TLS", 2762)
+    assert tls["Certificates"] == [{"CertificateArn": {"Ref": "GatewayCertificateArn"}}]
+    assert tls["SslPolicy"].startswith("ELBSecurityPolicy-TLS13-1-2")  # TLS 1.2/1.3 only
+    for listener in (tcp, tls):
+        assert listener["LoadBalancerArn"] == {"Ref": "GatewayLoadBalancer"}
+        assert listener["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "GatewayTargetGroup"}}]
+    group = props(resources, "GatewayTargetGroup")
+    assert (group["Protocol"], group["Port"], group["TargetType"], group["HealthCheckProtocol"]) == (
+        "TCP",
+        11112,
+        "ip",
+        "TCP",
+    )
+    assert container(resources)["PortMappings"] == [{"ContainerPort": 11112, "Protocol": "tcp"}]
+    service = props(resources, "GatewayService")
+    assert service["LoadBalancers"] == [
+        {"ContainerName": "gateway", "ContainerPort": 11112, "TargetGroupArn": {"Ref": "GatewayTargetGroup"}}
+    ]
+    assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+    assert "GatewayDicomListener" in resources["GatewayService"]["DependsOn"]
+
+
+def test_only_the_hospital_network_reaches_the_gateway(resources: dict[str, Any]) -> None:
+    hospital = {"Ref": "GatewayAllowedCidr"}
+    ingress = [*props(resources, "GatewayLoadBalancerSecurityGroup")["SecurityGroupIngress"]]
+    ingress.append(props(resources, "GatewayLoadBalancerTlsIngress"))
+    assert {(r["FromPort"], r["ToPort"]) for r in ingress} == {(104, 104), (2762, 2762)}
+    assert all(r["CidrIp"] == hospital and r["IpProtocol"] == "tcp" for r in ingress)
+    balancer_group = {"Fn::GetAtt": ["GatewayLoadBalancerSecurityGroup", "GroupId"]}
+    task_group = {"Fn::GetAtt": ["GatewaySecurityGroup", "GroupId"]}
+    assert props(resources, "GatewayLoadBalancer")["SecurityGroups"] == [balancer_group]
+    (tasks_in,) = props(resources, "GatewaySecurityGroup")["SecurityGroupIngress"]
+    assert (tasks_in["FromPort"], tasks_in["ToPort"], tasks_in["SourceSecurityGroupId"]) == (
+        11112,
+        11112,
+        balancer_group,
+    )
+    (spool_in,) = props(resources, "GatewaySpoolSecurityGroup")["SecurityGroupIngress"]
+    assert (spool_in["FromPort"], spool_in["SourceSecurityGroupId"]) == (2049, task_group)
+    # egress: the load balancer only to the tasks; the tasks to AWS APIs (443) and the hospital (its PACS)
+    assert props(resources, "GatewayLoadBalancerToTasks")["DestinationSecurityGroupId"] == task_group
+    egress = props(resources, "GatewaySecurityGroup")["SecurityGroupEgress"]
+    assert {(r["FromPort"], r["ToPort"], str(r["CidrIp"])) for r in egress} == {
+        (443, 443, "0.0.0.0/0"),
+        (1, 65535, str(hospital)),
+    }
+    # nothing reaches any of them from anywhere else
+    for name in ("GatewayLoadBalancerSecurityGroup", "GatewaySecurityGroup", "GatewaySpoolSecurityGroup"):
+        for rule in props(resources, name)["SecurityGroupIngress"]:
+            assert rule.get("CidrIp") in (None, hospital) and "CidrIpv6" not in rule, (name, rule)
+    ingress_resources = [n for n, r in resources.items() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert ingress_resources == ["GatewayLoadBalancerTlsIngress"]
+
+
+def test_gateway_task_role_touches_ingest_results_the_job_and_its_queue(resources: dict[str, Any]) -> None:
+    role = "GatewayTaskRole"
+    s3_resources = set()
+    for stmt in role_statements(resources, role):
+        actions = as_list(stmt["Action"])
+        s3_actions = [a for a in actions if a.startswith("s3:")]
+        assert not s3_actions or set(s3_actions) <= {
+            "s3:PutObject",
+            "s3:AbortMultipartUpload",
+            "s3:GetObject",
+            "s3:ListBucket",
+        }
+        for resource in as_list(stmt["Resource"]) if s3_actions else []:
+            if resource == {"Fn::GetAtt": ["DataBucket", "Arn"]}:  # ListBucket: only under its prefixes
+                assert stmt["Condition"] == {"StringLike": {"s3:prefix": ["ingest/*", "results/*"]}}
+            else:
+                s3_resources.add(sub_string(resource).removeprefix("${DataBucket.Arn}/"))
+    assert s3_resources == {"ingest/*", "results/*"}
+    puts = {sub_string(r) for r in allowed_resources(resources, role, "s3:PutObject")}
+    assert puts == {"${DataBucket.Arn}/ingest/*"}  # it never writes results/
+    gets = {sub_string(r) for r in allowed_resources(resources, role, "s3:GetObject")}
+    assert gets == {"${DataBucket.Arn}/ingest/*", "${DataBucket.Arn}/results/*"}
+    table = {"Fn::GetAtt": ["JobsTable", "Arn"]}
+    dynamo = {a for s in role_statements(resources, role) for a in as_list(s["Action"]) if a.startswith("dynamodb:")}
+    assert dynamo == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert allowed_resources(resources, role, "dynamodb:UpdateItem") == [table]
+    sqs = {a for s in role_statements(resources, role) for a in as_list(s["Action"]) if a.startswith("sqs:")}
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= sqs
+    assert "sqs:SendMessage" not in sqs
+    (metrics,) = [s for s in role_statements(resources, role) if "cloudwatch:PutMetricData" in as_list(s["Action"])]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "ichseg"}}
+    # the spool only through its access point; the execution role only pulls and logs
+    (mount,) = [
+        s
+        for s in role_statements(resources, role)
+        if any(a.startswith("elasticfilesystem:") for a in as_list(s["Action"]))
+    ]
+    assert mount["Resource"] == {"Fn::GetAtt": ["GatewaySpool", "Arn"]}
+    assert "elasticfilesystem:AccessPointArn" in mount["Condition"]["StringEquals"]
+    execution = {a for s in role_statements(resources, "GatewayExecutionRole") for a in as_list(s["Action"])}
+    assert not {a for a in execution if a.split(":")[0] in ("s3", "dynamodb", "sqs", "kms")}
+
+
+def test_gateway_task_runs_as_a_user_on_an_encrypted_spool(resources: dict[str, Any]) -> None:
+    task = props(resources, "GatewayTaskDefinition")
+    assert (task["NetworkMode"], task["RequiresCompatibilities"], task["Cpu"], task["Memory"]) == (
+        "awsvpc",
+        ["FARGATE"],
+        "1024",
+        "2048",
+    )
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["GatewayTaskRole", "Arn"]}
+    assert task["ExecutionRoleArn"] == {"Fn::GetAtt": ["GatewayExecutionRole", "Arn"]}
+    spec = container(resources)
+    assert spec["Image"] == {"Ref": "GatewayImageUri"}
+    assert spec["ReadonlyRootFilesystem"] is True and not spec["User"].startswith("0")
+    assert spec["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "GatewayLogGroup"}
+    (volume,) = task["Volumes"]
+    efs = volume["EFSVolumeConfiguration"]
+    assert (efs["FilesystemId"], efs["TransitEncryption"]) == ({"Ref": "GatewaySpool"}, "ENABLED")
+    assert efs["AuthorizationConfig"] == {"AccessPointId": {"Ref": "GatewaySpoolAccessPoint"}, "IAM": "ENABLED"}
+    env = {e["Name"]: e["Value"] for e in spec["Environment"]}
+    assert spec["MountPoints"] == [{"SourceVolume": volume["Name"], "ContainerPath": env["ICHSEG_GATEWAY_SPOOL_DIR"]}]
+    spool = props(resources, "GatewaySpool")
+    assert spool["Encrypted"] is True and spool["KmsKeyId"] == KEY_ARN
+    # the access point's user is the container's, and the image's (infrastructure/gateway/Dockerfile)
+    user = props(resources, "GatewaySpoolAccessPoint")["PosixUser"]
+    assert spec["User"] == f"{user['Uid']}:{user['Gid']}"
+    assert f"USER {user['Uid']}:{user['Gid']}" in (REPO / GATEWAY_DOCKERFILE).read_text()
+    assert props(resources, "GatewayCluster")["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
+    # one task owns the spool: a deploy stops the old task before the new one starts
+    deployment = props(resources, "GatewayService")["DeploymentConfiguration"]
+    assert (deployment["MaximumPercent"], deployment["MinimumHealthyPercent"]) == (100, 0)
+
+
+def test_gateway_container_environment_is_what_the_gateway_reads(resources: dict[str, Any]) -> None:
+    from gateway.settings import GatewaySettings
+
+    class Recording(dict[str, str]):
+        """An environment that remembers every name asked for."""
+
+        asked: set[str]
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.asked.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key: str) -> str:
+            self.asked.add(key)
+            return super().__getitem__(key)
+
+        def __contains__(self, key: object) -> bool:
+            self.asked.add(str(key))
+            return super().__contains__(key)
+
+    env = {e["Name"]: e["Value"] for e in container(resources)["Environment"]}
+    recording = Recording({"ICHSEG_GATEWAY_SPOOL_DIR": "/spool", "ICHSEG_BUCKET": "b"})
+    recording.asked = set()
+    GatewaySettings.from_env(recording)
+    read_by_cli = set(re.findall(r'"(ICHSEG_\w+)"', (REPO / "gateway" / "cli.py").read_text()))
+    unknown = {n for n in env if n.startswith("ICHSEG_")} - recording.asked - read_by_cli
+    assert not unknown, f"template.yaml sets variables the gateway never reads: {unknown}"
+    for name in (
+        "ICHSEG_GATEWAY_AE_TITLE",
+        "ICHSEG_GATEWAY_PORT",
+        "ICHSEG_GATEWAY_SPOOL_DIR",
+        "ICHSEG_GATEWAY_DESTINATIONS",
+        "ICHSEG_BUCKET",
+        "ICHSEG_TABLE",
+        "ICHSEG_DELIVERY_QUEUE_URL",
+        "ICHSEG_MAX_RECEIVE_COUNT",
+    ):
+        assert name in env and name in recording.asked, name
+    assert env["ICHSEG_GATEWAY_PORT"] == "11112"
+    assert env["ICHSEG_GATEWAY_AE_TITLE"] == {"Ref": "GatewayAeTitle"}
+    assert env["ICHSEG_GATEWAY_DESTINATIONS"] == {"Ref": "GatewayDestinations"}
+    assert env["ICHSEG_BUCKET"] == {"Ref": "DataBucket"} and env["ICHSEG_TABLE"] == {"Ref": "JobsTable"}
+    assert env["ICHSEG_DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
+    assert env["ICHSEG_MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}  # the gateway's last receive fails delivery
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ichseg"  # DeliveryFailuresAlarm's namespace
+
+
+def test_delivery_alarms_reach_the_topic(resources: dict[str, Any]) -> None:
+    failures = props(resources, "DeliveryFailuresAlarm")
+    (query,) = failures["Metrics"]
+    assert re.fullmatch(r"SELECT SUM\(DeliveryFailures\) FROM ichseg", query["Expression"])
+    assert (failures["Threshold"], failures["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert failures["TreatMissingData"] == "notBreaching"
+    dlq = props(resources, "DeliveryDeadLetterAlarm")
+    assert dlq["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeliveryDeadLetterQueue", "QueueName"]}}
+    ]
+    for alarm in (failures, dlq):
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # the metric is the one the gateway counts
+    assert 'add_metric("DeliveryFailures"' in (REPO / "gateway" / "delivery.py").read_text()
+
+
+def test_gateway_dockerfile() -> None:
+    text = (REPO / GATEWAY_DOCKERFILE).read_text()
+    assert re.search(r"^FROM \S+python:3\.11", text, re.M)
+    assert "requirements/gateway.txt" in text and (REPO / "requirements" / "gateway.txt").is_file()
+    assert "COPY ichseg/" in text and "COPY gateway/" in text
+    assert re.search(r"^USER (?!0|root)\S+", text, re.M)  # not root
+    assert 'ENTRYPOINT ["python", "-m", "gateway"]' in text
+    assert re.search(r"^EXPOSE 11112 2762$", text, re.M)
+    patterns = [
+        line.strip()
+        for line in (REPO / f"{GATEWAY_DOCKERFILE}.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*" and {"!requirements/", "!ichseg/", "!gateway/"} <= set(patterns)
+
+
+def test_gateway_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert outputs["GatewayAddress"] == {
+        "Condition": "DeployGateway",
+        "Description": outputs["GatewayAddress"]["Description"],
+        "Value": {"Fn::GetAtt": ["GatewayLoadBalancer", "DNSName"]},
+    }
+    assert outputs["GatewayDicomPort"]["Value"] == "104"
+    assert (outputs["GatewayDicomTlsPort"]["Value"], outputs["GatewayDicomTlsPort"]["Condition"]) == (
+        "2762",
+        "GatewayTls",
+    )
+    assert outputs["GatewayAeTitle"]["Value"] == {"Ref": "GatewayAeTitle"}
+    assert outputs["DeliveryQueueUrl"]["Value"] == {"Ref": "DeliveryQueue"}
