@@ -34,6 +34,7 @@ from pydicom.sr.coding import Code
 
 from ichseg import __version__
 from ichseg.pipeline.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_uids
+from ichseg.segmentation import Finding
 
 SR_SERIES_NUMBER = 9302
 SR_SERIES_DESCRIPTION = "ichseg hemorrhage report (research use only)"
@@ -75,7 +76,7 @@ def build_sr(
     if str(getattr(seg, "Modality", "")) != "SEG":
         raise SrUnavailable("the object given as the SEG is not a segmentation")
 
-    detected = report.get("finding") == "Hemorrhage detected"
+    detected = report.get("finding") == Finding.HEMORRHAGE_DETECTED
     involved = [ds for ds, entry in zip(sources, slices, strict=True) if entry.get("hemorrhage")]
     volume = report.get("volume_ml")
     has_region = any(int(entry.get("area_px") or 0) > 0 for entry in slices)
