@@ -41,12 +41,22 @@ def dicom_series(
     modality: str = "CT",
     series_uid: str | None = None,
     study_uid: str | None = None,
+    offsets_mm: Sequence[float] | None = None,
+    thickness_mm: Sequence[float] | None = None,
+    along_table: bool = False,
+    attributes: dict[str, object] | None = None,
 ) -> list[Dataset]:
     """A CT series whose slice k (in true spatial order) holds :func:`phantom_hu` (k).
 
     InstanceNumber runs opposite to space, so readers that trust it instead of the position
-    sort are caught.
+    sort are caught. ``offsets_mm`` places slice k that far along the slice normal (instead of
+    k x ``step_mm``; count follows it) and ``thickness_mm`` gives each its SliceThickness. With
+    ``along_table`` positions advance along the patient's z axis (a tilted gantry's table moves
+    that way), by offset / cos(tilt) so that their projection on the normal is the offset.
+    ``attributes`` are set on every instance (Manufacturer, ConvolutionKernel, ImageType...).
     """
+    if offsets_mm is not None:
+        count = len(offsets_mm)
     series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
     frame_uid = generate_uid()
@@ -68,9 +78,13 @@ def dicom_series(
         ds.SeriesDescription = "Head 2.5mm"
         ds.InstanceNumber = count - k
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in cosines]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in (np.array([-100.0, -120.0, 30.0]) + k * step_mm * normal)]
+        offset = float(offsets_mm[k]) if offsets_mm is not None else k * step_mm
+        direction = np.array([0.0, 0.0, 1.0 / normal[2]]) if along_table else normal
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in (np.array([-100.0, -120.0, 30.0]) + offset * direction)]
         ds.PixelSpacing = [str(pixel_spacing[0]), str(pixel_spacing[1])]
-        ds.SliceThickness = str(step_mm)
+        ds.SliceThickness = str(thickness_mm[k] if thickness_mm is not None else step_mm)
+        for keyword, value in (attributes or {}).items():
+            setattr(ds, keyword, value)
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -203,9 +217,21 @@ def jpeg_bytes(array: np.ndarray, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def enhanced_ct(count: int = 3, rows: int = 24, cols: int = 20, step_mm: float = 1.25) -> Dataset:
+def enhanced_ct(
+    count: int = 3,
+    rows: int = 24,
+    cols: int = 20,
+    step_mm: float = 1.25,
+    offsets_mm: Sequence[float] | None = None,
+    thickness_mm: Sequence[float] | None = None,
+) -> Dataset:
     """One Enhanced CT instance holding every slice; frames stored superior-to-inferior, so a
-    reader must sort them by the per-frame positions. Frame k in space holds phantom_hu(k)."""
+    reader must sort them by the per-frame positions. Frame k in space holds phantom_hu(k).
+
+    ``offsets_mm`` places frame k at that z (count follows it); ``thickness_mm`` gives each frame
+    its own SliceThickness in a per-frame Pixel Measures group."""
+    if offsets_mm is not None:
+        count = len(offsets_mm)
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import EnhancedCTImageStorage
 
@@ -234,11 +260,30 @@ def enhanced_ct(count: int = 3, rows: int = 24, cols: int = 20, step_mm: float =
     frames, groups = [], []
     for k in reversed(range(count)):
         position = Dataset()
-        position.ImagePositionPatient = ["0", "0", f"{k * step_mm:.3f}"]
+        z = float(offsets_mm[k]) if offsets_mm is not None else k * step_mm
+        position.ImagePositionPatient = ["0", "0", f"{z:.3f}"]
         group = Dataset()
         group.PlanePositionSequence = DicomSequence([position])
+        if thickness_mm is not None:
+            own = Dataset()
+            own.PixelSpacing, own.SliceThickness = ["0.6", "0.7"], str(thickness_mm[k])
+            group.PixelMeasuresSequence = DicomSequence([own])
         groups.append(group)
         frames.append(np.rint(phantom_hu(k, rows, cols) + 1024).astype(np.uint16))
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(groups)
     ds.PixelData = np.stack(frames).tobytes()
+    return ds
+
+
+def non_image_object(sop_class: str, modality: str = "") -> Dataset:
+    """A DICOM object without pixels, as exports put beside the images (a vendor's directory
+    file, a dose report)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    if modality:
+        ds.Modality = modality
     return ds

@@ -195,6 +195,9 @@ def select_series(
     selection. :class:`NotCTError` when no series is CT, :class:`NoSuitableSeriesError` when none
     passes the rules: both name each series by SeriesNumber and say why."""
     evaluated = [_evaluate(group, rules) for group in groups]
+    # Reasons list series by number, whatever order the files arrived in.
+    order = sorted(range(len(groups)), key=lambda i: _by_number(evaluated[i].info))
+    evaluated = [evaluated[i] for i in order]
     candidates = [i for i, e in enumerate(evaluated) if e.failure is None]
     if not candidates:
         skipped = tuple(SkippedSeries(e.info, *e.failure) for e in evaluated if e.failure is not None)
@@ -212,7 +215,11 @@ def select_series(
             continue
         reason, detail = entry.failure or _lost(entry, best, rules)
         skipped_list.append(SkippedSeries(entry.info, reason, detail))
-    return chosen, SeriesSelection(best.info, tuple(skipped_list), non_image_objects)
+    return order[chosen], SeriesSelection(best.info, tuple(skipped_list), non_image_objects)
+
+
+def _by_number(info: SeriesInfo) -> tuple[bool, int, str]:
+    return info.series_number is None, info.series_number or 0, info.series_instance_uid
 
 
 def describe_series(group: Sequence[Dataset]) -> SeriesInfo:
@@ -332,12 +339,11 @@ def _failure(
     return None
 
 
-def _rank(entry: _Evaluated, rules: SeriesRules) -> tuple[int, int, float, int, int]:
+def _rank(entry: _Evaluated, rules: SeriesRules) -> tuple[int, int, float, int, bool, int, str]:
     thickness = entry.info.thickness_mm
     band = _band(thickness, rules)
     closeness = 0.0 if thickness is None else thickness if band == 0 else -thickness
-    number = entry.info.series_number if entry.info.series_number is not None else 1 << 30
-    return (0 if entry.kernel_class == "soft" else 1, band, closeness, -entry.info.images, number)
+    return (0 if entry.kernel_class == "soft" else 1, band, closeness, -entry.info.images, *_by_number(entry.info))
 
 
 def _band(thickness: float | None, rules: SeriesRules) -> int:
