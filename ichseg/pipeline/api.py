@@ -30,6 +30,7 @@ RESULT_FILES = {
     "report": "report.json",
     "contact_sheet": "contact_sheet.png",
     "seg": "seg.dcm",
+    "sr": "sr.dcm",
 }
 VIEWER_PATH = "/viewer/"
 """The static results viewer, relative to the API's base URL (``?job=<id>`` names the job)."""

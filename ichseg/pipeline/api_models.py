@@ -131,6 +131,9 @@ class ResultLinks(BaseModel):
     report: str | None = Field(default=None, description="report.json: per-slice probability, subtypes, area, volume.")
     contact_sheet: str | None = None
     seg: str | None = Field(default=None, description="DICOM SEG (DICOM input only).")
+    sr: str | None = Field(
+        default=None, description="DICOM SR: TID 1500 measurement report on the SEG (DICOM input only)."
+    )
 
 
 class SliceLinks(BaseModel):
