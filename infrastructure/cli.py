@@ -10,8 +10,18 @@ from pathlib import Path
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``stack`` and ``demo`` to the ``ichseg`` command line."""
-    stack = commands.add_parser("stack", help="run the local stack (moto, storage emulator, endpoint, event pump, API)")
+    stack = commands.add_parser(
+        "stack", help="run the local stack (moto, storage emulator, endpoint, event pump, API; DICOM gateway)"
+    )
     stack.add_argument("--state-dir", default="build/local-stack", help="where the stack keeps its files")
+    stack.add_argument(
+        "--pacs",
+        metavar="AE@HOST:PORT",
+        help="start the DICOM gateway; each hospital job's SEG and SR go to this PACS (e.g. ORTHANC@127.0.0.1:4242)",
+    )
+    stack.add_argument(
+        "--gateway", action="store_true", help="start the DICOM gateway even without --pacs (results stay in S3)"
+    )
     stack.set_defaults(handler=_stack)
 
     demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")

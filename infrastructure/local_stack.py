@@ -18,7 +18,10 @@ What runs (all on 127.0.0.1, free ports):
   event JSON to the function, deletes what succeeded and honours ``batchItemFailures`` (what
   Lambda's event source mapping does);
 - the watchdog's schedule and the API front (:mod:`infrastructure.api_front`) with a locally
-  trusted Firebase token issuer (:mod:`infrastructure.token_issuer`).
+  trusted Firebase token issuer (:mod:`infrastructure.token_issuer`);
+- with ``pacs`` or ``gateway`` set, the DICOM gateway (:class:`gateway.service.GatewayService`) in
+  this process, configured by the template's task definition (``GatewayTaskDefinition``'s container
+  environment) with local addresses: it takes ``DeliveryQueue``, which no pump reads, as in the cloud.
 
 A change in template.yaml changes the local stack; ``tests/pipeline/test_local_stack.py`` compares
 the running stack with the template. What is local on purpose: addresses and credentials, the
@@ -47,7 +50,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ichseg.paths import REPO_ROOT, SHIPPED_MODEL
 from ichseg.pipeline.jobs import Job, JobState, JobStore
@@ -61,11 +64,18 @@ from infrastructure.lambda_runtime import (
 )
 from infrastructure.token_issuer import LocalTokenIssuer
 
+if TYPE_CHECKING:
+    from gateway.service import GatewayService
+
 log = logging.getLogger("ichseg.local_stack")
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 LOCAL_ONLY_SETUP = {"authorizer": ("infrastructure.token_issuer:trust_local_certificates",)}
 """Run in a function's workers before its handler: the authorizer trusts the local token issuer."""
+
+
+GATEWAY_TASK_DEFINITION, GATEWAY_CONTAINER = "GatewayTaskDefinition", "gateway"
+"""Where template.yaml declares the gateway's configuration (its container's environment)."""
 
 
 class StackError(RuntimeError):
@@ -100,7 +110,14 @@ class StackSettings:
     poll_wait_seconds: int = 1
     endpoint_workers: int = 1
     environment: Mapping[str, str] = field(default_factory=dict)
-    """Extra variables for every function (e.g. ``ICHSEG_JOB_DEADLINE_SECONDS``)."""
+    """Extra variables for every function and the gateway (e.g. ``ICHSEG_JOB_DEADLINE_SECONDS``)."""
+    pacs: str | None = None
+    """``AE@HOST:PORT``: start the DICOM gateway with this PACS as the default destination of results."""
+    gateway: bool = False
+    """Start the DICOM gateway even without a PACS (it receives and uploads; results stay in S3)."""
+    gateway_idle_seconds: float = 10.0
+    """A series nobody sent an instance of for this long is complete (tests: about a second)."""
+    gateway_ae_title: str = "ICHSEG"
 
     def parameters(self) -> dict[str, str]:
         """The template parameters of this local deployment (the others keep their defaults)."""
@@ -133,6 +150,17 @@ class QueueInfo:
     dlq_url: str
 
 
+class _MotoSession:
+    """What :class:`gateway.service.GatewayService` needs of a boto3 session: clients, here the
+    stack's own (moto's address, fake credentials), so the process environment is left alone."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self._stack = stack
+
+    def client(self, service: str) -> Any:
+        return self._stack.aws(service)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -157,6 +185,7 @@ class LocalStack:
         self._endpoint: subprocess.Popen[bytes] | None = None
         self._storage: Any = None
         self.moto_url = self.storage_url = self.endpoint_url = self.api_url = ""
+        self.gateway: GatewayService | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,6 +226,8 @@ class LocalStack:
             if function.sqs is not None:
                 self._spawn(self._pump, function.sqs.queue, function.name, name=f"ichseg-pump-{function.sqs.queue}")
         self._spawn(self._watchdog_ticks, name="ichseg-watchdog")
+        if self.settings.pacs or self.settings.gateway:
+            self.start_gateway()
 
     def stop(self) -> None:
         """Stop everything that started, in reverse order (also after a failed start)."""
@@ -359,6 +390,8 @@ class LocalStack:
 
     def resolve_resource(self, logical_id: str, attribute: str | None) -> str:
         """A template resource's local value: ``Ref`` (attribute None) or ``Fn::GetAtt``."""
+        if logical_id in ("AWS::Region", "AWS::AccountId") and attribute is None:
+            return self.settings.region if logical_id == "AWS::Region" else ACCOUNT_ID
         if logical_id == "DataBucket" and attribute is None:
             return self.settings.bucket
         if logical_id == "JobsTable" and attribute is None:
@@ -460,6 +493,52 @@ class LocalStack:
         server = ServerThread(front).start()
         self._running.callback(server.stop)
         self.api_url = server.url
+
+    # ------------------------------------------------------------------ the DICOM gateway
+
+    def gateway_environment(self) -> dict[str, str]:
+        """The gateway's variables: the template's container environment (bucket, table, delivery
+        queue, AE title, receive count) with local addresses, the spool under the state dir, and
+        :attr:`StackSettings.environment` over them."""
+        s = self.settings
+        return {
+            **self.template.container_environment(GATEWAY_TASK_DEFINITION, GATEWAY_CONTAINER, self.resolve_resource),
+            "ICHSEG_GATEWAY_AE_TITLE": s.gateway_ae_title,
+            "ICHSEG_GATEWAY_HOST": "127.0.0.1",
+            "ICHSEG_GATEWAY_PORT": "0",  # any free port: GatewayService.address says which
+            "ICHSEG_GATEWAY_SPOOL_DIR": str(Path(s.state_dir) / "gateway-spool"),
+            "ICHSEG_GATEWAY_IDLE_SECONDS": str(s.gateway_idle_seconds),
+            "ICHSEG_GATEWAY_DEFAULT_DESTINATION": s.pacs or "",
+            "ICHSEG_GATEWAY_POLL_SECONDS": str(s.poll_wait_seconds),  # stops within a poll
+            **dict(s.environment),
+        }
+
+    def start_gateway(self) -> GatewayService:
+        """Start the DICOM gateway in this process (``start`` does when ``pacs`` or ``gateway`` is
+        set); it stops with the stack, or with :meth:`stop_gateway`."""
+        from gateway.service import GatewayService
+        from gateway.settings import GatewaySettings, SettingsError
+
+        if self.gateway is not None:
+            return self.gateway
+        try:
+            settings = GatewaySettings.from_env(self.gateway_environment())
+        except SettingsError as exc:
+            raise StackError(f"DICOM gateway: {exc}") from exc
+        gateway = GatewayService(settings, session=_MotoSession(self))
+        try:
+            gateway.start()
+        except OSError as exc:
+            raise StackError(f"the DICOM gateway cannot listen: {exc}") from exc
+        self._running.callback(self.stop_gateway)
+        self.gateway = gateway
+        return gateway
+
+    def stop_gateway(self) -> None:
+        """Stop the DICOM gateway if it runs (its spool stays for the next start)."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
 
     # ------------------------------------------------------------------ the event pump
 
@@ -647,6 +726,18 @@ class LocalStack:
             "dead_letter_queues": {name: q.dlq_url for name, q in self.queues.items()},
             "firebase_bucket": self.settings.firebase_bucket,
             "logs": str(self.log_dir),
+            **({"dicom_gateway": self._describe_gateway(self.gateway)} if self.gateway is not None else {}),
+        }
+
+    @staticmethod
+    def _describe_gateway(gateway: GatewayService) -> dict[str, Any]:
+        host, port = gateway.address
+        destination = gateway.settings.default_destination
+        return {
+            "ae_title": gateway.settings.ae_title,
+            "host": host,
+            "port": port,
+            "destination": None if destination is None else str(destination),
         }
 
     @staticmethod
@@ -663,7 +754,21 @@ def stack_command(args: argparse.Namespace) -> int:
     The model is the shipped one, or ``ICHSEG_MODEL`` (the variable the inference server reads too).
     """
     model = Path(os.environ.get("ICHSEG_MODEL") or SHIPPED_MODEL)
-    settings = StackSettings(state_dir=Path(args.state_dir).resolve(), model=model)
+    pacs = getattr(args, "pacs", None)
+    if pacs:
+        from gateway.settings import Destination, SettingsError
+
+        try:
+            Destination.parse(pacs)
+        except SettingsError as exc:
+            print(f"error: --pacs: {exc}", file=sys.stderr)
+            return 2
+    settings = StackSettings(
+        state_dir=Path(args.state_dir).resolve(),
+        model=model,
+        pacs=pacs or None,
+        gateway=bool(getattr(args, "gateway", False)),
+    )
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the stack as cleanly as Ctrl-C
@@ -690,6 +795,10 @@ def stack_command(args: argparse.Namespace) -> int:
             f'     curl -s -H "Authorization: Bearer $TOKEN" -d \'{{"content_type": "video/mp4"}}\' '
             f"{stack.api_url}/v1/scans"
         )
+        if "dicom_gateway" in description:
+            gw = description["dicom_gateway"]
+            print(f"\nDICOM: echoscu -aet TEST -aec {gw['ae_title']} {gw['host']} {gw['port']}")
+            print(f"       storescu -aet SITE -aec {gw['ae_title']} {gw['host']} {gw['port']} +sd <a CT series folder>")
         print("\nCtrl-C stops everything.", flush=True)
         while True:
             time.sleep(3600)

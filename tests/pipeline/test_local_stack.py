@@ -3,20 +3,27 @@ what the template declares, and a change in the template changes the local stack
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from infrastructure.cloud_template import TEMPLATE, CloudTemplate
-from infrastructure.local_stack import LocalStack, StackSettings
+from infrastructure.local_stack import LocalStack, StackSettings, stack_command
 
 
 def test_queues_match_the_template(stack: LocalStack) -> None:
     sqs = stack.aws("sqs")
     template = stack.template
-    assert set(stack.queues) == set(template.queues) == {"ingest", "segment", "assemble"}
+    assert set(stack.queues) == set(template.queues) == {"ingest", "segment", "assemble", "delivery"}
     for name, declared in template.queues.items():
         info = stack.queues[name]
         attributes = sqs.get_queue_attributes(QueueUrl=info.url, AttributeNames=["All"])["Attributes"]
@@ -110,3 +117,85 @@ def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> Non
 def _dump_with_tags(document: dict[str, Any]) -> str:
     """YAML of the long-form template (``{"Ref": X}`` is valid CloudFormation YAML too)."""
     return yaml.safe_dump(document, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hospital deliveries and the DICOM gateway
+
+
+def test_delivery_queue_is_the_templates_and_no_function_is_pumped_from_it(stack: LocalStack) -> None:
+    declared = stack.template.queues["delivery"]
+    assert (declared.logical_id, declared.dead_letter_logical_id) == ("DeliveryQueue", "DeliveryDeadLetterQueue")
+    info = stack.queues["delivery"]
+    sqs = stack.aws("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=info.url, AttributeNames=["All"])["Attributes"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=info.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert json.loads(attributes["RedrivePolicy"]) == {
+        "maxReceiveCount": declared.max_receive_count,
+        "deadLetterTargetArn": dlq_arn,
+    }
+    assert int(attributes["VisibilityTimeout"]) == stack.settings.visibility_timeout.get(
+        "delivery", declared.visibility_timeout
+    )
+    # the gateway consumes it, not a function: no event source, no pump
+    assert all(f.sqs is None or f.sqs.queue != "delivery" for f in stack.template.functions.values())
+    pumps = {t.name for t in threading.enumerate() if t.name.startswith("ichseg-pump-")}
+    assert pumps == {f"ichseg-pump-{q}" for q in ("ingest", "segment", "assemble")}
+    # assemble announces DONE hospital jobs on it (template: ICHSEG_DELIVERY_QUEUE_URL: !Ref DeliveryQueue)
+    assert stack.functions["assemble"].environment["ICHSEG_DELIVERY_QUEUE_URL"] == info.url
+    assert stack.resolve_resource("DeliveryQueue", None) == info.url
+
+
+def test_gateway_environment_is_the_templates_task_definition_with_local_addresses(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    from gateway.settings import Destination, GatewaySettings
+
+    local = LocalStack(replace(stack.settings, state_dir=tmp_path, pacs="ORTHANC@127.0.0.1:4242"))
+    local.queues = stack.queues  # resolved as the running stack resolves them
+    declared = stack.template.container_environment("GatewayTaskDefinition", "gateway", stack.resolve_resource)
+    env = local.gateway_environment()
+    assert set(declared) <= set(env)
+    for name in ("ICHSEG_BUCKET", "ICHSEG_TABLE", "ICHSEG_DELIVERY_QUEUE_URL", "ICHSEG_MAX_RECEIVE_COUNT"):
+        assert env[name] == declared[name], name
+    settings = GatewaySettings.from_env(env)
+    assert (settings.bucket, settings.table) == (stack.settings.bucket, stack.settings.table)
+    assert settings.delivery_queue_url == stack.queues["delivery"].url
+    assert settings.delivery_attempts == stack.template.queues["delivery"].max_receive_count
+    assert settings.default_destination == Destination("ORTHANC", "127.0.0.1", 4242)
+    assert (settings.ae_title, settings.host, settings.port) == ("ICHSEG", "127.0.0.1", 0)
+    assert settings.spool_dir == tmp_path / "gateway-spool"
+    assert settings.idle_seconds == stack.settings.gateway_idle_seconds
+
+
+@pytest.fixture(scope="module")
+def gateway_stack(stack: LocalStack) -> Iterator[LocalStack]:
+    """The session's stack with its gateway: as configured (tests with a PACS set ``pacs``), else
+    started for this module (one moto per process: a second stack would share its queues)."""
+    if stack.gateway is not None:
+        yield stack
+        return
+    stack.start_gateway()
+    try:
+        yield stack
+    finally:
+        stack.stop_gateway()
+
+
+def test_the_gateway_answers_c_echo_where_describe_says(gateway_stack: LocalStack) -> None:
+    described = gateway_stack.describe()["dicom_gateway"]
+    assert set(described) == {"ae_title", "host", "port", "destination"}
+    assert described["ae_title"] == gateway_stack.settings.gateway_ae_title == "ICHSEG"
+    assert described["host"] == "127.0.0.1" and isinstance(described["port"], int) and described["port"] > 0
+    assert described["destination"] == gateway_stack.settings.pacs
+    echoscu = shutil.which("echoscu")
+    assert echoscu, "dcmtk's echoscu is not installed (make dicom-tools)"
+    command = [echoscu, "-aet", "TEST", "-aec", described["ae_title"], described["host"], str(described["port"])]
+    echo = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
+def test_stack_command_refuses_a_malformed_pacs_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(state_dir="unused", pacs="ORTHANC-127.0.0.1-4242", gateway=False)
+    assert stack_command(args) == 2
+    assert "--pacs" in capsys.readouterr().err
