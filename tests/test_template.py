@@ -889,12 +889,17 @@ def test_gateway_task_runs_as_a_user_on_an_encrypted_spool(resources: dict[str, 
     assert spec["Image"] == {"Ref": "GatewayImageUri"}
     assert spec["ReadonlyRootFilesystem"] is True and not spec["User"].startswith("0")
     assert spec["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "GatewayLogGroup"}
-    (volume,) = task["Volumes"]
+    volumes = {v["Name"]: v for v in task["Volumes"]}
+    assert set(volumes) == {"spool", "tmp"}  # tmp: scratch space beside the read-only root file system
+    volume = volumes["spool"]
     efs = volume["EFSVolumeConfiguration"]
     assert (efs["FilesystemId"], efs["TransitEncryption"]) == ({"Ref": "GatewaySpool"}, "ENABLED")
     assert efs["AuthorizationConfig"] == {"AccessPointId": {"Ref": "GatewaySpoolAccessPoint"}, "IAM": "ENABLED"}
     env = {e["Name"]: e["Value"] for e in spec["Environment"]}
-    assert spec["MountPoints"] == [{"SourceVolume": volume["Name"], "ContainerPath": env["ICHSEG_GATEWAY_SPOOL_DIR"]}]
+    assert spec["MountPoints"] == [
+        {"SourceVolume": "spool", "ContainerPath": env["ICHSEG_GATEWAY_SPOOL_DIR"]},
+        {"SourceVolume": "tmp", "ContainerPath": "/tmp"},
+    ]
     spool = props(resources, "GatewaySpool")
     assert spool["Encrypted"] is True and spool["KmsKeyId"] == KEY_ARN
     # the access point's user is the container's, and the image's (infrastructure/gateway/Dockerfile)
