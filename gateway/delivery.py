@@ -62,8 +62,8 @@ class DeliveryOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome and what happens to the message: deleted, or visible again after ``visibility`` seconds
-    (``None``: left alone, so that after the last receive the queue moves it to the dead-letter queue)."""
+    """The outcome and what happens to the message: deleted, or visible again after ``visibility``
+    seconds (after the last receive: 0, and the queue's next receive moves it to the dead-letter queue)."""
 
     outcome: DeliveryOutcome
     delete: bool
@@ -103,7 +103,7 @@ def store_objects(calling_ae: str, destination: Destination, objects: Mapping[st
         ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys(syntaxes)))
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        why = "rejected" if assoc.is_rejected else "not established (connection refused, unreachable or aborted)"
         return StoreResult(frozenset(), f"association with {destination} {why}")
     stored: set[str] = set()
     failure = None
@@ -183,7 +183,7 @@ class Deliverer:
         if job.state != JobState.DONE:
             if receives >= self.settings.delivery_attempts:
                 log.warning("job %s still %s at the delivery message's last receive", job_id, job.state.value)
-                return Decision(DeliveryOutcome.NOT_DONE, False)
+                return Decision(DeliveryOutcome.NOT_DONE, False, 0)
             return Decision(DeliveryOutcome.NOT_DONE, False, self.settings.pending_retry_seconds)
         if job.delivery_state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
             return Decision(DeliveryOutcome.DUPLICATE, True)
@@ -221,4 +221,5 @@ class Deliverer:
         if self.store.fail_delivery(job.job_id, reason, stored):
             self.metrics.add_metric("DeliveryFailures", "Count", 1)
         log.error("job %s: delivery FAILED: %s", job.job_id, reason)
-        return Decision(DeliveryOutcome.GAVE_UP, delete, reason=reason)
+        # Not deleted (the last receive): visible again at once, so the next receive moves it to the DLQ.
+        return Decision(DeliveryOutcome.GAVE_UP, delete, None if delete else 0, reason)

@@ -1,0 +1,258 @@
+"""Results back to the PACS: the delivery queue, the job's delivery state, dcmtk's storescp as the PACS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
+
+from gateway.delivery import Deliverer, DeliveryOutcome
+from gateway.service import GatewayService
+from gateway.settings import Destination, GatewaySettings
+from ichseg.errors import ErrorCode
+from ichseg.pipeline import keys
+from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobStore, Stage
+from tests.gateway.conftest import IDENTIFIERS, Aws, RecordingMetrics, free_port, wait_until
+
+SITE = "SITEA"
+
+
+def result_object(sop_class: str, modality: str) -> bytes:
+    """A small SEG or SR file as the pipeline writes under ``results/{job}/`` (transport is what is tested)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.PatientName = "Doe^Jane"
+    path = Path(f"/tmp/{meta.MediaStorageSOPInstanceUID}.dcm")
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def job_in(aws: Aws, store: JobStore, done: bool = True, with_results: bool = True, site: str = SITE) -> Job:
+    """A hospital job as the pipeline leaves it: DONE with its SEG and SR in S3 (or still assembling)."""
+    key = keys.gateway_ingest_key(site, hashlib.sha256(uuid.uuid4().bytes).hexdigest())
+    job_id = keys.ingest_job_id(key, "")
+    store.create(job_id, JobSource.INGEST, None, key, 900)
+    store.mark_split(job_id, 1, 4, {"format": "dicom"})
+    store.mark_assembling(job_id)
+    results = {}
+    if with_results:
+        for name, (sop_class, modality) in {
+            "seg": (SegmentationStorage, "SEG"),
+            "sr": (Comprehensive3DSRStorage, "SR"),
+        }.items():
+            results[name] = f"{keys.results_prefix(job_id)}{name}.dcm"
+            aws.s3.put_object(Bucket=aws.bucket, Key=results[name], Body=result_object(sop_class, modality))
+    if done:
+        store.mark_done(job_id, results, {"finding": "hemorrhage"}, None, None)
+    return store.require(job_id)
+
+
+class Pacs:
+    """dcmtk's storescp: every instance received is kept under a unique file name (duplicates show)."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def destination(self) -> Destination:
+        return Destination("PACS", "127.0.0.1", self.port)
+
+    def start(self) -> Pacs:
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", "PACS", "-od", str(self.folder), "+uf", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: subprocess.run(["echoscu", "-aec", "PACS", "127.0.0.1", str(self.port)]).returncode == 0)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def received(self) -> list[str]:
+        """One entry per instance received: storescp's file prefix (SG: segmentation, SR3: 3D SR)."""
+        return sorted(path.name.split(".")[0] for path in self.folder.iterdir() if path.is_file())
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Pacs]:
+    pacs = Pacs(tmp_path / "pacs", free_port())
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture
+def store(aws: Aws) -> JobStore:
+    return JobStore(aws.dynamodb, aws.table)
+
+
+def send(aws: Aws, job_id: str) -> None:
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+
+
+def queued(aws: Aws) -> int:
+    attributes = aws.sqs.get_queue_attributes(
+        QueueUrl=aws.queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def deliverer(settings: GatewaySettings, aws: Aws, store: JobStore, metrics: RecordingMetrics) -> Deliverer:
+    return Deliverer(settings, store, aws.s3, aws.sqs, metrics)
+
+
+def test_pacs_down_then_up_delivers_each_object_once(
+    make_settings: Callable[..., GatewaySettings],
+    aws: Aws,
+    store: JobStore,
+    pacs: Pacs,
+    metrics: RecordingMetrics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
+    job = job_in(aws, store)
+    send(aws, job.job_id)
+    settings = make_settings(
+        delivery_queue_url=aws.queue_url, destinations={SITE: pacs.destination}, delivery_attempts=10
+    )
+    with GatewayService(settings, metrics=metrics):
+        # Nobody listens at the PACS's address: attempts are recorded, the message stays.
+        failing = wait_until(lambda: (j := store.require(job.job_id)).delivery_attempts >= 2 and j)
+        assert failing.delivery_state == DeliveryState.PENDING
+        assert failing.delivery_reason is not None and "association with PACS@127.0.0.1" in failing.delivery_reason
+        assert queued(aws) == 1
+        pacs.start()
+        delivered = wait_until(lambda: (j := store.require(job.job_id)).delivery_state == DeliveryState.DELIVERED and j)
+        assert delivered.delivered_objects == {"seg", "sr"}
+        assert delivered.delivery_reason is None
+        wait_until(lambda: queued(aws) == 0)
+        time.sleep(1.5)  # long enough for any redelivery to have shown up
+    assert pacs.received() == ["SG", "SR3"]  # each exactly once
+    assert metrics.count("Deliveries") == 1 and metrics.count("DeliveryFailures") == 0
+    assert not any(identifier in caplog.text for identifier in IDENTIFIERS)
+
+
+def test_last_receive_fails_the_delivery_counts_it_and_leaves_the_message_for_the_dead_letter_queue(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, metrics: RecordingMetrics
+) -> None:
+    dead = aws.sqs.create_queue(QueueName=f"{aws.table}-dlq")["QueueUrl"]
+    dead_arn = aws.sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.sqs.set_queue_attributes(
+        QueueUrl=aws.queue_url,
+        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": 2})},
+    )
+    job = job_in(aws, store)
+    send(aws, job.job_id)
+    nobody = Destination("PACS", "127.0.0.1", free_port())
+    settings = make_settings(delivery_queue_url=aws.queue_url, default_destination=nobody, delivery_attempts=2)
+    worker = deliverer(settings, aws, store, metrics)
+
+    [first] = worker.poll_once()
+    assert first.outcome == DeliveryOutcome.RETRY and first.visibility == 1
+    assert store.require(job.job_id).delivery_state == DeliveryState.PENDING
+    [last] = wait_until(worker.poll_once)
+    assert last.outcome == DeliveryOutcome.GAVE_UP and not last.delete and last.visibility == 0
+    failed = store.require(job.job_id)
+    assert failed.delivery_state == DeliveryState.FAILED and failed.delivery_attempts == 2
+    assert failed.delivery_reason is not None and "the last" in failed.delivery_reason
+    assert metrics.count("DeliveryFailures") == 1
+    # The next receive finds it past maxReceiveCount: SQS moves it to the dead-letter queue.
+    assert worker.poll_once() == []
+    assert aws.sqs.receive_message(QueueUrl=dead, WaitTimeSeconds=1).get("Messages")
+
+
+def test_a_job_not_done_yet_waits_then_is_delivered(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, pacs: Pacs, metrics: RecordingMetrics
+) -> None:
+    pacs.start()
+    job = job_in(aws, store, done=False)
+    send(aws, job.job_id)  # the assemble stage sends the message just before DONE
+    worker = deliverer(
+        make_settings(delivery_queue_url=aws.queue_url, default_destination=pacs.destination), aws, store, metrics
+    )
+    [waiting] = worker.poll_once()
+    assert waiting.outcome == DeliveryOutcome.NOT_DONE and waiting.visibility == 1 and not waiting.delete
+    prefix = keys.results_prefix(job.job_id)
+    store.mark_done(job.job_id, {"seg": prefix + "seg.dcm", "sr": prefix + "sr.dcm"}, {}, None, None)
+    [delivered] = wait_until(worker.poll_once)
+    assert delivered.outcome == DeliveryOutcome.DELIVERED
+    assert pacs.received() == ["SG", "SR3"]
+    assert queued(aws) == 0
+
+
+def test_a_duplicate_message_after_delivery_sends_nothing(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, pacs: Pacs, metrics: RecordingMetrics
+) -> None:
+    pacs.start()
+    job = job_in(aws, store)
+    worker = deliverer(
+        make_settings(delivery_queue_url=aws.queue_url, default_destination=pacs.destination), aws, store, metrics
+    )
+    send(aws, job.job_id)
+    send(aws, job.job_id)
+    outcomes = [d.outcome for d in wait_until(worker.poll_once)]
+    outcomes += [d.outcome for d in worker.poll_once()] if len(outcomes) < 2 else []
+    assert sorted(outcomes) == [DeliveryOutcome.DELIVERED, DeliveryOutcome.DUPLICATE]
+    assert pacs.received() == ["SG", "SR3"]
+    assert queued(aws) == 0
+
+
+def test_a_failed_job_or_an_unknown_one_sends_nothing(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, pacs: Pacs, metrics: RecordingMetrics
+) -> None:
+    pacs.start()
+    job = job_in(aws, store, done=False)
+    store.fail(job.job_id, ErrorCode.ASSEMBLE_FAILED, "assembly failed", Stage.ASSEMBLE)
+    worker = deliverer(
+        make_settings(delivery_queue_url=aws.queue_url, default_destination=pacs.destination), aws, store, metrics
+    )
+    send(aws, job.job_id)
+    send(aws, "ingest-000000000000000000000000")
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody="not json")
+    outcomes: list[DeliveryOutcome] = []
+    wait_until(lambda: outcomes.extend(d.outcome for d in worker.poll_once()) or len(outcomes) == 3)
+    assert outcomes == [DeliveryOutcome.NOTHING_TO_SEND] * 3
+    assert pacs.received() == []
+    assert queued(aws) == 0
+    assert store.require(job.job_id).delivery_state is None
+
+
+def test_a_site_without_destination_fails_delivery_with_that_reason(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, metrics: RecordingMetrics
+) -> None:
+    job = job_in(aws, store, site="ELSEWHERE")
+    other = Destination("PACS", "127.0.0.1", free_port())
+    worker = deliverer(make_settings(delivery_queue_url=aws.queue_url, destinations={SITE: other}), aws, store, metrics)
+    send(aws, job.job_id)
+    [decision] = wait_until(worker.poll_once)
+    assert decision.outcome == DeliveryOutcome.GAVE_UP and decision.delete
+    failed = store.require(job.job_id)
+    assert failed.delivery_state == DeliveryState.FAILED
+    assert failed.delivery_reason == "no DICOM destination configured for site ELSEWHERE"
+    assert metrics.count("DeliveryFailures") == 1
+    assert queued(aws) == 0

@@ -1,0 +1,125 @@
+"""The C-STORE side against dcmtk's storescu/echoscu: series in, one content-addressed zip out."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from gateway.service import GatewayService
+from gateway.settings import GatewaySettings
+from ichseg.pipeline import keys
+from tests.gateway.conftest import IDENTIFIERS, Aws, RecordingMetrics, ct_series, mr_instance, storescu, wait_until
+
+
+def test_c_echo_is_answered(gateway: GatewayService) -> None:
+    host, port = gateway.address
+    done = subprocess.run(
+        ["echoscu", "-aet", "SITEA", "-aec", "ICHSEG", host, str(port)], capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_ct_series_becomes_one_content_addressed_zip_of_its_instances(
+    gateway: GatewayService, aws: Aws, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    files = ct_series(tmp_path / "series", 5)
+    output = storescu(gateway.address, files, calling="SITE A")
+    assert output.count("Received Store Response (Success)") == 5, output
+
+    [key] = wait_until(aws.ingest_keys)
+    assert key.startswith("ingest/SITE_A/") and keys.is_content_addressed(key)
+    body = aws.s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
+    assert key == keys.gateway_ingest_key("SITE_A", __import__("hashlib").sha256(body).hexdigest())
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        names = archive.namelist()
+        sent = {dcmread(f).SOPInstanceUID: dcmread(f) for f in files}
+        assert names == sorted(f"{uid}.dcm" for uid in sent)
+        for name in names:
+            received = dcmread(io.BytesIO(archive.read(name)))
+            assert received.PixelData == sent[name[:-4]].PixelData
+            assert received.file_meta.TransferSyntaxUID  # a whole DICOM file: preamble and file meta
+    # The spool moved the series on to sent/, and nobody's name reached a log line.
+    assert not list((gateway.settings.spool_dir / "incoming").rglob("*.dcm"))
+    assert len(list((gateway.settings.spool_dir / "sent").rglob("*.dcm"))) == 5
+    assert not any(identifier in caplog.text for identifier in IDENTIFIERS)
+
+
+def test_re_sending_a_series_creates_no_second_object_or_job(
+    gateway: GatewayService, aws: Aws, tmp_path: Path, metrics: RecordingMetrics
+) -> None:
+    files = ct_series(tmp_path / "series", 4)
+    storescu(gateway.address, files)
+    [first] = wait_until(aws.ingest_keys)
+    etag = aws.s3.head_object(Bucket=aws.bucket, Key=first)["ETag"]
+
+    storescu(gateway.address, files)  # the whole series again
+    wait_until(lambda: metrics.count("GatewaySeriesResent") == 1)
+    storescu(gateway.address, files[1:2])  # and one instance of it again
+    wait_until(lambda: metrics.count("GatewaySeriesResent") == 2)
+    assert aws.ingest_keys() == [first]
+    assert aws.s3.head_object(Bucket=aws.bucket, Key=first)["ETag"] == etag  # never PUT again
+    assert metrics.count("GatewaySeriesUploaded") == 1
+    # The job id comes from the key alone, whatever the ETag (a multipart or SSE-KMS upload's is no MD5).
+    assert keys.ingest_job_id(first, etag) == keys.ingest_job_id(first, "another-etag")
+
+
+def test_a_changed_series_is_a_new_upload(gateway: GatewayService, aws: Aws, tmp_path: Path) -> None:
+    files = ct_series(tmp_path / "series", 4)
+    storescu(gateway.address, files[:3])
+    wait_until(lambda: len(aws.ingest_keys()) == 1)
+    storescu(gateway.address, files[3:])  # a late instance: the series now holds four
+    [_, _] = wait_until(lambda: len(aws.ingest_keys()) == 2 and aws.ingest_keys())
+    newest = max(aws.ingest_keys(), key=lambda k: aws.s3.head_object(Bucket=aws.bucket, Key=k)["ContentLength"])
+    body = aws.s3.get_object(Bucket=aws.bucket, Key=newest)["Body"].read()
+    assert len(zipfile.ZipFile(io.BytesIO(body)).namelist()) == 4
+
+
+def test_a_calling_ae_not_allowed_is_rejected(
+    make_settings: Callable[..., GatewaySettings], metrics: RecordingMetrics, aws: Aws, tmp_path: Path
+) -> None:
+    files = ct_series(tmp_path / "series", 1)
+    with GatewayService(make_settings(allowed_calling_aes=("SITEA",)), metrics=metrics) as service:
+        refused = storescu(service.address, files, calling="INTRUDER")
+        accepted = storescu(service.address, files, calling="SITEA")
+    assert "Association Rejected" in refused and "Success" not in refused, refused
+    assert "Received Store Response (Success)" in accepted, accepted
+
+
+def test_an_mr_instance_is_rejected_at_association(gateway: GatewayService, aws: Aws, tmp_path: Path) -> None:
+    output = storescu(gateway.address, [mr_instance(tmp_path / "mr")])
+    assert "No presentation context" in output or "no acceptable presentation context" in output.lower(), output
+    assert "Store Response" not in output
+    assert not list((gateway.settings.spool_dir / "incoming").rglob("*.dcm"))
+
+
+def test_a_ct_class_instance_of_another_modality_gets_a_failure_status(
+    gateway: GatewayService, aws: Aws, tmp_path: Path
+) -> None:
+    files = ct_series(tmp_path / "series", 1, modality="MR")
+    output = storescu(gateway.address, files, verbosity="-d")
+    assert "0xa900: Error: Data Set does not match SOP Class" in output, output
+    assert "[modality 'MR' is not CT: ichseg segments CT]" in output, output
+    assert not list((gateway.settings.spool_dir / "incoming").rglob("*.dcm"))
+
+
+def test_a_full_spool_answers_out_of_resources_until_uploads_free_room(
+    make_settings: Callable[..., GatewaySettings], metrics: RecordingMetrics, aws: Aws, tmp_path: Path
+) -> None:
+    files = ct_series(tmp_path / "series", 2)
+    one = files[0].stat().st_size
+    with GatewayService(make_settings(max_spool_bytes=one + one // 2), metrics=metrics) as service:
+        output = storescu(service.address, files)
+        assert output.count("Received Store Response (Success)") == 1, output
+        assert "Received Store Response (Refused: OutOfResources)" in output, output  # 0xA700
+        assert metrics.count("GatewaySpoolFull") == 1
+        # Once the first instance's series is in S3, its kept copy is the first thing forgotten for room.
+        wait_until(lambda: len(aws.ingest_keys()) == 1)
+        again = storescu(service.address, files[1:])
+        assert "Received Store Response (Success)" in again, again
