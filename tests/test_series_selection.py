@@ -427,3 +427,18 @@ def test_a_zipped_study_end_to_end_and_through_the_manifest(tmp_path: Path) -> N
     del old["slice_extents_mm"], old["series"]
     legacy = ScanManifest.from_json(json.dumps(old))
     assert legacy.slice_extents_mm is None and legacy.series is None
+
+
+def test_a_broken_or_unplaced_series_beside_a_good_one_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    mixed_sizes = ge_series(3, 30, 5.0)
+    uid = mixed_sizes[0].SeriesInstanceUID
+    (odd,) = dicom_series(1, rows=30, series_uid=uid, study_uid=STUDY)
+    odd.SeriesNumber = 3
+    mixed_sizes[5] = odd
+    unplaced = ge_series(4, 30, 5.0)
+    for ds in unplaced:  # a converter that dropped the geometry
+        del ds.ImagePositionPatient
+    study = {"good": ge_series(2, 30, 5.0), "sizes": mixed_sizes, "unplaced": unplaced}
+    scan = read_scan(write_study(tmp_path / "s", study))
+    assert scan.series is not None and scan.series.chosen.series_number == 2
+    assert skipped_reasons(scan) == {3: SkipReason.INCONSISTENT, 4: SkipReason.NO_GEOMETRY}

@@ -57,7 +57,7 @@ SOFT_KERNELS = (
     r"STANDARD|SOFT|BRAIN|HEAD|NEURO|SMOOTH"  # GE STANDARD/SOFT, words sites and vendors use
     r"|^(?:[HBJQ]r?)[1-4]\d"  # Siemens H30s/H40s/H45s, J40s, Hr36/Hr40, Br36, Qr40
     r"|^FC[0-2]\d"  # Canon/Toshiba head and body soft tissue (FC21, FC26...)
-    r"|^(?:UA|UB|UC|A|B|C|EC)$"  # Philips brain (UB) and soft-tissue kernels
+    r"|^(?:UA|UB|UC|A|B|C)$"  # Philips brain (UB) and soft-tissue kernels
 )
 """Soft-tissue/brain kernels, preferred over kernels neither pattern knows."""
 
