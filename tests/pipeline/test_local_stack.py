@@ -199,3 +199,14 @@ def test_stack_command_refuses_a_malformed_pacs_before_starting(capsys: pytest.C
     args = argparse.Namespace(state_dir="unused", pacs="ORTHANC-127.0.0.1-4242", gateway=False)
     assert stack_command(args) == 2
     assert "--pacs" in capsys.readouterr().err
+
+
+def test_ichseg_stack_takes_pacs_and_gateway_flags() -> None:
+    from infrastructure.cli import add_commands
+
+    parser = argparse.ArgumentParser(prog="ichseg")
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["stack", "--pacs", "ORTHANC@127.0.0.1:4242", "--gateway"])
+    assert (args.pacs, args.gateway) == ("ORTHANC@127.0.0.1:4242", True)
+    plain = parser.parse_args(["stack"])
+    assert (plain.pacs, plain.gateway) == (None, False)
