@@ -8,6 +8,7 @@ simulate the crashes that at-least-once delivery must survive.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -389,3 +390,22 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_downloaded(
     assert split_scan_into_batches(core, oversized).outcome == "rejected"
     job = core.store.require(ticket.job_id)
     assert job.state == JobState.FAILED and job.error_code == "too_large" and "limit is" in (job.error_reason or "")
+
+
+def test_a_done_hospital_job_is_announced_on_the_delivery_queue_and_an_app_job_is_not(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    """The DICOM gateway learns of a DONE ingest job from the delivery queue (sent just before DONE)."""
+    queue = core.sqs.create_queue(QueueName=f"{core.config.table}-delivery")["QueueUrl"]
+    ctx = dataclasses.replace(core, config=dataclasses.replace(core.config, delivery_queue_url=queue))
+    data = video_bytes(tmp_path, head_frames(3))
+    key = layout.gateway_ingest_key("SITEA", hashlib.sha256(data).hexdigest())
+    etag = ctx.s3.put_object(Bucket=ctx.config.bucket, Key=key, Body=data)["ETag"]
+    hospital = UploadRef.from_object(ctx.config.bucket, key, etag, len(data))
+    app = _upload(ctx, "dave", data)
+    for upload in (hospital, app):
+        _run_to_assembly(ctx, upload)
+        [final] = [m for m in _assemble_messages(ctx) if m.batch_id is None]
+        assert assemble_results(ctx, final).outcome == "done"
+    assert [json.loads(m["Body"]) for m in receive_all(ctx, queue)] == [{"job_id": hospital.job_id}]
+    assert hospital.job_id == layout.ingest_job_id(key, "any etag")  # the key alone names the job
