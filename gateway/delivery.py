@@ -5,7 +5,8 @@ The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before i
 
 - unknown job, or FAILED in the pipeline: nothing to send; the message is deleted;
 - not DONE yet (the message overtook the DONE write): left on the queue, back in a few seconds;
-- DONE and already DELIVERED (a duplicate message): deleted;
+- DONE and already DELIVERED (a duplicate message), or without DICOM results (a router upload of
+  a NIfTI or a video): deleted;
 - DONE: the result objects not yet stored are C-STOREd over one new association; all stored ->
   DELIVERED, message deleted; otherwise the attempt and its reason are recorded (PENDING) and the
   message comes back after a backoff that doubles per receive; on the queue's last receive the
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -53,7 +55,7 @@ class DeliveryOutcome(StrEnum):
     NOT_DONE = "not_done"
     """The job is not DONE yet: the message comes back in a few seconds."""
     NOTHING_TO_SEND = "nothing_to_send"
-    """Unknown job, FAILED in the pipeline, or not a hospital job: deleted, nothing sent."""
+    """Unknown job, FAILED in the pipeline, not a hospital job, or no DICOM results: deleted, nothing sent."""
     RETRY = "retry"
     """The PACS did not store everything: recorded, the message comes back after a backoff."""
     GAVE_UP = "gave_up"
@@ -96,8 +98,8 @@ def store_objects(calling_ae: str, destination: Destination, objects: Mapping[st
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = 10
     ae.acse_timeout = 30
-    ae.dimse_timeout = 120
-    ae.network_timeout = 120
+    ae.dimse_timeout = 60
+    ae.network_timeout = 60
     for dataset in datasets.values():
         syntaxes = [dataset.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys(syntaxes)))
@@ -145,10 +147,11 @@ class Deliverer:
                 stop.wait(5)
 
     def poll_once(self) -> list[Decision]:
-        """Receive up to 10 messages and act on each."""
+        """Receive one message and act on it (one at a time: a message waiting behind a slow PACS
+        would spend its visibility timeout, and a receive count, doing nothing)."""
         response = self.sqs.receive_message(
             QueueUrl=self.settings.delivery_queue_url,
-            MaxNumberOfMessages=10,
+            MaxNumberOfMessages=1,
             WaitTimeSeconds=self.settings.poll_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
@@ -196,14 +199,19 @@ class Deliverer:
         if destination is None:
             return self._give_up(job, f"no DICOM destination configured for site {site or '(none)'}", (), True)
         if not pending and not job.delivered_objects:
-            return self._give_up(job, "the job has no DICOM results (its input was not DICOM)", (), True)
-        objects = {
-            name: self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
-            for name, key in pending.items()
-        }
-        result = (
-            store_objects(self.settings.ae_title, destination, objects) if objects else StoreResult(frozenset(), None)
-        )
+            # A router upload that was no DICOM (a NIfTI, a video) has no SEG/SR: nothing failed.
+            log.info("job %s: no DICOM results to deliver", job.job_id)
+            return Decision(DeliveryOutcome.NOTHING_TO_SEND, True)
+        objects: dict[str, bytes] = {}
+        try:
+            for name, key in pending.items():
+                objects[name] = self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            result = StoreResult(frozenset(), None)
+            if objects:
+                result = store_objects(self.settings.ae_title, destination, objects)
+        except Exception as exc:  # S3 trouble, an unreadable result file: a failed attempt, retried
+            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+            result = StoreResult(frozenset(), f"could not send the results: {type(exc).__name__} {code}".strip())
         if result.failure is None:
             self.store.mark_delivered(job.job_id, result.stored)
             log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(objects)) or "nothing new", destination)

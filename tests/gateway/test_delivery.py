@@ -216,7 +216,7 @@ def test_a_duplicate_message_after_delivery_sends_nothing(
     send(aws, job.job_id)
     send(aws, job.job_id)
     outcomes = [d.outcome for d in wait_until(worker.poll_once)]
-    outcomes += [d.outcome for d in worker.poll_once()] if len(outcomes) < 2 else []
+    outcomes += [d.outcome for d in wait_until(worker.poll_once)]
     assert sorted(outcomes) == [DeliveryOutcome.DELIVERED, DeliveryOutcome.DUPLICATE]
     assert pacs.received() == ["SG", "SR3"]
     assert queued(aws) == 0
@@ -228,18 +228,21 @@ def test_a_failed_job_or_an_unknown_one_sends_nothing(
     pacs.start()
     job = job_in(aws, store, done=False)
     store.fail(job.job_id, ErrorCode.ASSEMBLE_FAILED, "assembly failed", Stage.ASSEMBLE)
+    not_dicom = job_in(aws, store, with_results=False)  # a router's NIfTI upload: no SEG, no SR
     worker = deliverer(
         make_settings(delivery_queue_url=aws.queue_url, default_destination=pacs.destination), aws, store, metrics
     )
     send(aws, job.job_id)
+    send(aws, not_dicom.job_id)
     send(aws, "ingest-000000000000000000000000")
     aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody="not json")
     outcomes: list[DeliveryOutcome] = []
-    wait_until(lambda: outcomes.extend(d.outcome for d in worker.poll_once()) or len(outcomes) == 3)
-    assert outcomes == [DeliveryOutcome.NOTHING_TO_SEND] * 3
+    wait_until(lambda: outcomes.extend(d.outcome for d in worker.poll_once()) or len(outcomes) == 4)
+    assert outcomes == [DeliveryOutcome.NOTHING_TO_SEND] * 4
     assert pacs.received() == []
     assert queued(aws) == 0
     assert store.require(job.job_id).delivery_state is None
+    assert store.require(not_dicom.job_id).delivery_state is None and metrics.count("DeliveryFailures") == 0
 
 
 def test_a_site_without_destination_fails_delivery_with_that_reason(
