@@ -33,7 +33,10 @@ class EmfMetrics:
     def __init__(self) -> None:
         from aws_lambda_powertools import Metrics
 
-        self._metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ichseg"), service="gateway")
+        self._metrics = Metrics(
+            namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ichseg"),
+            service=os.environ.get("POWERTOOLS_SERVICE_NAME", "gateway"),
+        )
         self._lock = threading.Lock()
 
     def add_metric(self, name: str, unit: Any, value: float) -> None:

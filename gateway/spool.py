@@ -164,14 +164,17 @@ class Spool:
         """Move a complete incoming series to ``claimed/`` (one rename); False while an earlier claim
         of the same series is still being uploaded (this one waits its turn, then joins it)."""
         with self._lock:
-            target = self.root / CLAIMED / ref.relative
+            source, target = self.root / INCOMING / ref.relative, self.root / CLAIMED / ref.relative
+            if not source.is_dir():  # removed by hand: nothing to claim, stop tracking it
+                self._touched.pop(ref, None)
+                return False
             if target.exists():
                 return False
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(self.root / INCOMING / ref.relative, target)
+            os.rename(source, target)
             _fsync_dir(target.parent)
             self._touched.pop(ref, None)
-            _prune(self.root / INCOMING, (self.root / INCOMING / ref.relative).parent)
+            _prune(self.root / INCOMING, source.parent)
             return True
 
     def pack(self, ref: SeriesRef) -> SeriesZip:

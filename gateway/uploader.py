@@ -51,13 +51,17 @@ class Uploader:
         self.metrics = metrics
 
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Pass over the spool every ``interval`` seconds until ``stop`` is set; errors are logged and retried."""
+        """Pass over the spool every ``interval`` seconds until ``stop`` is set; a failed pass is logged
+        and retried after a backoff that doubles up to a minute (an S3 outage is not a log flood)."""
+        failures = 0
         while not stop.is_set():
             try:
                 self.run_once()
+                failures = 0
             except Exception:  # S3 unreachable, disk trouble: the spool keeps everything, try again
-                log.exception("gateway upload pass failed; retrying")
-            stop.wait(interval)
+                failures += 1
+                log.exception("gateway upload pass failed (%d in a row); retrying", failures)
+            stop.wait(interval if failures == 0 else min(60.0, interval * 2**failures))
 
     def run_once(self) -> list[Upload]:
         """Upload what an earlier run claimed, claim and upload the idle series, expire old sent ones."""

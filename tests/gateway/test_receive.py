@@ -30,8 +30,8 @@ def test_a_ct_series_becomes_one_content_addressed_zip_of_its_instances(
 ) -> None:
     caplog.set_level("DEBUG")
     files = ct_series(tmp_path / "series", 5)
-    output = storescu(gateway.address, files, calling="SITE A")
-    assert output.count("Received Store Response (Success)") == 5, output
+    output = storescu(gateway.address, [*files, files[2]], calling="SITE A")  # one instance twice: one slice
+    assert output.count("Received Store Response (Success)") == 6, output
 
     [key] = wait_until(aws.ingest_keys)
     assert key.startswith("ingest/SITE_A/") and keys.is_content_addressed(key)
