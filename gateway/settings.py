@@ -93,7 +93,7 @@ class GatewaySettings:
     idle_seconds: float = 10.0
     """A series nobody added an instance to for this long is complete."""
     max_associations: int = 8
-    max_spool_bytes: int = 20 * 1024 * MiB
+    max_spool_bytes: int = 8 * 1024 * MiB
     """Past this, instances are refused with 0xA700 (out of resources) until uploads free room."""
     sent_retention_seconds: float = 3600.0
     """How long an uploaded series is kept, so that re-sent instances of it are recognised."""

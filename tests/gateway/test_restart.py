@@ -105,3 +105,24 @@ def test_an_instance_arriving_during_an_upload_makes_a_new_complete_series(tmp_p
     spooled(files[1:2], spool)
     assert spool.claim(ref)
     assert spool.pack(ref).digest == second.digest
+
+
+def test_killed_half_way_through_moving_to_sent_packs_the_same_zip_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 10**9)
+    files = ct_series(tmp_path / "series", 4)
+    ref = spooled(files, spool)
+    assert spool.claim(ref)
+    before = spool.pack(ref)
+    # The kill: two instances made it to sent/, two are still claimed.
+    claimed = sorted((tmp_path / "spool" / "claimed" / ref.relative).glob("*.dcm"))
+    sent = tmp_path / "spool" / "sent" / ref.relative
+    sent.mkdir(parents=True)
+    for path in claimed[:2]:
+        path.rename(sent / path.name)
+    resumed = Spool(tmp_path / "spool", 10**9)
+    assert resumed.series("claimed") == [ref]
+    again = resumed.pack(ref)
+    assert (again.digest, again.instances) == (before.digest, 4)
+    resumed.mark_sent(ref)
+    assert len(list(sent.glob("*.dcm"))) == 4 and resumed.series("claimed") == []
+    assert resumed.used_bytes == sum(f.stat().st_size for f in sent.glob("*.dcm"))
