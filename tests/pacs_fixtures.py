@@ -128,11 +128,16 @@ class OrthancPacs:
         result: dict[str, Any] = self._call("POST", "/instances", data=dicom)
         return result
 
-    def send_study(self, modality: str, study_id: str, synchronous: bool = True) -> dict[str, Any]:
-        """C-STORE a whole study to a known modality (a routing rule / "send to" in a PACS viewer)."""
-        body = {"Resources": [study_id], "Synchronous": synchronous}
+    def send(self, modality: str, resource_id: str, synchronous: bool = True) -> dict[str, Any]:
+        """C-STORE a study or series (Orthanc's id) to a known modality (a routing rule, or "send
+        to" in a PACS viewer)."""
+        body = {"Resources": [resource_id], "Synchronous": synchronous}
         result: dict[str, Any] = self._call("POST", f"/modalities/{modality}/store", json=body)
         return result
+
+    def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
+        """Tell Orthanc about a DICOM peer (what a PACS admin does for a new AI node)."""
+        self._call("PUT", f"/modalities/{name}", json={"AET": ae_title, "Host": host, "Port": port})
 
     def echo(self, modality: str) -> bool:
         """C-ECHO a known modality from Orthanc."""

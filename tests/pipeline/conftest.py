@@ -25,8 +25,9 @@ from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job
 from infrastructure.cloud_template import CloudTemplate
-from infrastructure.local_stack import LocalStack, StackSettings
+from infrastructure.local_stack import LocalStack, StackSettings, free_port
 from tests.onnx_fixtures import build_tiny_model
+from tests.pacs_fixtures import OrthancPacs
 from tests.scan_fixtures import encode_video
 
 TEST_ENVIRONMENT = {
@@ -109,13 +110,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
+    """The hospital's PACS (Orthanc): where the stack's DICOM gateway sends results."""
+    orthanc = OrthancPacs(tmp_path_factory.mktemp("pacs"), "HOSPITALPACS", free_port(), free_port(), {}).start()
+    yield orthanc
+    orthanc.stop()
+
+
+@pytest.fixture(scope="package")
+def stack(tiny_model: Path, pacs: OrthancPacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     settings = StackSettings(
         state_dir=tmp_path_factory.mktemp("stack"),
         model=tiny_model,
-        visibility_timeout={"ingest": 6, "segment": 4, "assemble": 8},
+        visibility_timeout={"ingest": 6, "segment": 4, "assemble": 8, "delivery": 3},
         watchdog_interval_seconds=3600,  # tests tick it themselves
         environment=TEST_ENVIRONMENT,
+        pacs=pacs.address,
+        gateway_idle_seconds=1.0,
     )
     with LocalStack(settings) as running:
         yield running

@@ -1,0 +1,173 @@
+"""A hospital's PACS to ichseg and back, over the DICOM network, as a site runs it.
+
+Orthanc (a real PACS) holds a head CT study and sends it to the gateway's AE title (C-STORE, what a
+routing rule does); the gateway hands each completed series to the pipeline; the SEG and the SR
+come back to Orthanc by C-STORE, where a radiologist's viewer would open them. The objects are
+checked with dciodvfy (the standard's validator), against the source instances, and against the
+job's report. A PACS outage delays delivery and loses nothing; a re-send duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from ichseg.pipeline.jobs import Job, JobState
+from ichseg.pipeline.keys import UploadRef
+from infrastructure.local_stack import LocalStack
+from tests.dicom_tools import dciodvfy_errors
+from tests.pacs_fixtures import PHI_NEEDLES, OrthancPacs, identified_head_ct
+from tests.scan_fixtures import dicom_bytes
+
+GATEWAY = "ichseg"
+"""Orthanc's name for the gateway (its DicomModalities entry)."""
+
+
+@pytest.fixture(scope="module")
+def hospital(stack: LocalStack, pacs: OrthancPacs) -> Iterator[OrthancPacs]:
+    """Orthanc, told where ichseg's gateway listens (as a site's PACS admin would configure it)."""
+    gateway = stack.describe()["dicom_gateway"]
+    pacs.add_modality(GATEWAY, gateway["ae_title"], gateway["host"], int(gateway["port"]))
+    yield pacs
+
+
+def _send_study(pacs: OrthancPacs, series: list[pydicom.Dataset]) -> str:
+    ids = [pacs.upload(dicom_bytes(ds)) for ds in series]
+    study = ids[0]["ParentStudy"]
+    pacs.send(GATEWAY, study)
+    return str(series[0].StudyInstanceUID)
+
+
+def _ingest_jobs(stack: LocalStack) -> dict[str, str]:
+    """Every hospital job the gateway's uploads started: object key -> job id."""
+    s3 = stack.aws("s3")
+    objects = s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix="ingest/").get("Contents", [])
+    return {
+        o["Key"]: UploadRef.from_object(stack.settings.bucket, o["Key"], o["ETag"], o["Size"]).job_id for o in objects
+    }
+
+
+def _wait_for_job_of(stack: LocalStack, study_uid: str, before: set[str], timeout: float = 120) -> Job:
+    """The one new hospital job (its upload appeared after ``before``) for ``study_uid``, once ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(_ingest_jobs(stack).values()) - before
+        if new:
+            assert len(new) == 1, f"one series sent, {len(new)} jobs started"
+            return stack.wait_for_job(new.pop(), timeout=timeout)
+        time.sleep(0.5)
+    raise AssertionError(f"no ingest object appeared for study {study_uid} within {timeout:.0f} s")
+
+
+def _objects_in_pacs(pacs: OrthancPacs, study_uid: str, modality: str) -> list[pydicom.Dataset]:
+    found = []
+    for series in pacs.series_of_modality(modality):
+        for instance in series["Instances"]:
+            ds = pydicom.dcmread(io.BytesIO(pacs.instance_file(instance)))
+            if ds.StudyInstanceUID == study_uid:
+                found.append(ds)
+    return found
+
+
+def _wait_for_results_in_pacs(pacs: OrthancPacs, study_uid: str, timeout: float = 90) -> dict[str, pydicom.Dataset]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seg, sr = _objects_in_pacs(pacs, study_uid, "SEG"), _objects_in_pacs(pacs, study_uid, "SR")
+        if seg and sr:
+            assert len(seg) == 1 and len(sr) == 1, f"{len(seg)} SEG and {len(sr)} SR in the PACS"
+            return {"SEG": seg[0], "SR": sr[0]}
+        time.sleep(0.5)
+    raise AssertionError(f"no SEG and SR in the PACS for the study within {timeout:.0f} s")
+
+
+def _numeric_items(item: Any) -> Iterator[tuple[str, float, str]]:
+    """(concept meaning, value, unit) of every NUM content item in an SR tree."""
+    for child in getattr(item, "ContentSequence", []):
+        if child.ValueType == "NUM":
+            measured = child.MeasuredValueSequence[0]
+            unit = measured.MeasurementUnitsCodeSequence[0].CodeValue
+            yield child.ConceptNameCodeSequence[0].CodeMeaning, float(measured.NumericValue), unit
+        yield from _numeric_items(child)
+
+
+def _report(stack: LocalStack, job: Job) -> dict[str, Any]:
+    body = stack.aws("s3").get_object(Bucket=stack.settings.bucket, Key=job.results["report"])["Body"].read()
+    report: dict[str, Any] = json.loads(body)
+    return report
+
+
+def test_a_study_sent_by_the_pacs_comes_back_as_a_valid_seg_and_sr(
+    stack: LocalStack, hospital: OrthancPacs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the gateway runs in this process: its log lines and metrics
+    assert hospital.echo(GATEWAY), "the gateway does not answer C-ECHO"
+    series = identified_head_ct(count=8, bleed_from=4)
+    before = set(_ingest_jobs(stack).values())
+    study_uid = _send_study(hospital, series)
+    job = _wait_for_job_of(stack, study_uid, before)
+    assert job.state == JobState.DONE, job.error_reason
+    returned = _wait_for_results_in_pacs(hospital, study_uid)
+
+    for modality, dataset in returned.items():
+        path = tmp_path / f"{modality}.dcm"
+        dataset.save_as(path)
+        assert dciodvfy_errors(path) == [], f"dciodvfy finds errors in the {modality}"
+        assert dataset.PatientID == series[0].PatientID  # it lands in the patient's record
+    seg, sr = returned["SEG"], returned["SR"]
+    sources = {str(ds.SOPInstanceUID) for ds in series}
+    referenced = {
+        str(ref.ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+        for derivation in frame.DerivationImageSequence
+        for ref in derivation.SourceImageSequence
+    }
+    assert referenced and referenced <= sources
+    report = _report(stack, job)
+    assert report["volume_ml"] and report["volume_ml"] > 0
+    volumes = [value for meaning, value, unit in _numeric_items(sr) if unit == "ml"]
+    assert volumes and volumes[0] == pytest.approx(report["volume_ml"], abs=1e-3)
+    referenced_seg = {
+        str(ref.ReferencedSOPInstanceUID)
+        for evidence in sr.CurrentRequestedProcedureEvidenceSequence
+        for series_ref in evidence.ReferencedSeriesSequence
+        for ref in series_ref.ReferencedSOPSequence
+    }
+    assert str(seg.SOPInstanceUID) in referenced_seg
+    assert stack.store.require(job.job_id).delivery_state == "DELIVERED"
+    # The patient is in the returned objects (above) and nowhere else: gateway logs, the job row.
+    assert any(record.name.startswith("gateway") for record in caplog.records)
+    item = stack.aws("dynamodb").get_item(TableName=stack.settings.table, Key={"job_id": {"S": job.job_id}})
+    assert [n for n in PHI_NEEDLES if n.lower() in (caplog.text + json.dumps(item["Item"])).lower()] == []
+
+    # The PACS sends the series again (a technologist presses "send" twice): nothing new anywhere.
+    jobs_before = set(_ingest_jobs(stack).values())
+    hospital.send(GATEWAY, hospital.upload(dicom_bytes(series[0]))["ParentSeries"])
+    time.sleep(stack.settings.gateway_idle_seconds + 4)
+    assert set(_ingest_jobs(stack).values()) == jobs_before
+    assert len(_objects_in_pacs(hospital, study_uid, "SEG")) == 1
+    assert len(_objects_in_pacs(hospital, study_uid, "SR")) == 1
+
+
+def test_a_pacs_outage_delays_the_results_and_loses_nothing(stack: LocalStack, hospital: OrthancPacs) -> None:
+    series = identified_head_ct(count=6, bleed_from=2)
+    before = set(_ingest_jobs(stack).values())
+    study_uid = _send_study(hospital, series)
+    with hospital.down():
+        job = _wait_for_job_of(stack, study_uid, before)
+        assert job.state == JobState.DONE, job.error_reason
+        deadline = time.monotonic() + 60
+        while stack.store.require(job.job_id).delivery_attempts < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        failed_once = stack.store.require(job.job_id)
+        assert failed_once.delivery_attempts >= 1 and failed_once.delivery_state == "PENDING"
+    returned = _wait_for_results_in_pacs(hospital, study_uid, timeout=120)
+    assert set(returned) == {"SEG", "SR"}
+    assert stack.store.require(job.job_id).delivery_state == "DELIVERED"
