@@ -442,3 +442,29 @@ def test_a_broken_or_unplaced_series_beside_a_good_one_is_skipped_with_its_reaso
     scan = read_scan(write_study(tmp_path / "s", study))
     assert scan.series is not None and scan.series.chosen.series_number == 2
     assert skipped_reasons(scan) == {3: SkipReason.INCONSISTENT, 4: SkipReason.NO_GEOMETRY}
+
+
+@pytest.mark.parametrize(
+    ("series", "said"),
+    [
+        (scout(1), "LOCALIZER (a scout)"),
+        ([dose_screen()], "not CT images (a summary or dose page)"),
+        (ge_series(5, 12, 5.0, image_type=("DERIVED", "SECONDARY", "REFORMATTED"), orientation=SAGITTAL), "90 degrees"),
+    ],
+    ids=["scout", "dose screen", "sagittal reformat"],
+)
+def test_a_sole_series_that_is_no_axial_ct_volume_is_refused_not_segmented(
+    tmp_path: Path, series: list[Dataset], said: str
+) -> None:
+    # What a PACS routing a whole study may send one series at a time: a segmentation of these
+    # would look like a result and be garbage.
+    with pytest.raises(NoSuitableSeriesError, match="send the axial head CT series") as refused:
+        read_scan(write_study(tmp_path / "one", {"S": series}))
+    assert said in str(refused.value)
+    assert_no_patient_text(str(refused.value))
+
+
+def test_a_sole_series_keeps_the_senders_choice_of_kernel_and_thickness(tmp_path: Path) -> None:
+    # A bone-kernel, thin, short series sent alone was chosen by a person: segmented as sent.
+    scan = read_scan(write_study(tmp_path / "one", {"S": ge_series(4, 6, 1.25, kernel="BONE")}))
+    assert scan.num_slices == 6 and scan.series is not None and scan.series.chosen.series_number == 4

@@ -30,6 +30,7 @@ from ichseg.limits import ScanLimits, check_scan_size
 from ichseg.readers.naming import index_ids
 from ichseg.readers.series_selection import (
     SeriesRules,
+    check_sole_series,
     describe_series,
     enhanced_frame_geometry,
     select_series,
@@ -75,6 +76,7 @@ def read_dicom_instances(
         instances = groups[0]
         for image in instances:
             _require_ct(image)
+        check_sole_series([i.dataset for i in instances], rules or SeriesRules.from_env(), source)
         selection = SeriesSelection(describe_series([i.dataset for i in instances]), (), non_image)
     else:
         index, selection = select_series(

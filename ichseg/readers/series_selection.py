@@ -218,6 +218,32 @@ def select_series(
     return order[chosen], SeriesSelection(best.info, tuple(skipped_list), non_image_objects)
 
 
+def check_sole_series(group: Sequence[Dataset], rules: SeriesRules, source: str) -> None:
+    """Refuse an upload's only series when it is no CT volume at all: a summary or dose page, a
+    scout, a sagittal or coronal reformat (a segmentation of those would be garbage that looks like
+    a result). The preferences (kernel, coverage, thickness) stay the sender's choice: the series
+    was sent on purpose, maybe for a reason the rules cannot know."""
+    geometry = _geometry(group)
+    info = _describe(group, geometry)
+    classes = {str(getattr(d, "SOPClassUID", "")) for d in group}
+    problem = None
+    if rules.modality == "CT" and not classes <= CT_IMAGE_CLASSES:
+        names = ", ".join(sorted(UID(c).name or c for c in classes - CT_IMAGE_CLASSES))
+        problem = f"it holds {names}, not CT images (a summary or dose page)"
+    elif any("LOCALIZER" in _values(getattr(d, "ImageType", None)) for d in group):
+        problem = "its ImageType is LOCALIZER (a scout)"
+    elif geometry.normal is not None:
+        tilt = math.degrees(math.acos(min(1.0, abs(float(geometry.normal[2])))))
+        if tilt > rules.max_tilt_deg:
+            problem = f"its slices are {tilt:.0f} degrees from axial (a reformat; at most {rules.max_tilt_deg:g})"
+    if problem:
+        raise NoSuitableSeriesError(
+            f"{source}: {info.label} ({info.images} images) cannot be segmented: {problem}; "
+            "send the axial head CT series",
+            (),
+        )
+
+
 def _by_number(info: SeriesInfo) -> tuple[bool, int, str]:
     return info.series_number is None, info.series_number or 0, info.series_instance_uid
 
