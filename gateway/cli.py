@@ -33,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allowed-ae", action="append", default=[], help="calling AE title allowed to send (repeatable; default any)"
     )
-    parser.add_argument("--idle-seconds", type=float, help="a series idle this long is complete (default 10)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="a study none of whose series got an instance for this long is complete: all its series go up as one "
+        "zip, one job (ICHSEG_GATEWAY_IDLE_SECONDS, default 10)",
+    )
     parser.add_argument("--max-associations", type=int, help="concurrent associations (default 8)")
     parser.add_argument("--max-spool-bytes", type=int, help="spool bound; past it instances get 0xA700")
     parser.add_argument(

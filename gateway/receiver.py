@@ -2,7 +2,8 @@
 
 Only CT image storage (and Verification) is offered, so a PACS proposing anything else (MR,
 secondary capture, SR, RT...) has that presentation context rejected at association time, before a
-byte of it arrives. An instance is acknowledged (0x0000) only once its file is durably in the spool.
+byte of it arrives. An instance is acknowledged (0x0000) only once its file is durably in the spool,
+under its study and series (the study is what completes and is uploaded: :mod:`gateway.uploader`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The running gateway: the C-STORE SCP, the series-completion/upload thread and the delivery thread.
+"""The running gateway: the C-STORE SCP, the study-completion/upload thread and the delivery thread.
 
 ``GatewayService(settings).start()`` returns at once with all three running (``ichseg gateway`` and
 the local stack use it the same way); ``stop()`` (or leaving its ``with`` block) ends them. Every
@@ -50,7 +50,7 @@ class GatewayService:
 
     def __init__(self, settings: GatewaySettings, metrics: MetricsSink | None = None, session: Any = None) -> None:
         if not settings.bucket:
-            raise SettingsError("missing configuration: ICHSEG_BUCKET (where complete series are uploaded)")
+            raise SettingsError("missing configuration: ICHSEG_BUCKET (where complete studies are uploaded)")
         if settings.delivery_queue_url and not settings.table:
             raise SettingsError("missing configuration: ICHSEG_TABLE (delivery reads the jobs)")
         self.settings = settings

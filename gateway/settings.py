@@ -91,12 +91,12 @@ class GatewaySettings:
     allowed_calling_aes: tuple[str, ...] = ()
     """Calling AE titles allowed to associate; empty: any."""
     idle_seconds: float = 10.0
-    """A series nobody added an instance to for this long is complete."""
+    """A study none of whose series got an instance for this long is complete (all its series go up as one)."""
     max_associations: int = 8
     max_spool_bytes: int = 8 * 1024 * MiB
     """Past this, instances are refused with 0xA700 (out of resources) until uploads free room."""
     sent_retention_seconds: float = 3600.0
-    """How long an uploaded series is kept, so that re-sent instances of it are recognised."""
+    """How long an uploaded study is kept, so that re-sent instances of it are recognised."""
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     """Site (the calling AE title made key-safe) -> where its results go."""
     default_destination: Destination | None = None

@@ -1,4 +1,4 @@
-"""The spool: received instances on disk until S3 has their series, then kept a while to recognise re-sends.
+"""The spool: received instances on disk until S3 has their study, then kept a while to recognise re-sends.
 
 ::
 
@@ -7,15 +7,22 @@
     {spool}/sent/{site}/{study uid}/{series uid}/...                 uploaded, kept for the retention
     {spool}/tmp/                                                     files being written, zips being built
 
+The unit of completion is the **study**: a PACS routing rule sends a whole study (scouts, thin and
+thick brain series, bone kernel, dose screens) and the pipeline's split stage chooses the one series
+to segment, so every series of a study must reach it in one upload (one job, one SEG + SR back).
+Instances stay grouped by series on disk.
+
 Every instance is written to ``tmp/``, fsynced and renamed into its series folder, so a file in a
 series folder is always whole; the same SOP Instance UID sent again replaces its own file (one
-slice). A complete series moves ``incoming -> claimed`` in one directory rename (an instance that
-arrives after that starts a new incoming folder for the series), is zipped together with what was
-already sent of it (so a re-sent instance of an uploaded series gives the same zip and the same
-content-addressed key: no second job; an instance that changes or extends it gives a new zip: a new
-job), and moves on to ``sent/`` only once S3 has the zip. A gateway killed at any point finds its
-work where it stopped: ``claimed/`` is uploaded again (the same key, already there: just moved on),
-``incoming/`` waits for its idle time again.
+slice). A study is complete once no series of it received an instance for the idle time; it then
+moves ``incoming -> claimed`` in one directory rename of the study folder (all its series together;
+an instance that arrives after that starts a new incoming folder for the study), is zipped together
+with what was already sent of it (so a re-send of any part of an uploaded study gives the same zip
+and the same content-addressed key: no second job; an instance or series that changes or extends it
+gives a new zip: a new job, whose selection may choose differently), and moves on to ``sent/`` only
+once S3 has the zip. A gateway killed at any point finds its work where it stopped: ``claimed/`` is
+uploaded again (the same key, already there: just moved on), ``incoming/`` waits for its idle time
+again.
 """
 
 from __future__ import annotations
@@ -56,9 +63,34 @@ def uid_tag(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
+def _check_site(site: str) -> None:
+    if not site or "/" in site or site.strip(".") == "":
+        raise ValueError(f"site {site!r} cannot name a folder")
+
+
+@dataclass(frozen=True, order=True)
+class StudyRef:
+    """One study of one site, the unit of completion and upload: the spool folder ``{site}/{study}``."""
+
+    site: str
+    study_uid: str
+
+    def __post_init__(self) -> None:
+        if not is_dicom_uid(self.study_uid):
+            raise ValueError("the study instance UID must be a DICOM UID")
+        _check_site(self.site)
+
+    @property
+    def relative(self) -> Path:
+        return Path(self.site, self.study_uid)
+
+    def __str__(self) -> str:
+        return f"{self.site}/study-{uid_tag(self.study_uid)}"
+
+
 @dataclass(frozen=True, order=True)
 class SeriesRef:
-    """One series of one site: the spool folder ``{site}/{study}/{series}``."""
+    """One series of one site's study, where its instances are stored: ``{site}/{study}/{series}``."""
 
     site: str
     study_uid: str
@@ -67,8 +99,11 @@ class SeriesRef:
     def __post_init__(self) -> None:
         if not (is_dicom_uid(self.study_uid) and is_dicom_uid(self.series_uid)):
             raise ValueError("study and series instance UIDs must be DICOM UIDs")
-        if not self.site or "/" in self.site or self.site.strip(".") == "":
-            raise ValueError(f"site {self.site!r} cannot name a folder")
+        _check_site(self.site)
+
+    @property
+    def study(self) -> StudyRef:
+        return StudyRef(self.site, self.study_uid)
 
     @property
     def relative(self) -> Path:
@@ -79,11 +114,12 @@ class SeriesRef:
 
 
 @dataclass(frozen=True)
-class SeriesZip:
-    """A series packed for upload: the zip file, its sha256 (the key's name) and its instance count."""
+class StudyZip:
+    """A study packed for upload: the zip file, its sha256 (the key's name), its series and instance counts."""
 
     path: Path
     digest: str
+    series: int
     instances: int
 
 
@@ -97,13 +133,13 @@ class Spool:
         self._lock = threading.Lock()
         for name in (INCOMING, CLAIMED, SENT, TMP):
             (root / name).mkdir(parents=True, exist_ok=True)
-        # Leftovers of a killed gateway: half-written instances and zips are never part of a series.
+        # Leftovers of a killed gateway: half-written instances and zips are never part of a study.
         for leftover in (root / TMP).iterdir():
             _remove(leftover)
         self._used = sum(f.stat().st_size for f in self._files(INCOMING, CLAIMED, SENT))
         now = clock()
-        # A series found on start waits a full idle time: its sender may be resuming it right now.
-        self._touched: dict[SeriesRef, float] = dict.fromkeys(self.series(INCOMING), now)
+        # A study found on start waits a full idle time: its sender may be resuming it right now.
+        self._touched: dict[StudyRef, float] = dict.fromkeys(self.studies(INCOMING), now)
 
     @property
     def used_bytes(self) -> int:
@@ -134,35 +170,35 @@ class Spool:
                 os.replace(temp, target)
                 _fsync_dir(folder)
                 self._used += len(data) - replaced
-                self._touched[ref] = self.clock()
+                self._touched[ref.study] = self.clock()  # any series keeps its whole study open
         except BaseException:
             _remove(Path(temp))
             raise
 
     # ------------------------------------------------------------------ completing
 
-    def series(self, stage: str) -> list[SeriesRef]:
-        """The series folders under ``incoming``, ``claimed`` or ``sent``, sorted."""
+    def studies(self, stage: str) -> list[StudyRef]:
+        """The study folders under ``incoming``, ``claimed`` or ``sent``, sorted."""
         found = []
         base = self.root / stage
-        for folder in base.glob("*/*/*"):
+        for folder in base.glob("*/*"):
             if folder.is_dir():
-                site, study, series = folder.relative_to(base).parts
+                site, study = folder.relative_to(base).parts
                 try:
-                    found.append(SeriesRef(site, study, series))
+                    found.append(StudyRef(site, study))
                 except ValueError:
-                    log.warning("spool: ignoring a folder that is no series (%s)", stage)
+                    log.warning("spool: ignoring a folder that is no study (%s)", stage)
         return sorted(found)
 
-    def idle(self, idle_seconds: float) -> list[SeriesRef]:
-        """Incoming series nobody added an instance to for ``idle_seconds``: complete."""
+    def idle(self, idle_seconds: float) -> list[StudyRef]:
+        """Incoming studies none of whose series got an instance for ``idle_seconds``: complete."""
         now = self.clock()
         with self._lock:
             return sorted(ref for ref, touched in self._touched.items() if now - touched >= idle_seconds)
 
-    def claim(self, ref: SeriesRef) -> bool:
-        """Move a complete incoming series to ``claimed/`` (one rename); False while an earlier claim
-        of the same series is still being uploaded (this one waits its turn, then joins it)."""
+    def claim(self, ref: StudyRef) -> bool:
+        """Move a complete incoming study, all its series, to ``claimed/`` (one rename); False while an
+        earlier claim of the same study is still being uploaded (this one waits its turn, then joins it)."""
         with self._lock:
             source, target = self.root / INCOMING / ref.relative, self.root / CLAIMED / ref.relative
             if not source.is_dir():  # removed by hand: nothing to claim, stop tracking it
@@ -177,40 +213,49 @@ class Spool:
             _prune(self.root / INCOMING, source.parent)
             return True
 
-    def pack(self, ref: SeriesRef) -> SeriesZip:
-        """The claimed series and what was already sent of it as one deterministic zip in ``tmp/``.
+    def claimed_instances(self, ref: StudyRef) -> int:
+        """How many instances of the study are still in ``claimed/`` (0: a move to ``sent/`` had finished)."""
+        return len(_study_files(self.root / CLAIMED / ref.relative))
 
-        Members ``{sop uid}.dcm`` sorted by SOP Instance UID, fixed timestamps and attributes,
+    def pack(self, ref: StudyRef) -> StudyZip:
+        """The claimed study and what was already sent of it as one deterministic zip in ``tmp/``.
+
+        Members ``{series uid}/{sop uid}.dcm`` sorted by name, fixed timestamps and attributes,
         stored uncompressed (the digest must not depend on the zlib build; DICOM pixel data is
         often compressed already).
         """
-        members = {p.stem: p for p in _dicom_files(self.root / SENT / ref.relative)}
-        members.update({p.stem: p for p in _dicom_files(self.root / CLAIMED / ref.relative)})
+        members = {_member(p): p for p in _study_files(self.root / SENT / ref.relative)}
+        members.update({_member(p): p for p in _study_files(self.root / CLAIMED / ref.relative)})
         path = self.root / TMP / f"{uuid.uuid4().hex}.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for sop_uid in sorted(members):
-                info = zipfile.ZipInfo(f"{sop_uid}.dcm", date_time=_ZIP_TIME)
+            for name in sorted(members):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
                 info.create_system = 3
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_STORED
-                archive.writestr(info, members[sop_uid].read_bytes())
+                archive.writestr(info, members[name].read_bytes())
         digest = hashlib.sha256()
         with path.open("rb") as packed:
             for chunk in iter(lambda: packed.read(1 << 20), b""):
                 digest.update(chunk)
-        return SeriesZip(path, digest.hexdigest(), len(members))
+        series = {name.split("/", 1)[0] for name in members}
+        return StudyZip(path, digest.hexdigest(), len(series), len(members))
 
-    def mark_sent(self, ref: SeriesRef) -> None:
-        """S3 has the claimed series: move its instances into ``sent/`` (the retention clock restarts)."""
+    def mark_sent(self, ref: StudyRef) -> None:
+        """S3 has the claimed study: move its instances into ``sent/`` (the study's retention clock restarts)."""
         with self._lock:
             source = self.root / CLAIMED / ref.relative
             target = self.root / SENT / ref.relative
-            target.mkdir(parents=True, exist_ok=True)
-            for path in _dicom_files(source):
-                replaced = target / path.name
+            for path in _study_files(source):
+                folder = target / path.parent.name
+                folder.mkdir(parents=True, exist_ok=True)
+                replaced = folder / path.name
                 if replaced.exists():
                     self._used -= replaced.stat().st_size
                 os.replace(path, replaced)
+            target.mkdir(parents=True, exist_ok=True)
+            for folder in (p for p in target.iterdir() if p.is_dir()):
+                _fsync_dir(folder)
             _fsync_dir(target)
             os.utime(target)
             shutil.rmtree(source, ignore_errors=True)
@@ -219,7 +264,7 @@ class Spool:
     # ------------------------------------------------------------------ forgetting
 
     def expire_sent(self, retention_seconds: float) -> int:
-        """Delete sent series older than the retention; returns how many."""
+        """Delete sent studies older than the retention; returns how many."""
         cutoff = time.time() - retention_seconds
         expired = 0
         with self._lock:
@@ -231,19 +276,19 @@ class Spool:
         return expired
 
     def _evict_sent(self, needed: int) -> None:
-        """Make room by forgetting the oldest sent series first (caller holds the lock)."""
+        """Make room by forgetting the oldest sent studies first (caller holds the lock)."""
         for ref, _ in self._sent_by_age():
             if needed <= 0:
                 return
             needed -= self._delete_sent(ref)
 
-    def _sent_by_age(self) -> list[tuple[SeriesRef, float]]:
-        aged = [(ref, (self.root / SENT / ref.relative).stat().st_mtime) for ref in self.series(SENT)]
+    def _sent_by_age(self) -> list[tuple[StudyRef, float]]:
+        aged = [(ref, (self.root / SENT / ref.relative).stat().st_mtime) for ref in self.studies(SENT)]
         return sorted(aged, key=lambda pair: pair[1])
 
-    def _delete_sent(self, ref: SeriesRef) -> int:
+    def _delete_sent(self, ref: StudyRef) -> int:
         folder = self.root / SENT / ref.relative
-        freed = sum(p.stat().st_size for p in _dicom_files(folder))
+        freed = sum(p.stat().st_size for p in _study_files(folder))
         shutil.rmtree(folder, ignore_errors=True)
         _prune(self.root / SENT, folder.parent)
         self._used -= freed
@@ -254,8 +299,14 @@ class Spool:
             yield from (p for p in (self.root / stage).rglob("*.dcm") if p.is_file())
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+def _study_files(folder: Path) -> list[Path]:
+    """The instances of a study folder, ``{series uid}/{sop uid}.dcm``, sorted."""
+    return sorted(p for p in folder.glob("*/*.dcm") if p.is_file()) if folder.is_dir() else []
+
+
+def _member(path: Path) -> str:
+    """The zip member name of a spooled instance: ``{series uid}/{sop uid}.dcm``."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,10 +1,12 @@
-"""Series completion: every complete series becomes one content-addressed zip under ``ingest/``.
+"""Study completion: every complete study becomes one content-addressed zip under ``ingest/``.
 
-A series is complete once nobody added an instance to it for ``idle_seconds`` (DICOM has no "end of
-series" message). Its zip goes to ``ingest/{site}/{sha256}.zip`` -- the pipeline names the job after
-that key alone (:func:`ichseg.pipeline.keys.ingest_job_id`) -- with a ``head_object`` first, so a
-series already uploaded (a re-send, or a gateway killed between the PUT and the move to ``sent/``)
-is not PUT again and starts no second S3 event.
+A study is complete once none of its series got an instance for ``idle_seconds`` (DICOM has no "end
+of study" message). All its series go in one zip -- one job, whose split stage chooses the series to
+segment (:mod:`ichseg.readers.series_selection`), so the PACS gets one SEG + SR per study -- to
+``ingest/{site}/{sha256}.zip``; the pipeline names the job after that key alone
+(:func:`ichseg.pipeline.keys.ingest_job_id`). A ``head_object`` comes first, so a study already
+uploaded (a re-send of any part of it, or a gateway killed between the PUT and the move to
+``sent/``) is not PUT again and starts no second S3 event.
 """
 
 from __future__ import annotations
@@ -16,29 +18,30 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from gateway.spool import CLAIMED, SeriesRef, Spool
+from gateway.spool import CLAIMED, Spool, StudyRef
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import MetricsSink
 
 log = logging.getLogger("gateway.uploader")
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
-"""Series zips up to this size go in one PUT (a typical head CT is 50-300 MB: larger ones in parts)."""
+"""Study zips up to this size go in one PUT (a head CT study is often 50-500 MB: larger ones in parts)."""
 
 
 @dataclass(frozen=True)
 class Upload:
-    """What became of one complete series."""
+    """What became of one complete study."""
 
-    series: SeriesRef
+    study: StudyRef
     key: str
+    series: int
     instances: int
     created: bool
-    """False: the object was already there (a re-send of an uploaded series): no new job."""
+    """False: the object was already there (a re-send of an uploaded study): no new job."""
 
 
 class Uploader:
-    """Uploads complete series from the spool (:meth:`run_once` is one pass; :meth:`run` loops)."""
+    """Uploads complete studies from the spool (:meth:`run_once` is one pass; :meth:`run` loops)."""
 
     def __init__(
         self, spool: Spool, s3: Any, bucket: str, idle_seconds: float, retention_seconds: float, metrics: MetricsSink
@@ -64,20 +67,24 @@ class Uploader:
             stop.wait(interval if failures == 0 else min(60.0, interval * 2**failures))
 
     def run_once(self) -> list[Upload]:
-        """Upload what an earlier run claimed, claim and upload the idle series, expire old sent ones."""
+        """Upload what an earlier run claimed, claim and upload the idle studies, expire old sent ones."""
         done = []
-        for ref in self.spool.series(CLAIMED):
+        for ref in self.spool.studies(CLAIMED):
+            if self.spool.claimed_instances(ref) == 0:
+                # Killed after its last instance moved to sent/ (so after S3 had it): only tidy up.
+                self.spool.mark_sent(ref)
+                continue
             done.append(self.upload(ref))
         for ref in self.spool.idle(self.idle_seconds):
             if self.spool.claim(ref):
                 done.append(self.upload(ref))
         expired = self.spool.expire_sent(self.retention_seconds)
         if expired:
-            log.info("spool: forgot %d sent series past their retention", expired)
+            log.info("spool: forgot %d sent studies past their retention", expired)
         return done
 
-    def upload(self, ref: SeriesRef) -> Upload:
-        """Zip the claimed series, PUT it unless S3 has it already, then move it to ``sent/``."""
+    def upload(self, ref: StudyRef) -> Upload:
+        """Zip the claimed study with every series, PUT it unless S3 has it already, move it to ``sent/``."""
         packed = self.spool.pack(ref)
         try:
             key = keys.gateway_ingest_key(ref.site, packed.digest)
@@ -97,13 +104,14 @@ class Uploader:
         self.spool.mark_sent(ref)
         job_id = keys.ingest_job_id(key, "")
         log.info(
-            "series %s: %d instances %s",
+            "study %s: %d series, %d instances %s",
             ref,
+            packed.series,
             packed.instances,
             f"uploaded as job {job_id}" if created else f"already uploaded (job {job_id})",
         )
-        self.metrics.add_metric("GatewaySeriesUploaded" if created else "GatewaySeriesResent", "Count", 1)
-        return Upload(ref, key, packed.instances, created)
+        self.metrics.add_metric("GatewayStudiesUploaded" if created else "GatewayStudiesResent", "Count", 1)
+        return Upload(ref, key, packed.series, packed.instances, created)
 
     def _exists(self, key: str) -> bool:
         try:

@@ -1,4 +1,4 @@
-"""The C-STORE side against dcmtk's storescu/echoscu: series in, one content-addressed zip out."""
+"""The C-STORE side against dcmtk's storescu/echoscu: a study in, one content-addressed zip out."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_c_echo_is_answered(gateway: GatewayService) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_a_ct_series_becomes_one_content_addressed_zip_of_its_instances(
+def test_a_ct_study_of_one_series_becomes_one_content_addressed_zip_of_its_instances(
     gateway: GatewayService, aws: Aws, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
@@ -40,18 +40,19 @@ def test_a_ct_series_becomes_one_content_addressed_zip_of_its_instances(
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         names = archive.namelist()
         sent = {dcmread(f).SOPInstanceUID: dcmread(f) for f in files}
-        assert names == sorted(f"{uid}.dcm" for uid in sent)
+        series_uid = dcmread(files[0]).SeriesInstanceUID
+        assert names == sorted(f"{series_uid}/{uid}.dcm" for uid in sent)
         for name in names:
             received = dcmread(io.BytesIO(archive.read(name)))
-            assert received.PixelData == sent[name[:-4]].PixelData
+            assert received.PixelData == sent[name.split("/")[1][:-4]].PixelData
             assert received.file_meta.TransferSyntaxUID  # a whole DICOM file: preamble and file meta
-    # The spool moved the series on to sent/, and nobody's name reached a log line.
+    # The spool moved the study on to sent/, and nobody's name reached a log line.
     assert not list((gateway.settings.spool_dir / "incoming").rglob("*.dcm"))
     assert len(list((gateway.settings.spool_dir / "sent").rglob("*.dcm"))) == 5
     assert not any(identifier in caplog.text for identifier in IDENTIFIERS)
 
 
-def test_re_sending_a_series_creates_no_second_object_or_job(
+def test_re_sending_a_study_creates_no_second_object_or_job(
     gateway: GatewayService, aws: Aws, tmp_path: Path, metrics: RecordingMetrics
 ) -> None:
     files = ct_series(tmp_path / "series", 4)
@@ -59,22 +60,24 @@ def test_re_sending_a_series_creates_no_second_object_or_job(
     [first] = wait_until(aws.ingest_keys)
     etag = aws.s3.head_object(Bucket=aws.bucket, Key=first)["ETag"]
 
-    storescu(gateway.address, files)  # the whole series again
-    wait_until(lambda: metrics.count("GatewaySeriesResent") == 1)
+    storescu(gateway.address, files)  # the whole study again
+    wait_until(lambda: metrics.count("GatewayStudiesResent") == 1)
     storescu(gateway.address, files[1:2])  # and one instance of it again
-    wait_until(lambda: metrics.count("GatewaySeriesResent") == 2)
+    wait_until(lambda: metrics.count("GatewayStudiesResent") == 2)
     assert aws.ingest_keys() == [first]
     assert aws.s3.head_object(Bucket=aws.bucket, Key=first)["ETag"] == etag  # never PUT again
-    assert metrics.count("GatewaySeriesUploaded") == 1
+    assert metrics.count("GatewayStudiesUploaded") == 1
     # The job id comes from the key alone, whatever the ETag (a multipart or SSE-KMS upload's is no MD5).
     assert keys.ingest_job_id(first, etag) == keys.ingest_job_id(first, "another-etag")
 
 
-def test_a_changed_series_is_a_new_upload(gateway: GatewayService, aws: Aws, tmp_path: Path) -> None:
+def test_an_instance_added_to_an_uploaded_study_is_a_new_upload(
+    gateway: GatewayService, aws: Aws, tmp_path: Path
+) -> None:
     files = ct_series(tmp_path / "series", 4)
     storescu(gateway.address, files[:3])
     wait_until(lambda: len(aws.ingest_keys()) == 1)
-    storescu(gateway.address, files[3:])  # a late instance: the series now holds four
+    storescu(gateway.address, files[3:])  # a late instance: the study now holds four
     [_, _] = wait_until(lambda: len(aws.ingest_keys()) == 2 and aws.ingest_keys())
     newest = max(aws.ingest_keys(), key=lambda k: aws.s3.head_object(Bucket=aws.bucket, Key=k)["ContentLength"])
     body = aws.s3.get_object(Bucket=aws.bucket, Key=newest)["Body"].read()
@@ -119,7 +122,7 @@ def test_a_full_spool_answers_out_of_resources_until_uploads_free_room(
         assert output.count("Received Store Response (Success)") == 1, output
         assert "Received Store Response (Refused: OutOfResources)" in output, output  # 0xA700
         assert metrics.count("GatewaySpoolFull") == 1
-        # Once the first instance's series is in S3, its kept copy is the first thing forgotten for room.
+        # Once the first instance's study is in S3, its kept copy is the first thing forgotten for room.
         wait_until(lambda: len(aws.ingest_keys()) == 1)
         again = storescu(service.address, files[1:])
         assert "Received Store Response (Success)" in again, again
