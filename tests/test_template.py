@@ -1008,3 +1008,13 @@ def test_gateway_outputs(template: dict[str, Any]) -> None:
     )
     assert outputs["GatewayAeTitle"]["Value"] == {"Ref": "GatewayAeTitle"}
     assert outputs["DeliveryQueueUrl"]["Value"] == {"Ref": "DeliveryQueue"}
+
+
+def test_a_failed_hospital_job_alarms(resources: dict[str, Any]) -> None:
+    # Nothing goes back to the PACS for a FAILED hospital job: ops hear of each one.
+    alarm = props(resources, "HospitalJobsFailedAlarm")
+    (query,) = alarm["Metrics"]
+    assert query["Expression"] == "SELECT SUM(HospitalJobsFailed) FROM ichseg"
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] and "Condition" not in resources["HospitalJobsFailedAlarm"]
+    assert 'add_metric("HospitalJobsFailed"' in (REPO / "ichseg" / "pipeline" / "failures.py").read_text()

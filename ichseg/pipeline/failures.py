@@ -41,6 +41,11 @@ def fail_job(
     if failed:
         log.warning("job failed in %s: %s (%s)", stage, reason, code, extra={"job_id": job_id})
         ctx.metrics.add_metric("JobsFailed", "Count", 1)
+        job = ctx.store.get(job_id) if source is None else None
+        if (source or (job.source if job else None)) == JobSource.INGEST:
+            # A hospital job that fails sends nothing back: the PACS and the radiologist wait for a
+            # result that will not come, so ops hear of each one (HospitalJobsFailedAlarm).
+            ctx.metrics.add_metric("HospitalJobsFailed", "Count", 1)
     return failed
 
 

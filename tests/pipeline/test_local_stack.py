@@ -100,12 +100,18 @@ def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> Non
     resources["SplitFunction"]["Properties"]["Events"]["Ingest"]["Properties"]["BatchSize"] = 5
     document["Globals"]["Function"]["Environment"]["Variables"]["ICHSEG_NEW_SETTING"] = "on"
     document["Parameters"]["MaxReceiveCount"]["Default"] = 5
+    document["Parameters"]["DeliveryMaxReceiveCount"]["Default"] = 7
     changed = tmp_path / "template.yaml"
     changed.write_text(_dump_with_tags(document))
 
     template = CloudTemplate.load(changed)
     assert template.queues["segment"].visibility_timeout == 42
-    assert {q.max_receive_count for q in template.queues.values()} == {5}
+    assert {q.name: q.max_receive_count for q in template.queues.values()} == {
+        "ingest": 5,
+        "segment": 5,
+        "assemble": 5,
+        "delivery": 7,
+    }
     assert template.functions["split"].sqs is not None and template.functions["split"].sqs.batch_size == 5
     assert template.functions["watchdog"].environment["ICHSEG_NEW_SETTING"] == "on"
     specs = {s.name: s for s in LocalStack(StackSettings(template=changed))._specs()}

@@ -19,9 +19,12 @@ from typing import Any
 
 import pydicom
 import pytest
+from botocore.exceptions import ClientError
 
+from ichseg.pipeline import keys
 from ichseg.pipeline.jobs import Job, JobState
 from ichseg.pipeline.keys import UploadRef
+from ichseg.pipeline.messages import ScanManifest
 from infrastructure.local_stack import LocalStack
 from tests.dicom_tools import dciodvfy_errors
 from tests.pacs_fixtures import PHI_NEEDLES, OrthancPacs, identified_head_ct
@@ -55,16 +58,29 @@ def _ingest_jobs(stack: LocalStack) -> dict[str, str]:
     }
 
 
+def _study_of(stack: LocalStack, job_id: str) -> str | None:
+    """The study a hospital job segments (its manifest's DICOM source), once the split wrote it."""
+    try:
+        body = stack.aws("s3").get_object(Bucket=stack.settings.bucket, Key=keys.manifest_key(job_id))["Body"].read()
+    except ClientError:  # not split yet, or refused before its manifest
+        return None
+    manifest = ScanManifest.from_json(body.decode())
+    return manifest.dicom.series.study_instance_uid if manifest.dicom else None
+
+
 def _wait_for_job_of(stack: LocalStack, study_uid: str, before: set[str], timeout: float = 120) -> Job:
-    """The one new hospital job (its upload appeared after ``before``) for ``study_uid``, once ended."""
+    """The one hospital job started after ``before`` for ``study_uid`` (found by the study its
+    manifest names), once it ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        new = set(_ingest_jobs(stack).values()) - before
-        if new:
-            assert len(new) == 1, f"one series sent, {len(new)} jobs started"
-            return stack.wait_for_job(new.pop(), timeout=timeout)
+        mine = [
+            job_id for job_id in set(_ingest_jobs(stack).values()) - before if _study_of(stack, job_id) == study_uid
+        ]
+        if mine:
+            assert len(mine) == 1, f"one study sent, {len(mine)} jobs started for it"
+            return stack.wait_for_job(mine[0], timeout=timeout)
         time.sleep(0.5)
-    raise AssertionError(f"no ingest object appeared for study {study_uid} within {timeout:.0f} s")
+    raise AssertionError(f"no job appeared for the study within {timeout:.0f} s")
 
 
 def _objects_in_pacs(pacs: OrthancPacs, study_uid: str, modality: str) -> list[pydicom.Dataset]:

@@ -87,3 +87,9 @@ def test_refused_series_name_no_patient_in_their_reasons(stack: LocalStack) -> N
         assert job.error_reason and _leaks(job.error_reason) == [], (case, job.error_reason)
         assert _leaks(_job_item(stack, job.job_id)) == [], case
     assert _leaks(_logs(stack)) == []
+    # Nothing goes back to the PACS for these: each one is counted for ops' alarm.
+    metrics = [
+        json.loads(line) for line in (Path(stack.log_dir) / "split.log").read_text().splitlines() if "_aws" in line
+    ]
+    failed = [m for m in metrics if "HospitalJobsFailed" in m]
+    assert len(failed) >= len(refused)
