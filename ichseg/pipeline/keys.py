@@ -66,7 +66,7 @@ def is_valid_site(site: str) -> bool:
 
 
 def gateway_ingest_key(site: str, digest: str) -> str:
-    """Where the DICOM gateway puts a complete series: ``ingest/{site}/{sha256 hex of the zip}.zip``."""
+    """Where the DICOM gateway puts a complete study: ``ingest/{site}/{sha256 hex of the zip}.zip``."""
     key = f"{INGEST_PREFIX}{site}/{digest}.zip"
     if not is_valid_site(site) or not is_content_addressed(key):
         raise ValueError(f"site {site!r} / digest {digest!r} cannot name a gateway upload")
