@@ -1,7 +1,7 @@
 """A hospital's PACS to ichseg and back, over the DICOM network, as a site runs it.
 
 Orthanc (a real PACS) holds a head CT study and sends it to the gateway's AE title (C-STORE, what a
-routing rule does); the gateway hands each completed series to the pipeline; the SEG and the SR
+routing rule does); the gateway hands each completed study to the pipeline; the SEG and the SR
 come back to Orthanc by C-STORE, where a radiologist's viewer would open them. The objects are
 checked with dciodvfy (the standard's validator), against the source instances, and against the
 job's report. A PACS outage delays delivery and loses nothing; a re-send duplicates nothing.
