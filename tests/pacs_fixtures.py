@@ -92,9 +92,13 @@ class OrthancPacs:
             time.sleep(0.2)
         raise PacsError(f"Orthanc did not answer within {timeout:.0f} s: {self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """Stop Orthanc: gracefully, or at once (``crash``: a killed process accepts nothing more)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if crash:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -104,8 +108,11 @@ class OrthancPacs:
 
     @contextmanager
     def down(self) -> Iterator[None]:
-        """Orthanc stopped for the block (a PACS outage), then started again with the same storage."""
-        self.stop()
+        """Orthanc down for the block (a PACS outage), then started again with the same storage.
+
+        Killed, not terminated: a graceful stop keeps its DICOM port open a few seconds, long enough
+        for a fast job's results to be delivered into the "outage"."""
+        self.stop(crash=True)
         try:
             yield
         finally:

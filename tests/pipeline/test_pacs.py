@@ -186,4 +186,8 @@ def test_a_pacs_outage_delays_the_results_and_loses_nothing(stack: LocalStack, h
         assert failed_once.delivery_attempts >= 1 and failed_once.delivery_state == "PENDING"
     returned = _wait_for_results_in_pacs(hospital, study_uid, timeout=120)
     assert set(returned) == {"SEG", "SR"}
+    # The job row says DELIVERED just after the PACS has both objects (the C-STORE comes first).
+    deadline = time.monotonic() + 30
+    while stack.store.require(job.job_id).delivery_state != "DELIVERED" and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert stack.store.require(job.job_id).delivery_state == "DELIVERED"
