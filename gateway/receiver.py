@@ -83,6 +83,9 @@ class Receiver:
         self.metrics = metrics
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.require_calling_aet = list(settings.allowed_calling_aes)
+        # A PACS configured with another node's AE title for this address is misrouting: refuse it
+        # (called AE title not recognised) rather than file its studies under a site by mistake.
+        self.ae.require_called_aet = True
         self.ae.maximum_associations = settings.max_associations
         self.ae.add_supported_context(Verification)
         for sop_class in CT_STORAGE:

@@ -25,6 +25,14 @@ def test_c_echo_is_answered(gateway: GatewayService) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_an_association_for_another_called_ae_title_is_rejected(gateway: GatewayService) -> None:
+    host, port = gateway.address
+    done = subprocess.run(
+        ["echoscu", "-aet", "SITEA", "-aec", "OTHERNODE", host, str(port)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode != 0 and "Called AE Title Not Recognized" in done.stdout + done.stderr, done.stderr
+
+
 def test_a_ct_study_of_one_series_becomes_one_content_addressed_zip_of_its_instances(
     gateway: GatewayService, aws: Aws, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
