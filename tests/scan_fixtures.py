@@ -64,16 +64,8 @@ def dicom_series(
     normal = np.cross(cosines[:3], cosines[3:])
     datasets = []
     for k in range(count):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = new_instance(CTImageStorage, modality)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality = modality
         ds.PatientID = "ICHSEG-TEST"
         ds.SeriesDescription = "Head 2.5mm"
         ds.InstanceNumber = count - k
@@ -275,9 +267,9 @@ def enhanced_ct(
     return ds
 
 
-def non_image_object(sop_class: str, modality: str = "") -> Dataset:
-    """A DICOM object without pixels, as exports put beside the images (a vendor's directory
-    file, a dose report)."""
+def new_instance(sop_class: str, modality: str = "") -> Dataset:
+    """An empty DICOM instance of ``sop_class``: its file meta (explicit VR little endian), a fresh
+    SOP Instance UID, and ``modality`` when given. Every builder here starts from one."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -287,3 +279,9 @@ def non_image_object(sop_class: str, modality: str = "") -> Dataset:
     if modality:
         ds.Modality = modality
     return ds
+
+
+def non_image_object(sop_class: str, modality: str = "") -> Dataset:
+    """A DICOM object without pixels, as exports put beside the images (a vendor's directory
+    file, a dose report)."""
+    return new_instance(sop_class, modality)

@@ -216,18 +216,9 @@ def test_enhanced_multiframe_ct_sorted_by_per_frame_positions(tmp_path: Path) ->
 
 def _non_image_object(sop_class: str, modality: str = "") -> bytes:
     """A DICOM object without pixels, as exports put beside the images (DICOMDIR, a dose report)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from tests.scan_fixtures import non_image_object
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    if modality:
-        ds.Modality = modality
-    return dicom_bytes(ds)
+    return dicom_bytes(non_image_object(sop_class, modality))
 
 
 def test_non_image_objects_in_an_exported_series_folder_are_skipped_and_counted(tmp_path: Path) -> None:

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from tests.pipeline.conftest import aws_client, create_jobs_table
+from tests.scan_fixtures import new_instance
 
 PATIENT_NAME = "Doe^Jane"
 """Every test series carries identifiers; none of them may appear in a log line."""
@@ -137,17 +137,9 @@ def ct_series(
     series_uid = series_uid or generate_uid()
     paths = []
     for index in range(count):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = new_instance(sop_class, modality)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.Modality = modality
         ds.PatientName = PATIENT_NAME
         ds.PatientID = IDENTIFIERS[1]
         ds.AccessionNumber = IDENTIFIERS[2]
