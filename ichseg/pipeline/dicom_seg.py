@@ -26,8 +26,6 @@ from ichseg.readers.detect import HEAD_BYTES, Content, detect_content
 from ichseg.scan import DicomSeriesRef
 
 SEGMENT_LABEL = "Intracranial hemorrhage"
-SEG_SERIES_NUMBER = 9301
-SEG_SERIES_DESCRIPTION = "ichseg hemorrhage segmentation (research use only)"
 MANUFACTURER = "ichseg"
 
 _TYPE2_PATIENT_STUDY = (
@@ -50,10 +48,22 @@ class SegUnavailable(RuntimeError):
 
 
 class DerivedObject(StrEnum):
-    """The DICOM objects a job derives from its source series, each with UIDs of its own."""
+    """The DICOM objects a job derives from its source series, each a series of its own."""
 
     SEG = "seg"
     SR = "sr"
+
+    @property
+    def series_number(self) -> int:
+        """High and fixed, so a PACS lists ichseg's series after the scanner's, always the same."""
+        return {DerivedObject.SEG: 9301, DerivedObject.SR: 9302}[self]
+
+    @property
+    def series_description(self) -> str:
+        return {
+            DerivedObject.SEG: "ichseg hemorrhage segmentation (research use only)",
+            DerivedObject.SR: "ichseg hemorrhage report (research use only)",
+        }[self]
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,21 @@ def derived_uids(job_id: str, kind: DerivedObject) -> DerivedUids:
         series_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "series"]),
         sop_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "instance"]),
     )
+
+
+def derived_object_attributes(job_id: str, kind: DerivedObject, model_version: str) -> dict[str, Any]:
+    """What the SEG and the SR say alike of themselves (highdicom's keyword arguments): the job's
+    UIDs, their own series, ichseg as the manufacturer, the software and model versions."""
+    uids = derived_uids(job_id, kind)
+    return {
+        "series_instance_uid": uids.series_instance_uid,
+        "series_number": kind.series_number,
+        "sop_instance_uid": uids.sop_instance_uid,
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "software_versions": f"ichseg {__version__}; model {model_version}",
+        "series_description": kind.series_description,
+    }
 
 
 def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> list[dict[str, Any]]:
@@ -153,22 +178,15 @@ def build_seg(
             name=model_name, version=model_version, family=codes.cid7162.ArtificialIntelligence
         ),
     )
-    uids = derived_uids(job_id, DerivedObject.SEG)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=np.asarray(masks, dtype=np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=uids.series_instance_uid,
-            series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=uids.sop_instance_uid,
-            instance_number=1,
-            manufacturer=MANUFACTURER,
             manufacturer_model_name=model_name,
-            software_versions=f"ichseg {__version__}; model {model_version}",
             device_serial_number="0",
-            series_description=SEG_SERIES_DESCRIPTION,
+            **derived_object_attributes(job_id, DerivedObject.SEG, model_version),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegUnavailable(f"the source series cannot carry a DICOM SEG ({exc})") from exc

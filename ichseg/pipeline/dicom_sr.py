@@ -32,12 +32,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from ichseg import __version__
-from ichseg.pipeline.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_uids
+from ichseg.pipeline.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_object_attributes
 from ichseg.segmentation import Finding
 
-SR_SERIES_NUMBER = 9302
-SR_SERIES_DESCRIPTION = "ichseg hemorrhage report (research use only)"
 SEGMENT_NUMBER = 1
 """The SEG's one segment (intracranial hemorrhage), see :func:`ichseg.pipeline.dicom_seg.build_seg`."""
 
@@ -152,18 +149,11 @@ def build_sr(
             imaging_measurements=groups,
         )
         content[0].ContentSequence.append(_notes(report))
-        uids = derived_uids(job_id, DerivedObject.SR)
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*sources, seg],
             content=content[0],
-            series_instance_uid=uids.series_instance_uid,
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=uids.sop_instance_uid,
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            series_description=SR_SERIES_DESCRIPTION,
-            software_versions=f"ichseg {__version__}; model {model_version}",
             is_complete=True,
+            **derived_object_attributes(job_id, DerivedObject.SR, model_version),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SrUnavailable(f"the report cannot be written as a DICOM SR ({exc})") from exc

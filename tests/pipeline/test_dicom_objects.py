@@ -32,7 +32,7 @@ from ichseg.pipeline import (
 from ichseg.pipeline import keys as layout
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
-from ichseg.pipeline.dicom_sr import SR_SERIES_DESCRIPTION, SrUnavailable, build_sr
+from ichseg.pipeline.dicom_sr import SrUnavailable, build_sr
 from ichseg.pipeline.jobs import JobState
 from ichseg.scan import DicomSeriesRef
 from ichseg.segmentation import Report, report_from_areas
@@ -227,7 +227,7 @@ def test_both_objects_land_in_the_source_study_as_new_series(
         assert (obj.PatientID, str(obj.PatientName), obj.AccessionNumber) == ("ICHSEG-TEST", "Test^Patient", "ACC-1")
         assert obj.SeriesInstanceUID != source.SeriesInstanceUID
     sr = _read(sr_bytes)
-    assert sr.SeriesDescription == SR_SERIES_DESCRIPTION and sr.Modality == "SR"
+    assert sr.SeriesDescription == DerivedObject.SR.series_description and sr.Modality == "SR"
     assert _read(seg_bytes).SeriesNumber != sr.SeriesNumber
     evidence = {
         str(instance.ReferencedSOPInstanceUID)
