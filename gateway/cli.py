@@ -42,12 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-associations", type=int, help="concurrent associations (default 8)")
     parser.add_argument("--max-spool-bytes", type=int, help="spool bound; past it instances get 0xA700")
     parser.add_argument(
-        "--destination", action="append", default=[], metavar="SITE=AE@HOST:PORT", help="a site's PACS (repeatable)"
+        "--destination",
+        action="append",
+        default=[],
+        metavar="SITE=AE@HOST:PORT[?tls]",
+        help="a site's PACS (repeatable; ?tls: DICOM TLS)",
     )
-    parser.add_argument("--default-destination", metavar="AE@HOST:PORT", help="PACS for sites without their own")
-    parser.add_argument("--tls-certificate", type=Path, help="DICOM TLS: our certificate (PEM)")
+    parser.add_argument("--default-destination", metavar="AE@HOST:PORT[?tls]", help="PACS for sites without their own")
+    parser.add_argument(
+        "--tls-certificate", type=Path, help="DICOM TLS: our certificate (PEM; also shown to ?tls PACS)"
+    )
     parser.add_argument("--tls-key", type=Path, help="DICOM TLS: its private key (PEM)")
     parser.add_argument("--tls-ca", type=Path, help="DICOM TLS: CA that callers' certificates must chain to")
+    parser.add_argument(
+        "--delivery-tls-ca",
+        type=Path,
+        help="DICOM TLS to AE@HOST:PORT?tls destinations: CA bundle the PACS's certificate must chain to "
+        "(ICHSEG_GATEWAY_DELIVERY_TLS_CA; default the system trust store)",
+    )
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
@@ -71,6 +83,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         "tls_certificate": args.tls_certificate,
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
+        "delivery_tls_ca": args.delivery_tls_ca,
     }
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

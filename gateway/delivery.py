@@ -13,6 +13,12 @@ The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before i
   delivery is FAILED, counted as ``DeliveryFailures`` (an alarm) and the message goes on to the
   dead-letter queue. A site without a destination is FAILED at once (retrying cannot help).
 
+A ``?tls`` destination is reached over DICOM TLS (TLS 1.2 or later, the PACS's certificate checked
+against ``delivery_tls_ca`` or the system trust store and its name against the destination's host;
+the gateway's own certificate, if it has one, offered for mutual TLS). A TLS failure (untrusted
+certificate, a name mismatch, our certificate refused) is a failed attempt like any other, its
+reason saying what the TLS layer said.
+
 Reasons name destinations, result names and DICOM statuses only, never patient data.
 """
 
@@ -21,6 +27,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +40,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from gateway.settings import Destination, GatewaySettings
+from gateway.settings import Destination, GatewaySettings, SettingsError
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import MetricsSink
 from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobState, JobStore
@@ -92,8 +100,57 @@ def parse_message(body: str) -> str:
     return job_id
 
 
-def store_objects(calling_ae: str, destination: Destination, objects: Mapping[str, bytes]) -> StoreResult:
-    """C-STORE each object (name -> DICOM file bytes) over one new association to ``destination``."""
+def delivery_tls_context(settings: GatewaySettings) -> ssl.SSLContext:
+    """The client side of DICOM TLS to ``?tls`` destinations: TLS 1.2 or later, the PACS's certificate
+    verified against ``delivery_tls_ca`` (else the system trust store) and its host name checked; the
+    gateway's own certificate and key presented when it has them. :class:`SettingsError` if a file
+    cannot be loaded."""
+    try:
+        ca = settings.delivery_tls_ca
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.tls_certificate is not None and settings.tls_key is not None:
+            context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise SettingsError(f"delivery DICOM TLS: cannot load the CA bundle or our certificate: {exc}") from None
+    return context
+
+
+def tls_problem(destination: Destination, context: ssl.SSLContext, timeout: float = 10.0) -> str | None:
+    """Why a TLS connection to ``destination`` fails, in the TLS layer's words; None if it does not, or
+    if the failure is not TLS's (refused, unreachable). pynetdicom logs a failed handshake but reports only
+    "not established", so a failed association to a ``?tls`` destination is diagnosed with this one probe."""
+    try:
+        with (
+            socket.create_connection((destination.host, destination.port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=destination.host) as tls,
+        ):
+            # In TLS 1.3 the server's verdict on our certificate arrives only after the handshake.
+            tls.settimeout(1.0)
+            try:
+                if tls.recv(1) == b"":
+                    return "the PACS closed the connection right after the TLS handshake"
+            except TimeoutError:
+                pass
+    except ssl.SSLCertVerificationError as exc:
+        return f"the PACS's certificate failed verification: {exc.verify_message}"
+    except ssl.SSLError as exc:
+        hint = " (is this port the PACS's DICOM TLS port?)" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS handshake failed: {exc.reason or exc}{hint}"
+    except OSError:
+        return None
+    return None
+
+
+def store_objects(
+    calling_ae: str,
+    destination: Destination,
+    objects: Mapping[str, bytes],
+    tls_context: ssl.SSLContext | None = None,
+) -> StoreResult:
+    """C-STORE each object (name -> DICOM file bytes) over one new association to ``destination``
+    (over DICOM TLS with ``tls_context`` if the destination is ``?tls``; without one, the defaults of
+    :func:`delivery_tls_context`: the system trust store, no client certificate)."""
     datasets = {name: dcmread(io.BytesIO(data)) for name, data in objects.items()}
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = 10
@@ -103,8 +160,18 @@ def store_objects(calling_ae: str, destination: Destination, objects: Mapping[st
     for dataset in datasets.values():
         syntaxes = [dataset.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys(syntaxes)))
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    context = None
+    if destination.tls:
+        context = tls_context
+        if context is None:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls_args = (context, destination.host) if context is not None else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
+        problem = tls_problem(destination, context) if context is not None and not assoc.is_rejected else None
+        if problem:
+            return StoreResult(frozenset(), f"association with {destination} not established: {problem}")
         why = "rejected" if assoc.is_rejected else "not established (connection refused, unreachable or aborted)"
         return StoreResult(frozenset(), f"association with {destination} {why}")
     stored: set[str] = set()
@@ -136,6 +203,11 @@ class Deliverer:
         self.s3 = s3
         self.sqs = sqs
         self.metrics = metrics
+        destinations = [*settings.destinations.values(), settings.default_destination]
+        # Built once, so that a missing or unreadable CA bundle stops the gateway at start, not at a delivery.
+        self.tls_context = (
+            delivery_tls_context(settings) if any(d is not None and d.tls for d in destinations) else None
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Long-poll until ``stop`` is set; a failing receive is logged and retried."""
@@ -208,7 +280,7 @@ class Deliverer:
                 objects[name] = self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
             result = StoreResult(frozenset(), None)
             if objects:
-                result = store_objects(self.settings.ae_title, destination, objects)
+                result = store_objects(self.settings.ae_title, destination, objects, self.tls_context)
         except Exception as exc:  # S3 trouble, an unreadable result file: a failed attempt, retried
             code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
             result = StoreResult(frozenset(), f"could not send the results: {type(exc).__name__} {code}".strip())

@@ -88,12 +88,12 @@ class GatewayService:
         self._stop.clear()
         interval = min(1.0, settings.idle_seconds / 4)
         self._spawn("gateway-upload", self.uploader.run, self._stop, interval)
-        if settings.delivery_queue_url:
-            store = JobStore(self._client("dynamodb"), settings.table)
-            self.deliverer = Deliverer(settings, store, s3, self._client("sqs"), self.metrics)
-            self._spawn("gateway-delivery", self.deliverer.run, self._stop)
-        self.receiver = Receiver(settings, self.spool, self.metrics)
         try:
+            if settings.delivery_queue_url:
+                store = JobStore(self._client("dynamodb"), settings.table)
+                self.deliverer = Deliverer(settings, store, s3, self._client("sqs"), self.metrics)
+                self._spawn("gateway-delivery", self.deliverer.run, self._stop)
+            self.receiver = Receiver(settings, self.spool, self.metrics)
             self._address = self.receiver.start()
         except BaseException:
             self.stop()

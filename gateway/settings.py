@@ -16,7 +16,11 @@ from ichseg.limits import MiB
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 """DICOM AE titles: 1-16 characters of the default repertoire without backslash (PS3.5 6.2)."""
-_DESTINATION = re.compile(r"^(?P<ae>[^@]+)@(?P<host>[^:@]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
+_DESTINATION = re.compile(
+    r"^(?P<ae>[^@]+)@(?P<host>[^:@?]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})(?:\?(?P<option>[^?]*))?$"
+)
+TLS_OPTION = "tls"
+"""``AE@host:port?tls``: deliver to this destination over DICOM TLS (PS3.15 Annex B)."""
 _SITE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -51,20 +55,31 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    """Deliver over DICOM TLS; the PACS's certificate must chain to ``delivery_tls_ca`` and name ``host``."""
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """``AE@host:port`` (IPv6 hosts in brackets); :class:`SettingsError` (a ValueError) if malformed."""
+        """``AE@host:port``, or ``AE@host:port?tls`` for DICOM TLS (IPv6 hosts in brackets);
+        :class:`SettingsError` (a ValueError) if malformed."""
+        if "://" in text:  # a URL-style scheme would otherwise pass as part of the AE title
+            raise SettingsError(f"destination {text!r} is not AE@host:port (for DICOM TLS write AE@host:port?tls)")
         match = _DESTINATION.match(text.strip())
         if not match:
             raise SettingsError(f"destination {text!r} is not AE@host:port")
         port = int(match["port"])
         if not 0 < port < 65536:
             raise SettingsError(f"destination {text!r}: port {port} is out of range")
-        return cls(valid_ae_title(match["ae"]), match["host"].strip("[]"), port)
+        option = match["option"]
+        if option is not None and option.strip().lower() != TLS_OPTION:
+            raise SettingsError(
+                f"destination {text!r}: unknown option {option!r} (the only one is ?tls, for DICOM TLS)"
+            )
+        return cls(valid_ae_title(match["ae"]), match["host"].strip("[]"), port, tls=option is not None)
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}" + (f"?{TLS_OPTION}" if self.tls else "")
 
 
 def parse_destinations(text: str) -> dict[str, Destination]:
@@ -104,6 +119,9 @@ class GatewaySettings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     """With a CA, callers must present a certificate it signed (mutual TLS)."""
+    delivery_tls_ca: Path | None = None
+    """CA bundle a ``?tls`` destination's certificate must chain to; none: the system trust store.
+    With ``tls_certificate``/``tls_key`` set, the gateway presents them to the PACS (mutual TLS)."""
     delivery_attempts: int = 3
     """The delivery queue's redrive ``maxReceiveCount``: the receive that is the last one fails delivery."""
     delivery_backoff_seconds: float = 30.0
@@ -177,6 +195,7 @@ class GatewaySettings:
             "tls_certificate": path("ICHSEG_GATEWAY_TLS_CERTIFICATE"),
             "tls_key": path("ICHSEG_GATEWAY_TLS_KEY"),
             "tls_ca": path("ICHSEG_GATEWAY_TLS_CA"),
+            "delivery_tls_ca": path("ICHSEG_GATEWAY_DELIVERY_TLS_CA"),
             "delivery_attempts": number("ICHSEG_MAX_RECEIVE_COUNT", int),
             "delivery_backoff_seconds": number("ICHSEG_GATEWAY_DELIVERY_BACKOFF_SECONDS", float),
             "bucket": text("ICHSEG_BUCKET") or None,

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from gateway.service import EmfMetrics, GatewayService
 from gateway.settings import GatewaySettings
+from tests.gateway.certificates import CertificateAuthority
 from tests.gateway.conftest import Aws, RecordingMetrics, ct_series, wait_until
 
 
@@ -43,40 +39,18 @@ def test_associations_beyond_the_bound_are_rejected(
         third.release()
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "gateway.pem", folder / "gateway.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 def test_dicom_tls_receives_a_series(
     make_settings: Callable[..., GatewaySettings], aws: Aws, metrics: RecordingMetrics, tmp_path: Path
 ) -> None:
-    certificate, key = self_signed(tmp_path)
+    ca = CertificateAuthority(tmp_path / "pki")
+    certificate, key = ca.issue("gateway")
     settings = make_settings(tls_certificate=certificate, tls_key=key)
     files = ct_series(tmp_path / "series", 2)
     with GatewayService(settings, metrics=metrics) as service:
         host, port = service.address
         plain = scu().associate(host, port, ae_title="ICHSEG")
         assert not plain.is_established  # a plain-TCP caller gets no association from a TLS port
-        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certificate))
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.path))
         assoc = scu().associate(host, port, ae_title="ICHSEG", tls_args=(client, "localhost"))
         assert assoc.is_established
         assert [assoc.send_c_store(dcmread(f)).Status for f in files] == [0, 0]
