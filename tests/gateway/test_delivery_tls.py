@@ -261,3 +261,21 @@ def test_destination_forms() -> None:
 def test_malformed_destinations_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         Destination.parse(text)
+
+
+def test_the_templates_destination_parameters_accept_tls_destinations() -> None:
+    from cfnlint.decode import decode
+
+    parsed, errors = decode(str(Path(__file__).resolve().parents[2] / "template.yaml"))
+    assert not errors and parsed is not None
+    parameters = parsed["Parameters"]
+    many, one = (
+        re.compile(parameters[name]["AllowedPattern"]) for name in ("GatewayDestinations", "GatewayDefaultDestination")
+    )
+    accepted = "CT1=PACS1@10.0.0.5:2762?tls,NORTH=PACS2@pacs.north:104"
+    assert many.fullmatch(accepted) and parse_destinations(accepted)["CT1"].tls
+    assert one.fullmatch("PACS@pacs.example:2762?tls") and one.fullmatch("PACS@pacs.example:104")
+    for refused in ("CT1=PACS1@h:2762?ssl", "CT1=PACS1@h?tls:2762"):  # Destination.parse refuses these too
+        assert not many.fullmatch(refused)
+        with pytest.raises(SettingsError):
+            parse_destinations(refused)
