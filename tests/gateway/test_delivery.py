@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
 
 from gateway.delivery import Deliverer, DeliveryOutcome
 from gateway.service import GatewayService
@@ -21,29 +20,18 @@ from ichseg.errors import ErrorCode
 from ichseg.pipeline import keys
 from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobStore, Stage
 from tests.gateway.conftest import IDENTIFIERS, Aws, RecordingMetrics, free_port, wait_until
+from tests.scan_fixtures import dicom_bytes, new_instance
 
 SITE = "SITEA"
 
 
 def result_object(sop_class: str, modality: str) -> bytes:
     """A small SEG or SR file as the pipeline writes under ``results/{job}/`` (transport is what is tested)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_instance(sop_class, modality)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
     ds.PatientName = "Doe^Jane"
-    path = Path(f"/tmp/{meta.MediaStorageSOPInstanceUID}.dcm")
-    ds.save_as(path, enforce_file_format=True)
-    data = path.read_bytes()
-    path.unlink()
-    return data
+    return dicom_bytes(ds)
 
 
 def job_in(aws: Aws, store: JobStore, done: bool = True, with_results: bool = True, site: str = SITE) -> Job:
