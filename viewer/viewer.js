@@ -148,8 +148,79 @@
       row.insertCell().textContent = probability.toFixed(2);
     }
     if (!subtypes.length) body.insertRow().insertCell().textContent = "not given by this model";
+    showSeries(report.series);
+    showSpacing(report.spacing_profile);
     $("report-disclaimer").textContent = report.disclaimer || "";
     $("expiry").textContent = state.expiresAt ? `at ${new Date(state.expiresAt).toLocaleTimeString()}` : "soon";
+  }
+
+  // Millimetres as reports give them: 4 -> "4.0", 5.5 -> "5.5", 0.625 -> "0.63".
+  function mm(value) {
+    return `${value.toFixed(2).replace(/0$/, "")} mm`;
+  }
+
+  // "Series 2 · H30s · 5.5 mm · 12 images": by number, never by description (free text that may
+  // name the patient; the report carries none).
+  function seriesLine(series) {
+    const numbered = series.series_number !== null && series.series_number !== undefined;
+    const parts = [numbered ? `Series ${series.series_number}` : "Unnumbered series"];
+    if (series.kernel) parts.push(series.kernel);
+    if (typeof series.thickness_mm === "number") parts.push(mm(series.thickness_mm));
+    parts.push(`${series.images} image${series.images === 1 ? "" : "s"}`);
+    return parts.join(" · ");
+  }
+
+  // DICOM uploads: the series segmented, then the ones skipped with the reason each lost.
+  function showSeries(series) {
+    const block = $("series-block");
+    block.hidden = !series;
+    if (!series) return;
+    const chosen = $("series-chosen");
+    chosen.textContent = `${seriesLine(series.chosen)} (segmented)`;
+    chosen.title = `SeriesInstanceUID ${series.chosen.series_instance_uid}`;
+    const skipped = series.skipped || [];
+    const details = $("series-skipped");
+    details.hidden = !skipped.length;
+    // A few are listed open; a long list (a whole study's reconstructions) stays folded.
+    details.open = skipped.length > 0 && skipped.length <= 3;
+    $("series-skipped-summary").textContent = `${skipped.length} other series skipped`;
+    const list = $("series-skipped-list");
+    list.replaceChildren();
+    for (const entry of skipped) {
+      const item = document.createElement("li");
+      item.dataset.reason = entry.reason;
+      item.title = `SeriesInstanceUID ${entry.series_instance_uid}`;
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = entry.detail || entry.reason;
+      item.append(document.createTextNode(seriesLine(entry)), reason);
+      list.appendChild(item);
+    }
+    const others = series.non_image_objects || 0;
+    const nonImage = $("series-non-image");
+    nonImage.hidden = others <= 0;
+    nonImage.textContent = `${others} non-image object${others === 1 ? "" : "s"} (directory files, dose reports...) skipped.`;
+  }
+
+  // Runs of slices sharing one extent, numbered as the slider numbers them (1..n); the report's
+  // slice ids are in each run's tooltip.
+  function showSpacing(profile) {
+    const block = $("spacing-block");
+    block.hidden = !profile || !profile.length;
+    const list = $("spacing-runs");
+    list.replaceChildren();
+    if (block.hidden) return;
+    const position = new Map(state.slices.map((slice, index) => [slice.id, index + 1]));
+    for (const run of profile) {
+      const first = position.get(run.first) ?? run.first;
+      const last = position.get(run.last) ?? run.last;
+      const item = document.createElement("li");
+      item.dataset.extent = String(run.extent_mm);
+      item.title = `slice ids ${run.first}–${run.last}`;
+      const where = run.count === 1 ? `Slice ${first}` : `Slices ${first}–${last}`;
+      item.textContent = `${where}: ${mm(run.extent_mm)} (${run.count} slice${run.count === 1 ? "" : "s"})`;
+      list.appendChild(item);
+    }
   }
 
   function drawChart(report) {
@@ -319,6 +390,9 @@
     $("slice-probability").textContent = slice.probability.toFixed(2) + (slice.hemorrhage ? " (hemorrhage)" : "");
     $("slice-area").textContent =
       slice.area_mm2 !== null && slice.area_mm2 !== undefined ? `${slice.area_mm2.toFixed(0)} mm²` : `${slice.area_px} px`;
+    const extent = typeof slice.extent_mm === "number" ? slice.extent_mm : null;
+    $("slice-extent-row").hidden = extent === null;
+    $("slice-extent").textContent = extent === null ? "" : mm(extent);
     $("chart-cursor").setAttribute("x", String(state.index * 10));
     if (slice.frame) draw();
     else load(state.index);

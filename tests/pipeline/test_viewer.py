@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from ichseg.pipeline.jobs import JobState
 from infrastructure.local_stack import LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -68,6 +70,41 @@ def finished_job(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) ->
     assert client.wait(job_id).state == JobState.DONE
     status = client.status(job_id).json()
     report = requests.get(status["results"]["report"], timeout=30).json()
+    return job_id, report
+
+
+@pytest.fixture(scope="module")
+def two_series_job(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """A DICOM zip of one study with two series, processed by the stack: (job id, report).
+
+    Series 2 is a two-stage soft-kernel head (6 x 4 mm then 6 x 7 mm, contiguous: 66 mm, over the
+    selection's 60 mm and 10 slices); series 3 is the same study in a bone kernel, which the
+    selection skips.
+    """
+    study = generate_uid()
+    offsets = [4.0 * k for k in range(6)] + [20.0 + 5.5 + 7.0 * k for k in range(6)]
+    soft = dicom_series(
+        rows=40,
+        cols=48,
+        offsets_mm=offsets,
+        thickness_mm=[4.0] * 6 + [7.0] * 6,
+        study_uid=study,
+        attributes={"SeriesNumber": 2, "ConvolutionKernel": "H30s"},
+    )
+    bone = dicom_series(
+        count=12,
+        rows=40,
+        cols=48,
+        step_mm=5.0,
+        study_uid=study,
+        attributes={"SeriesNumber": 3, "ConvolutionKernel": "H70h"},
+    )
+    members = {f"IM{i:04d}": dicom_bytes(ds) for i, ds in enumerate(soft + bone)}
+    archive = zip_files(tmp_path_factory.mktemp("dicom") / "study.zip", members)
+    client = AppClient(stack, "alice")
+    job_id = client.upload(archive.read_bytes(), "application/zip")
+    assert client.wait(job_id).state == JobState.DONE
+    report = requests.get(client.status(job_id).json()["results"]["report"], timeout=30).json()
     return job_id, report
 
 
@@ -219,3 +256,62 @@ def test_the_viewer_shows_a_finished_job_in_a_real_browser(
     # No console errors (failed loads, exceptions) in the whole session.
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], json.dumps(errors, indent=1)
+
+
+def test_the_viewer_names_the_segmented_series_and_the_spacing_profile(
+    browser: Any, stack: LocalStack, two_series_job: tuple[str, dict[str, Any]]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    job_id, report = two_series_job
+    # What the page shows comes from these; a report without them would make the checks below vacuous.
+    assert report["series"]["chosen"]["series_number"] == 2
+    assert [(s["series_number"], s["reason"]) for s in report["series"]["skipped"]] == [(3, "sharp_kernel")]
+    assert [(run["count"], run["extent_mm"]) for run in report["spacing_profile"]] == [(6, 4.0), (6, 7.0)]
+
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('alice')}")
+    _wait(driver, lambda d: _canvas_state(d).get("slice") not in (None, "-1"), "the DICOM scan never showed")
+
+    assert driver.find_element(By.ID, "series-block").is_displayed()
+    chosen = driver.find_element(By.ID, "series-chosen").text
+    assert chosen.startswith("Series 2 · H30s · 5.5 mm · 12 images"), chosen
+    assert driver.find_element(By.ID, "series-skipped-summary").text == "1 other series skipped"
+    skipped = driver.find_elements(By.CSS_SELECTOR, "#series-skipped-list li")
+    assert len(skipped) == 1 and skipped[0].is_displayed()
+    assert skipped[0].get_attribute("data-reason") == "sharp_kernel"
+    assert "Series 3 · H70h" in skipped[0].text and report["series"]["skipped"][0]["detail"] in skipped[0].text
+    assert not driver.find_element(By.ID, "series-non-image").is_displayed()
+
+    assert driver.find_element(By.ID, "spacing-block").is_displayed()
+    runs = [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#spacing-runs li")]
+    assert runs == ["Slices 1–6: 4.0 mm (6 slices)", "Slices 7–12: 7.0 mm (6 slices)"]
+
+    # Each slice's own extent beside its probability and area: 4 mm at the bottom, 7 mm at the top.
+    slider = driver.find_element(By.ID, "slider")
+    slider.send_keys(Keys.HOME)
+    _wait_drawn(driver, 0)
+    assert driver.find_element(By.ID, "slice-extent").text == "4.0 mm"
+    slider.send_keys(Keys.END)
+    _wait_drawn(driver, 11)
+    assert driver.find_element(By.ID, "slice-extent").text == "7.0 mm"
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], json.dumps(errors, indent=1)
+
+
+def test_a_video_scan_shows_no_series_nor_spacing(
+    browser: Any, stack: LocalStack, finished_job: tuple[str, dict[str, Any]]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    job_id, report = finished_job
+    assert report.get("series") is None and report.get("spacing_profile") is None
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('viewer-user')}")
+    _wait(driver, lambda d: _canvas_state(d).get("slice") not in (None, "-1"), "the video scan never showed")
+    for hidden in ("series-block", "spacing-block", "slice-extent-row"):
+        assert not driver.find_element(By.ID, hidden).is_displayed(), hidden
+    assert driver.find_element(By.ID, "slice-probability").is_displayed()
