@@ -14,8 +14,8 @@ The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before i
   dead-letter queue. A site without a destination is FAILED at once (retrying cannot help).
 
 A ``?tls`` destination is reached over DICOM TLS (TLS 1.2 or later, the PACS's certificate checked
-against ``delivery_tls_ca`` or the system trust store and its name against the destination's host;
-the gateway's own certificate, if it has one, offered for mutual TLS). A TLS failure (untrusted
+against ``delivery_tls_ca`` (a file or PEM text) or the system trust store and its name against the
+destination's host; the gateway's own certificate, if it has one, offered for mutual TLS). A TLS failure (untrusted
 certificate, a name mismatch, our certificate refused) is a failed attempt like any other, its
 reason saying what the TLS layer said.
 
@@ -40,7 +40,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from gateway.settings import Destination, GatewaySettings, SettingsError
+from gateway.settings import Destination, GatewaySettings, SettingsError, load_pem_certificate
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import MetricsSink
 from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobState, JobStore
@@ -103,14 +103,21 @@ def parse_message(body: str) -> str:
 def delivery_tls_context(settings: GatewaySettings) -> ssl.SSLContext:
     """The client side of DICOM TLS to ``?tls`` destinations: TLS 1.2 or later, the PACS's certificate
     verified against ``delivery_tls_ca`` (else the system trust store) and its host name checked; the
-    gateway's own certificate and key presented when it has them. :class:`SettingsError` if a file
+    gateway's own certificate and key presented when it has them. Either may be files or PEM text
+    (``delivery_tls_ca_pem``, ``tls_certificate_pem``/``tls_key_pem``). :class:`SettingsError` if one
     cannot be loaded."""
     try:
         ca = settings.delivery_tls_ca
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None, cadata=settings.delivery_tls_ca_pem
+        )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if settings.tls_certificate is not None and settings.tls_key is not None:
             context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+        elif settings.tls_certificate_pem is not None and settings.tls_key_pem is not None:
+            load_pem_certificate(context, settings.tls_certificate_pem, settings.tls_key_pem)
+    except SettingsError:
+        raise
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise SettingsError(f"delivery DICOM TLS: cannot load the CA bundle or our certificate: {exc}") from None
     return context

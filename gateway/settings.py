@@ -2,13 +2,21 @@
 ``ICHSEG_BUCKET``, ``ICHSEG_TABLE``, ``ICHSEG_DELIVERY_QUEUE_URL``, ``ICHSEG_MAX_RECEIVE_COUNT``) or
 the ``ichseg gateway`` flags that mirror them. boto3 reads its own ``AWS_*`` variables
 (``AWS_ENDPOINT_URL`` points every client at moto locally).
+
+Delivery's DICOM TLS material can also come as PEM text in the environment (ECS injects it from
+Secrets Manager): ``ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM``, ``ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM`` and
+``ICHSEG_GATEWAY_TLS_KEY_PEM``. They have no flags (a command line is visible to every process).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import shutil
+import ssl
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +90,53 @@ class Destination:
         return f"{self.ae_title}@{host}:{self.port}" + (f"?{TLS_OPTION}" if self.tls else "")
 
 
+@contextmanager
+def private_pem_files(**pems: str) -> Iterator[dict[str, Path]]:
+    """Each PEM text written to ``{name}.pem`` in a new private folder under the system temp dir
+    (folder 0700, files 0600); yields {name: path}; the folder is removed on leaving, whatever happens.
+    For ``ssl.SSLContext.load_cert_chain``, which reads files only."""
+    folder = Path(tempfile.mkdtemp(prefix="ichseg-gateway-tls-"))  # mkdtemp creates it 0700
+    try:
+        paths: dict[str, Path] = {}
+        for name, text in pems.items():
+            paths[name] = folder / f"{name}.pem"
+            descriptor = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(text)
+        yield paths
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+    return b""
+
+
+def load_pem_certificate(context: ssl.SSLContext, certificate_pem: str, key_pem: str) -> None:
+    """Load a certificate chain and its unencrypted key, given as PEM text, into ``context``: they are
+    written to :func:`private_pem_files` only for the call and removed straight after (the context
+    keeps them in memory). :class:`SettingsError` if they do not load; it never quotes the PEM."""
+    with private_pem_files(certificate=certificate_pem, key=key_pem) as paths:
+        try:
+            context.load_cert_chain(paths["certificate"], paths["key"], password=_no_passphrase)
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                "ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM / ICHSEG_GATEWAY_TLS_KEY_PEM are not a PEM certificate "
+                f"(chain) and its matching unencrypted private key: {exc.reason or 'it does not parse'}"
+            ) from None
+
+
+def _check_ca_pem(text: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError) as exc:  # ValueError: not even text OpenSSL can read
+        reason = getattr(exc, "reason", None) or "no certificate in it parses"
+        raise SettingsError(
+            f"ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM is not a PEM CA bundle (BEGIN CERTIFICATE blocks): {reason}"
+        ) from None
+
+
 def parse_destinations(text: str) -> dict[str, Destination]:
     """``SITE=AE@host:port,SITE2=...`` -> {site: destination}; sites are made key-safe like :func:`site_of`."""
     found: dict[str, Destination] = {}
@@ -122,6 +177,17 @@ class GatewaySettings:
     delivery_tls_ca: Path | None = None
     """CA bundle a ``?tls`` destination's certificate must chain to; none: the system trust store.
     With ``tls_certificate``/``tls_key`` set, the gateway presents them to the PACS (mutual TLS)."""
+    delivery_tls_ca_pem: str | None = field(default=None, repr=False)
+    """``delivery_tls_ca`` given as PEM text instead of a file (``ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM``);
+    not both."""
+    tls_certificate_pem: str | None = field(default=None, repr=False)
+    """The gateway's client certificate (chain) for mutual TLS to ``?tls`` destinations, as PEM text
+    (``ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM``), with ``tls_key_pem``; not with ``tls_certificate``.
+    Delivery only, on purpose: unlike ``tls_certificate`` it does not turn the receiving port into a
+    TLS listener (:attr:`tls` stays False), because in AWS the load balancer terminates the
+    receiving side's TLS and forwards plain DICOM to the task."""
+    tls_key_pem: str | None = field(default=None, repr=False)
+    """Its unencrypted private key, PEM text (``ICHSEG_GATEWAY_TLS_KEY_PEM``); never logged or quoted."""
     delivery_attempts: int = 3
     """The delivery queue's redrive ``maxReceiveCount``: the receive that is the last one fails delivery."""
     delivery_backoff_seconds: float = 30.0
@@ -147,9 +213,33 @@ class GatewaySettings:
             raise SettingsError("delivery attempts must be >= 1 and the poll wait 0-20 seconds")
         if (self.tls_certificate is None) != (self.tls_key is None):
             raise SettingsError("DICOM TLS needs both a certificate and its key")
+        self._check_pem_settings()
+
+    def _check_pem_settings(self) -> None:
+        """Conflicts and malformed PEM fail here, when the gateway starts, not at its first delivery."""
+        if self.delivery_tls_ca is not None and self.delivery_tls_ca_pem is not None:
+            raise SettingsError(
+                "ICHSEG_GATEWAY_DELIVERY_TLS_CA and ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM are both set: "
+                "give the PACS's CA bundle as a file or as PEM text, not both"
+            )
+        pems = (self.tls_certificate_pem, self.tls_key_pem)
+        if self.tls_certificate is not None and any(pem is not None for pem in pems):
+            raise SettingsError(
+                "ICHSEG_GATEWAY_TLS_CERTIFICATE/_KEY (files) and ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM/_KEY_PEM "
+                "are both set: give the gateway's certificate and key one way, not both"
+            )
+        if (self.tls_certificate_pem is None) != (self.tls_key_pem is None):
+            raise SettingsError(
+                "ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM and ICHSEG_GATEWAY_TLS_KEY_PEM go together (certificate, key)"
+            )
+        if self.delivery_tls_ca_pem is not None:
+            _check_ca_pem(self.delivery_tls_ca_pem)
+        if self.tls_certificate_pem is not None and self.tls_key_pem is not None:
+            load_pem_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.tls_certificate_pem, self.tls_key_pem)
 
     @property
     def tls(self) -> bool:
+        """Whether the receiving port is a DICOM TLS listener: with ``tls_certificate`` (a file) only."""
         return self.tls_certificate is not None
 
     def destination_for(self, site: str) -> Destination | None:
@@ -176,6 +266,9 @@ class GatewaySettings:
         def path(name: str) -> Path | None:
             return Path(text(name)) if text(name) else None
 
+        def pem(name: str) -> str | None:
+            return text(name) + "\n" if text(name) else None
+
         allowed = tuple(a.strip() for a in text("ICHSEG_GATEWAY_ALLOWED_AES").split(",") if a.strip())
         values: dict[str, object] = {
             "ae_title": text("ICHSEG_GATEWAY_AE_TITLE") or None,
@@ -196,6 +289,9 @@ class GatewaySettings:
             "tls_key": path("ICHSEG_GATEWAY_TLS_KEY"),
             "tls_ca": path("ICHSEG_GATEWAY_TLS_CA"),
             "delivery_tls_ca": path("ICHSEG_GATEWAY_DELIVERY_TLS_CA"),
+            "delivery_tls_ca_pem": pem("ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM"),
+            "tls_certificate_pem": pem("ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM"),
+            "tls_key_pem": pem("ICHSEG_GATEWAY_TLS_KEY_PEM"),
             "delivery_attempts": number("ICHSEG_MAX_RECEIVE_COUNT", int),
             "delivery_backoff_seconds": number("ICHSEG_GATEWAY_DELIVERY_BACKOFF_SECONDS", float),
             "bucket": text("ICHSEG_BUCKET") or None,

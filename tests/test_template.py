@@ -394,8 +394,9 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
     # Assemble mirrors results to Firebase Storage; the API deletes that copy (DELETE /v1/scans/{job_id}).
-    assert secret_readers == {"AssembleFunctionRole", "ApiFunctionRole"}
-    for role in secret_readers:
+    # The gateway's execution role reads its delivery TLS secrets (test_gateway_delivery_tls_secrets...).
+    assert secret_readers == {"AssembleFunctionRole", "ApiFunctionRole", "GatewayExecutionRole"}
+    for role in secret_readers - {"GatewayExecutionRole"}:
         assert allowed_resources(resources, role, "secretsmanager:GetSecretValue") == [
             {"Ref": "FirebaseCredentialsSecretArn"}
         ]
@@ -935,12 +936,14 @@ def test_gateway_container_environment_is_what_the_gateway_reads(resources: dict
             return super().__contains__(key)
 
     env = {e["Name"]: e["Value"] for e in container(resources)["Environment"]}
+    secrets = {s["Name"] for s in container_secrets(resources)}
     recording = Recording({"ICHSEG_GATEWAY_SPOOL_DIR": "/spool", "ICHSEG_BUCKET": "b"})
     recording.asked = set()
     GatewaySettings.from_env(recording)
     read_by_cli = set(re.findall(r'"(ICHSEG_\w+)"', (REPO / "gateway" / "cli.py").read_text()))
-    unknown = {n for n in env if n.startswith("ICHSEG_")} - recording.asked - read_by_cli
+    unknown = {n for n in [*env, *secrets] if n.startswith("ICHSEG_")} - recording.asked - read_by_cli
     assert not unknown, f"template.yaml sets variables the gateway never reads: {unknown}"
+    assert secrets and secrets <= recording.asked
     for name in (
         "ICHSEG_GATEWAY_AE_TITLE",
         "ICHSEG_GATEWAY_PORT",
@@ -960,6 +963,79 @@ def test_gateway_container_environment_is_what_the_gateway_reads(resources: dict
     # the gateway's last receive fails the delivery: the delivery queue's own redrive count
     assert env["ICHSEG_MAX_RECEIVE_COUNT"] == {"Ref": "DeliveryMaxReceiveCount"}
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "ichseg"  # DeliveryFailuresAlarm's namespace
+
+
+def container_secrets(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gateway container's ``Secrets`` under every condition (each entry's own Fn::If resolved)."""
+    found: list[dict[str, Any]] = []
+    for listing in branches(container(resources).get("Secrets", {"Ref": "AWS::NoValue"})):
+        for entry in listing:
+            found.extend(branches(entry))
+    return found
+
+
+def test_gateway_delivery_tls_secrets_are_optional_and_only_the_execution_role_reads_them(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    parameters, conditions = template["Parameters"], template["Conditions"]
+    secret_arn = re.compile(parameters["GatewayDeliveryCaSecretArn"]["AllowedPattern"])
+    for name in ("GatewayDeliveryCaSecretArn", "GatewayClientCertificateSecretArn"):
+        assert parameters[name]["Default"] == "" and parameters[name]["AllowedPattern"] == secret_arn.pattern
+    # the full ARN (its 6-character suffix), so that IAM's exact resource matches and :key:: can follow
+    assert secret_arn.fullmatch("arn:aws:secretsmanager:eu-west-1:123456789012:secret:ichseg/pacs-ca-AbC123")
+    for refused in ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:ichseg/pacs-ca", "pacs-ca", "arn:x:y"):
+        assert not secret_arn.fullmatch(refused), refused
+    for condition, parameter in (
+        ("GatewayDeliveryCaSecret", "GatewayDeliveryCaSecretArn"),
+        ("GatewayClientCertificateSecret", "GatewayClientCertificateSecretArn"),
+    ):
+        assert conditions[condition]["Fn::And"][0] == {"Condition": "DeployGateway"}
+        assert conditions[condition]["Fn::And"][1] == {"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, ""]}]}
+    assert conditions["GatewayHasSecrets"] == {
+        "Fn::Or": [{"Condition": "GatewayDeliveryCaSecret"}, {"Condition": "GatewayClientCertificateSecret"}]
+    }
+
+    # No secrets at all without either parameter; each entry only under its own condition.
+    secrets = container(resources)["Secrets"]["Fn::If"]
+    assert secrets[0] == "GatewayHasSecrets" and secrets[2] == {"Ref": "AWS::NoValue"}
+    entries = {entry["Fn::If"][1]["Name"]: entry["Fn::If"] for entry in secrets[1]}
+    assert {name: (cond, otherwise) for name, (cond, _, otherwise) in entries.items()} == {
+        "ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM": ("GatewayDeliveryCaSecret", {"Ref": "AWS::NoValue"}),
+        "ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM": ("GatewayClientCertificateSecret", {"Ref": "AWS::NoValue"}),
+        "ICHSEG_GATEWAY_TLS_KEY_PEM": ("GatewayClientCertificateSecret", {"Ref": "AWS::NoValue"}),
+    }
+    value_from = {entry["Name"]: entry["ValueFrom"] for entry in container_secrets(resources)}
+    assert value_from == {
+        "ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM": {"Ref": "GatewayDeliveryCaSecretArn"},
+        "ICHSEG_GATEWAY_TLS_CERTIFICATE_PEM": {"Fn::Sub": "${GatewayClientCertificateSecretArn}:certificate::"},
+        "ICHSEG_GATEWAY_TLS_KEY_PEM": {"Fn::Sub": "${GatewayClientCertificateSecretArn}:key::"},
+    }
+    # The PEM never sits in the plain environment (visible in the task definition).
+    assert not any(e["Name"].endswith("_PEM") for e in container(resources)["Environment"])
+
+    # ECS reads them with the execution role, each statement under its secret's condition, exact ARN.
+    (policy,) = props(resources, "GatewayExecutionRole")["Policies"]
+    conditional = {
+        stmt["Fn::If"][0]: stmt["Fn::If"] for stmt in policy["PolicyDocument"]["Statement"] if "Fn::If" in stmt
+    }
+    assert set(conditional) == {"GatewayDeliveryCaSecret", "GatewayClientCertificateSecret"}
+    for condition, parameter in (
+        ("GatewayDeliveryCaSecret", "GatewayDeliveryCaSecretArn"),
+        ("GatewayClientCertificateSecret", "GatewayClientCertificateSecretArn"),
+    ):
+        _, statement, otherwise = conditional[condition]
+        assert otherwise == {"Ref": "AWS::NoValue"}
+        assert (statement["Effect"], statement["Action"], statement["Resource"]) == (
+            "Allow",
+            "secretsmanager:GetSecretValue",
+            {"Ref": parameter},
+        )
+    assert allowed_resources(resources, "GatewayExecutionRole", "secretsmanager:GetSecretValue") == [
+        {"Ref": "GatewayDeliveryCaSecretArn"},
+        {"Ref": "GatewayClientCertificateSecretArn"},
+    ]
+    # the task role (the gateway's own code) reads no secret: ECS hands them over at start
+    assert not allowed_resources(resources, "GatewayTaskRole", "secretsmanager:GetSecretValue")
 
 
 def test_delivery_alarms_reach_the_topic(resources: dict[str, Any]) -> None:
