@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ichseg.limits import MiB
+from ichseg.pipeline import keys
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 """DICOM AE titles: 1-16 characters of the default repertoire without backslash (PS3.5 6.2)."""
@@ -51,7 +52,7 @@ def site_of(ae_title: str) -> str:
     its prefix (no ``/``) and the destinations map, keyed the same way, finds its results' way back.
     """
     site = _SITE_UNSAFE.sub("_", ae_title.strip())
-    if not site.strip("._"):
+    if not keys.is_valid_site(site):  # the key layout's one rule for a site
         raise SettingsError(f"AE title {ae_title!r} gives no usable site name")
     return site
 

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichseg.pipeline import keys
+
 log = logging.getLogger("gateway.spool")
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -64,7 +66,7 @@ def uid_tag(uid: str) -> str:
 
 
 def _check_site(site: str) -> None:
-    if not site or "/" in site or site.strip(".") == "":
+    if not keys.is_valid_site(site):  # the key layout's rule: a site is also a spool folder name
         raise ValueError(f"site {site!r} cannot name a folder")
 
 
