@@ -185,15 +185,6 @@ def _mirror_site(requirements: Path, site: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from infrastructure.moto_server import MotoServer
-
-    server = MotoServer().start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def certificate_server() -> Iterator[tuple[str, Any]]:
     """A local token issuer and an HTTP server that publishes its certificates as Google does."""
     from infrastructure.token_issuer import LocalTokenIssuer

@@ -4,7 +4,6 @@ written with pydicom, dcmtk's storescu/echoscu as the sending PACS and storescp 
 
 from __future__ import annotations
 
-import logging
 import shutil
 import socket
 import subprocess
@@ -31,16 +30,6 @@ IDENTIFIERS = (PATIENT_NAME, "PID-445566", "ACC-778899", "Head trauma Jane")
 DCMTK = all(shutil.which(tool) for tool in ("storescu", "echoscu", "storescp"))
 if not DCMTK:  # `make test` installs dcmtk; without it these tests cannot run at all
     raise RuntimeError("dcmtk (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
-
-
-@pytest.fixture(scope="package")
-def moto_url() -> Iterator[str]:
-    from infrastructure.moto_server import MotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = MotoServer().start()
-    yield server.url
-    server.stop()
 
 
 class RecordingMetrics:

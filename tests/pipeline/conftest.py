@@ -61,23 +61,6 @@ def video_bytes(tmp_path: Path, frames: np.ndarray) -> bytes:
     return path.read_bytes()
 
 
-@pytest.fixture(scope="package")
-def moto_url() -> Iterator[str]:
-    """A bare moto server for unit tests that need real AWS APIs (no stack).
-
-    Not ``mock_aws``: moto keeps one state per process, and ``mock_aws`` resets it on entry and
-    exit, which would wipe the session's local stack too.
-    """
-    import logging
-
-    from infrastructure.moto_server import MotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = MotoServer().start()
-    yield server.url
-    server.stop()
-
-
 def aws_client(url: str, service: str) -> Any:
     import boto3
 
