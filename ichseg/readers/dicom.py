@@ -27,6 +27,7 @@ from ichseg.errors import (
     UnsupportedFormatError,
 )
 from ichseg.limits import ScanLimits, check_scan_size
+from ichseg.readers.dicom_values import dicom_float, dicom_vector
 from ichseg.readers.naming import index_ids
 from ichseg.readers.series_selection import (
     SeriesRules,
@@ -103,7 +104,7 @@ def _read_series(instances: list[_Instance], fmt: str, source: str, limits: Scan
     check_scan_size(limits, source, len(instances), rows, cols)
     ordered, along = _sort_along_normal(instances, source)
     slices = np.stack([_hu_pixels(inst.name, inst.dataset) for inst in ordered])
-    own = [_float_or_none(getattr(inst.dataset, "SliceThickness", None)) for inst in ordered]
+    own = [dicom_float(getattr(inst.dataset, "SliceThickness", None)) for inst in ordered]
     step = round(float(np.median(np.diff(along))), 4) if along is not None and len(along) > 1 else None
     if along is not None:
         extents: tuple[float, ...] | None = slice_extents(along, own) or None
@@ -115,7 +116,7 @@ def _read_series(instances: list[_Instance], fmt: str, source: str, limits: Scan
         format=fmt,
         hu=True,
         pixel_spacing_mm=_pixel_spacing(first),
-        slice_thickness_mm=step if step is not None else _float_or_none(getattr(first, "SliceThickness", None)),
+        slice_thickness_mm=step if step is not None else dicom_float(getattr(first, "SliceThickness", None)),
         source=source,
         dicom=_series_ref([inst.dataset for inst in ordered]),
         slice_extents_mm=extents,
@@ -131,8 +132,8 @@ def _parse(name: str, data: bytes) -> _Instance:
     return _Instance(
         name,
         dataset,
-        _vector(dataset, "ImagePositionPatient", 3),
-        _vector(dataset, "ImageOrientationPatient", 6),
+        dicom_vector(dataset, "ImagePositionPatient", 3),
+        dicom_vector(dataset, "ImageOrientationPatient", 6),
         modality,
     )
 
@@ -142,13 +143,6 @@ def _require_ct(instance: _Instance) -> None:
         raise NotCTError(
             f"{instance.name}: DICOM modality is {instance.modality or 'missing'}, not CT; ichseg segments head CT only"
         )
-
-
-def _vector(dataset: Dataset, keyword: str, length: int) -> np.ndarray | None:
-    value = getattr(dataset, keyword, None)
-    if value is None or len(value) != length:
-        return None
-    return np.array([float(v) for v in value])
 
 
 def _dedupe(instances: list[_Instance]) -> list[_Instance]:
@@ -216,15 +210,6 @@ def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
     if spacing is None or len(spacing) != 2:
         return None
     return float(spacing[0]), float(spacing[1])
-
-
-def _float_or_none(value: object) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(str(value))  # pydicom's DS/IS values, numbers or their text
-    except (TypeError, ValueError):
-        return None
 
 
 def _series_ref(datasets: list[Dataset]) -> DicomSeriesRef:

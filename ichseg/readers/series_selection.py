@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ichseg.errors import InconsistentSeriesError, NotCTError
+from ichseg.readers.dicom_values import dicom_float, dicom_vector
 from ichseg.scan import SeriesInfo, SeriesSelection, SkippedSeries, SkipReason
 
 CT_IMAGE_CLASSES = frozenset(
@@ -157,15 +158,16 @@ def enhanced_frame_geometry(
     per_frame = list(getattr(dataset, "PerFrameFunctionalGroupsSequence", []) or [])
     positions: list[np.ndarray | None] = []
     thicknesses: list[float | None] = []
-    orientation = _vector(_first(getattr(shared, "PlaneOrientationSequence", None)), "ImageOrientationPatient", 6)
-    shared_thickness = _float(getattr(_first(getattr(shared, "PixelMeasuresSequence", None)), "SliceThickness", None))
+    orientation = dicom_vector(_first(getattr(shared, "PlaneOrientationSequence", None)), "ImageOrientationPatient", 6)
+    shared_measures = _first(getattr(shared, "PixelMeasuresSequence", None))
+    shared_thickness = dicom_float(getattr(shared_measures, "SliceThickness", None))
     for group in per_frame:
-        positions.append(_vector(_first(getattr(group, "PlanePositionSequence", None)), "ImagePositionPatient", 3))
+        positions.append(dicom_vector(_first(getattr(group, "PlanePositionSequence", None)), "ImagePositionPatient", 3))
         measures = _first(getattr(group, "PixelMeasuresSequence", None))
-        own = _float(getattr(measures, "SliceThickness", None)) if measures is not None else None
+        own = dicom_float(getattr(measures, "SliceThickness", None)) if measures is not None else None
         thicknesses.append(own if own is not None else shared_thickness)
         if orientation is None:
-            orientation = _vector(
+            orientation = dicom_vector(
                 _first(getattr(group, "PlaneOrientationSequence", None)), "ImageOrientationPatient", 6
             )
     return positions, orientation, thicknesses
@@ -292,9 +294,9 @@ def _geometry(group: Sequence[Dataset]) -> _Geometry:
         positions, orientation, thicknesses = enhanced_frame_geometry(group[0])
         orientations: list[np.ndarray | None] = [orientation] * len(positions)
     else:
-        positions = [_vector(d, "ImagePositionPatient", 3) for d in group]
-        orientations = [_vector(d, "ImageOrientationPatient", 6) for d in group]
-        thicknesses = [_float(getattr(d, "SliceThickness", None)) for d in group]
+        positions = [dicom_vector(d, "ImagePositionPatient", 3) for d in group]
+        orientations = [dicom_vector(d, "ImageOrientationPatient", 6) for d in group]
+        thicknesses = [dicom_float(getattr(d, "SliceThickness", None)) for d in group]
         sizes = {(int(getattr(d, "Rows", 0) or 0), int(getattr(d, "Columns", 0) or 0)) for d in group}
         if len(sizes) > 1:
             return _Geometry(None, thicknesses, None, "images differ in size")
@@ -421,27 +423,8 @@ def _first(sequence: Any) -> Any:
         return None
 
 
-def _vector(dataset: Any, keyword: str, length: int) -> np.ndarray | None:
-    value = getattr(dataset, keyword, None) if dataset is not None else None
-    try:
-        if value is None or len(value) != length:
-            return None
-        return np.array([float(v) for v in value])
-    except (TypeError, ValueError):
-        return None
-
-
-def _float(value: object) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(str(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def _int(value: object) -> int | None:
-    number = _float(value)
+    number = dicom_float(value)
     return int(number) if number is not None and math.isfinite(number) else None
 
 
