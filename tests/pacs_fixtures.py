@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from tests.patient_identifiers import PATIENT_IDENTIFIERS
+
 ORTHANC = "/usr/sbin/Orthanc"
 
 
@@ -168,45 +170,6 @@ class OrthancPacs:
         return result
 
 
-PATIENT_IDENTIFIERS: dict[str, str] = {
-    "PatientName": "Quetzal^Marisol^Anneliese",
-    "PatientID": "MRN-44871093",
-    "PatientBirthDate": "19560317",
-    "OtherPatientIDs": "NHS-9434765919",
-    "PatientAddress": "17 Larkspur Crescent Wexford",
-    "AccessionNumber": "ACC-77120594",
-    "StudyID": "STU-55102",
-    "StudyDescription": "CT HEAD Quetzal Marisol MRN-44871093",
-    "SeriesDescription": "Axial 5mm Quetzal 1956-03-17",
-    "InstitutionName": "Saint Brigid Larkspur Hospital",
-    "ReferringPhysicianName": "Okonkwo-Reyes^Tiberius",
-    "OperatorsName": "Vandersloot^Henrike",
-    "PerformingPhysicianName": "Abernathy-Quist^Cornelius",
-    "RequestingPhysician": "Fairweather^Ignatius",
-    "ProtocolName": "Head Quetzal MRN-44871093",
-    "ImageComments": "Patient Quetzal fell at home 1956-03-17",
-}
-"""What a real head CT carries about its patient, in every field a site fills: each value unique
-enough that finding it anywhere outside the hospital's own results is certainly a leak."""
-
-PHI_NEEDLES = (
-    "Quetzal",
-    "44871093",
-    "19560317",
-    "1956-03-17",
-    "9434765919",
-    "Larkspur",
-    "77120594",
-    "55102",
-    "Okonkwo",
-    "Vandersloot",
-    "Abernathy",
-    "Fairweather",
-    "Brigid",
-)
-"""Substrings of :data:`PATIENT_IDENTIFIERS` to search for in logs, items and objects."""
-
-
 def identified_head_ct(
     count: int = 8,
     bleed_from: int | None = 4,
@@ -217,7 +180,7 @@ def identified_head_ct(
 ) -> list[Any]:
     """A head CT series in Hounsfield units that the tests' tiny model reads like
     ``tests.pipeline.conftest.head_frames`` (a dim head, a bright bleed from ``bleed_from`` on),
-    carrying :data:`PATIENT_IDENTIFIERS` in every field."""
+    carrying :data:`tests.patient_identifiers.PATIENT_IDENTIFIERS` in every field."""
     import numpy as np
     from pydicom.uid import MRImageStorage
 

@@ -20,12 +20,9 @@ from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
+from tests.patient_identifiers import PATIENT_IDENTIFIERS
 from tests.pipeline.conftest import aws_client, create_jobs_table
 from tests.scan_fixtures import new_instance
-
-PATIENT_NAME = "Doe^Jane"
-"""Every test series carries identifiers; none of them may appear in a log line."""
-IDENTIFIERS = (PATIENT_NAME, "PID-445566", "ACC-778899", "Head trauma Jane")
 
 DCMTK = all(shutil.which(tool) for tool in ("storescu", "echoscu", "storescp"))
 if not DCMTK:  # `make test` installs dcmtk; without it these tests cannot run at all
@@ -120,7 +117,8 @@ def ct_series(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> list[Path]:
-    """``count`` small single-frame instances of one series, with patient identifiers in every field."""
+    """``count`` small single-frame instances of one series, with the test patient's identifiers in every
+    field (:data:`tests.patient_identifiers.PATIENT_IDENTIFIERS`); none of them may reach a log line."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -129,11 +127,8 @@ def ct_series(
         ds = new_instance(sop_class, modality)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.PatientName = PATIENT_NAME
-        ds.PatientID = IDENTIFIERS[1]
-        ds.AccessionNumber = IDENTIFIERS[2]
-        ds.SeriesDescription = IDENTIFIERS[3]
-        ds.StudyDescription = IDENTIFIERS[3]
+        for keyword, value in PATIENT_IDENTIFIERS.items():
+            setattr(ds, keyword, value)
         ds.SeriesNumber = 3
         ds.InstanceNumber = index + 1
         ds.ImagePositionPatient = [0.0, 0.0, 5.0 * index]

@@ -21,8 +21,9 @@ from gateway.delivery import Deliverer, DeliveryOutcome
 from gateway.settings import Destination, GatewaySettings, SettingsError, parse_destinations
 from ichseg.pipeline.jobs import DeliveryState, JobStore
 from tests.gateway.certificates import CertificateAuthority
-from tests.gateway.conftest import IDENTIFIERS, Aws, RecordingMetrics
+from tests.gateway.conftest import Aws, RecordingMetrics
 from tests.gateway.test_delivery import job_in, queued, send
+from tests.patient_identifiers import identifier_leaks
 
 
 @dataclass
@@ -189,7 +190,7 @@ def test_a_tls_failure_is_a_retried_attempt_whose_reason_names_it(
     assert job.delivery_reason.startswith(f"association with PACS@127.0.0.1:{pacs.port}?tls not established: ")
     assert reason in job.delivery_reason
     assert pacs.received == [] and queued(aws) == 1
-    assert not any(identifier in job.delivery_reason + caplog.text for identifier in IDENTIFIERS)
+    assert identifier_leaks(job.delivery_reason + caplog.text) == []
 
 
 def test_a_plain_destination_still_delivers_over_tcp(

@@ -27,7 +27,8 @@ from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import ScanManifest
 from infrastructure.local_stack import LocalStack
 from tests.dicom_tools import dciodvfy_errors
-from tests.pacs_fixtures import PHI_NEEDLES, OrthancPacs, identified_head_ct
+from tests.pacs_fixtures import OrthancPacs, identified_head_ct
+from tests.patient_identifiers import identifier_leaks
 from tests.scan_fixtures import dicom_bytes
 
 GATEWAY = "ichseg"
@@ -161,7 +162,7 @@ def test_a_study_sent_by_the_pacs_comes_back_as_a_valid_seg_and_sr(
     # The patient is in the returned objects (above) and nowhere else: gateway logs, the job row.
     assert any(record.name.startswith("gateway") for record in caplog.records)
     item = stack.aws("dynamodb").get_item(TableName=stack.settings.table, Key={"job_id": {"S": job.job_id}})
-    assert [n for n in PHI_NEEDLES if n.lower() in (caplog.text + json.dumps(item["Item"])).lower()] == []
+    assert identifier_leaks(caplog.text + json.dumps(item["Item"])) == []
 
     # The PACS sends the series again (a technologist presses "send" twice): nothing new anywhere.
     jobs_before = set(_ingest_jobs(stack).values())

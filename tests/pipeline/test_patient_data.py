@@ -21,23 +21,19 @@ import pydicom
 from ichseg.pipeline.jobs import JobState
 from ichseg.pipeline.keys import ingest_job_id
 from infrastructure.local_stack import LocalStack
-from tests.pacs_fixtures import PATIENT_IDENTIFIERS, PHI_NEEDLES, identified_head_ct
+from tests.pacs_fixtures import identified_head_ct
+from tests.patient_identifiers import PATIENT_FOLDER, PATIENT_IDENTIFIERS, identifier_leaks
 from tests.scan_fixtures import dicom_bytes
-
-
-def _leaks(text: str) -> list[str]:
-    return [needle for needle in PHI_NEEDLES if needle.lower() in text.lower()]
 
 
 def _patient_zip(series: list[pydicom.Dataset], corrupt: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    folder = "Quetzal_Marisol_MRN-44871093/1956-03-17 CT HEAD ACC-77120594"
     with zipfile.ZipFile(buffer, "w") as archive:
         for index, ds in enumerate(series):
             payload = dicom_bytes(ds)
             if index == corrupt:
                 payload = payload[: len(payload) // 3]
-            archive.writestr(f"{folder}/Quetzal_{index:03d}.dcm", payload)
+            archive.writestr(f"{PATIENT_FOLDER}/Quetzal_{index:03d}.dcm", payload)
     return buffer.getvalue()
 
 
@@ -62,12 +58,12 @@ def test_identifiers_stay_in_the_hospital_results(stack: LocalStack) -> None:
     job = stack.wait_for_job(job_id, timeout=120)
     assert job.state == JobState.DONE, job.error_reason
 
-    assert _leaks(_job_item(stack, job_id)) == []
+    assert identifier_leaks(_job_item(stack, job_id)) == []
     s3 = stack.aws("s3")
     report = s3.get_object(Bucket=stack.settings.bucket, Key=job.results["report"])["Body"].read().decode()
-    assert _leaks(report) == []
+    assert identifier_leaks(report) == []
     assert [o for o in stack.firebase_objects("") if job_id in o["name"]] == []
-    assert _leaks(_logs(stack)) == []
+    assert identifier_leaks(_logs(stack)) == []
     # The positive control: the SEG goes back to the patient's record, so it must name the patient.
     seg = pydicom.dcmread(
         io.BytesIO(s3.get_object(Bucket=stack.settings.bucket, Key=job.results["seg"])["Body"].read())
@@ -84,9 +80,9 @@ def test_refused_series_name_no_patient_in_their_reasons(stack: LocalStack) -> N
     for case, archive in refused.items():
         job = stack.wait_for_job(_ingest(stack, archive), timeout=60)
         assert job.state == JobState.FAILED, case
-        assert job.error_reason and _leaks(job.error_reason) == [], (case, job.error_reason)
-        assert _leaks(_job_item(stack, job.job_id)) == [], case
-    assert _leaks(_logs(stack)) == []
+        assert job.error_reason and identifier_leaks(job.error_reason) == [], (case, job.error_reason)
+        assert identifier_leaks(_job_item(stack, job.job_id)) == [], case
+    assert identifier_leaks(_logs(stack)) == []
     # Nothing goes back to the PACS for these: each one is counted for ops' alarm.
     metrics = [
         json.loads(line) for line in (Path(stack.log_dir) / "split.log").read_text().splitlines() if "_aws" in line
