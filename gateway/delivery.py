@@ -123,7 +123,9 @@ def delivery_tls_context(settings: GatewaySettings) -> ssl.SSLContext:
     return context
 
 
-def tls_problem(destination: Destination, context: ssl.SSLContext, timeout: float = 10.0) -> str | None:
+def tls_problem(
+    destination: Destination, context: ssl.SSLContext, timeout: float = 10.0, verdict_seconds: float = 5.0
+) -> str | None:
     """Why a TLS connection to ``destination`` fails, in the TLS layer's words; None if it does not, or
     if the failure is not TLS's (refused, unreachable). pynetdicom logs a failed handshake but reports only
     "not established", so a failed association to a ``?tls`` destination is diagnosed with this one probe."""
@@ -132,8 +134,9 @@ def tls_problem(destination: Destination, context: ssl.SSLContext, timeout: floa
             socket.create_connection((destination.host, destination.port), timeout=timeout) as raw,
             context.wrap_socket(raw, server_hostname=destination.host) as tls,
         ):
-            # In TLS 1.3 the server's verdict on our certificate arrives only after the handshake.
-            tls.settimeout(1.0)
+            # In TLS 1.3 the server's verdict on our certificate arrives only after the handshake; a
+            # busy PACS may take seconds to send it (the probe runs only after a failed association).
+            tls.settimeout(verdict_seconds)
             try:
                 if tls.recv(1) == b"":
                     return "the PACS closed the connection right after the TLS handshake"

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,12 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def aws(moto_url: str) -> tuple[Any, Any]:
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10).close()
+    # A clean slate for this module's two services only: moto keeps one state per process, and a
+    # full reset (/moto-api/reset) would also wipe the session's other moto servers.
+    from moto.backends import get_backend
+
+    for service in ("sagemaker", "applicationautoscaling"):
+        get_backend(service).reset()
     return (
         boto3.client("sagemaker", endpoint_url=moto_url, **CREDENTIALS),
         boto3.client("application-autoscaling", endpoint_url=moto_url, **CREDENTIALS),

@@ -100,7 +100,7 @@ def test_ping_is_503_while_the_model_loads_then_200(tiny_model: Path) -> None:
     release = threading.Event()
 
     def slow_segmenter() -> OnnxSegmenter:
-        release.wait(10)
+        release.wait(300)  # until the test lets it load, however long the 503 checks take
         return OnnxSegmenter(tiny_model)
 
     loading = create_app(tiny_model, segmenter_factory=slow_segmenter).test_client()

@@ -55,9 +55,9 @@ def test_a_ct_study_of_one_series_becomes_one_content_addressed_zip_of_its_insta
             received = dcmread(io.BytesIO(archive.read(name)))
             assert received.PixelData == sent[name.split("/")[1][:-4]].PixelData
             assert received.file_meta.TransferSyntaxUID  # a whole DICOM file: preamble and file meta
-    # The spool moved the study on to sent/, and nobody's name reached a log line.
+    # The spool moves the study on to sent/ (just after the PUT), and nobody's name reached a log line.
+    wait_until(lambda: len(list((gateway.settings.spool_dir / "sent").rglob("*.dcm"))) == 5)
     assert not list((gateway.settings.spool_dir / "incoming").rglob("*.dcm"))
-    assert len(list((gateway.settings.spool_dir / "sent").rglob("*.dcm"))) == 5
     assert identifier_leaks(caplog.text) == []
 
 

@@ -54,7 +54,7 @@ def study_gateway(
     make_settings: Callable[..., GatewaySettings], metrics: RecordingMetrics
 ) -> Callable[..., GatewayService]:
     def start(**overrides: float) -> GatewayService:
-        return GatewayService(make_settings(idle_seconds=IDLE, **overrides), metrics=metrics)
+        return GatewayService(make_settings(**{"idle_seconds": IDLE, **overrides}), metrics=metrics)
 
     return start
 
@@ -130,7 +130,7 @@ def test_restart_mid_study_gives_one_zip_of_every_series(
     study_gateway: Callable[..., GatewayService], aws: Aws, tmp_path: Path, metrics: RecordingMetrics
 ) -> None:
     done, half = study_of(tmp_path, 3, 4)
-    with study_gateway() as first:
+    with study_gateway(idle_seconds=600) as first:  # stops long before the study could be idle
         assert storescu(first.address, [*done, *half[:2]]).count("(Success)") == 5
     # Stopped before the study was idle: nothing uploaded, both series wait on disk.
     assert aws.ingest_keys() == []

@@ -6,7 +6,10 @@ issuer, through the local front (authorizer + API function). Every check runs: n
 codes, content types, headers and bodies as documented, invalid data refused, valid data accepted,
 unsupported methods 405, requests without the token refused.
 
-Bounded for ``make test``: a fixed seed, a fixed number of examples per operation and a time budget.
+Bounded for ``make test`` by the number of examples, never by time: with a time budget schemathesis
+repeats its phases with new seeds until the budget is spent, so a fast machine would test inputs a
+slow one never sees. A fixed seed, deterministic generation, a fixed number of examples per
+operation, and no speed-dependent health check: every machine sends the same requests.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from tests.conftest import REPO
 
 SPEC = REPO / "functions" / "openapi.json"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-MAX_EXAMPLES = 25
-TIME_BUDGET_SECONDS = 90
+MAX_EXAMPLES = 100
+TIMEOUT_SECONDS = 600
+"""A safety net for a hung run, far above its usual length."""
 
 
 def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
@@ -41,10 +45,11 @@ def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
         "all",
         "--max-examples",
         str(MAX_EXAMPLES),
-        "--max-time",
-        str(TIME_BUDGET_SECONDS),
         "--seed",
         "20261202",
+        "--generation-deterministic",
+        "--suppress-health-check",
+        "too_slow",
         "--workers",
         "1",
         "--request-timeout",
@@ -55,9 +60,7 @@ def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
         str(tmp_path),
     ]
     started = time.monotonic()
-    run = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=TIME_BUDGET_SECONDS + 120, check=False
-    )
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False)
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr
     print(output[-6000:], f"\nschemathesis took {elapsed:.0f} s")

@@ -457,7 +457,8 @@ def test_the_real_storage_client_does_not_retry_on_its_own(tmp_path: Path) -> No
     files = [MirrorFile("report.json", b"{}", "application/json")]
     started = time.monotonic()
     error = mirror_files(FirebaseMirror(config), "p/", files, attempts=2, sleep=lambda s: None, budget_seconds=20)
-    assert error is not None and time.monotonic() - started < 10
+    # Far below the library's own 120 s of retries, with room for a cold import on a busy machine.
+    assert error is not None and time.monotonic() - started < 60
 
 
 def test_the_mirror_budget_fits_well_inside_the_assemble_function_timeout() -> None:

@@ -19,8 +19,9 @@ from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline.jobs import JobSource, JobState
 from ichseg.readers import read_scan
 from ichseg.segmentation import build_report
-from infrastructure.local_stack import LocalStack
+from infrastructure.local_stack import Invocation, LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+from tests.pipeline.settled import json_log_lines, settled_invocations
 
 
 def _get(url: str) -> bytes:
@@ -133,19 +134,19 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     }
     sqs.send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(segment))
     sqs.send_message(QueueUrl=stack.queues["assemble"].url, MessageBody=json.dumps({"job_id": job_id}))
-    deadline = time.time() + 30
-    while time.time() < deadline and (
-        len(stack.invocations_of("assemble", job_id)) < 2 or len(stack.invocations_of("split", job_id)) < 3
-    ):
-        time.sleep(0.2)
-    time.sleep(0.5)
+    # Wait for the replays themselves to have been handled (not for counts the job had reached
+    # before they were sent): the replayed segment message, and a second final assembly.
+    replayed_segment = json.dumps(segment)
+    settled_invocations(stack, "segment", job_id, lambda found: any(i.bodies == [replayed_segment] for i in found))
+    settled_invocations(stack, "assemble", job_id, lambda found: len(_final_assemblies(found)) >= 2)
+    settled_invocations(stack, "split", job_id, lambda found: len(found) >= 3)
 
     after = stack.store.require(job_id)
     assert after.state == JobState.DONE and after.stamps["done"] == done_at
     assert after.done_batches == frozenset({"b0000", "b0001"}) and after.done_slices == 6
     assert len(stack.invocations_of("split", job_id)) == 3
     assembles = stack.invocations_of("assemble", job_id)
-    finals = [i for i in assembles if "batch_id" not in json.loads(i.bodies[0])]
+    finals = _final_assemblies(assembles)
     assert len(finals) == 2  # the pipeline's final assembly, and the replay
     # One request to write the masks of the batch that finished first early (the last one's come with
     # the final assembly); two segment workers may finish the batches in either order.
@@ -154,6 +155,11 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     assert all(not i.failed_ids for i in assembles)
     # Only one assemble message ever came from the pipeline itself: one transition to ASSEMBLING.
     assert stack.store.require(job_id).stamps["assembling"] == job.stamps["assembling"]
+
+
+def _final_assemblies(invocations: list[Invocation]) -> list[Invocation]:
+    """The invocations for a job's final assembly (the per-batch ones name a ``batch_id``)."""
+    return [i for i in invocations if "batch_id" not in json.loads(i.bodies[0])]
 
 
 def test_corrupt_upload_fails_with_the_scan_library_reason(alice: AppClient, stack: LocalStack, tmp_path: Path) -> None:
@@ -187,9 +193,10 @@ def test_endpoint_down_is_retried_then_the_job_fails_and_the_message_is_dead_let
     assert job.state == JobState.FAILED
     assert job.error_code == "segment_failed" and job.failed_stage == "segment"
     assert "failed 3 time(s)" in (job.error_reason or "") and "after 3 attempt(s)" in (job.error_reason or "")
-    receives = sorted(c for i in stack.invocations_of("segment", job_id) for c in i.receive_counts)
-    assert receives == [1, 2, 3]
-    deadline = time.time() + 20
+    # The last attempt fails the job before its invocation returns: wait for it to be recorded.
+    attempts = settled_invocations(stack, "segment", job_id, lambda found: len(found) >= 3)
+    assert sorted(c for i in attempts for c in i.receive_counts) == [1, 2, 3]
+    deadline = time.time() + 60
     while time.time() < deadline and not any(job_id in body for body in stack.dlq_bodies("segment")):
         time.sleep(0.5)
     assert any(job_id in body for body in stack.dlq_bodies("segment"))
@@ -212,14 +219,14 @@ def test_a_poisoned_message_goes_to_the_dead_letter_queue_and_fails_its_job(
     failed = stack.wait_for_job(job.job_id, timeout=60)
     assert failed.state == JobState.FAILED and failed.error_code == "segment_failed"
     assert "NoSuchKey" in (failed.error_reason or "")
-    deadline = time.time() + 20
+    deadline = time.time() + 60
     while time.time() < deadline and not any(job.job_id in body for body in stack.dlq_bodies("segment")):
         time.sleep(0.5)
     assert any(job.job_id in body for body in stack.dlq_bodies("segment"))
 
     garbage = "this is not a segment message"
     stack.aws("sqs").send_message(QueueUrl=stack.queues["segment"].url, MessageBody=garbage)
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while time.time() < deadline and garbage not in stack.dlq_bodies("segment"):
         time.sleep(0.5)
     assert garbage in stack.dlq_bodies("segment")
@@ -273,13 +280,10 @@ def test_function_logs_carry_the_job_id_and_emit_emf_metrics(
 ) -> None:
     job_id = alice.upload(video_bytes(tmp_path, head_frames(3)))
     assert alice.wait(job_id).state == JobState.DONE
-    time.sleep(0.3)
+    # The assemble function logs its outcome after DONE: its lines are on disk once it has returned.
+    settled_invocations(stack, "assemble", job_id, lambda found: bool(_final_assemblies(found)))
     for function in ("split", "segment", "assemble"):
-        lines = [
-            json.loads(line)
-            for line in (stack.log_dir / f"{function}.log").read_text().splitlines()
-            if line.startswith("{")
-        ]
+        lines = json_log_lines(stack, function)
         logs = [line for line in lines if line.get("job_id") == job_id]
         assert logs, f"no {function} log line carries job_id"
         metric_names = {

@@ -94,6 +94,15 @@ def _objects_in_pacs(pacs: OrthancPacs, study_uid: str, modality: str) -> list[p
     return found
 
 
+def _delivery_state_settles(stack: LocalStack, job_id: str, timeout: float = 60) -> str | None:
+    """The job's delivery state once it is DELIVERED, or as it stands at ``timeout``: the row says
+    DELIVERED just after the PACS has both objects (the C-STOREs come first)."""
+    deadline = time.monotonic() + timeout
+    while (state := stack.store.require(job_id).delivery_state) != "DELIVERED" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return state
+
+
 def _wait_for_results_in_pacs(pacs: OrthancPacs, study_uid: str, timeout: float = 90) -> dict[str, pydicom.Dataset]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,7 +167,7 @@ def test_a_study_sent_by_the_pacs_comes_back_as_a_valid_seg_and_sr(
         for ref in series_ref.ReferencedSOPSequence
     }
     assert str(seg.SOPInstanceUID) in referenced_seg
-    assert stack.store.require(job.job_id).delivery_state == "DELIVERED"
+    assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
     # The patient is in the returned objects (above) and nowhere else: gateway logs, the job row.
     assert any(record.name.startswith("gateway") for record in caplog.records)
     item = stack.aws("dynamodb").get_item(TableName=stack.settings.table, Key={"job_id": {"S": job.job_id}})
@@ -187,8 +196,4 @@ def test_a_pacs_outage_delays_the_results_and_loses_nothing(stack: LocalStack, h
         assert failed_once.delivery_attempts >= 1 and failed_once.delivery_state == "PENDING"
     returned = _wait_for_results_in_pacs(hospital, study_uid, timeout=120)
     assert set(returned) == {"SEG", "SR"}
-    # The job row says DELIVERED just after the PACS has both objects (the C-STORE comes first).
-    deadline = time.monotonic() + 30
-    while stack.store.require(job.job_id).delivery_state != "DELIVERED" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert stack.store.require(job.job_id).delivery_state == "DELIVERED"
+    assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 import zipfile
-from pathlib import Path
 
 import pydicom
 
 from ichseg.pipeline.jobs import JobState
 from ichseg.pipeline.keys import ingest_job_id
-from infrastructure.local_stack import LocalStack
+from infrastructure.local_stack import Invocation, LocalStack
 from tests.pacs_fixtures import identified_head_ct
 from tests.patient_identifiers import PATIENT_FOLDER, PATIENT_IDENTIFIERS, identifier_leaks
+from tests.pipeline.settled import all_logs, json_log_lines, settled_invocations
 from tests.scan_fixtures import dicom_bytes
 
 
@@ -37,10 +36,11 @@ def _patient_zip(series: list[pydicom.Dataset], corrupt: int | None = None) -> b
     return buffer.getvalue()
 
 
-def _ingest(stack: LocalStack, archive: bytes) -> str:
+def _ingest(stack: LocalStack, archive: bytes) -> tuple[str, str]:
+    """Drop a zip as a router does: (its key, its job id)."""
     key = f"ingest/router-phi/{uuid.uuid4().hex}.zip"
     put = stack.aws("s3").put_object(Bucket=stack.settings.bucket, Key=key, Body=archive)
-    return ingest_job_id(key, put["ETag"])
+    return key, ingest_job_id(key, put["ETag"])
 
 
 def _job_item(stack: LocalStack, job_id: str) -> str:
@@ -48,22 +48,24 @@ def _job_item(stack: LocalStack, job_id: str) -> str:
     return json.dumps(item)
 
 
-def _logs(stack: LocalStack) -> str:
-    time.sleep(0.3)  # the workers' last lines
-    return "\n".join(path.read_text(errors="replace") for path in sorted(Path(stack.log_dir).glob("*.log")))
+def _final_assembly(invocations: list[Invocation]) -> bool:
+    return any("batch_id" not in json.loads(i.bodies[0]) for i in invocations)
 
 
 def test_identifiers_stay_in_the_hospital_results(stack: LocalStack) -> None:
-    job_id = _ingest(stack, _patient_zip(identified_head_ct()))
+    _, job_id = _ingest(stack, _patient_zip(identified_head_ct()))
     job = stack.wait_for_job(job_id, timeout=120)
     assert job.state == JobState.DONE, job.error_reason
+    # Every function that handled the job has returned, so each line it logged is on disk.
+    settled_invocations(stack, "segment", job_id, lambda found: len(found) >= len(job.done_batches))
+    settled_invocations(stack, "assemble", job_id, _final_assembly)
 
     assert identifier_leaks(_job_item(stack, job_id)) == []
     s3 = stack.aws("s3")
     report = s3.get_object(Bucket=stack.settings.bucket, Key=job.results["report"])["Body"].read().decode()
     assert identifier_leaks(report) == []
     assert [o for o in stack.firebase_objects("") if job_id in o["name"]] == []
-    assert identifier_leaks(_logs(stack)) == []
+    assert identifier_leaks(all_logs(stack)) == []
     # The positive control: the SEG goes back to the patient's record, so it must name the patient.
     seg = pydicom.dcmread(
         io.BytesIO(s3.get_object(Bucket=stack.settings.bucket, Key=job.results["seg"])["Body"].read())
@@ -78,14 +80,15 @@ def test_refused_series_name_no_patient_in_their_reasons(stack: LocalStack) -> N
         "truncated member": _patient_zip(identified_head_ct(count=3), corrupt=1),
     }
     for case, archive in refused.items():
-        job = stack.wait_for_job(_ingest(stack, archive), timeout=60)
+        key, job_id = _ingest(stack, archive)
+        job = stack.wait_for_job(job_id, timeout=60)
+        # Its last lines (the metric below) are on disk once the split has returned; an S3 event
+        # URL-encodes the key, so the invocation is found by the key's file name.
+        settled_invocations(stack, "split", key.rsplit("/", 1)[-1])
         assert job.state == JobState.FAILED, case
         assert job.error_reason and identifier_leaks(job.error_reason) == [], (case, job.error_reason)
         assert identifier_leaks(_job_item(stack, job.job_id)) == [], case
-    assert identifier_leaks(_logs(stack)) == []
+    assert identifier_leaks(all_logs(stack)) == []
     # Nothing goes back to the PACS for these: each one is counted for ops' alarm.
-    metrics = [
-        json.loads(line) for line in (Path(stack.log_dir) / "split.log").read_text().splitlines() if "_aws" in line
-    ]
-    failed = [m for m in metrics if "HospitalJobsFailed" in m]
+    failed = [line for line in json_log_lines(stack, "split") if "_aws" in line and "HospitalJobsFailed" in line]
     assert len(failed) >= len(refused)
