@@ -16,6 +16,7 @@ from typing import TypedDict
 
 import numpy as np
 
+from ichseg.input_warnings import WarningEntry, input_warnings
 from ichseg.model_metadata import ModelMetadata
 from ichseg.render import (
     OVERLAY_CRF,
@@ -53,6 +54,8 @@ class SliceReport(TypedDict, total=False):
     extent_mm: float | None
     """The slice's extent along the slice normal (what its area counts for in the volume)."""
     subtypes: dict[str, float]
+    outline_note: str
+    """Only on a slice called hemorrhage with nothing outlined: why it has no outline."""
 
 
 class Thresholds(TypedDict):
@@ -98,6 +101,8 @@ class Report(TypedDict):
     slices_with_hemorrhage: list[str]
     subtypes: dict[str, float] | None
     volume_ml: float | None
+    volume_note: str | None
+    """Why there is no volume, or why it is 0 mL beside a detected hemorrhage; None otherwise."""
     volume_ml_by_subtype: dict[str, float] | None
     volume_ml_by_subtype_note: str | None
     pixel_spacing_mm: list[float] | None
@@ -109,6 +114,8 @@ class Report(TypedDict):
     """DICOM inputs: the series segmented and the ones skipped."""
     thresholds: Thresholds
     model: ModelRef
+    warnings: list[WarningEntry]
+    """Input the model reads poorly (:mod:`ichseg.input_warnings`): the answer is given, with less trust."""
     slices: list[SliceReport]
     disclaimer: str
 
@@ -116,6 +123,18 @@ class Report(TypedDict):
 SUBTYPE_SHOWN_FROM = 0.5
 """A subtype is named on a slice's overlay and contact-sheet caption from this (calibrated)
 probability; report.json carries every probability."""
+NO_OUTLINE_NOTE = (
+    "The detection head calls this slice hemorrhage, but no pixel reached the outline threshold "
+    "({pixel:g}): it is counted without an outline and adds nothing to the volume."
+)
+VOLUME_WITHOUT_OUTLINE_NOTE = (
+    "0 mL: the hemorrhage was detected on {count} slice(s) by the detection head, but no pixel reached the "
+    "outline threshold, so there is nothing to measure. Read the flagged slices."
+)
+VOLUME_WITHOUT_SPACING_NOTE = (
+    "No volume: the input does not say how large its pixels and slices are (a video or images); "
+    "send DICOM or NIfTI for a volume."
+)
 SUBTYPE_VOLUME_NOTE = (
     "The mask head outlines hemorrhage of any subtype; it cannot separate the subtypes' pixels, so "
     "no volume per subtype is given. Subtype probabilities come from the classification head."
@@ -241,6 +260,9 @@ def report_from_areas(
         }
         for i, (slice_id, p, area) in enumerate(zip(slice_ids, slice_probabilities, areas, strict=True))
     ]
+    for entry in slices:
+        if entry["hemorrhage"] and entry["area_px"] == 0:
+            entry["outline_note"] = NO_OUTLINE_NOTE.format(pixel=model.pixel_threshold)
     subtypes = subtype_probabilities
     if subtypes is not None:
         for entry, row in zip(slices, subtypes, strict=True):
@@ -255,10 +277,11 @@ def report_from_areas(
         # ichseg.metrics.volume_ml's formula (voxel count x voxel volume / 1000), the count summed from the areas.
         voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_thickness_mm)
         volume = round(float(areas.sum()) * voxel_mm3 / 1000.0, 3)
+    flagged = [s["id"] for s in slices if s["hemorrhage"]]
     return {
         "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
         "hemorrhage_probability": round(scan_probability, 4),
-        "slices_with_hemorrhage": [s["id"] for s in slices if s["hemorrhage"]],
+        "slices_with_hemorrhage": flagged,
         # A scan's subtype probability is its most confident slice's, as for the finding.
         "subtypes": (
             {name: round(float(subtypes[:, i].max()), 4) for i, name in enumerate(model.subtypes)}
@@ -266,6 +289,7 @@ def report_from_areas(
             else None
         ),
         "volume_ml": volume,
+        "volume_note": _volume_note(detected, volume, len(flagged)),
         "volume_ml_by_subtype": None,
         "volume_ml_by_subtype_note": SUBTYPE_VOLUME_NOTE if subtypes is not None else None,
         "pixel_spacing_mm": list(pixel_spacing_mm) if pixel_spacing_mm else None,
@@ -274,9 +298,19 @@ def report_from_areas(
         "series": series_report(series) if series is not None else None,
         "thresholds": {"scan": model.finding_threshold, "slice": model.slice_threshold, "pixel": model.pixel_threshold},
         "model": {"name": model.name, "version": model.version},
+        "warnings": input_warnings(len(slice_ids), slice_thickness_mm, extents),
         "slices": slices,
         "disclaimer": "Research software. Not for clinical use.",
     }
+
+
+def _volume_note(detected: bool, volume_ml: float | None, flagged_slices: int) -> str | None:
+    """Says why a volume is missing, or why a detected hemorrhage measures 0 mL: never a bare 0.0."""
+    if volume_ml is None:
+        return VOLUME_WITHOUT_SPACING_NOTE
+    if detected and volume_ml == 0:
+        return VOLUME_WITHOUT_OUTLINE_NOTE.format(count=flagged_slices)
+    return None
 
 
 def series_report(selection: SeriesSelection) -> SeriesReport:
@@ -316,6 +350,8 @@ class Headline(TypedDict):
     slices_with_hemorrhage: int
     subtypes: dict[str, float] | None
     volume_ml: float | None
+    volume_note: str | None
+    warnings: list[WarningEntry]
     model: ModelRef
 
 
@@ -327,6 +363,8 @@ def headline(report: Report) -> Headline:
         "slices_with_hemorrhage": len(report["slices_with_hemorrhage"]),
         "subtypes": report["subtypes"],
         "volume_ml": report["volume_ml"],
+        "volume_note": report["volume_note"],
+        "warnings": report["warnings"],
         "model": report["model"],
     }
 

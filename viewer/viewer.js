@@ -136,6 +136,18 @@
     $("positive").textContent = `${report.slices_with_hemorrhage.length} of ${report.slices.length}`;
     $("volume").textContent =
       report.volume_ml === null || report.volume_ml === undefined ? "not known (no voxel size)" : `${report.volume_ml.toFixed(1)} mL`;
+    $("volume-note-row").hidden = !report.volume_note;
+    $("volume-note").textContent = report.volume_note || "";
+    const warnings = report.warnings || [];
+    $("warnings").replaceChildren(
+      ...warnings.map((warning) => {
+        const item = document.createElement("li");
+        item.dataset.code = warning.code;
+        item.textContent = warning.message;
+        return item;
+      })
+    );
+    $("warnings").hidden = !warnings.length;
     $("model").textContent = `${report.model.name} ${report.model.version}`;
     const t = report.thresholds;
     $("thresholds").textContent = `scan ${t.scan}, slice ${t.slice}, pixel ${t.pixel}`;
@@ -390,6 +402,8 @@
     $("slice-probability").textContent = slice.probability.toFixed(2) + (slice.hemorrhage ? " (hemorrhage)" : "");
     $("slice-area").textContent =
       slice.area_mm2 !== null && slice.area_mm2 !== undefined ? `${slice.area_mm2.toFixed(0)} mm²` : `${slice.area_px} px`;
+    $("slice-note-row").hidden = !slice.outline_note;
+    $("slice-note").textContent = slice.outline_note || "";
     const extent = typeof slice.extent_mm === "number" ? slice.extent_mm : null;
     $("slice-extent-row").hidden = extent === null;
     $("slice-extent").textContent = extent === null ? "" : mm(extent);

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ichseg.errors import ErrorCode
+from ichseg.input_warnings import InputWarning
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobState
 
@@ -109,6 +110,14 @@ class ModelInfo(BaseModel):
     version: str | None = None
 
 
+class ScanWarning(BaseModel):
+    """Input the model reads poorly (too few slices, thin or thick slices, a scan that does not cover
+    the brain): the answer stands, with less trust. Show ``message`` beside the finding."""
+
+    code: InputWarning = Field(description="Machine-readable; `message` says it for people.")
+    message: str
+
+
 class Headline(BaseModel):
     """The report's headline when DONE."""
 
@@ -119,6 +128,12 @@ class Headline(BaseModel):
         default=None, description="Calibrated subtype probabilities; null without a subtype head."
     )
     volume_ml: float | None = None
+    volume_note: str | None = Field(
+        default=None, description="Why there is no volume, or why a detected hemorrhage measures 0 mL."
+    )
+    warnings: list[ScanWarning] = Field(
+        default_factory=list, description="Why this answer deserves less trust than usual; empty when none."
+    )
     model: ModelInfo | None = None
 
 

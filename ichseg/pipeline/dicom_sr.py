@@ -13,7 +13,8 @@ read its measurements. The SR says what the report says, in codes:
   the volume (0 mL) goes into the scan-level group instead;
 - per-subtype volumes only where the report has them (today's mask head cannot separate the
   subtypes: a text note says so rather than inventing numbers);
-- a text note of what codes cannot say (the slices' ids, the disclaimer).
+- a text note of what codes cannot say (the slices' ids, why a volume is missing or 0 mL, the input
+  warnings, the disclaimer).
 
 Every source instance and the SEG are listed as the document's evidence. There is no image
 library: its dozen acquisition items per image made building the SR of a 200-slice scan take
@@ -211,8 +212,12 @@ def _notes(report: Mapping[str, Any]) -> Dataset:
     lines = [f"Finding: {report.get('finding')}."]
     ids = list(report.get("slices_with_hemorrhage") or [])
     lines.append(f"Slices with hemorrhage: {', '.join(ids)}." if ids else "Slices with hemorrhage: none.")
-    if report.get("volume_ml") is None:
+    if report.get("volume_note"):
+        lines.append(str(report["volume_note"]))
+    elif report.get("volume_ml") is None:
         lines.append("No volume: the scan's pixel spacing or slice spacing is unknown.")
+    # Input the model reads poorly: the reader of the SR must see it beside the finding.
+    lines.extend(f"Input warning ({w['code']}): {w['message']}" for w in report.get("warnings") or [])
     if not report.get("volume_ml_by_subtype") and report.get("volume_ml_by_subtype_note"):
         lines.append(str(report["volume_ml_by_subtype_note"]))
     lines.append(str(report.get("disclaimer") or "Research software. Not for clinical use."))

@@ -216,6 +216,24 @@ def test_sr_of_a_normal_scan_says_absent_with_no_volume(headers: list[dict[str, 
     assert measured == [str(ds.SOPInstanceUID) for ds in series]
 
 
+def test_sr_says_why_a_detected_hemorrhage_measures_0_ml_and_carries_the_input_warnings(
+    headers: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # Slices 2 and 3 called hemorrhage by the detection head, nothing outlined: 0 mL, explained.
+    probabilities = np.array([0.1, 0.1, 0.93, 0.81, 0.1], dtype=np.float32)
+    report = report_from_areas(
+        [f"{i:04d}" for i in range(SLICES)], probabilities, None, np.zeros(SLICES), MODEL, SPACING, STEP_MM
+    )
+    assert report["finding"] == "Hemorrhage detected" and report["volume_ml"] == 0.0
+    assert [w["code"] for w in report["warnings"]] == ["partial_coverage"]  # 5 slices of 2.5 mm
+    seg = build_seg(headers, np.zeros((SLICES, ROWS, COLS), dtype=bool), MODEL.name, MODEL.version, "job-no-outline")
+    sr_bytes = build_sr(headers, seg, report, MODEL.name, MODEL.version, "job-no-outline")
+    notes = [str(i.TextValue) for i in _items(_read(sr_bytes)) if i.ValueType == "TEXT" and _concept(i) == "121106"]
+    assert report["volume_note"] in notes
+    assert f"Input warning (partial_coverage): {report['warnings'][0]['message']}" in notes
+    assert _valid(tmp_path, "sr.dcm", sr_bytes) == []
+
+
 def test_both_objects_land_in_the_source_study_as_new_series(
     headers: list[dict[str, Any]], series: list[Dataset]
 ) -> None:

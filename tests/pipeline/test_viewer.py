@@ -198,6 +198,14 @@ def test_the_viewer_shows_a_finished_job_in_a_real_browser(
     assert driver.find_element(By.ID, "positive").text == f"{len(report['slices_with_hemorrhage'])} of {count}"
     subtype_rows = driver.find_elements(By.CSS_SELECTOR, "#subtypes tr")
     assert len(subtype_rows) == len(report["subtypes"])
+    # 8 slices of a video: the answer stands, with its warning beside the finding, and the missing
+    # volume says why.
+    assert [w["code"] for w in report["warnings"]] == ["partial_coverage"]
+    shown = driver.find_elements(By.CSS_SELECTOR, "#warnings li")
+    assert [(li.get_attribute("data-code"), li.text) for li in shown] == [
+        (w["code"], w["message"]) for w in report["warnings"]
+    ]
+    assert report["volume_note"] and driver.find_element(By.ID, "volume-note").text == report["volume_note"]
 
     # The slider (keyboard on the focused range input: Home is its first value) changes the slice.
     slider = driver.find_element(By.ID, "slider")
@@ -312,6 +320,6 @@ def test_a_video_scan_shows_no_series_nor_spacing(
     driver.get("about:blank")
     driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('viewer-user')}")
     _wait(driver, lambda d: _canvas_state(d).get("slice") not in (None, "-1"), "the video scan never showed")
-    for hidden in ("series-block", "spacing-block", "slice-extent-row"):
+    for hidden in ("series-block", "spacing-block", "slice-extent-row", "slice-note-row"):
         assert not driver.find_element(By.ID, hidden).is_displayed(), hidden
     assert driver.find_element(By.ID, "slice-probability").is_displayed()
