@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -161,12 +160,6 @@ class _MotoSession:
         return self._stack.aws(service)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class LocalStack:
     """Starts everything in :meth:`start` (or ``with``), stops it in :meth:`stop`."""
 
@@ -219,6 +212,7 @@ class LocalStack:
             raise StackError(f"template.yaml: {exc}") from exc
         self._start_storage_emulator()
         self._running.callback(self._stop_storage_emulator)
+        self._learn_endpoint_url()  # the functions' environment carries it
         self._start_functions()
         self._wait_for_endpoint()
         self._start_front()
@@ -245,8 +239,18 @@ class LocalStack:
     # ------------------------------------------------------------------ services
 
     def _start_endpoint(self) -> None:
-        port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{port}"
+        """Start the inference server on port 0: a port probed free and bound seconds later by the
+        server can be taken in between. :meth:`_learn_endpoint_url` reads back the port it bound."""
+        self._launch_endpoint(0)
+
+    @property
+    def _endpoint_port_file(self) -> Path:
+        return Path(self.settings.state_dir) / "endpoint.port"
+
+    def _launch_endpoint(self, port: int) -> None:
+        """Start ``ichseg endpoint`` on ``port``; it writes the port it bound to :attr:`_endpoint_port_file`."""
+        port_file = self._endpoint_port_file
+        port_file.unlink(missing_ok=True)
         command = [
             sys.executable,
             "-m",
@@ -261,9 +265,36 @@ class LocalStack:
             "--workers",
             str(self.settings.endpoint_workers),
         ]
+        from serving.server import PORT_FILE_ENV
+
+        environment = {**os.environ, PORT_FILE_ENV: str(port_file)}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "endpoint.log", "ab") as output:
-            self._endpoint = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            self._endpoint = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=environment
+            )
+
+    def _bound_endpoint_port(self, timeout: float = 120.0) -> int | None:
+        """The port the inference server bound, once it has; None if it exited without binding."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = self._endpoint is None or self._endpoint.poll() is not None
+            if self._endpoint_port_file.exists():  # written atomically, after the bind
+                return int(self._endpoint_port_file.read_text())
+            if exited:
+                return None
+            time.sleep(0.1)
+        raise StackError(f"the inference server did not bind its port in {timeout:.0f} s")
+
+    def _learn_endpoint_url(self) -> None:
+        """Set :attr:`endpoint_url` from the port the server started by :meth:`_start_endpoint` bound."""
+        port = self._bound_endpoint_port()
+        if port is None:
+            raise StackError(
+                f"the inference server exited; see {self.log_dir / 'endpoint.log'}:\n"
+                + self._tail(self.log_dir / "endpoint.log")
+            )
+        self.endpoint_url = f"http://127.0.0.1:{port}"
 
     def _wait_for_endpoint(self, timeout: float = 180.0) -> None:
         deadline = time.time() + timeout
@@ -299,24 +330,27 @@ class LocalStack:
         try:
             yield
         finally:
-            port = int(self.endpoint_url.rsplit(":", 1)[1])
-            command = [
-                sys.executable,
-                "-m",
-                "ichseg.cli",
-                "endpoint",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--model",
-                str(self.settings.model),
-                "--workers",
-                str(self.settings.endpoint_workers),
-            ]
-            with open(self.log_dir / "endpoint.log", "ab") as output:
-                self._endpoint = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-            self._wait_for_endpoint()
+            self._restart_endpoint()
+
+    def _restart_endpoint(self, bind_timeout: float = 60.0) -> None:
+        """Start the inference server again on its old port: the functions' environment names it.
+
+        gunicorn binds with SO_REUSEADDR and retries for about 5 s itself; if the port is still
+        taken (another process bound it while the server was down), relaunch until ``bind_timeout``.
+        """
+        port = int(self.endpoint_url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + bind_timeout
+        while True:
+            self._launch_endpoint(port)
+            if self._bound_endpoint_port() is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"the inference server could not bind port {port} again in {bind_timeout:.0f} s:\n"
+                    + self._tail(self.log_dir / "endpoint.log")
+                )
+            time.sleep(1.0)
+        self._wait_for_endpoint()
 
     def _start_moto(self) -> None:
         from infrastructure.moto_server import MotoServer
@@ -402,15 +436,32 @@ class LocalStack:
             return {None: info.url, "Arn": info.arn, "QueueName": f"ichseg-{queue.name}"}[attribute]
         raise TemplateError(f"no local value for {logical_id}{'.' + attribute if attribute else ''}")
 
-    def _start_storage_emulator(self, port: int | None = None) -> None:
+    def _start_storage_emulator(self, port: int = 0, bind_timeout: float = 30.0) -> None:
+        """Start the Firebase Storage emulator on ``port`` and set :attr:`storage_url`.
+
+        Port 0 (the first start) binds any free port and reads it back: no probed port that someone
+        else can take before the bind. A fixed port (the restart after :meth:`storage_down`) may be
+        briefly taken: its bind is retried until ``bind_timeout``.
+        """
         from gcp_storage_emulator.server import create_server
 
         logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-        port = port or free_port()
-        storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
-        storage.start()
+        deadline = time.monotonic() + bind_timeout
+        while True:
+            storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
+            # Not storage.start(): it waits forever for a server thread whose bind failed. The
+            # thread sets is_running once its HTTPServer is bound; it dies when the bind fails.
+            api = storage._api
+            api.start()
+            while not api.is_running.wait(0.05) and api.is_alive():
+                pass
+            if api.is_running.is_set():
+                break
+            if time.monotonic() >= deadline:
+                raise StackError(f"the Firebase Storage emulator could not bind port {port} in {bind_timeout:.0f} s")
+            time.sleep(0.5)
         self._storage = storage
-        self.storage_url = f"http://127.0.0.1:{port}"
+        self.storage_url = f"http://127.0.0.1:{api._httpd.server_port}"
 
     def _stop_storage_emulator(self) -> None:
         if self._storage is not None:
@@ -426,7 +477,7 @@ class LocalStack:
         try:
             yield
         finally:
-            self._start_storage_emulator(port)
+            self._start_storage_emulator(port)  # the same port: the functions' environment names it
 
     @property
     def environment(self) -> dict[str, str]:

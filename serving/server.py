@@ -488,8 +488,20 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int = 4) -> di
     }
 
 
-def serve(model_path: Path, host: str, port: int, workers: int) -> int:
-    """Run gunicorn in the foreground until SIGTERM/SIGINT; returns its exit status."""
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` (decimal, one line) to ``path`` atomically: a reader never sees half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(f"{port}\n")
+    os.replace(partial, path)
+
+
+def serve(model_path: Path, host: str, port: int, workers: int, port_file: Path | None = None) -> int:
+    """Run gunicorn in the foreground until SIGTERM/SIGINT; returns its exit status.
+
+    ``port_file``: once the listening socket is bound, the bound port is written there (with
+    ``port`` 0 the only way for a parent process to learn it without parsing the log). It is not
+    written when the bind fails, so its absence after an exit means "never listened".
+    """
     from gunicorn.app.base import BaseApplication
 
     options = gunicorn_options(host, port, workers)
@@ -497,6 +509,8 @@ def serve(model_path: Path, host: str, port: int, workers: int) -> int:
 
     def announce(server: Any) -> None:
         urls = ", ".join(str(listener) for listener in server.LISTENERS)
+        if port_file is not None:
+            write_port_file(port_file, int(server.LISTENERS[0].getsockname()[1]))
         print(
             f"ichseg endpoint listening on {urls} (model {model_path}, {workers} worker(s));"
             " GET /ping, POST /invocations",
@@ -522,8 +536,14 @@ def serve(model_path: Path, host: str, port: int, workers: int) -> int:
     return 0
 
 
+PORT_FILE_ENV = "ICHSEG_ENDPOINT_PORT_FILE"
+"""If set, ``ichseg endpoint`` writes the port it bound to this file (see :func:`serve`): how the
+local stack starts it on ``--port 0`` and learns its address."""
+
+
 def endpoint_command(args: argparse.Namespace) -> int:
-    """``ichseg endpoint``: serve ``--model`` on ``--host``/``--port`` with ``--workers`` processes."""
+    """``ichseg endpoint``: serve ``--model`` on ``--host``/``--port`` with ``--workers`` processes
+    (and the bound port written to ``$ICHSEG_ENDPOINT_PORT_FILE`` when that is set)."""
     configure_logging()
     model = Path(args.model)
     if not model.is_file():
@@ -531,4 +551,5 @@ def endpoint_command(args: argparse.Namespace) -> int:
             f"error: model not found: {model} (export one with model_export.export, or pass --model)", file=sys.stderr
         )
         return 2
-    return serve(model, args.host, int(args.port), int(args.workers))
+    port_file = os.environ.get(PORT_FILE_ENV)
+    return serve(model, args.host, int(args.port), int(args.workers), Path(port_file) if port_file else None)

@@ -29,6 +29,10 @@ class PacsError(RuntimeError):
     """Orthanc did not start or answered its REST API with an error."""
 
 
+class PortInUse(PacsError):
+    """Orthanc exited at start because its HTTP or DICOM port is taken (its errors 2003 and 2004)."""
+
+
 @dataclass
 class OrthancPacs:
     """One Orthanc process: its AE title, DICOM port and REST address; the modalities it knows."""
@@ -80,16 +84,20 @@ class OrthancPacs:
         if shutil.which(ORTHANC) is None and not Path(ORTHANC).exists():
             raise PacsError(f"{ORTHANC} is missing: run `make dicom-tools` (apt-get install orthanc)")
         config = self.write_config()
-        log = (self.workdir / "orthanc.log").open("ab")
-        self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        with (self.workdir / "orthanc.log").open("ab") as log:
+            logged_before = log.tell()  # this start's lines come after
+            self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise PacsError(f"Orthanc exited with {self.process.returncode}: {self.log_tail()}")
+                this_start = (self.workdir / "orthanc.log").read_bytes()[logged_before:].decode(errors="replace")
+                # Orthanc says "The TCP port of the HTTP|DICOM server is privileged or already in use"
+                error = PortInUse if "already in use" in this_start else PacsError
+                raise error(f"Orthanc exited with {self.process.returncode}: {self.log_tail()}")
             try:
                 if requests.get(f"{self.url}/system", timeout=2).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or another listener on the port
                 pass
             time.sleep(0.2)
         raise PacsError(f"Orthanc did not answer within {timeout:.0f} s: {self.log_tail()}")
@@ -118,7 +126,21 @@ class OrthancPacs:
         try:
             yield
         finally:
-            self.start()
+            self._restart_on_same_ports()
+
+    def _restart_on_same_ports(self, bind_timeout: float = 30.0) -> None:
+        """Start again on the same ports (peers are configured with them): if another process took
+        one while Orthanc was down, retry until ``bind_timeout``."""
+        deadline = time.monotonic() + bind_timeout
+        while True:
+            try:
+                self.start()
+                return
+            except PortInUse:
+                self.stop()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.workdir / "orthanc.log"

@@ -61,21 +61,43 @@ class Pacs:
     def __init__(self, folder: Path, port: int) -> None:
         self.folder = folder
         self.port = port
+        self.port_given_out = False
+        """Set once :attr:`destination` was read: from then on the port must not change."""
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def destination(self) -> Destination:
+        self.port_given_out = True
         return Destination("PACS", "127.0.0.1", self.port)
 
-    def start(self) -> Pacs:
-        self.process = subprocess.Popen(
-            ["storescp", "-aet", "PACS", "-od", str(self.folder), "+uf", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: subprocess.run(["echoscu", "-aec", "PACS", "127.0.0.1", str(self.port)]).returncode == 0)
-        return self
+    def start(self, attempts: int = 20) -> Pacs:
+        """Start storescp and wait until it answers a C-ECHO.
+
+        The port was only probed free, so another process may have bound it since: storescp then
+        exits at once. Retry (bounded) on a new port, or on the same one once a destination names it.
+        """
+        for _ in range(attempts):
+            process = subprocess.Popen(
+                ["storescp", "-aet", "PACS", "-od", str(self.folder), "+uf", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.process = process
+            if self._listening(process):
+                return self
+            self.process = None
+            if self.port_given_out:
+                time.sleep(0.5)
+            else:
+                self.port = free_port()
+        raise AssertionError(f"storescp could not listen on a port in {attempts} attempts")
+
+    def _listening(self, process: subprocess.Popen[bytes]) -> bool:
+        """Wait until storescp answers a C-ECHO on :attr:`port` (True) or exits (False: no bind)."""
+        echo = ["echoscu", "-aec", "PACS", "127.0.0.1", str(self.port)]
+        wait_until(lambda: process.poll() is not None or subprocess.run(echo).returncode == 0)
+        return process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -136,7 +158,10 @@ def test_pacs_down_then_up_delivers_each_object_once(
         assert failing.delivery_reason is not None and "association with PACS@127.0.0.1" in failing.delivery_reason
         assert queued(aws) == 1
         pacs.start()
-        delivered = wait_until(lambda: (j := store.require(job.job_id)).delivery_state == DeliveryState.DELIVERED and j)
+        # The delivery backoff doubles (1, 2, 4, 8 s): the next attempt can be well after the start.
+        delivered = wait_until(
+            lambda: (j := store.require(job.job_id)).delivery_state == DeliveryState.DELIVERED and j, timeout=60
+        )
         assert delivered.delivered_objects == {"seg", "sr"}
         assert delivered.delivery_reason is None
         wait_until(lambda: queued(aws) == 0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from gateway.settings import Destination, GatewaySettings, SettingsError, site_o
 from ichseg.errors import ErrorCode
 from ichseg.pipeline import keys
 from ichseg.pipeline.jobs import DeliveryState, JobSource, JobStore, Stage
-from tests.gateway.conftest import Aws, free_port, wait_until
+from tests.gateway.conftest import Aws, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,29 +117,50 @@ def test_delivery_state_moves_by_conditional_writes(aws: Aws) -> None:
 
 
 def test_python_m_gateway_runs_until_sigterm(aws: Aws, tmp_path: Path) -> None:
-    port = free_port()
     environ = {
         **os.environ,
         "ICHSEG_GATEWAY_SPOOL_DIR": str(tmp_path / "spool"),
         "ICHSEG_BUCKET": aws.bucket,
         "ICHSEG_GATEWAY_HOST": "127.0.0.1",
     }
+    # Port 0: the gateway binds a free port and announces it (a probed port could be taken first).
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--port", str(port), "--ae-title", "CLIGW", "--allowed-ae", "SITEA"],
+        [sys.executable, "-m", "gateway", "--port", "0", "--ae-title", "CLIGW", "--allowed-ae", "SITEA"],
         cwd=REPO,
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=_collect_lines, args=(process, lines), daemon=True)
+    reader.start()
     try:
-        echo = ["echoscu", "-aet", "SITEA", "-aec", "CLIGW", "127.0.0.1", str(port)]
+        announced = wait_until(lambda: _announced_port(lines), timeout=30, interval=0.1)
+        echo = ["echoscu", "-aet", "SITEA", "-aec", "CLIGW", "127.0.0.1", str(announced)]
         wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, timeout=30, interval=0.3)
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert process.returncode == 0, output
-    assert f"DICOM gateway CLIGW on 127.0.0.1:{port}" in output
+    assert f"DICOM gateway CLIGW on 127.0.0.1:{announced}" in output
+
+
+def _collect_lines(process: subprocess.Popen[str], lines: list[str]) -> None:
+    """Append the process's output to ``lines`` as it comes, until it closes."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+
+
+def _announced_port(lines: list[str]) -> int | None:
+    """The port in the gateway's "DICOM gateway CLIGW on 127.0.0.1:PORT" line, once printed."""
+    for line in list(lines):
+        if found := re.search(r"DICOM gateway CLIGW on 127\.0\.0\.1:(\d+)", line):
+            return int(found[1])
+    return None
 
 
 def test_a_configuration_mistake_is_one_line_and_status_2(tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,9 @@ from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job
 from infrastructure.cloud_template import CloudTemplate
-from infrastructure.local_stack import LocalStack, StackSettings, free_port
+from infrastructure.local_stack import LocalStack, StackSettings
 from tests.onnx_fixtures import build_tiny_model
-from tests.pacs_fixtures import OrthancPacs
+from tests.pacs_fixtures import OrthancPacs, PortInUse
 from tests.scan_fixtures import encode_video
 
 TEST_ENVIRONMENT = {
@@ -92,10 +94,32 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports. Every probe stays open until all are taken (a closed probe's
+    port can come back from the next probe); still only a hint, since Orthanc binds them later."""
+    with ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
 @pytest.fixture(scope="package")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
     """The hospital's PACS (Orthanc): where the stack's DICOM gateway sends results."""
-    orthanc = OrthancPacs(tmp_path_factory.mktemp("pacs"), "HOSPITALPACS", free_port(), free_port(), {}).start()
+    workdir = tmp_path_factory.mktemp("pacs")
+    for attempt in range(5):  # a probed port can be taken before Orthanc binds it: try new ones
+        dicom_port, http_port = free_ports(2)
+        orthanc = OrthancPacs(workdir, "HOSPITALPACS", dicom_port, http_port, {})
+        try:
+            orthanc.start()
+            break
+        except PortInUse:
+            orthanc.stop()
+            if attempt == 4:
+                raise
     yield orthanc
     orthanc.stop()
 
