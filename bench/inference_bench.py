@@ -64,11 +64,11 @@ def _ct_ich_inputs(split: str, limit: int) -> np.ndarray:
     """Model inputs of the first CT-ICH patients of ``split``, each read as a whole scan (context)."""
     from ichseg.preprocess import model_input_spec, prepare_batch
     from ichseg.readers import read_scan
-    from training.datasets import list_ct_ich_slices, split_ct_ich
-    from training.training_set import CT_ICH_FRACTIONS, SHARED_DATA, SPLIT_SEED
+    from training.datasets import list_ct_ich_slices, pinned_ct_ich_split
+    from training.training_set import SHARED_DATA
 
     root = SHARED_DATA / "ct-ich"
-    patients = sorted(split_ct_ich(list_ct_ich_slices(root), CT_ICH_FRACTIONS, seed=SPLIT_SEED)[split])
+    patients = sorted(pinned_ct_ich_split(list_ct_ich_slices(root))[split])
     batches, total = [], 0
     for patient in patients:
         scan = read_scan(root / "Patients_CT" / patient)

@@ -18,6 +18,7 @@ identical, so a slice-level split would leak the test set into training.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import re
@@ -458,6 +459,35 @@ def split_by_patient(
     return splits
 
 
+CT_ICH_SPLIT_FILE = Path(__file__).with_name("splits") / "ct-ich.json"
+"""The CT-ICH split every model from 0.3 on trains, calibrates and is tested on (a committed file)."""
+CT_ICH_SPLIT_FILE_0_2 = Path(__file__).with_name("splits") / "ct-ich-0.2.json"
+"""The split of ichseg-unet 0.2.0: to evaluate that model on the patients it never saw."""
+
+
+class SplitError(ValueError):
+    """A pinned split that does not fit the data: a patient in none or several of its splits."""
+
+
+def pinned_ct_ich_split(slices: Iterable[CtIchSlice], path: Path = CT_ICH_SPLIT_FILE) -> dict[str, set[str]]:
+    """The CT-ICH split read from ``path``, checked against the data: every patient in exactly one split.
+
+    The split is data, not a function of the data: :func:`split_ct_ich` moved masked patients
+    between splits whenever masks were added, so new masks silently put 0.2.0's test patients in
+    train. A patient the file does not name is an error (assign it by hand), never a guess.
+    """
+    document = json.loads(Path(path).read_text())
+    splits = {name: set(document[name]) for name in SPLITS}
+    seen = [p for name in SPLITS for p in splits[name]]
+    doubled = sorted({p for p in seen if seen.count(p) > 1}, key=natural_key)
+    if doubled:
+        raise SplitError(f"{path}: patient(s) {', '.join(doubled)} in more than one split")
+    unassigned = sorted({s.patient for s in slices} - set(seen), key=natural_key)
+    if unassigned:
+        raise SplitError(f"{path}: patient(s) {', '.join(unassigned)} in no split; assign each to one by hand")
+    return splits
+
+
 MASKED_PATIENTS_HELD_OUT = 2
 """Patients with radiologist masks that validation and test each get at least (see split_ct_ich)."""
 
@@ -467,6 +497,8 @@ def split_ct_ich(
 ) -> dict[str, set[str]]:
     """:func:`split_by_patient` for CT-ICH: stratified on hemorrhage, demo patient 051 in test, and
     at least :data:`MASKED_PATIENTS_HELD_OUT` patients with pixel masks in validation and in test.
+    How the 0.2 split was made; training and evaluation read the pinned split
+    (:func:`pinned_ct_ich_split`), which this result changes under as masks are added.
 
     Only 10 patients have radiologist masks, and the hemorrhage-stratified split left all but the
     demo patient in train: there would be no real-mask Dice to choose on or to report. So after the

@@ -42,10 +42,16 @@ from ichseg.inference import OnnxSegmenter
 from ichseg.metrics import detection_stats, dice, iou, roc_auc
 from ichseg.readers import read_scan
 from ichseg.windowing import apply_window
-from training.datasets import list_ct_ich_slices, load_ct_ich_mask, load_mbhseg, split_by_patient, split_ct_ich
+from training.datasets import (
+    CT_ICH_SPLIT_FILE,
+    list_ct_ich_slices,
+    load_ct_ich_mask,
+    load_mbhseg,
+    pinned_ct_ich_split,
+    split_by_patient,
+)
 from training.synthetic import SUBTYPES
 from training.training_set import (
-    CT_ICH_FRACTIONS,
     MBH_FRACTIONS,
     SHARED_DATA,
     SPLIT_SEED,
@@ -102,10 +108,13 @@ def _record(result: SliceResult, probability_map: np.ndarray, truth: np.ndarray 
     return result
 
 
-def evaluate_ct_ich(segmenter: OnnxSegmenter, root: Path, split: str) -> list[SliceResult]:
-    """Run the model on every CT-ICH patient of ``split``, read exactly as a user's folder would be."""
+def evaluate_ct_ich(
+    segmenter: OnnxSegmenter, root: Path, split: str, split_file: Path = CT_ICH_SPLIT_FILE
+) -> list[SliceResult]:
+    """Run the model on every CT-ICH patient of ``split`` (of the pinned ``split_file``), read exactly
+    as a user's folder would be."""
     slices = list_ct_ich_slices(root)
-    patients = sorted(split_ct_ich(slices, CT_ICH_FRACTIONS, seed=SPLIT_SEED)[split])
+    patients = sorted(pinned_ct_ich_split(slices, split_file)[split])
     by_patient: dict[str, dict[str, Any]] = defaultdict(dict)
     for item in slices:
         by_patient[item.patient][str(item.slice_number)] = item
@@ -445,9 +454,13 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_split(segmenter: OnnxSegmenter, data: Path, split: str) -> list[SliceResult]:
+def run_split(
+    segmenter: OnnxSegmenter, data: Path, split: str, split_file: Path = CT_ICH_SPLIT_FILE
+) -> list[SliceResult]:
     """Every CT-ICH and MBH-Seg slice of one split through the model."""
-    return evaluate_ct_ich(segmenter, data / "ct-ich", split) + evaluate_mbh(segmenter, data / "mbhseg25-mini", split)
+    return evaluate_ct_ich(segmenter, data / "ct-ich", split, split_file) + evaluate_mbh(
+        segmenter, data / "mbhseg25-mini", split
+    )
 
 
 def summarise(results: list[SliceResult], segmenter: OnnxSegmenter, split: str) -> dict[str, Any]:
@@ -500,9 +513,16 @@ def choose_operating_point(model: Path, results: list[SliceResult]) -> dict[str,
 
 
 def evaluate(
-    model: Path, split: str, data: Path, out: Path, choose_thresholds: bool = False, figures: Path | None = None
+    model: Path,
+    split: str,
+    data: Path,
+    out: Path,
+    choose_thresholds: bool = False,
+    figures: Path | None = None,
+    split_file: Path = CT_ICH_SPLIT_FILE,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``split`` (choosing its operating point first, on val only)."""
+    """Evaluate ``model`` on ``split`` of the pinned CT-ICH ``split_file`` (choosing its operating
+    point first, on val only)."""
     if choose_thresholds and split != "val":
         raise ValueError("thresholds and calibration are chosen on validation patients only, never on test")
     if choose_thresholds:
@@ -510,9 +530,9 @@ def evaluate(
 
         # Calibration is fitted to the raw heads: evaluate without any earlier calibration.
         stamp_metadata(model, read_metadata(model).with_updates(slice_calibration=(1.0, 0.0), subtype_calibration=()))
-        choose_operating_point(model, run_split(OnnxSegmenter(model), data, "val"))
+        choose_operating_point(model, run_split(OnnxSegmenter(model), data, "val", split_file))
     segmenter = OnnxSegmenter(model)
-    results = run_split(segmenter, data, split)
+    results = run_split(segmenter, data, split, split_file)
     report = summarise(results, segmenter, split)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{split}.json").write_text(json.dumps(report, indent=2))
@@ -532,9 +552,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/eval"))
     parser.add_argument("--figures", type=Path, default=None, help="write ROC and reliability PNGs here")
     parser.add_argument("--choose-thresholds", action="store_true", help="calibrate and pick thresholds on val")
+    parser.add_argument(
+        "--split-file",
+        type=Path,
+        default=CT_ICH_SPLIT_FILE,
+        help="the pinned CT-ICH split (training/splits/ct-ich-0.2.json for ichseg-unet 0.2.0)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    report = evaluate(args.model, args.split, args.data, args.out, args.choose_thresholds, args.figures)
+    report = evaluate(
+        args.model, args.split, args.data, args.out, args.choose_thresholds, args.figures, args.split_file
+    )
     print(markdown_table(report))
 
 

@@ -138,11 +138,12 @@ before and after.
 
 ## Data
 - **CT-ICH** (Hssayeni et al., PhysioNet 2020, CC BY 4.0): 77 patients here, 2,327 brain-window
-  slices with slice-level and subtype labels, and 18 radiologist pixel masks on 10 patients. Split
-  by patient (seed 2026): train / validation / test, stratified on hemorrhage; patient 051 (the demo
-  sample) is always in test, and at least two masked patients are moved from train to validation
-  and to test each (`training/datasets.py: split_ct_ich`), so that Dice on real CT-ICH masks can be
-  chosen on and reported. The mask head learns from the real masks where they exist (oversampled
+  slices with slice-level and subtype labels, and 22 radiologist pixel masks on 13 patients. Split
+  by patient into train / validation / test, pinned in `training/splits/ct-ich.json` so that new
+  data never moves a patient (made by `training/datasets.py: split_ct_ich`, seed 2026, stratified on
+  hemorrhage, then masked patients held out by hand; patient 051, the demo sample, in test); masked
+  patients sit in validation and test so that Dice on real CT-ICH masks can be chosen on and reported.
+  The mask head learns from the real masks where they exist (oversampled
   x4), from weak targets on the other hemorrhage slices (dense intracranial regions,
   `training/weak_labels.py`, half weight, ambiguous pixels ignored) and from empty masks on normal
   slices. Every patient is read as a whole scan, as a user's folder is, so slices get their real

@@ -1,7 +1,7 @@
 """The training set: every source brought into model space by the serving preprocessing.
 
 Sources, each with what it can honestly teach:
-- **CT-ICH** (77 patients, slice and subtype labels, 18 radiologist pixel masks): slice labels for
+- **CT-ICH** (77 patients, slice and subtype labels, 22 radiologist pixel masks on 13 patients): slice labels for
   the detection and subtype heads; the real masks where they exist (flagged ``real_mask``, and
   oversampled in training), weak pixel targets (:mod:`training.weak_labels`) on the other
   hemorrhage slices; empty masks on normal slices. Each patient is read as one scan, exactly as a
@@ -29,12 +29,13 @@ from ichseg.preprocess import InputSpec, model_input_spec, place_mask, prepare_b
 from ichseg.readers import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
 from training.datasets import (
+    CT_ICH_SPLIT_FILE,
     CtIchSlice,
     list_ct_ich_slices,
     load_ct_ich_mask,
     load_mbhseg,
+    pinned_ct_ich_split,
     split_by_patient,
-    split_ct_ich,
 )
 from training.synthetic import SUBTYPES, synthetic_slice
 from training.weak_labels import weak_target
@@ -44,7 +45,6 @@ log = logging.getLogger("ichseg.training_set")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SPLIT_SEED = 2026
-CT_ICH_FRACTIONS = (0.7, 0.15, 0.15)
 MBH_FRACTIONS = (0.3, 0.2, 0.5)
 """MBH-Seg holds the only real masks: half its scans are kept for testing Dice."""
 WEAK_POSITIVE_WEIGHT = 0.5
@@ -146,9 +146,11 @@ def _to_model_space(
     return images, np.stack(targets), np.stack(trusts)
 
 
-def add_ct_ich(rows: _Rows, root: Path, spec: InputSpec, limit: int | None = None) -> None:
+def add_ct_ich(
+    rows: _Rows, root: Path, spec: InputSpec, limit: int | None = None, split_file: Path = CT_ICH_SPLIT_FILE
+) -> None:
     slices = list_ct_ich_slices(root)[:limit]
-    splits = split_ct_ich(slices, CT_ICH_FRACTIONS, seed=SPLIT_SEED)
+    splits = pinned_ct_ich_split(slices, split_file)
     split_of = {p: name for name, patients in splits.items() for p in patients}
     by_patient: dict[str, dict[str, CtIchSlice]] = {}
     for item in slices:
@@ -244,11 +246,13 @@ def build_training_set(
     synthetic_count: int = 1200,
     seed: int = 11,
     ct_ich_limit: int | None = None,
+    split_file: Path = CT_ICH_SPLIT_FILE,
 ) -> TrainingSet:
-    """Assemble every source into model space with the serving preprocessing."""
+    """Assemble every source into model space with the serving preprocessing (CT-ICH patients
+    split as the pinned ``split_file`` says)."""
     spec = model_input_spec(size)
     rows = _Rows()
-    add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit)
+    add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit, split_file=split_file)
     add_mbh(rows, shared_data / "mbhseg25-mini", spec)
     add_synthetic(rows, synthetic_count, spec, seed)
     return rows.build()
@@ -260,10 +264,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--synthetic", type=int, default=1200)
     parser.add_argument("--out", type=Path, default=REPO / "build" / "training-set-160.npz")
+    parser.add_argument(
+        "--split-file",
+        type=Path,
+        default=CT_ICH_SPLIT_FILE,
+        help="the pinned CT-ICH split (training/splits/ct-ich-0.2.json rebuilds 0.2.0's training set)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    data = build_training_set(args.data, args.size, args.synthetic)
+    data = build_training_set(args.data, args.size, args.synthetic, split_file=args.split_file)
     data.save(args.out)
     for split in ("train", "val", "test"):
         for source in ("ct-ich", "mbh", "synthetic"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import pytest
 
 from training.datasets import (
     CT_ICH_DEMO_PATIENT,
+    CT_ICH_SPLIT_FILE,
+    CT_ICH_SPLIT_FILE_0_2,
     MASKED_PATIENTS_HELD_OUT,
     MBH_COLOURS,
     CtIchSlice,
+    SplitError,
     decode_colour_mask,
     list_ct_ich_slices,
     list_mbhseg_slices,
@@ -26,6 +30,7 @@ from training.datasets import (
     load_mbhseg_slice,
     load_physionet_nifti_case,
     mbh_case_id,
+    pinned_ct_ich_split,
     split_by_patient,
     split_ct_ich,
 )
@@ -330,3 +335,36 @@ def test_ct_ich_split_on_the_real_data() -> None:
     assert len(masked) >= 6
     assert len(split["val"] & masked) >= MASKED_PATIENTS_HELD_OUT and len(split["test"] & masked) >= 2
     assert split["train"] & masked
+
+
+def test_the_pinned_split_holds_every_patient_once_with_masks_held_out() -> None:
+    slices = list_ct_ich_slices(CT_ICH)
+    split = pinned_ct_ich_split(slices)
+    patients = {s.patient for s in slices}
+    assert set.union(*split.values()) == patients and sum(len(v) for v in split.values()) == len(patients)
+    assert CT_ICH_DEMO_PATIENT in split["test"]
+    masked = {s.patient for s in slices if s.mask_path is not None}
+    assert len(split["val"] & masked) >= 3 and len(split["test"] & masked) >= 3 and split["train"] & masked
+    positives = {s.patient for s in slices if s.any_hemorrhage}
+    assert all(split[k] & positives for k in split)
+
+
+def test_0_2_0_s_held_out_patients_stay_held_out_from_0_3_on() -> None:
+    # The 0.2.0 card's validation and test patients never train a later model: their figures stay honest.
+    slices = list_ct_ich_slices(CT_ICH)
+    old, new = pinned_ct_ich_split(slices, CT_ICH_SPLIT_FILE_0_2), pinned_ct_ich_split(slices)
+    assert old["val"] <= new["val"] and old["test"] <= new["test"]
+    assert new["val"] - old["val"] == {"071"} and new["test"] - old["test"] == {"087"}
+
+
+def test_a_pinned_split_refuses_a_patient_it_does_not_name_or_names_twice(tmp_path: Path) -> None:
+    slices = list_ct_ich_slices(CT_ICH)
+    document = json.loads(CT_ICH_SPLIT_FILE.read_text())
+    document["train"].remove("049")
+    (tmp_path / "missing.json").write_text(json.dumps(document))
+    with pytest.raises(SplitError, match="049 in no split"):
+        pinned_ct_ich_split(slices, tmp_path / "missing.json")
+    document["val"].extend(["049", "050"])
+    (tmp_path / "twice.json").write_text(json.dumps(document))
+    with pytest.raises(SplitError, match="050 in more than one split"):
+        pinned_ct_ich_split(slices, tmp_path / "twice.json")
