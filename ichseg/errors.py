@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     UNSAFE_ARCHIVE = "unsafe_archive"
     INCONSISTENT_SERIES = "inconsistent_series"
     NOT_CT = "not_ct"
+    UNFIT_INPUT = "unfit_input"
     # The pipeline's own: a stage gave up after its last attempt, the watchdog, a model swap.
     SPLIT_FAILED = "split_failed"
     SEGMENT_FAILED = "segment_failed"
@@ -75,3 +76,9 @@ class NotCTError(ScanError):
     """A DICOM object whose modality is not CT."""
 
     code = ErrorCode.NOT_CT
+
+
+class UnfitScanError(ScanError):
+    """A scan that reads, but not as head CT in a brain window (values clipped: no bone left)."""
+
+    code = ErrorCode.UNFIT_INPUT

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ichseg.fitness import require_brain_window_ct
 from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, SUBTYPE_OUTPUT, ModelMetadata
 from ichseg.paths import SHIPPED_MODEL
 from ichseg.preprocess import prepare_batch, restore_probabilities
@@ -95,8 +96,10 @@ class OnnxSegmenter:
 def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segmentation]:
     """Window (per the model's metadata), predict and threshold one scan.
 
-    Returns the windowed uint8 slices (for overlays) and the segmentation.
+    Returns the windowed uint8 slices (for overlays) and the segmentation. A scan that cannot be
+    read in a brain window is refused (:func:`ichseg.fitness.require_brain_window_ct`).
     """
+    require_brain_window_ct(scan)
     slices = windowed_slices(scan, segmenter.metadata.window_preset)
     prediction = segmenter.predict(slices)
     meta = segmenter.metadata

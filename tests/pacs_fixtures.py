@@ -201,7 +201,7 @@ def identified_head_ct(
     modality: str = "CT",
 ) -> list[Any]:
     """A head CT series in Hounsfield units that the tests' tiny model reads like
-    ``tests.pipeline.conftest.head_frames`` (a dim head, a bright bleed from ``bleed_from`` on),
+    ``tests.pipeline.conftest.head_frames`` (a dim head inside a skull, a bright bleed from ``bleed_from`` on),
     carrying :data:`tests.patient_identifiers.PATIENT_IDENTIFIERS` in every field."""
     import numpy as np
     from pydicom.uid import MRImageStorage
@@ -212,11 +212,17 @@ def identified_head_ct(
         count=count, rows=rows, cols=cols, step_mm=step_mm, pixel_spacing=(0.5, 0.5), modality=modality
     )
     yy, xx = np.mgrid[:rows, :cols]
-    head = ((yy - rows / 2) / (0.42 * rows)) ** 2 + ((xx - cols / 2) / (0.42 * cols)) ** 2 <= 1
-    blob = ((yy - rows * 0.45) ** 2 + (xx - cols * 0.4) ** 2) <= (0.12 * rows) ** 2
+
+    def ellipse(scale: float) -> np.ndarray:
+        return ((yy - rows / 2) / (scale * rows)) ** 2 + ((xx - cols / 2) / (scale * cols)) ** 2 <= 1
+
+    head, skull = ellipse(0.40), ellipse(0.44) & ~ellipse(0.40)
+    blob = ((yy - rows * 0.45) ** 2 + (xx - cols * 0.4) ** 2) <= (0.2 * rows) ** 2
     for index, ds in enumerate(series):
         # The CT-ICH brain window (level 40, width 120) maps -20 HU to 0: grey 15 is -13 HU, grey 230 is 88 HU.
+        # The skull (1,000 HU) is what makes it head CT to ichseg; the model reads only inside it.
         hu = np.full((rows, cols), -1000.0, np.float32)
+        hu[skull] = 1000.0
         hu[head] = -13.0
         if bleed_from is not None and index >= bleed_from:
             hu[blob] = 88.0

@@ -32,6 +32,7 @@ import numpy as np
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES, encode_slices
 from ichseg.errors import ScanError, ScanTooLargeError
+from ichseg.fitness import require_brain_window_ct
 from ichseg.limits import ScanLimits
 from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
@@ -133,6 +134,7 @@ def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, S
             raise
         # The reason reaches the job record, logs and ops: never a hospital's member paths.
         raise type(exc)(redact_member_names(str(exc), data)) from exc
+    require_brain_window_ct(scan)  # a clipped series is refused here, before any frame is stored
     return windowed_slices(scan, window_by_name(ctx.config.window)), scan, data, limits
 
 

@@ -270,6 +270,21 @@ def test_hospital_dicom_zip_in_ingest_gets_a_dicom_seg_and_no_mirror(stack: Loca
     assert report["slice_thickness_mm"] == 2.5 and len(report["slices"]) == 5
 
 
+def test_a_series_clipped_to_a_brain_window_is_refused_as_unfit(alice: AppClient, tmp_path: Path) -> None:
+    """Exported already windowed (0-80 HU): no skull left, so the model would paint it as blood."""
+    from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
+
+    series = dicom_series(count=6, rows=48, cols=40)
+    for ds in series:
+        hu = ds.pixel_array.astype(np.float32) + float(ds.RescaleIntercept)
+        ds.PixelData = (np.clip(hu, 0, 80) - float(ds.RescaleIntercept)).astype(ds.pixel_array.dtype).tobytes()
+    archive = zip_files(tmp_path / "clipped.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)})
+    job = alice.wait(alice.upload(archive.read_bytes(), "application/zip"))
+    assert job.state == JobState.FAILED and job.error_code == "unfit_input" and job.failed_stage == "split"
+    assert "no bone-density pixels" in (job.error_reason or "") and "from 0 to 80 HU" in (job.error_reason or "")
+    assert job.results == {}
+
+
 def test_watchdog_function_runs_on_its_schedule_event(stack: LocalStack) -> None:
     status, answer = stack.tick_watchdog()
     assert status == "ok" and set(answer) == {"checked", "failed"}
