@@ -19,6 +19,9 @@ One local-only extra route, ``POST /_local/token {"uid": ...}``, mints an ID tok
 token issuer (what Firebase Auth's sign-in gives the app); it does not exist in the cloud.
 And ``GET /viewer/...`` serves the static results viewer (``viewer/``), without authorisation (the
 page holds no data; it calls the API with the user's token); in the cloud Firebase Hosting serves it.
+Every viewer response carries :func:`viewer_headers`, a Content-Security-Policy among them: the
+page may talk to its API (here the front itself, ``'self'``) and the bucket's presigned links only.
+``firebase.json`` carries the same headers for Firebase Hosting (a test compares the two).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from infrastructure.lambda_runtime import LocalFunction, authorizer_event, http_api_event
 
@@ -90,6 +94,8 @@ class ApiFront:
         self.region = region
         self.mint_token = mint_token
         self.routes = routes or routes_from_openapi()
+        # The API is this front itself ('self'); the links are wherever the API function presigns them.
+        self.viewer_headers = viewer_headers("'self'", presigned_link_origins(api.environment))
 
     def handle(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str
@@ -98,7 +104,7 @@ class ApiFront:
             uid = (json.loads(body or b"{}") or {}).get("uid", "local-user")
             return _json_response(200, {"id_token": self.mint_token(str(uid)), "uid": uid})
         if method in ("GET", "HEAD") and (path + "/").startswith(VIEWER_ROUTE):
-            return viewer_file(path)
+            return viewer_file(path, self.viewer_headers)
         if len(body) > MAX_BODY_BYTES:
             return _json_response(413, {"message": "Request Entity Too Large"})
         match = next(((r, m) for r in self.routes if r.method == method and (m := r.pattern.match(path))), None)
@@ -148,17 +154,76 @@ class ApiFront:
         return [body]
 
 
-def viewer_file(path: str) -> tuple[int, dict[str, str], bytes]:
-    """A file of the static viewer; ``/viewer`` redirects to ``/viewer/`` (the page's relative links
-    need the slash) and ``/viewer/`` is ``index.html``. Only the viewer's own files are served."""
+def viewer_csp(api_origin: str, link_origins: Sequence[str]) -> str:
+    """The viewer's Content-Security-Policy: its own scripts and styles, its API (``api_origin``,
+    which gets the user's token) and the presigned links (``link_origins``), nothing else.
+
+    Even a script injected into the page, or a viewer.js bug, cannot send the token or the images
+    anywhere else (``connect-src``), and the page cannot be framed (clickjacking) or re-based."""
+    links = " ".join(link_origins)
+    directives = {
+        "default-src": "'none'",  # whatever is not named below
+        "script-src": "'self'",  # config.js and viewer.js: no inline script, no eval
+        "style-src": "'self'",  # viewer.css (viewer.js sets styles through the CSSOM, which CSP allows)
+        # The slices' frames and masks: <img> loads on presigned links; data: is the empty favicon
+        # (index.html), which keeps the browser from asking the server for /favicon.ico.
+        "img-src": f"{links} data:",
+        # GET /v1/scans/{id} with the token, and report.json fetched from its presigned link.
+        "connect-src": f"{api_origin} {links}",
+        "object-src": "'none'",
+        "base-uri": "'none'",
+        "form-action": "'none'",  # the token form is handled in script, never submitted (no token in a URL)
+        "frame-ancestors": "'none'",
+    }
+    return "; ".join(f"{name} {value}" for name, value in directives.items())
+
+
+def viewer_headers(api_origin: str, link_origins: Sequence[str]) -> dict[str, str]:
+    """The headers of every viewer response: here from the front, in the cloud from Firebase
+    Hosting (``firebase.json``, kept equal by a test)."""
+    return {
+        "Content-Security-Policy": viewer_csp(api_origin, link_origins),
+        # Presigned links must not leak through Referer (index.html's meta says it too, for old browsers).
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        # no-cache: a reloaded page picks up a changed viewer (or config.js) at once; the files are small.
+        "Cache-Control": "no-cache",
+    }
+
+
+def aws_link_origins(bucket: str, region: str) -> list[str]:
+    """The origins of the API's presigned links in AWS: the bucket's virtual-hosted names.
+
+    botocore (1.44, the Lambda's pin) signs on the global name ``<bucket>.s3.amazonaws.com``; the
+    regional name ``<bucket>.s3.<region>.amazonaws.com`` is what a newer botocore or the ``regional``
+    us-east-1 setting signs on. Both name this bucket only, so allowing both costs nothing."""
+    return [f"https://{bucket}.s3.amazonaws.com", f"https://{bucket}.s3.{region}.amazonaws.com"]
+
+
+def presigned_link_origins(environment: Mapping[str, str]) -> list[str]:
+    """Where the API function's presigned links point, read from its environment: an S3 endpoint
+    override (locally moto's address; botocore presigns path-style on an IP address, so the links'
+    origin is the endpoint's), else the bucket's AWS names (:func:`aws_link_origins`)."""
+    endpoint = environment.get("AWS_ENDPOINT_URL_S3") or environment.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        return [f"{parts.scheme}://{parts.netloc}"]
+    region = environment.get("AWS_REGION") or environment.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return aws_link_origins(environment["ICHSEG_BUCKET"], region)
+
+
+def viewer_file(path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """A file of the static viewer, with ``headers`` (:func:`viewer_headers`); ``/viewer`` redirects
+    to ``/viewer/`` (the page's relative links need the slash) and ``/viewer/`` is ``index.html``.
+    Only the viewer's own files are served."""
     if path == VIEWER_ROUTE.rstrip("/"):
-        return 301, {"Location": VIEWER_ROUTE}, b""
+        return 301, {**headers, "Location": VIEWER_ROUTE}, b""
     name = path[len(VIEWER_ROUTE) :] or "index.html"
     file = (VIEWER_DIR / name).resolve()
     if file.parent != VIEWER_DIR or file.suffix not in VIEWER_TYPES or not file.is_file():
-        return _json_response(404, {"message": "Not Found"})
-    # no-cache: a reloaded page picks up a changed viewer at once (ETag-less, the files are small).
-    return 200, {"Content-Type": VIEWER_TYPES[file.suffix], "Cache-Control": "no-cache"}, file.read_bytes()
+        status, json_headers, body = _json_response(404, {"message": "Not Found"})
+        return status, {**headers, **json_headers}, body
+    return 200, {**headers, "Content-Type": VIEWER_TYPES[file.suffix]}, file.read_bytes()
 
 
 def _proxy_response(response: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

@@ -17,9 +17,10 @@
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
   const jobId = params.get("job") || "";
-  // The API: ?api=<base URL> where the viewer is hosted elsewhere; by default the origin that
-  // serves /viewer/ (the local stack's front, or a proxy in front of both).
-  const apiBase = (params.get("api") || new URL("..", location.href).href).replace(/\/+$/, "");
+  // The API, the only server the token is ever sent to: config.js names it ("" there: the origin
+  // that serves /viewer/, as the local stack's front does). A link cannot choose another one.
+  const api = configuredApi(params.get("api"));
+  const apiBase = api.base;
 
   const state = {
     slices: [], // [{id, probability, area_px, area_mm2, frame: Image, mask: Image, ready: bool}]
@@ -32,6 +33,44 @@
     panY: 0,
     expiresAt: null,
   };
+
+  // {base: the API's base URL without a trailing slash} or {error: why this page calls no API}.
+  // A link's ?api= naming another origin is refused, never used: whoever crafts a link must not get
+  // the user's token (or show them a fake result). Naming the configured API itself is accepted,
+  // which keeps links that carry ?api=<ApiUrl> working.
+  function configuredApi(asked) {
+    const config = window.ICHSEG_VIEWER_CONFIG;
+    if (!config || typeof config.api !== "string") {
+      return { error: "This viewer is not configured: config.js names no API." };
+    }
+    let base;
+    try {
+      base = new URL(config.api || "..", location.href);
+    } catch (error) {
+      return { error: `This viewer is misconfigured: config.js's API (${config.api}) is not a URL.` };
+    }
+    // The token must not cross the network in clear text to another host.
+    if (base.origin !== location.origin && base.protocol !== "https:") {
+      return { error: `This viewer is misconfigured: its API (${base.origin}) is not HTTPS.` };
+    }
+    if (asked !== null) {
+      let origin = null;
+      try {
+        origin = new URL(asked).origin;
+      } catch (error) {
+        origin = null;
+      }
+      if (origin !== base.origin) {
+        return {
+          error:
+            `Refused: this link asks the viewer to use another API (${asked}). The viewer only ` +
+            `calls its own API (${base.origin}), the only server it sends your sign-in to; ` +
+            "open the scan from the app instead.",
+        };
+      }
+    }
+    return { base: base.href.replace(/\/+$/, "") };
+  }
 
   function tokenFromFragment() {
     const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -497,8 +536,9 @@
 
   // ------------------------------------------------------------------ start
 
-  const token = tokenFromFragment();
-  if (token) start(token);
+  const token = tokenFromFragment(); // read (and dropped from the address bar) even when refused below
+  if (api.error) say(api.error, true);
+  else if (token) start(token);
   else {
     say("Sign in: paste the app's ID token (links from the app carry it in #token=...).");
     showSignin();

