@@ -86,6 +86,8 @@ class SliceResult:
     """Kept where the truth is a real mask (``truth``), to score Dice at any pixel threshold."""
     truth: np.ndarray | None = field(default=None, repr=False)
     subtype_truths: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The windowed slice, kept beside a real mask for the card's outline figure."""
 
     @property
     def truth_known(self) -> bool:
@@ -137,6 +139,8 @@ def evaluate_ct_ich(
                 {n: float(q) for n, q in zip(names, prediction.subtype_probabilities[index], strict=True)},
             )
             truth = load_ct_ich_mask(item) if item.mask_path is not None else None
+            if truth is not None:
+                result.image = np.asarray(scan.slices[index], dtype=np.uint8)
             results.append(_record(result, prediction.probabilities[index], truth, truth is not None))
         log.info("CT-ICH %s: %d slices", patient, scan.num_slices)
     return results
@@ -236,6 +240,7 @@ def detection_summary(
         "specificity": round(stats.specificity, 4),
         "normal_slices_painted": round(normal_slices_painted(results, slice_threshold, pixel_threshold), 4),
         "scan_roc_auc": round(roc_auc(scan_scores, scan_labels), 4) if both_kinds else None,
+        "scan_roc_auc_ci95": bootstrap_ci(by_patient, _scan_auc_of) if both_kinds else None,
         "scan_positives": int(scan_labels.sum()),
         "scan_threshold": scan_threshold,
         "scan_sensitivity": round(float(np.mean(scan_scores[scan_labels] >= scan_threshold)), 4)
@@ -267,6 +272,48 @@ def detection_summary(
                 "positive_slices": int(truth.sum()),
             }
     return summary
+
+
+def _scan_auc_of(groups: list[list[SliceResult]]) -> float:
+    scores = np.array([max(r.probability for r in group) for group in groups])
+    labels = np.array([any(r.label for r in group) for group in groups])
+    return roc_auc(scores, labels) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def predicted_top_subtype(group: list[SliceResult]) -> str | None:
+    """The subtype the model names first for one patient: the highest of each subtype's scan-level
+    probability (its most confident slice's, as the report gives it)."""
+    names = sorted({name for r in group for name in r.subtype_probabilities})
+    if not names:
+        return None
+    return max(names, key=lambda name: max(r.subtype_probabilities.get(name, 0.0) for r in group))
+
+
+def scan_subtype_summary(results: list[SliceResult]) -> dict[str, Any]:
+    """Per bleeding CT-ICH patient: is the subtype the model names first one the patient has?
+
+    A patient's truth is every subtype on any of their slices; the confusion table's row is their
+    dominant subtype (the one on most slices), its column the model's first subtype.
+    """
+    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    patients = []
+    for patient, group in sorted(_by_patient([r for r in results if r.source == "ct-ich"]).items()):
+        counts = {name: sum(bool(r.subtypes.get(name)) for r in group) for name in SUBTYPES}
+        present = [name for name in SUBTYPES if counts[name]]
+        predicted = predicted_top_subtype(group)
+        if not present or predicted is None:
+            continue
+        dominant = max(present, key=lambda name: counts[name])
+        confusion[dominant][predicted] += 1
+        patients.append({"patient": patient, "truth": present, "predicted": predicted, "right": predicted in present})
+    right = sum(p["right"] for p in patients)
+    return {
+        "bleeding_patients": len(patients),
+        "top_subtype_right": right,
+        "top_subtype_accuracy": round(right / len(patients), 4) if patients else None,
+        "confusion": {row: dict(columns) for row, columns in sorted(confusion.items())},
+        "per_patient": patients,
+    }
 
 
 def _mean_dice_at(slice_threshold: float, pixel_threshold: float, gated: bool = True) -> Callable[..., float | None]:
@@ -412,7 +459,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| specificity @ {det['threshold']} | {det['specificity']} | | CT-ICH slices |",
             f"| normal slices with any painted pixel | {det['normal_slices_painted']} | | CT-ICH normal slices "
             f"(target <= {MAX_NORMAL_SLICES_PAINTED}) |",
-            f"| scan ROC AUC (max over slices) | {det['scan_roc_auc']} | | {det['patients']} patients "
+            f"| scan ROC AUC (max over slices) | {det['scan_roc_auc']} | {det.get('scan_roc_auc_ci95')} | "
+            f"{det['patients']} patients "
             f"({det['scan_positives']} with hemorrhage) |",
             f"| scan sensitivity / specificity @ {det.get('scan_threshold')} | {det['scan_sensitivity']} / "
             f"{det['scan_specificity']} | | same |",
@@ -427,6 +475,13 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"| subtype head ROC AUC, {name} | {sub['roc_auc']} | | {sub['positive_slices']} slices with it vs "
                 "all others |"
             )
+    scan_subtypes = report.get("scan_subtypes") or {}
+    if scan_subtypes.get("bleeding_patients"):
+        lines.append(
+            f"| top subtype right, per bleeding patient | {scan_subtypes['top_subtype_right']} of "
+            f"{scan_subtypes['bleeding_patients']} ({scan_subtypes['top_subtype_accuracy']}) | | CT-ICH patients with "
+            "hemorrhage: the subtype named first is one the patient has |"
+        )
     if cal:
         lines.append(
             f"| expected calibration error, raw -> calibrated | {cal['ece_raw']} -> {cal['ece_calibrated']} | | "
@@ -451,7 +506,25 @@ def markdown_table(report: dict[str, Any]) -> str:
             )
         for name, sub in seg["per_subtype_dice"].items():
             lines.append(f"| Dice, {label}, {name} | {sub['dice']} | | {sub['slices']} slices |")
+    if scan_subtypes.get("confusion"):
+        lines += ["", *subtype_confusion_table(scan_subtypes["confusion"])]
     return "\n".join(lines) + "\n"
+
+
+def subtype_confusion_table(confusion: dict[str, dict[str, int]]) -> list[str]:
+    """Markdown: bleeding patients by their dominant subtype (rows) and the model's first subtype (columns)."""
+    columns = [name for name in SUBTYPES if any(name in row for row in confusion.values())]
+    lines = [
+        "Top subtype per bleeding patient (rows: the subtype on most of the patient's slices; columns: the "
+        "subtype the model names first):",
+        "",
+        "| patient's subtype | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for row in SUBTYPES:
+        if row in confusion:
+            lines.append(f"| {row} | " + " | ".join(str(confusion[row].get(name, 0)) for name in columns) + " |")
+    return lines
 
 
 def run_split(
@@ -472,6 +545,7 @@ def summarise(results: list[SliceResult], segmenter: OnnxSegmenter, split: str) 
         "split": split,
         "thresholds": {"slice": slice_threshold, "pixel": pixel_threshold},
         "detection": detection_summary(results, slice_threshold, pixel_threshold, meta.finding_threshold),
+        "scan_subtypes": scan_subtype_summary(results),
         "calibration": calibration_summary(results, meta.slice_platt),
         "segmentation_ct_ich": segmentation_summary(results, slice_threshold, pixel_threshold, "ct-ich"),
         "segmentation_mbh": segmentation_summary(results, slice_threshold, pixel_threshold, "mbh"),

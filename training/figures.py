@@ -1,4 +1,5 @@
-"""Pictures next to the model card: ROC curves, reliability diagrams, training curves (PNG).
+"""Pictures next to the model card: ROC curves (slices and scans), reliability diagrams, predicted
+against radiologist outlines, training curves (PNG).
 
 Numbers in a table hide the shape of a model's errors; these show where on the ROC curve the
 operating point sits, whether a shown probability of 0.8 means 80 %, and whether training had
@@ -27,6 +28,10 @@ class ScoredSlice(Protocol):
     """What a figure needs of one evaluated slice (``training.evaluate.SliceResult`` has it)."""
 
     @property
+    def patient(self) -> str: ...
+    @property
+    def slice_id(self) -> str: ...
+    @property
     def source(self) -> str: ...
     @property
     def probability(self) -> float: ...
@@ -36,6 +41,12 @@ class ScoredSlice(Protocol):
     def subtypes(self) -> Mapping[str, bool]: ...
     @property
     def subtype_probabilities(self) -> Mapping[str, float]: ...
+    @property
+    def image(self) -> np.ndarray | None: ...
+    @property
+    def truth(self) -> np.ndarray | None: ...
+
+    def prediction(self, slice_threshold: float, pixel_threshold: float, gated: bool = True) -> np.ndarray: ...
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +102,65 @@ def write_split_figures(results: Sequence[ScoredSlice], meta: ModelMetadata, spl
     ax.set(xlabel="shown probability", ylabel="observed frequency", title=f"Reliability: CT-ICH {split} slices")
     ax.legend(fontsize=7, loc="upper left")
     written.append(_save(fig, folder / f"calibration-{split}.png"))
-    return written
+    written.append(write_scan_roc(ct_ich, meta, split, folder / f"roc-scan-{split}.png"))
+    outlined = write_outlines(ct_ich, meta, split, folder / f"outlines-{split}.png")
+    return written + ([outlined] if outlined is not None else [])
+
+
+def write_scan_roc(results: Sequence[ScoredSlice], meta: ModelMetadata, split: str, destination: Path) -> Path:
+    """The scan-level ROC: each patient scored by their most confident slice, with the scan threshold."""
+    patients: dict[str, list[ScoredSlice]] = {}
+    for r in results:
+        patients.setdefault(r.patient, []).append(r)
+    scores = np.array([max(r.probability for r in group) for group in patients.values()])
+    labels = np.array([any(r.label for r in group) for group in patients.values()])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    if 0 < labels.sum() < labels.size:
+        fpr, tpr = roc_points(scores, labels)
+        ax.plot(fpr, tpr, drawstyle="steps-post", label=f"scans, AUC {roc_auc(scores, labels):.3f}")
+        threshold = meta.finding_threshold
+        point = (np.mean(scores[~labels] >= threshold), np.mean(scores[labels] >= threshold))
+        ax.plot(*point, "o", color="black", label=f"scan threshold ({threshold:.3g})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(
+        xlabel="1 - specificity (normal heads called hemorrhage)",
+        ylabel="sensitivity (bleeding patients found)",
+        title=f"{meta.name} {meta.version}: CT-ICH {split}, {labels.size} patients ({labels.sum()} bleeding)",
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, destination)
+
+
+OUTLINE_CASES = 6
+"""Slices in the outline figure: the best and the worst by Dice, half each."""
+
+
+def write_outlines(results: Sequence[ScoredSlice], meta: ModelMetadata, split: str, destination: Path) -> Path | None:
+    """Predicted (red) against radiologist (green) outlines on the split's masked slices, best and
+    worst by Dice; None when the split has no masked slice with its image."""
+    from ichseg.metrics import dice
+
+    masked = [r for r in results if r.truth is not None and r.image is not None]
+    if not masked:
+        return None
+    scored = sorted(
+        ((float(dice(r.prediction(meta.slice_threshold, meta.pixel_threshold), r.truth)), r) for r in masked),
+        key=lambda pair: pair[0],
+        reverse=True,
+    )
+    half = OUTLINE_CASES // 2
+    chosen = scored if len(scored) <= OUTLINE_CASES else scored[:half] + scored[-half:]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(2.4 * len(chosen), 2.8), dpi=120, squeeze=False)
+    for ax, (score, r) in zip(axes[0], chosen, strict=True):
+        ax.imshow(r.image, cmap="gray", vmin=0, vmax=255)
+        ax.contour(r.truth, levels=[0.5], colors="lime", linewidths=0.8)
+        predicted = r.prediction(meta.slice_threshold, meta.pixel_threshold)
+        if predicted.any():
+            ax.contour(predicted, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{r.patient}/{r.slice_id} Dice {score:.2f}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"{meta.name} {meta.version}, CT-ICH {split}: radiologist (green) vs model (red)", fontsize=8)
+    return _save(fig, destination)
 
 
 def write_training_curves(history_csv: Path, destination: Path) -> Path:

@@ -74,8 +74,12 @@ def _figure_links(figures: Path | None, out: Path) -> str:
         ("training-curves.png", "Training curves"),
         ("roc-val.png", "ROC, validation"),
         ("roc-test.png", "ROC, test"),
+        ("roc-scan-val.png", "Scan-level ROC, validation (the scan threshold chosen here)"),
+        ("roc-scan-test.png", "Scan-level ROC, test"),
         ("calibration-val.png", "Reliability, validation (fitted here)"),
         ("calibration-test.png", "Reliability, test"),
+        ("outlines-val.png", "Predicted (red) against radiologist (green) outlines, validation: best and worst"),
+        ("outlines-test.png", "Predicted (red) against radiologist (green) outlines, test: best and worst"),
     ]
     shown = [(name, title) for name, title in names if (figures / name).is_file()]
     relative = figures.resolve().relative_to(out.resolve().parent)
