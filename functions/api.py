@@ -29,12 +29,22 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from functions import pipeline_context
 from ichseg.pipeline import create_scan, scan_status
 from ichseg.pipeline.api import LIST_LIMIT_DEFAULT, ApiError, delete_scan, list_scans
-from ichseg.pipeline.api_models import LIST_LIMIT_MAX, Error, ScanList, ScanStatus, StartScanRequest, UploadTicket
+from ichseg.pipeline.api_models import (
+    LIST_LIMIT_MAX,
+    Error,
+    ScanList,
+    ScanStatus,
+    StartScanRequest,
+    UnreadableNumber,
+    UploadTicket,
+    read_json_body,
+)
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-app = APIGatewayHttpResolver(enable_validation=True)
+# Bodies are read by read_json_body: json.loads with bounds on numbers (api_models' module doc).
+app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=read_json_body)
 
 DESCRIPTION = """The API the ichseg mobile app uses to segment intracranial hemorrhage in a head CT scan.
 
@@ -213,6 +223,12 @@ def invalid_request(error: RequestValidationError) -> Response[Any]:
         where = ".".join(str(part) for part in detail.get("loc", ()) if part != "body") or "body"
         reasons.append(f"{where}: {detail.get('msg', 'invalid')}")
     return _json(400, {"message": "invalid request: " + "; ".join(reasons)[:1000]})
+
+
+@app.exception_handler(UnreadableNumber)
+def unreadable_number(error: UnreadableNumber) -> Response[Any]:
+    # Raised while the body is parsed, before any field is validated: the body is what it names.
+    return _json(400, {"message": f"invalid request: body: {error}"})
 
 
 @app.exception_handler(RecursionError)

@@ -4,6 +4,9 @@
 Google's certificates, expiry, audience = ``FIREBASE_PROJECT_ID``, issuer); the verified uid goes
 into the authorizer context, where the API reads it (``requestContext.authorizer.lambda.uid``).
 HTTP API answers 401 when the header is missing and 403 when this returns ``isAuthorized: false``.
+
+A refusal is logged with its reason (:class:`~ichseg.pipeline.auth.TokenRefusal`) and nothing of the
+token, well-formed or not: a token in a log is a credential for whoever reads the log.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ def handler(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> dict[
     try:
         uid = verifier().uid_from_header(event.headers.get("authorization"))
     except InvalidToken as exc:
-        logger.warning("token rejected", extra={"reason": str(exc), "route": event.route_key})
+        logger.warning(
+            "token rejected",
+            extra={"reason": exc.refusal.value, "detail": exc.refusal.description, "route": event.route_key},
+        )
         metrics.add_metric("TokensRejected", "Count", 1)
         return APIGatewayAuthorizerResponseV2(authorize=False).asdict()
     logger.thread_safe_append_keys(uid=uid)

@@ -199,6 +199,9 @@ def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
     404 for unknown jobs, other people's and already deleted ones (a second DELETE is 404); 409
     while the job is still being processed (a stage could write results after the delete).
     The row goes last: if anything before it fails, the job is still listed and a retry finishes.
+    It becomes a tombstone rather than nothing (:mod:`ichseg.pipeline.jobs`): a late copy of the
+    job's upload event then finds the id spent instead of bringing the job back, and the
+    tombstone is invisible here (no owner: 404, in no list).
     """
     job = owned_job(ctx, uid, job_id)
     if not job.state.terminal:

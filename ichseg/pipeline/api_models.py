@@ -7,12 +7,18 @@ the code's own enums and tuples: there is no second list to keep in step.
 Requests are strict (``strict=True``: ``"12"`` is not an integer, ``true`` is not a size) and
 closed (``extra="forbid"``: a misspelt field is an error, not silently ignored), so a body the
 schema does not allow is refused with 400 and a reason, never half-accepted.
+
+Bodies are parsed by :func:`read_json_body`, which refuses what Python's JSON parser would turn
+into a crash (an integer of more digits than ``int()`` converts: a 500) or into a value no schema
+expects (``NaN``, ``Infinity``, or a number beyond a double, which becomes ``inf``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -33,6 +39,40 @@ with a lower limit answers 413 above it, which the schema documents)."""
 
 LIST_LIMIT_MAX = 100
 """The most jobs one ``GET /v1/scans`` page holds."""
+
+
+MAX_INTEGER_DIGITS = 100
+"""The longest integer a request body may hold. No field takes more than 10 digits, and this is far
+below Python's int-string conversion limit (4,300 digits by default, configurable down to 640):
+longer ones are refused before ``int()`` is called, whatever the interpreter's setting."""
+
+
+class UnreadableNumber(ValueError):
+    """A number in a JSON body that this API refuses to read; ``str()`` says why (never the number)."""
+
+
+def read_json_body(body: str) -> Any:
+    """The JSON body as Python; :class:`UnreadableNumber` for a number that cannot be a value here."""
+    return json.loads(body, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise UnreadableNumber(f"an integer of {digits} digits; at most {MAX_INTEGER_DIGITS} are read")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise UnreadableNumber("a number beyond the range of a double")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    # json.loads accepts NaN, Infinity and -Infinity, which JSON (RFC 8259) does not have.
+    raise UnreadableNumber(f"{name}, which is not JSON")
 
 
 def _integral_float(value: object) -> object:

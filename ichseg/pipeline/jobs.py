@@ -9,6 +9,22 @@ condition holds wins, the others learn they lost and do nothing. Batch completio
 of batch ids (``ADD`` on a set is idempotent per id), so a redelivered segment message never counts
 twice, and the one update that sees the last batch done is the one that starts assembly.
 
+Who creates a job: the API, for an app upload (``POST /v1/scans`` writes the row before it hands
+out the presigned POST); the split, for a hospital upload under ``ingest/`` (the upload event is
+the first news of it). Nothing else does: an app upload event whose row is missing names a job the
+API never created, and the split refuses it.
+
+A deleted job stays deleted. ``DELETE /v1/scans/{id}`` does not remove the row: it replaces it,
+in one conditional write, by a *tombstone* (``job_id``, ``deleted_at``, ``expires_at``): no
+``state``, so no stage's conditional write can match it and :meth:`JobStore.get` reads it as no
+job; no ``owner``, so the ``by_owner`` index drops it from every list; no keys, names or results.
+The create's ``attribute_not_exists(job_id)`` refuses the spent id, so a late copy of the job's
+upload event (S3 and SQS are at-least-once) or a redrive from a dead-letter queue cannot bring the
+job back, and the split can tell "deleted" from "never created" in what it logs. The tombstone
+expires by TTL with the jobs' retention, and never before any queue could still hold a message
+naming the job (:data:`TOMBSTONE_MIN_SECONDS`). Its expiry cannot revive the job either way: an app
+upload event that finds no row at all is refused too.
+
 Table layout (``ICHSEG_TABLE``): partition key ``job_id`` (S); GSI ``by_owner`` on ``owner`` (S) +
 ``created_at`` (S, ISO-8601 UTC, sorts by time) lists a user's jobs (hospital jobs have no owner,
 so the index stays sparse); ``expires_at`` (N, epoch seconds) is the TTL attribute. Many natural
@@ -94,6 +110,10 @@ class StageOutcome(StrEnum):
     """The upload is not a scan ichseg can read; the job FAILED with the reason."""
     FOREIGN = "foreign"
     """The upload's key names a job of another owner or source; nothing was done."""
+    UNKNOWN = "unknown"
+    """The upload's key names an app job the API never created; nothing was done."""
+    DELETED = "deleted"
+    """The upload's key names a job its owner deleted (a tombstone); nothing was done."""
     FAILED = "failed"
     """The stage failed the job (e.g. the model changed between batches)."""
 
@@ -181,8 +201,17 @@ STAMP_ATTRIBUTES = {
 }
 
 
+TOMBSTONE_MIN_SECONDS = 14 * 86400
+"""SQS's longest message retention (the dead-letter queues keep theirs 14 days): a tombstone
+outlives every message that could still name its job, whatever ``ICHSEG_JOB_TTL_DAYS`` says."""
+
+
 class JobNotFound(LookupError):
     """No job with this id."""
+
+
+class JobDeleted(JobNotFound):
+    """The job with this id was deleted: its row is a tombstone, and the id is never used again."""
 
 
 def utc_iso(epoch: float) -> str:
@@ -208,15 +237,24 @@ class JobStore:
     # ------------------------------------------------------------------ reading
 
     def get(self, job_id: str) -> Job | None:
-        """The job, read consistently (a worker must see the write that just enqueued it)."""
-        item = self.client.get_item(TableName=self.table, Key=self._key(job_id), ConsistentRead=True).get("Item")
-        return self._job(item) if item else None
+        """The job, read consistently (a worker must see the write that just enqueued it); ``None``
+        for an unknown or deleted job."""
+        item = self._stored(job_id)
+        return None if item is None or _is_tombstone(item) else self._job(item)
 
     def require(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job is None:
+        """The job; :class:`JobDeleted` for a deleted one, :class:`JobNotFound` for an unknown one."""
+        item = self._stored(job_id)
+        if item is None:
             raise JobNotFound(job_id)
-        return job
+        if _is_tombstone(item):
+            raise JobDeleted(job_id)
+        return self._job(item)
+
+    def _stored(self, job_id: str) -> dict[str, Any] | None:
+        """The row as stored (a job or a tombstone), read consistently; ``None`` if there is none."""
+        item = self.client.get_item(TableName=self.table, Key=self._key(job_id), ConsistentRead=True).get("Item")
+        return item or None
 
     def list_for_owner(self, owner: str, limit: int = 20) -> list[Job]:
         """A user's most recent jobs (newest first), from the ``by_owner`` index."""
@@ -281,7 +319,10 @@ class JobStore:
         deadline_seconds: float,
         content_type: str | None = None,
     ) -> tuple[Job, bool]:
-        """Create the job in RECEIVED unless it exists; returns (the stored job, created now?)."""
+        """Create the job in RECEIVED unless it exists; returns (the stored job, created now?).
+
+        :class:`JobDeleted` if the id belonged to a deleted job: the tombstone keeps it spent.
+        """
         now = self.clock()
         item: dict[str, Any] = {
             "job_id": job_id,
@@ -309,7 +350,7 @@ class JobStore:
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise
-            return self.require(job_id), False
+            return self.require(job_id), False  # JobDeleted for a tombstone
         return self._job(self._item(item)), True
 
     # ------------------------------------------------------------------ transitions
@@ -414,7 +455,7 @@ class JobStore:
 
     def mark_assembly_enqueued(self, job_id: str) -> bool:
         """Remember that the assemble message is on its queue (a redelivery then need not resend it)."""
-        return self._update(job_id, "SET #assembly_enqueued = :yes", "attribute_exists(#job_id)", {":yes": True})
+        return self._update(job_id, "SET #assembly_enqueued = :yes", "attribute_exists(#state)", {":yes": True})
 
     def mark_done(
         self,
@@ -463,7 +504,8 @@ class JobStore:
             job_id,
             "SET #state = :failed, #error_code = :code, #error_reason = :reason, #failed_stage = :stage, "
             "#failed_at = :now, #updated_at = :iso",
-            "attribute_exists(#job_id) AND NOT (#state IN (:done, :failed))",
+            # attribute_exists(state): a job, not a tombstone (a deleted job is not failed back to life).
+            "attribute_exists(#state) AND NOT (#state IN (:done, :failed))",
             {
                 ":failed": JobState.FAILED,
                 ":done": JobState.DONE,
@@ -474,7 +516,7 @@ class JobStore:
                 ":iso": utc_iso(now),
             },
         )
-        if updated or self.get(job_id) is not None:
+        if updated or self._stored(job_id) is not None:  # an ended job, or a deleted one
             return updated
         # A hospital upload whose split failed before it could record the job never got a row:
         # leave a FAILED row (no owner) so ops see the failure. Anything else naming an unknown
@@ -543,14 +585,19 @@ class JobStore:
     # ------------------------------------------------------------------ plumbing
 
     def delete_ended(self, job_id: str, owner: str) -> bool:
-        """Delete the job's row if it is ``owner``'s and DONE or FAILED; False if it is not (any more).
+        """Replace the job's row by its tombstone (see the module doc) if it is ``owner``'s and DONE
+        or FAILED; False if it is not (any more).
 
-        Conditional, so a job that a stage is still moving is never deleted from under it.
+        Conditional, so a job that a stage is still moving is never deleted from under it, and of
+        two concurrent deletes exactly one succeeds (the other finds a tombstone: no owner).
         """
+        now = self.clock()
+        expires = int(now + max(self.ttl_seconds, TOMBSTONE_MIN_SECONDS))
+        tombstone = {"job_id": job_id, "deleted_at": _number(now), "expires_at": expires}
         try:
-            self.client.delete_item(
+            self.client.put_item(
                 TableName=self.table,
-                Key=self._key(job_id),
+                Item=self._item(tombstone),
                 ConditionExpression="#owner = :owner AND #state IN (:done, :failed)",
                 ExpressionAttributeNames={"#owner": "owner", "#state": "state"},
                 ExpressionAttributeValues={
@@ -629,6 +676,11 @@ def _names(expression: str) -> dict[str, str]:
     """``#name`` placeholders for every attribute an expression names (reserved words: ``scan``,
     ``source``, ``status``... are everywhere, so no attribute name is ever written bare)."""
     return {f"#{name}": name for name in re.findall(r"#(\w+)", expression)}
+
+
+def _is_tombstone(item: Mapping[str, Any]) -> bool:
+    """A deleted job's row (see the module doc): it has ``deleted_at`` and no ``state``."""
+    return "deleted_at" in item or "state" not in item
 
 
 def _condition_failed(exc: ClientError) -> bool:

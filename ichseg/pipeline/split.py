@@ -2,8 +2,13 @@
 
 Idempotent at every step, because S3 events and SQS deliveries are at-least-once:
 
-1. the job row is created if the upload event is the first news of it (hospital ingest), or found
-   (the API created it); a job already past SPLIT means this is a duplicate: nothing to do;
+1. a hospital upload's job row is created (the event is the first news of it), an app upload's is
+   found: only the API creates app jobs, so an app key naming no job (one the API never created)
+   or a deleted job (a tombstone, :mod:`ichseg.pipeline.jobs`) is refused: logged, counted
+   (``UploadsRefused``) and consumed, since no retry can make the job appear. The object stays
+   where it is for the bucket's ``uploads/`` lifecycle rule to expire: this function may only read
+   uploads, and whoever could write it there can write it again. A job already past SPLIT means
+   this event is a duplicate: nothing to do;
 2. the upload is decoded with the scan library; a :class:`~ichseg.errors.ScanError` fails the job
    with the library's message and consumes the event (the file will not get better);
 3. the manifest goes to ``work/{job}/manifest.json`` (same bytes on a rerun), then RECEIVED ->
@@ -38,7 +43,7 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import JobSource, JobState, Stage, StageOutcome
+from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import BatchRef, DicomSource, ScanManifest, SegmentMessage, plan_batches
 from ichseg.readers import read_scan
@@ -61,7 +66,8 @@ class SplitResult:
     job_id: str
     outcome: StageOutcome
     """``split`` (batches enqueued), ``duplicate`` (already past SPLIT), ``rejected`` (bad scan:
-    job FAILED), ``foreign`` (the job id belongs to another owner)."""
+    job FAILED), ``foreign`` (the job id belongs to another owner), ``unknown`` (no such app job)
+    or ``deleted`` (its owner deleted the job)."""
     slices: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -79,7 +85,10 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
     started = time.perf_counter()
     config = ctx.config
     config.require("bucket", "segment_queue_url")
-    job, _ = ctx.store.create(upload.job_id, upload.source, upload.owner, upload.key, config.job_deadline_seconds)
+    try:
+        job = _job_for_upload(ctx, upload)
+    except JobNotFound as exc:
+        return _refuse(ctx, upload, StageOutcome.DELETED if isinstance(exc, JobDeleted) else StageOutcome.UNKNOWN)
     if job.owner != upload.owner:
         # Only the API's presigned POST writes under uploads/{uid}/{job}; a mismatch means a key
         # not made by it. Never let one user's object touch another user's job.
@@ -109,6 +118,29 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
     ctx.metrics.add_metric("Frames", "Count", manifest.num_slices)
     ctx.metrics.add_metric("Batches", "Count", len(manifest.batches))
     return SplitResult(job.job_id, StageOutcome.SPLIT, manifest.num_slices, len(manifest.batches), seconds)
+
+
+def _job_for_upload(ctx: PipelineContext, upload: UploadRef) -> Job:
+    """The upload's job: created for a hospital upload, found for an app upload (only the API
+    creates those); :class:`~ichseg.pipeline.jobs.JobNotFound` or its ``JobDeleted`` otherwise."""
+    if upload.source == JobSource.INGEST:
+        job, _ = ctx.store.create(
+            upload.job_id, upload.source, upload.owner, upload.key, ctx.config.job_deadline_seconds
+        )
+        return job
+    return ctx.store.require(upload.job_id)
+
+
+def _refuse(ctx: PipelineContext, upload: UploadRef, outcome: StageOutcome) -> SplitResult:
+    """Consume an upload event that names no job that may run (see the module doc, step 1)."""
+    # The job id (random, chosen by the API) and the verdict: nothing read from the object.
+    log.warning(
+        "upload event refused: its key names %s job; the event is consumed and the object left to the lifecycle",
+        "a deleted" if outcome == StageOutcome.DELETED else "no",
+        extra={"job_id": upload.job_id, "outcome": outcome.value, "source": upload.source.value},
+    )
+    ctx.metrics.add_metric("UploadsRefused", "Count", 1)
+    return SplitResult(upload.job_id, outcome)
 
 
 def request_sized_limits(limits: ScanLimits) -> ScanLimits:

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from ichseg.pipeline import keys
 from ichseg.pipeline.api_models import ScanStatus
 from infrastructure.api_front import MAX_BODY_BYTES
 from infrastructure.local_stack import LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+from tests.pipeline.settled import json_log_lines, settled_invocations
 
 
 def _list(client: AppClient, **params: object) -> requests.Response:
@@ -120,6 +122,66 @@ def test_a_failed_job_can_be_deleted_and_a_running_one_cannot(stack: LocalStack)
     assert hana.wait(failed).state.value == "FAILED"
     assert _delete(hana, failed).status_code == 204
     assert _versions(stack, f"uploads/hana-delete/{failed}/") == []
+
+
+def _upload_event(stack: LocalStack, key: str) -> str:
+    """An S3 ObjectCreated notification for ``key``, as the bucket sends it to the ingest queue."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventName": "ObjectCreated:Post",
+        "s3": {"bucket": {"name": stack.settings.bucket}, "object": {"key": key, "size": 250, "eTag": "x"}},
+    }
+    return json.dumps({"Records": [record]})
+
+
+def test_a_deleted_job_stays_deleted_and_a_job_the_api_never_made_never_runs(stack: LocalStack, tmp_path: Path) -> None:
+    ivy = AppClient(stack, "ivy-delete")
+    job_id = ivy.upload(b"this is not a scan at all" * 10, "video/mp4")
+    assert ivy.wait(job_id).state.value == "FAILED"
+    assert _delete(ivy, job_id).status_code == 204
+    # The upload's S3 event delivered once more (SQS is at-least-once), after the delete.
+    replay = _upload_event(stack, keys.upload_key("ivy-delete", job_id))
+    stack.aws("sqs").send_message(QueueUrl=stack.queues["ingest"].url, MessageBody=replay)
+    # An object at an app key whose job the API never created (written with the bucket's own rights).
+    stray = keys.new_job_id()
+    data = video_bytes(tmp_path, head_frames(4))
+    stack.aws("s3").put_object(Bucket=stack.settings.bucket, Key=keys.upload_key("ivy-delete", stray), Body=data)
+
+    replayed = settled_invocations(stack, "split", job_id, lambda found: any(i.bodies == [replay] for i in found))
+    strays = settled_invocations(stack, "split", stray)
+    # Both consumed at once: no failure, so no retry and nothing for the dead-letter queue.
+    assert all(not i.failed_ids and i.error is None for i in replayed + strays)
+    outcomes = {
+        (line.get("job_id"), line.get("outcome"))
+        for line in json_log_lines(stack, "split")
+        if line.get("message") == "split outcome"
+    }
+    assert {(job_id, "deleted"), (stray, "unknown")} <= outcomes
+    for refused in (job_id, stray):
+        assert stack.store.get(refused) is None
+        assert ivy.status(refused).status_code == 404
+        assert _versions(stack, f"work/{refused}/") == []
+    assert _list(ivy).json()["scans"] == []
+    # The stray object is left to the uploads/ lifecycle rule (the split may only read uploads).
+    assert _versions(stack, f"uploads/ivy-delete/{stray}/") == [f"uploads/ivy-delete/{stray}/scan"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["9" * 5001, "-" + "9" * 5001, "1e400", "-1e400", "-1", "NaN"],
+)
+def test_absurd_size_numbers_are_400_not_500(alice: AppClient, number: str) -> None:
+    response = requests.post(
+        f"{alice.stack.api_url}/v1/scans",
+        data=b'{"content_type": "video/mp4", "size_bytes": ' + number.encode() + b"}",
+        headers={**alice.headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text[:300]
+    message = response.json()["message"]
+    assert message.startswith("invalid request: ") and ("size_bytes" in message or "body: " in message)
 
 
 @pytest.mark.parametrize(

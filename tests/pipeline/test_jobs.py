@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from ichseg.errors import ErrorCode
-from ichseg.pipeline.jobs import JobSource, JobState, JobStore, Stage
+from ichseg.pipeline.jobs import TOMBSTONE_MIN_SECONDS, JobDeleted, JobNotFound, JobSource, JobState, JobStore, Stage
 from tests.pipeline.conftest import aws_client, create_jobs_table
 
 
@@ -185,3 +185,54 @@ def test_stage_timings_and_listing_by_owner(store: JobStore, clock: Clock) -> No
     store.create("b1", JobSource.APP, "bob", "k", 900)
     store.create("h1", JobSource.INGEST, None, "ingest/x", 900)
     assert [job.job_id for job in store.list_for_owner("alice")] == ["a2", "a1"]
+
+
+def test_a_deleted_job_is_a_tombstone_that_nothing_brings_back(store: JobStore, clock: Clock) -> None:
+    store.create("gone", JobSource.APP, "alice", "uploads/alice/gone/scan", 900)
+    store.create("kept", JobSource.APP, "alice", "uploads/alice/kept/scan", 900)
+    assert not store.delete_ended("gone", "alice")  # still running: never deleted from under a stage
+    store.fail("gone", ErrorCode.NO_FRAMES, "not a scan", Stage.SPLIT)
+    assert not store.delete_ended("gone", "bob")  # not bob's
+    clock.now += 60
+    assert store.delete_ended("gone", "alice")
+    assert not store.delete_ended("gone", "alice")  # a second (or concurrent) delete finds no job
+
+    # Read as no job by everyone: the API, the stages, the lists, the watchdog.
+    assert store.get("gone") is None
+    with pytest.raises(JobDeleted):
+        store.require("gone")
+    assert [job.job_id for job in store.list_for_owner("alice")] == ["kept"]
+    clock.now += 10_000
+    assert [job.job_id for job in store.overdue()] == ["kept"]
+
+    # The id stays spent: no create (app or ingest), no failure, no transition revives it.
+    for source, owner in ((JobSource.APP, "alice"), (JobSource.INGEST, None)):
+        with pytest.raises(JobDeleted):
+            store.create("gone", source, owner, "uploads/alice/gone/scan", 900)
+    assert not store.fail("gone", ErrorCode.SPLIT_FAILED, "late", Stage.SPLIT, source=JobSource.APP, owner="alice")
+    assert not store.fail("gone", ErrorCode.SPLIT_FAILED, "late", Stage.SPLIT, upload_key="ingest/x.zip")
+    assert not store.mark_received("gone", 900)
+    assert not store.mark_split("gone", 1, 4, {})
+    assert store.mark_batch_done("gone", "b0000", 4) is None
+    assert not store.mark_assembly_enqueued("gone")
+
+    # What is left holds nothing of the job, and expires with the jobs' retention.
+    item = store.client.get_item(TableName=store.table, Key={"job_id": {"S": "gone"}})["Item"]
+    assert set(item) == {"job_id", "deleted_at", "expires_at"}
+    assert float(item["deleted_at"]["N"]) == 1_800_000_060
+    assert int(item["expires_at"]["N"]) == 1_800_000_060 + 30 * 86400
+
+
+def test_an_unknown_job_is_not_found_and_not_deleted(store: JobStore) -> None:
+    with pytest.raises(JobNotFound) as raised:
+        store.require("never")
+    assert not isinstance(raised.value, JobDeleted)
+
+
+def test_a_tombstone_outlives_every_queued_message_even_with_a_short_job_ttl(store: JobStore, clock: Clock) -> None:
+    short = JobStore(store.client, store.table, ttl_days=1, clock=clock)
+    short.create("brief", JobSource.APP, "alice", "uploads/alice/brief/scan", 900)
+    short.fail("brief", ErrorCode.NO_FRAMES, "not a scan", Stage.SPLIT)
+    assert short.delete_ended("brief", "alice")
+    item = store.client.get_item(TableName=store.table, Key={"job_id": {"S": "brief"}})["Item"]
+    assert int(item["expires_at"]["N"]) == int(clock.now) + TOMBSTONE_MIN_SECONDS == int(clock.now) + 14 * 86400

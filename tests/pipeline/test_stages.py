@@ -29,9 +29,10 @@ from ichseg.pipeline import (
     split_scan_into_batches,
 )
 from ichseg.pipeline import keys as layout
+from ichseg.pipeline.api import ApiError, delete_scan, list_scans, scan_status
 from ichseg.pipeline.assemble import AssemblyClaim, BatchPart
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.jobs import JobSource, JobState, StageOutcome
+from ichseg.pipeline.jobs import JobDeleted, JobSource, JobState, StageOutcome
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
 
 
@@ -409,3 +410,50 @@ def test_a_done_hospital_job_is_announced_on_the_delivery_queue_and_an_app_job_i
         assert assemble_results(ctx, final).outcome == "done"
     assert [json.loads(m["Body"]) for m in receive_all(ctx, queue)] == [{"job_id": hospital.job_id}]
     assert hospital.job_id == layout.ingest_job_id(key, "any etag")  # the key alone names the job
+
+
+def _work_keys(ctx: PipelineContext, job_id: str) -> list[str]:
+    listed = ctx.s3.list_objects_v2(Bucket=ctx.config.bucket, Prefix=layout.WORK_PREFIX + job_id)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_a_deleted_jobs_upload_event_delivered_again_does_not_bring_it_back(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    upload = _upload(core, "ivan", b"this is not a scan at all" * 10)
+    assert split_scan_into_batches(core, upload).outcome == StageOutcome.REJECTED
+    delete_scan(core, "ivan", upload.job_id)
+    # The same S3 event again (SQS is at-least-once), on its queue's last delivery: consumed, not
+    # raised (no retries into the dead-letter queue), and nothing is created.
+    last = core.config.max_receive_count
+    assert split_scan_into_batches(core, upload, receive_count=last).outcome == StageOutcome.DELETED
+    # Even with a scan back at the key (the presigned POST was still valid): still deleted, nothing split.
+    data = video_bytes(tmp_path, head_frames(4))
+    core.s3.put_object(Bucket=core.config.bucket, Key=upload.key, Body=data)
+    again = dataclasses.replace(upload, size=len(data))
+    assert split_scan_into_batches(core, again, receive_count=1).outcome == StageOutcome.DELETED
+    assert core.store.get(upload.job_id) is None
+    with pytest.raises(JobDeleted):
+        core.store.require(upload.job_id)
+    with pytest.raises(ApiError) as refused:
+        scan_status(core, "ivan", upload.job_id)
+    assert refused.value.status == 404
+    assert list_scans(core, "ivan")["scans"] == []
+    assert _work_keys(core, upload.job_id) == []
+    assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
+    # The object is left for the uploads/ lifecycle rule (the split may only read uploads).
+    assert core.s3.head_object(Bucket=core.config.bucket, Key=upload.key)["ContentLength"] == len(data)
+
+
+def test_an_app_upload_for_a_job_the_api_never_created_is_refused(core: PipelineContext, tmp_path: Path) -> None:
+    job_id = layout.new_job_id()  # well formed, never given out by the API
+    key = layout.upload_key("mallory", job_id)
+    data = video_bytes(tmp_path, head_frames(4))
+    etag = core.s3.put_object(Bucket=core.config.bucket, Key=key, Body=data)["ETag"]
+    stray = UploadRef.from_object(core.config.bucket, key, etag, len(data))
+    for attempt in (1, core.config.max_receive_count):
+        assert split_scan_into_batches(core, stray, receive_count=attempt).outcome == StageOutcome.UNKNOWN
+    assert core.store.get(job_id) is None
+    assert list_scans(core, "mallory")["scans"] == []
+    assert _work_keys(core, job_id) == []
+    assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
