@@ -52,7 +52,7 @@ from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobSource, JobState, Stage, StageOutcome
+from ichseg.pipeline.jobs import Job, JobDeleted, JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
@@ -296,9 +296,13 @@ def assemble_results(
 ) -> AssembleResult:
     """Write one batch's masks, or every result of a fully segmented job and mark it DONE (see the module doc)."""
     with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
-        if message.batch_id is not None:
-            return _write_batch_masks(ctx, message.job_id, message.batch_id)
-        return _assemble(ctx, message.job_id, claim or AssemblyClaim())
+        try:
+            if message.batch_id is not None:
+                return _write_batch_masks(ctx, message.job_id, message.batch_id)
+            return _assemble(ctx, message.job_id, claim or AssemblyClaim())
+        except JobDeleted:  # its owner deleted it while a message was queued: consumed, never retried
+            log.info("assemble message for a deleted job: nothing to do")
+            return AssembleResult(message.job_id, StageOutcome.DELETED)
 
 
 def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> AssembleResult:

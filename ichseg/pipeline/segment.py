@@ -26,7 +26,7 @@ from ichseg.endpoint_protocol import RequestAttributes, decode_slices, trim_cont
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobNotFound, JobState, Stage, StageOutcome
+from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, ScanManifest, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")
@@ -58,9 +58,13 @@ def segment_batch(ctx: PipelineContext, message: SegmentMessage, receive_count: 
 
 
 def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
-    job = ctx.store.get(message.job_id)
-    if job is None:
-        raise JobNotFound(f"segment message for unknown job {message.job_id}")
+    try:
+        job = ctx.store.require(message.job_id)
+    except JobDeleted:  # its owner deleted it while a message was queued: consumed, never retried
+        log.info("segment message for a deleted job: nothing to do")
+        return SegmentResult(message.job_id, message.batch_id, StageOutcome.DELETED)
+    except JobNotFound:
+        raise JobNotFound(f"segment message for unknown job {message.job_id}") from None
     if job.state.terminal:
         return SegmentResult(job.job_id, message.batch_id, StageOutcome.SKIPPED)
     if message.batch_id in job.done_batches or job.state == JobState.ASSEMBLING:

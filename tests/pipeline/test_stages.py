@@ -445,6 +445,27 @@ def test_a_deleted_jobs_upload_event_delivered_again_does_not_bring_it_back(
     assert core.s3.head_object(Bucket=core.config.bucket, Key=upload.key)["ContentLength"] == len(data)
 
 
+def test_stale_segment_and_assemble_messages_of_a_deleted_job_are_consumed(
+    core: PipelineContext, tmp_path: Path
+) -> None:
+    upload = _upload(core, "judy", video_bytes(tmp_path, head_frames(8)))
+    split_scan_into_batches(core, upload)
+    first, second = _segment_messages(core)
+    segment_batch(core, first)
+    segment_batch(core, second)
+    batch, final = _assemble_messages(core)
+    assert assemble_results(core, final).outcome == StageOutcome.DONE
+    delete_scan(core, "judy", upload.job_id)
+    # Late copies of every message (SQS is at-least-once), even on their last delivery: nothing to
+    # do, nothing raised (no retries into the dead-letter queues), nothing written.
+    last = core.config.max_receive_count
+    assert segment_batch(core, first, receive_count=last).outcome == StageOutcome.DELETED
+    assert assemble_results(core, batch, receive_count=last).outcome == StageOutcome.DELETED
+    assert assemble_results(core, final, receive_count=last).outcome == StageOutcome.DELETED
+    assert core.store.get(upload.job_id) is None and _work_keys(core, upload.job_id) == []
+    assert receive_all(core, core.config.assemble_queue_url, wait=0.3) == []
+
+
 def test_an_app_upload_for_a_job_the_api_never_created_is_refused(core: PipelineContext, tmp_path: Path) -> None:
     job_id = layout.new_job_id()  # well formed, never given out by the API
     key = layout.upload_key("mallory", job_id)
