@@ -149,9 +149,9 @@ def test_ct_ich_lister_on_the_real_data() -> None:
     assert [s.slice_number for s in demo] == list(range(1, 33))
     assert [s.slice_number for s in demo if s.any_hemorrhage] == list(range(14, 33))
     assert demo[19].subtypes["subdural"] and demo[19].image_path.name == "20.jpg"
-    # The 18 radiologist masks of this copy (10 patients), each on a slice labelled hemorrhage.
+    # The 22 radiologist masks of this copy (13 patients), each on a slice labelled hemorrhage.
     masked = [s for s in slices if s.mask_path is not None]
-    assert len(masked) == 18 and len({s.patient for s in masked}) == 10
+    assert len(masked) == 22 and len({s.patient for s in masked}) == 13
     assert all(s.any_hemorrhage for s in masked)
     assert load_ct_ich_mask(masked[0]).any()
     image = load_ct_ich_image(demo[19])
