@@ -2,14 +2,28 @@
 
 Only CT image storage (and Verification) is offered, so a PACS proposing anything else (MR,
 secondary capture, SR, RT...) has that presentation context rejected at association time, before a
-byte of it arrives. An instance is acknowledged (0x0000) only once its file is durably in the spool,
-under its study and series (the study is what completes and is uploaded: :mod:`gateway.uploader`).
+byte of it arrives. An instance is acknowledged (0x0000) only once it passed the checks of
+:mod:`gateway.instance` and its file is durably in the spool, under its study and series (the study
+is what completes and is uploaded: :mod:`gateway.uploader`).
+
+Memory: each instance is streamed by pynetdicom into a file in the system temp dir as its PDUs
+arrive (``STORE_RECV_CHUNKED_DATASET``), checked from its header, and copied to the spool in 1 MiB
+chunks, so an association costs about one PDU and one chunk whatever the instance's size (a 200 MiB
+Enhanced CT instance, decoded in memory, once took the gateway from 124 to 728 MiB).
+
+Slots: an association counts against ``max_associations`` from its A-ASSOCIATE-RQ until it is
+released or aborted. pynetdicom's own limit counts every open TCP connection, so a load balancer's
+bare health-check connections (held ~30 s each by its default timeouts) starved real PACS; here
+such a connection takes no slot and is closed after ``association_request_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,7 +41,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -36,8 +50,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway.instance import Refusal, StoreStatus, check_instance
 from gateway.settings import GatewaySettings, SettingsError, site_of
-from gateway.spool import SeriesRef, Spool, SpoolFull, is_dicom_uid
+from gateway.spool import SeriesRef, Spool, SpoolFull
 from ichseg.pipeline.context import MetricsSink
 
 log = logging.getLogger("gateway.receiver")
@@ -59,17 +74,23 @@ TRANSFER_SYNTAXES = [
 ]
 """What ichseg's readers decode (pydicom, with python-gdcm for the compressed ones)."""
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
+UNLIMITED_CONNECTIONS = 10_000
+"""pynetdicom's limit, counting TCP connections, set out of the way: :meth:`Receiver.admit` applies ours."""
 
 
-def _status(code: int, comment: str) -> Dataset:
+class Rejection(Enum):
+    """The A-ASSOCIATE-RJ the gateway sends itself, as (result, source, reason) (PS3.8 9.3.4)."""
+
+    LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+    """Transient, presentation-service provider, local limit exceeded: the PACS retries later."""
+    CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
+    """Permanent, service user, calling AE title not recognised: it names no site."""
+
+
+def _status(code: StoreStatus, comment: str) -> Dataset:
     """A C-STORE response status with an Error Comment the sending PACS shows (LO: 64 characters)."""
     status = Dataset()
-    status.Status = code
+    status.Status = int(code)
     status.ErrorComment = comment[:64]
     return status
 
@@ -86,7 +107,14 @@ class Receiver:
         # A PACS configured with another node's AE title for this address is misrouting: refuse it
         # (called AE title not recognised) rather than file its studies under a site by mistake.
         self.ae.require_called_aet = True
-        self.ae.maximum_associations = settings.max_associations
+        self.ae.maximum_associations = UNLIMITED_CONNECTIONS
+        # The wait for the A-ASSOCIATE-RQ after a connection opens (and the ARTIM timer): a few
+        # seconds, not pynetdicom's 30, so bare connections are gone quickly.
+        self.ae.acse_timeout = settings.association_request_seconds
+        # Instances stream into a file as they arrive (process-wide in pynetdicom; no other SCP here).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self._slots_lock = threading.Lock()
+        self._admitted: set[Any] = set()
         self.ae.add_supported_context(Verification)
         for sop_class in CT_STORAGE:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
@@ -98,7 +126,11 @@ class Receiver:
             (self.settings.host, self.settings.port),
             block=False,
             ssl_context=self._ssl_context(),
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo)],
+            evt_handlers=[
+                (evt.EVT_REQUESTED, self.handle_request),
+                (evt.EVT_C_STORE, self.handle_store),
+                (evt.EVT_C_ECHO, self.handle_echo),
+            ],
         )
         assert self.server is not None  # block=False always returns the server
         host, port = self.server.server_address[:2]
@@ -122,40 +154,64 @@ class Receiver:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
+    @property
+    def associations(self) -> int:
+        """Associations holding a slot now (requested, not yet released or aborted)."""
+        with self._slots_lock:
+            return len(self._live())
+
+    def _live(self) -> set[Any]:
+        """The admitted associations still going (caller holds the lock); forgets the ended ones."""
+        self._admitted = {a for a in self._admitted if a.is_alive() and not (a.is_released or a.is_aborted)}
+        return self._admitted
+
+    def admit(self, assoc: Any) -> Rejection | None:
+        """Take a slot for an association whose A-ASSOCIATE-RQ just arrived; the rejection if none."""
+        try:  # requestor.ae_title is filled in later, by pynetdicom's negotiation
+            site_of(str(assoc.requestor.primitive.calling_ae_title))
+        except SettingsError:
+            return Rejection.CALLING_AE_NOT_RECOGNISED  # a title no site can be named after: nothing could be filed
+        with self._slots_lock:
+            if len(self._live()) >= self.settings.max_associations:
+                return Rejection.LOCAL_LIMIT_EXCEEDED
+            self._admitted.add(assoc)
+        return None
+
+    def handle_request(self, event: Any) -> None:
+        """EVT_REQUESTED: admit the association or reject it (pynetdicom then skips its negotiation)."""
+        rejection = self.admit(event.assoc)
+        if rejection is not None:
+            log.warning("association refused: %s", rejection.name.lower().replace("_", " "))
+            event.assoc.acse.send_reject(*rejection.value)
+            event.assoc.kill()
+
     def handle_echo(self, event: Any) -> int:
-        return SUCCESS
+        return int(StoreStatus.SUCCESS)
 
     def handle_store(self, event: Any) -> int | Dataset:
-        """Validate one instance and write it to the spool; the status tells the PACS what happened."""
+        """Check one instance and copy it to the spool; the status tells the PACS what happened."""
         try:
             site = site_of(event.assoc.requestor.ae_title)
-        except SettingsError:
-            return _status(CANNOT_UNDERSTAND, "calling AE title gives no site name")
+        except SettingsError:  # admit() refused such titles already
+            return _status(StoreStatus.CANNOT_UNDERSTAND, "calling AE title gives no site name")
+        path = Path(event.dataset_path)
         try:
-            dataset = event.dataset
-            modality = str(dataset.get("Modality", "")).strip().upper()
-            sop_uid = str(dataset.get("SOPInstanceUID", ""))
-            study_uid = str(dataset.get("StudyInstanceUID", ""))
-            series_uid = str(dataset.get("SeriesInstanceUID", ""))
-        except Exception:  # a data set pydicom cannot decode under the negotiated transfer syntax
-            log.warning("C-STORE from %s refused: data set cannot be decoded", site)
-            return _status(CANNOT_UNDERSTAND, "data set cannot be decoded")
-        if modality != "CT":
-            log.warning("C-STORE from %s refused: modality %r is not CT", site, modality[:16])
+            instance = check_instance(
+                path, str(event.request.AffectedSOPClassUID), str(event.request.AffectedSOPInstanceUID)
+            )
+        except Refusal as refusal:
+            log.warning("C-STORE from %s refused (%04X): %s", site, refusal.status, refusal.reason)
             self.metrics.add_metric("GatewayInstancesRefused", "Count", 1)
-            return _status(DOES_NOT_MATCH_SOP_CLASS, f"modality {modality[:16]!r} is not CT: ichseg segments CT")
-        if not all(is_dicom_uid(uid) for uid in (sop_uid, study_uid, series_uid)):
-            log.warning("C-STORE from %s refused: missing or malformed instance/series/study UID", site)
-            return _status(CANNOT_UNDERSTAND, "missing or malformed SOP/series/study instance UID")
-        if sop_uid != str(event.request.AffectedSOPInstanceUID):
-            return _status(DOES_NOT_MATCH_SOP_CLASS, "SOP instance UID differs from the request's")
+            return _status(refusal.status, refusal.reason)
         try:
-            self.spool.store(SeriesRef(site, study_uid, series_uid), sop_uid, event.encoded_dataset())
+            self.spool.store_file(
+                SeriesRef(site, instance.study_uid, instance.series_uid), instance.sop_instance_uid, path
+            )
         except SpoolFull:
-            log.error("C-STORE from %s refused: the spool is full (%d bytes)", site, self.spool.used_bytes)
+            log.error("C-STORE from %s refused: the spool is full (%d bytes)", site, self.spool.accounted_bytes)
             self.metrics.add_metric("GatewaySpoolFull", "Count", 1)
-            return _status(OUT_OF_RESOURCES, "gateway spool full: resend later")
+            return _status(StoreStatus.OUT_OF_RESOURCES, "gateway spool full: resend later")
         except OSError as exc:
-            log.error("C-STORE from %s failed writing the spool: %s", site, exc.strerror)
-            return _status(OUT_OF_RESOURCES, "gateway cannot write its spool: resend later")
-        return SUCCESS
+            log.error("C-STORE from %s failed writing the spool: %s", site, exc.strerror or exc)
+            return _status(StoreStatus.OUT_OF_RESOURCES, "gateway cannot write its spool: resend later")
+        return int(StoreStatus.SUCCESS)

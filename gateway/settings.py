@@ -30,7 +30,9 @@ _DESTINATION = re.compile(
 )
 TLS_OPTION = "tls"
 """``AE@host:port?tls``: deliver to this destination over DICOM TLS (PS3.15 Annex B)."""
-_SITE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_SITE_KEPT = re.compile(r"[A-Za-z0-9_-]")
+"""AE title characters a site name keeps as they are; every other one is escaped (:func:`site_of`)."""
+SITE_ESCAPE = "."
 
 
 class SettingsError(ValueError):
@@ -48,11 +50,17 @@ def valid_ae_title(text: str) -> str:
 def site_of(ae_title: str) -> str:
     """The key-safe site name of a calling AE title: the ``{site}`` in ``ingest/{site}/...``.
 
-    Letters, digits, ``_ . -`` are kept and anything else becomes ``_``, so a title can never escape
-    its prefix (no ``/``) and the destinations map, keyed the same way, finds its results' way back.
+    Letters, digits, ``_`` and ``-`` are kept; any other character (space, ``/``, ``.``...) becomes
+    ``.`` and its two hex digits (``CT 1`` -> ``CT.201``, ``CT/1`` -> ``CT.2F1``, ``CT.1`` ->
+    ``CT.2E1``). The escape character is escaped too, so the mapping is injective: two AE titles
+    never share a site, hence never a study folder, an ``ingest/`` prefix or a destination (a
+    lossy mapping once filed ``CT 1`` and ``CT_1`` together and sent one's results to the other's
+    PACS). A title is at most 16 characters, so a site is at most 48: within the key layout's 64.
+    Padding spaces are not part of a title (PS3.5 AE) and are dropped first.
     """
-    site = _SITE_UNSAFE.sub("_", ae_title.strip())
-    if not keys.is_valid_site(site):  # the key layout's one rule for a site
+    title = ae_title.strip()
+    site = "".join(c if _SITE_KEPT.match(c) else f"{SITE_ESCAPE}{ord(c):02X}" for c in title)
+    if not title or not keys.is_valid_site(site):  # the key layout's one rule for a site
         raise SettingsError(f"AE title {ae_title!r} gives no usable site name")
     return site
 
@@ -139,13 +147,30 @@ def _check_ca_pem(text: str) -> None:
 
 
 def parse_destinations(text: str) -> dict[str, Destination]:
-    """``SITE=AE@host:port,SITE2=...`` -> {site: destination}; sites are made key-safe like :func:`site_of`."""
+    """``AE=PACS@host:port,AE2=...`` -> {site: destination}, each calling AE title made a site by
+    :func:`site_of`. :class:`SettingsError` for an entry that is not ``AE=PACS@host:port``, or for
+    two entries for one calling AE (``CT1`` and `` CT1 ``): which PACS would get its results is
+    ambiguous, and a silent "last one wins" once sent a hospital's results to another hospital."""
     found: dict[str, Destination] = {}
+    written: dict[str, str] = {}
     for entry in filter(None, (part.strip() for part in text.split(","))):
-        site, sep, destination = entry.partition("=")
-        if not sep or not site.strip():
+        title, sep, destination = entry.partition("=")
+        if not sep or not title.strip():
             raise SettingsError(f"destination {entry!r} is not SITE=AE@host:port")
-        found[site_of(site)] = Destination.parse(destination)
+        try:
+            calling = valid_ae_title(title)
+        except SettingsError:
+            raise SettingsError(
+                f"destination {entry!r}: {title.strip()!r} is not a calling AE title (1-16 characters, no backslash)"
+            ) from None
+        site = site_of(calling)
+        if site in written:
+            raise SettingsError(
+                f"destinations {written[site]!r} and {title!r} are the same calling AE title {calling!r}: "
+                "give each calling AE title one destination"
+            )
+        written[site] = title
+        found[site] = Destination.parse(destination)
     return found
 
 
@@ -164,6 +189,11 @@ class GatewaySettings:
     idle_seconds: float = 10.0
     """A study none of whose series got an instance for this long is complete (all its series go up as one)."""
     max_associations: int = 8
+    """Associations at once. Only an association whose A-ASSOCIATE-RQ arrived counts: a bare TCP
+    connection (a load balancer's health check, a port scan) takes no slot."""
+    association_request_seconds: float = 5.0
+    """How long a TCP connection may stay open without sending its A-ASSOCIATE-RQ (a PACS sends it at
+    once) before the gateway closes it: the ARTIM timer of PS3.8 9.1.5, and the wait for the request."""
     max_spool_bytes: int = 8 * 1024 * MiB
     """Past this, instances are refused with 0xA700 (out of resources) until uploads free room."""
     sent_retention_seconds: float = 3600.0
@@ -208,8 +238,16 @@ class GatewaySettings:
             valid_ae_title(title)
         if not 0 <= self.port < 65536:
             raise SettingsError(f"port {self.port} is out of range")
-        if self.idle_seconds <= 0 or self.max_associations < 1 or self.max_spool_bytes < 1:
-            raise SettingsError("idle seconds, maximum associations and maximum spool bytes must be positive")
+        if (
+            self.idle_seconds <= 0
+            or self.max_associations < 1
+            or self.max_spool_bytes < 1
+            or self.association_request_seconds <= 0
+        ):
+            raise SettingsError(
+                "idle seconds, maximum associations, maximum spool bytes and the association request wait "
+                "must be positive"
+            )
         if self.delivery_attempts < 1 or not 0 <= self.poll_seconds <= 20:
             raise SettingsError("delivery attempts must be >= 1 and the poll wait 0-20 seconds")
         if (self.tls_certificate is None) != (self.tls_key is None):
@@ -278,6 +316,7 @@ class GatewaySettings:
             "allowed_calling_aes": allowed or None,
             "idle_seconds": number("ICHSEG_GATEWAY_IDLE_SECONDS", float),
             "max_associations": number("ICHSEG_GATEWAY_MAX_ASSOCIATIONS", int),
+            "association_request_seconds": number("ICHSEG_GATEWAY_ASSOCIATION_REQUEST_SECONDS", float),
             "max_spool_bytes": number("ICHSEG_GATEWAY_MAX_SPOOL_BYTES", int),
             "sent_retention_seconds": number("ICHSEG_GATEWAY_SENT_RETENTION_SECONDS", float),
             "destinations": parse_destinations(text("ICHSEG_GATEWAY_DESTINATIONS")) or None,

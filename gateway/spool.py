@@ -40,6 +40,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ichseg.pipeline import keys
 
@@ -49,6 +50,8 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's timestamp: the zip's bytes depend on the instances only."""
 INCOMING, CLAIMED, SENT, TMP = "incoming", "claimed", "sent", "tmp"
+COPY_CHUNK = 1 << 20
+"""Bytes per read when copying an instance in or out: the memory one instance costs, whatever its size."""
 
 
 class SpoolFull(RuntimeError):
@@ -139,43 +142,84 @@ class Spool:
         for leftover in (root / TMP).iterdir():
             _remove(leftover)
         self._used = sum(f.stat().st_size for f in self._files(INCOMING, CLAIMED, SENT))
+        self._reserved = 0
+        """Bytes of instances being written to ``tmp/`` right now (see :meth:`_write`)."""
         now = clock()
         # A study found on start waits a full idle time: its sender may be resuming it right now.
         self._touched: dict[StudyRef, float] = dict.fromkeys(self.studies(INCOMING), now)
 
     @property
     def used_bytes(self) -> int:
+        """Bytes of the instances in ``incoming``, ``claimed`` and ``sent``."""
         return self._used
+
+    @property
+    def accounted_bytes(self) -> int:
+        """:attr:`used_bytes` plus the bytes reserved for instances being written: never above the bound."""
+        with self._lock:
+            return self._used + self._reserved
 
     # ------------------------------------------------------------------ receiving
 
     def store(self, ref: SeriesRef, sop_uid: str, data: bytes) -> None:
-        """Write one instance durably (tmp, fsync, rename); :class:`SpoolFull` past the bound."""
+        """Write one instance, given as bytes, durably; :class:`SpoolFull` past the bound."""
+        self._write(ref, sop_uid, len(data), lambda out: out.write(data))
+
+    def store_file(self, ref: SeriesRef, sop_uid: str, source: Path) -> None:
+        """Copy one instance from a file (the one the network layer streamed it into) durably, in
+        chunks: an instance of any size costs :data:`COPY_CHUNK` bytes of memory. :class:`SpoolFull`
+        past the bound."""
+        with source.open("rb") as data:
+            size = os.fstat(data.fileno()).st_size
+            self._write(ref, sop_uid, size, lambda out: shutil.copyfileobj(data, out, COPY_CHUNK))
+
+    def _write(self, ref: SeriesRef, sop_uid: str, size: int, write: Callable[[BinaryIO], object]) -> None:
+        """Reserve ``size`` bytes, write to ``tmp/``, fsync, rename into the series folder, settle the count.
+
+        The room is reserved under the lock *before* the write and given back after it: checking
+        first and counting only once written let parallel associations each see room for
+        themselves and together pass the bound (8 associations left 1,057,712 bytes against
+        1,000,000). So :attr:`accounted_bytes` never exceeds the bound, nor does the disk.
+        """
         if not is_dicom_uid(sop_uid):
             raise ValueError("the SOP instance UID is not a DICOM UID")
         with self._lock:
-            if self._used + len(data) > self.max_bytes:
-                self._evict_sent(self._used + len(data) - self.max_bytes)
-            if self._used + len(data) > self.max_bytes:
-                raise SpoolFull(f"spool holds {self._used} bytes, bound {self.max_bytes}")
-        fd, temp = tempfile.mkstemp(dir=self.root / TMP, suffix=".dcm")
+            if self._used + self._reserved + size > self.max_bytes:
+                self._evict_sent(self._used + self._reserved + size - self.max_bytes)
+            if self._used + self._reserved + size > self.max_bytes:
+                raise SpoolFull(f"spool holds {self._used + self._reserved} bytes, bound {self.max_bytes}")
+            self._reserved += size
+        temp: Path | None = None
+        reserved = size
         try:
+            fd, name = tempfile.mkstemp(dir=self.root / TMP, suffix=".dcm")
+            temp = Path(name)
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                write(out)
                 out.flush()
                 os.fsync(out.fileno())
+                written = out.tell()
+            if written != size:  # the bound holds for what was reserved only
+                raise OSError(f"wrote {written} bytes of an instance of {size}")
             with self._lock:
                 folder = self.root / INCOMING / ref.relative
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f"{sop_uid}.dcm"
                 replaced = target.stat().st_size if target.exists() else 0
                 os.replace(temp, target)
+                temp = None
                 _fsync_dir(folder)
-                self._used += len(data) - replaced
+                # Reserved becomes used in one step: never counted twice, never not at all.
+                self._used += size - replaced
+                self._reserved -= reserved
+                reserved = 0
                 self._touched[ref.study] = self.clock()  # any series keeps its whole study open
-        except BaseException:
-            _remove(Path(temp))
-            raise
+        finally:
+            if reserved:
+                with self._lock:
+                    self._reserved -= reserved
+            if temp is not None:
+                _remove(temp)
 
     # ------------------------------------------------------------------ completing
 
@@ -235,7 +279,10 @@ class Spool:
                 info.create_system = 3
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_STORED
-                archive.writestr(info, members[name].read_bytes())
+                # Streamed member by member: an Enhanced CT instance can be hundreds of MB.
+                info.file_size = members[name].stat().st_size
+                with members[name].open("rb") as member, archive.open(info, "w") as out:
+                    shutil.copyfileobj(member, out, COPY_CHUNK)
         digest = hashlib.sha256()
         with path.open("rb") as packed:
             for chunk in iter(lambda: packed.read(1 << 20), b""):

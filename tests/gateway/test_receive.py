@@ -43,9 +43,9 @@ def test_a_ct_study_of_one_series_becomes_one_content_addressed_zip_of_its_insta
     assert output.count("Received Store Response (Success)") == 6, output
 
     [key] = wait_until(aws.ingest_keys)
-    assert key.startswith("ingest/SITE_A/") and keys.is_content_addressed(key)
+    assert key.startswith("ingest/SITE.20A/") and keys.is_content_addressed(key)  # "SITE A": the space escaped
     body = aws.s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
-    assert key == keys.gateway_ingest_key("SITE_A", __import__("hashlib").sha256(body).hexdigest())
+    assert key == keys.gateway_ingest_key("SITE.20A", __import__("hashlib").sha256(body).hexdigest())
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         names = archive.namelist()
         sent = {dcmread(f).SOPInstanceUID: dcmread(f) for f in files}

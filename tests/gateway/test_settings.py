@@ -65,10 +65,10 @@ def test_bad_settings_say_what_is_wrong(tmp_path: Path, environ: dict[str, str],
 
 
 def test_sites_are_key_safe() -> None:
-    assert site_of("CT SCANNER/1") == "CT_SCANNER_1"
+    assert site_of("CT SCANNER/1") == "CT.20SCANNER.2F1"  # escaped, not replaced: see test_faults.py
     assert keys.is_valid_site(site_of("CT SCANNER/1"))
     with pytest.raises(SettingsError):
-        site_of("..")
+        site_of("__")
 
 
 def test_gateway_keys_name_their_job_by_the_key_alone() -> None:
