@@ -65,7 +65,7 @@ A body the schema does not allow is refused with `400` and a `message` naming th
 """
 app.configure_openapi(
     title="ichseg scans API",
-    version="1.1.0",
+    version="1.2.0",  # 1.2.0: mirror.state and mirror.attempts
     description=DESCRIPTION,
     servers=[Server(url="/", description="the deployed HTTP API or the local stack (`ichseg stack` prints its URL)")],
     security_schemes={

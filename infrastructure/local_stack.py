@@ -16,7 +16,8 @@ What runs (all on 127.0.0.1, free ports):
   with the template's handler, timeout, memory and environment (Globals + its own);
 - an event pump per SQS event source: long-polls with the template's batch size, passes Lambda's SQS
   event JSON to the function, deletes what succeeded and honours ``batchItemFailures`` (what
-  Lambda's event source mapping does);
+  Lambda's event source mapping does), leaving a failed message to come back when its visibility
+  timeout ends (the mirror function sets its own, a backoff per receive, as it does in the cloud);
 - the watchdog's schedule and the API front (:mod:`infrastructure.api_front`) with a locally
   trusted Firebase token issuer (:mod:`infrastructure.token_issuer`);
 - with ``pacs`` or ``gateway`` set, the DICOM gateway (:class:`gateway.service.GatewayService`) in
@@ -98,7 +99,15 @@ class StackSettings:
     visibility_timeout: Mapping[str, int] = field(default_factory=dict)
     """Overrides of the template's visibility timeouts by queue (``{"segment": 4}``): tests retry in seconds."""
     concurrency: Mapping[str, int] = field(
-        default_factory=lambda: {"api": 2, "authorizer": 1, "split": 1, "segment": 2, "assemble": 1, "watchdog": 1}
+        default_factory=lambda: {
+            "api": 2,
+            "authorizer": 1,
+            "split": 1,
+            "segment": 2,
+            "assemble": 1,
+            "mirror": 1,
+            "watchdog": 1,
+        }
     )
     """Worker processes per function (Lambda scales out; two cores do not)."""
     watchdog_interval_seconds: float | None = None

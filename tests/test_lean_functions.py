@@ -105,7 +105,9 @@ def test_config_copies_of_numpy_module_constants_match_the_originals() -> None:
 
 def test_api_and_authorizer_are_the_slim_image_and_the_others_the_full_one() -> None:
     images = function_images(REPO)
-    assert set(images) == {f"functions.{n}" for n in ("api", "authorizer", "split", "segment", "assemble", "watchdog")}
+    assert set(images) == {
+        f"functions.{n}" for n in ("api", "authorizer", "split", "segment", "assemble", "mirror", "watchdog")
+    }
     for module, image in images.items():
         expected = "requirements/lambda-api.txt" if module in LEAN_HANDLERS else "requirements/lambda.txt"
         assert image.requirements == expected, module

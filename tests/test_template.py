@@ -27,6 +27,7 @@ HANDLERS = {
     "SplitFunction": "functions/split.handler",
     "SegmentFunction": "functions/segment.handler",
     "AssembleFunction": "functions/assemble.handler",
+    "MirrorFunction": "functions/mirror.handler",
     "WatchdogFunction": "functions/watchdog.handler",
 }
 SIZING = {  # MemorySize (MB), Timeout (s)
@@ -35,16 +36,19 @@ SIZING = {  # MemorySize (MB), Timeout (s)
     "SplitFunction": (3008, 300),
     "SegmentFunction": (1024, 120),
     "AssembleFunction": (3008, 300),
+    "MirrorFunction": (512, 120),
 }
 QUEUE_CONSUMERS = {
     "IngestQueue": "SplitFunction",
     "SegmentQueue": "SegmentFunction",
     "AssembleQueue": "AssembleFunction",
+    "MirrorQueue": "MirrorFunction",
 }
 DEAD_LETTER_QUEUES = {
     "IngestQueue": "IngestDeadLetterQueue",
     "SegmentQueue": "SegmentDeadLetterQueue",
     "AssembleQueue": "AssembleDeadLetterQueue",
+    "MirrorQueue": "MirrorDeadLetterQueue",
     "DeliveryQueue": "DeliveryDeadLetterQueue",  # consumed by the DICOM gateway (ECS), not a function
 }
 # The watchdog's schedule invokes it asynchronously: its failed events go to a Lambda DLQ.
@@ -57,6 +61,7 @@ RESERVED_CONCURRENCY = {
     "SplitFunction": "SplitReservedConcurrency",
     "SegmentFunction": "SegmentMaxConcurrency",
     "AssembleFunction": "AssembleReservedConcurrency",
+    "MirrorFunction": "MirrorReservedConcurrency",
     "WatchdogFunction": "WatchdogReservedConcurrency",
 }
 # The services each role writes through (kms:GenerateDataKey via them); every role may Decrypt.
@@ -65,7 +70,8 @@ KMS_WRITES_VIA = {
     "AuthorizerFunctionRole": set(),  # only its environment
     "SplitFunctionRole": {"s3", "sqs", "dynamodb"},
     "SegmentFunctionRole": {"s3", "sqs", "dynamodb"},
-    "AssembleFunctionRole": {"s3", "sqs", "dynamodb"},  # sqs: DeliveryQueue
+    "AssembleFunctionRole": {"s3", "sqs", "dynamodb"},  # sqs: DeliveryQueue, MirrorQueue
+    "MirrorFunctionRole": {"dynamodb"},  # reads results/, writes only the job row (and Firebase)
     "WatchdogFunctionRole": {"sqs", "dynamodb"},  # its Lambda DLQ
     "GatewayTaskRole": {"s3", "dynamodb"},  # ingest uploads, the job's delivery state
 }
@@ -238,7 +244,9 @@ def test_queues_have_dead_letter_queues_and_sized_visibility(resources: dict[str
     for source, dlq in DEAD_LETTER_QUEUES.items():
         p = props(resources, source)
         # Deliveries wait out a PACS outage (hours); pipeline stages give up after a few receives.
-        receives = "DeliveryMaxReceiveCount" if source == "DeliveryQueue" else "MaxReceiveCount"
+        receives = {"DeliveryQueue": "DeliveryMaxReceiveCount", "MirrorQueue": "MirrorMaxReceiveCount"}.get(
+            source, "MaxReceiveCount"
+        )
         assert p["RedrivePolicy"] == {
             "deadLetterTargetArn": {"Fn::GetAtt": [dlq, "Arn"]},
             "maxReceiveCount": {"Ref": receives},
@@ -390,12 +398,15 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     assert queues("SegmentFunctionRole", "sqs:ReceiveMessage") == {"SegmentQueue"}
     assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue"}
     assert queues("AssembleFunctionRole", "sqs:ReceiveMessage") == {"AssembleQueue"}
-    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue"}
+    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue", "MirrorQueue"}
+    assert queues("MirrorFunctionRole", "sqs:ReceiveMessage") == {"MirrorQueue"}
+    assert not allowed_resources(resources, "MirrorFunctionRole", "sqs:SendMessage")
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
-    # Assemble mirrors results to Firebase Storage; the API deletes that copy (DELETE /v1/scans/{job_id}).
-    # The gateway's execution role reads its delivery TLS secrets (test_gateway_delivery_tls_secrets...).
-    assert secret_readers == {"AssembleFunctionRole", "ApiFunctionRole", "GatewayExecutionRole"}
+    # Assemble mirrors results to Firebase Storage, the mirror function retries that copy; the API
+    # deletes it (DELETE /v1/scans/{job_id}). The gateway's execution role reads its delivery TLS
+    # secrets (test_gateway_delivery_tls_secrets...).
+    assert secret_readers == {"AssembleFunctionRole", "MirrorFunctionRole", "ApiFunctionRole", "GatewayExecutionRole"}
     for role in secret_readers - {"GatewayExecutionRole"}:
         assert allowed_resources(resources, role, "secretsmanager:GetSecretValue") == [
             {"Ref": "FirebaseCredentialsSecretArn"}
@@ -517,7 +528,8 @@ def test_dashboard_is_valid_json_and_covers_the_pipeline(resources: dict[str, An
 
 def emitted_metrics() -> set[str]:
     """EMF metric names the Lambda code emits (literal add_metric names, plus the per-stage latencies)."""
-    names = {f"{stage.capitalize()}Latency" for stage in ("split", "segment", "assemble")}  # functions.stage_latency
+    stages = ("split", "segment", "assemble", "mirror")
+    names = {f"{stage.capitalize()}Latency" for stage in stages}  # functions.stage_latency
     for path in [*(REPO / "functions").glob("*.py"), *(REPO / "ichseg" / "pipeline").glob("*.py")]:
         names.update(re.findall(r'add_metric\(\s*"(\w+)"', path.read_text()))
     return names
@@ -545,7 +557,7 @@ def test_one_rotating_customer_managed_key_encrypts_every_store(
     table_sse = props(resources, "JobsTable")["SSESpecification"]
     assert table_sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": KEY_ARN}
     log_groups = of_type(resources, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 8  # six functions, the API's access log, the gateway
+    assert len(log_groups) == 9  # seven functions, the API's access log, the gateway
     for name in log_groups:
         assert props(resources, name)["KmsKeyId"] == KEY_ARN, name
     assert props(resources, "AlarmTopic")["KmsMasterKeyId"] == {"Ref": "DataKey"}
@@ -654,7 +666,7 @@ def test_reserved_concurrency_bounds_every_function(template: dict[str, Any], re
         assert int(params[param]["MinValue"]) >= 1, param
     # an SQS consumer's pollers never exceed its reserved executions (a throttled receive counts toward
     # the DLQ): the same parameter for both
-    for name in ("SplitFunction", "SegmentFunction", "AssembleFunction"):
+    for name in ("SplitFunction", "SegmentFunction", "AssembleFunction", "MirrorFunction"):
         (event,) = [e for e in props(resources, name)["Events"].values() if e["Type"] == "SQS"]
         assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == {"Ref": RESERVED_CONCURRENCY[name]}
         assert int(params[RESERVED_CONCURRENCY[name]]["MinValue"]) >= 2, name  # MaximumConcurrency's minimum
@@ -1094,3 +1106,97 @@ def test_a_failed_hospital_job_alarms(resources: dict[str, Any]) -> None:
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] and "Condition" not in resources["HospitalJobsFailedAlarm"]
     assert 'add_metric("HospitalJobsFailed"' in (REPO / "ichseg" / "pipeline" / "failures.py").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# The Firebase copy's retries (issue 19, item 11): a queue of its own with a DLQ and an alarm, and a
+# least-privilege function that reads results/, the Firebase secret and the job row.
+
+
+def test_mirror_queue_is_fed_by_assemble_and_read_by_the_mirror_function_only(resources: dict[str, Any]) -> None:
+    queue = {"Fn::GetAtt": ["MirrorQueue", "Arn"]}
+    senders = {o for o, s in statements(resources) if queue in allowed_resources(resources, o, "sqs:SendMessage")}
+    assert senders == {"AssembleFunctionRole"}
+    receivers = {o for o, _ in statements(resources) if queue in allowed_resources(resources, o, "sqs:ReceiveMessage")}
+    assert receivers == {"MirrorFunctionRole"}
+    consumers = [
+        name
+        for name, fn in of_type(resources, "AWS::Serverless::Function").items()
+        for event in fn["Properties"].get("Events", {}).values()
+        if event["Type"] == "SQS" and event["Properties"]["Queue"] == queue
+    ]
+    assert consumers == ["MirrorFunction"]
+    assert props(resources, "AssembleFunction")["Environment"]["Variables"]["ICHSEG_MIRROR_QUEUE_URL"] == {
+        "Ref": "MirrorQueue"
+    }
+    env = props(resources, "MirrorFunction")["Environment"]["Variables"]
+    # the stage sets each failed message's backoff on its own queue, and its last receive is the
+    # mirror queue's redrive count (not the pipeline's MaxReceiveCount)
+    assert env["ICHSEG_MIRROR_QUEUE_URL"] == {"Ref": "MirrorQueue"}
+    assert env["ICHSEG_MAX_RECEIVE_COUNT"] == {"Ref": "MirrorMaxReceiveCount"}
+    assert props(resources, "MirrorQueue")["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MirrorMaxReceiveCount"}
+    assert env["ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN"] == {"Ref": "FirebaseCredentialsSecretArn"}
+
+
+def test_mirror_retries_span_hours_of_an_outage(template: dict[str, Any]) -> None:
+    from ichseg.pipeline.config import PipelineConfig
+
+    receives = int(template["Parameters"]["MirrorMaxReceiveCount"]["Default"])
+    base = PipelineConfig().mirror_backoff_seconds
+    # the first retry waits `base` (the message's delay), each failed one doubles it
+    covered = sum(base * 2**n for n in range(receives))
+    assert 3 * 3600 <= covered <= 12 * 3600
+    assert base <= 900  # SQS's longest message delay
+
+
+def test_mirror_function_is_least_privilege(resources: dict[str, Any]) -> None:
+    role = "MirrorFunctionRole"
+    actions = {a for s in role_statements(resources, role) if s["Effect"] == "Allow" for a in as_list(s["Action"])}
+    assert actions == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "secretsmanager:GetSecretValue",
+    }
+    assert allowed_resources(resources, role, "s3:GetObject") == [{"Fn::Sub": "${DataBucket.Arn}/results/*"}]
+    (listing,) = [s for s in role_statements(resources, role) if "s3:ListBucket" in as_list(s["Action"])]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["results/*"]}}
+    assert allowed_resources(resources, role, "dynamodb:UpdateItem") == [{"Fn::GetAtt": ["JobsTable", "Arn"]}]
+    assert allowed_resources(resources, role, "secretsmanager:GetSecretValue") == [
+        {"Ref": "FirebaseCredentialsSecretArn"}
+    ]
+    (secret,) = [s for s in props(resources, role)["Policies"][0]["PolicyDocument"]["Statement"] if "Fn::If" in s]
+    assert secret["Fn::If"][0] == "HasFirebaseSecret"  # no statement at all without a secret
+    assert allowed_resources(resources, role, "logs:PutLogEvents") == [
+        {"Fn::GetAtt": ["MirrorFunctionLogGroup", "Arn"]}
+    ]
+
+
+def test_a_given_up_mirror_alarms(resources: dict[str, Any]) -> None:
+    alarm = props(resources, "MirrorDeadLetterAlarm")
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["MirrorDeadLetterQueue", "QueueName"]}}
+    ]
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Threshold"] == 0
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] and alarm["OKActions"] == [{"Ref": "AlarmTopic"}]
+    assert props(resources, "MirrorDeadLetterQueue")["MessageRetentionPeriod"] == 1209600
+    errors = props(resources, "MirrorErrorsAlarm")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "MirrorFunction"}}]
+
+
+def test_mirror_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert outputs["MirrorQueueUrl"]["Value"] == {"Ref": "MirrorQueue"}
+    assert outputs["MirrorDeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["MirrorDeadLetterQueue", "Arn"]}
+    assert outputs["MirrorDeadLetterQueueUrl"]["Value"] == {"Ref": "MirrorDeadLetterQueue"}

@@ -8,6 +8,7 @@ the benchmark and the tests call the very same functions (through the same handl
 - :func:`~ichseg.pipeline.segment.segment_batch`: one batch -> endpoint -> its rendered part; the last completes the job
 - :func:`~ichseg.pipeline.assemble.assemble_results`: a batch's masks early; finally the parts joined -> video,
   report, contact sheet, DICOM SEG, mirror
+- :func:`~ichseg.pipeline.assemble.retry_mirror`: a DONE job's Firebase copy that missed the assembly's budget
 - :func:`~ichseg.pipeline.failures.fail_job`, :func:`~ichseg.pipeline.failures.fail_overdue_jobs`: failure as a state
 
 Names are imported lazily, so a function pays at cold start only for the modules it uses (the
@@ -22,6 +23,7 @@ from typing import Any
 
 _EXPORTS = {
     "AssembleMessage": "ichseg.pipeline.messages",
+    "MirrorMessage": "ichseg.pipeline.messages",
     "PipelineConfig": "ichseg.pipeline.config",
     "PipelineContext": "ichseg.pipeline.context",
     "SegmentMessage": "ichseg.pipeline.messages",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "create_scan": "ichseg.pipeline.api",
     "fail_job": "ichseg.pipeline.failures",
     "fail_overdue_jobs": "ichseg.pipeline.failures",
+    "retry_mirror": "ichseg.pipeline.assemble",
     "scan_status": "ichseg.pipeline.api",
     "segment_batch": "ichseg.pipeline.segment",
     "split_scan_into_batches": "ichseg.pipeline.split",

@@ -278,6 +278,8 @@ def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
             view["mirror"] = {
                 "prefix": job.mirror_prefix,
                 "files": [job.mirror_prefix + "overlay.mp4", job.mirror_prefix + "report.json"],
+                "state": job.mirror_state.value if job.mirror_state else None,
+                "attempts": job.mirror_attempts,
                 "error": job.mirror_error,
             }
     return view

@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ichseg.errors import ErrorCode
 from ichseg.input_warnings import InputWarning
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
-from ichseg.pipeline.jobs import JobState
+from ichseg.pipeline.jobs import JobState, MirrorState
 
 UploadContentType = StrEnum("UploadContentType", {t: t for t in ALLOWED_UPLOAD_TYPES})  # type: ignore[misc]
 """The upload types the API accepts, as an enum so the schema lists them (one source: the config)."""
@@ -200,9 +200,18 @@ class SliceLinks(BaseModel):
 
 
 class Mirror(BaseModel):
+    """The Firebase Storage copy of the video and report (app jobs). The job is DONE whatever its
+    state: the `results` links are the record, and what to show while the copy is not there."""
+
     prefix: str
     files: list[str]
-    error: str | None = Field(description="Set if the copy failed (S3 results are unaffected).")
+    state: MirrorState | None = Field(
+        description="MIRRORED: the files are in Firebase Storage. PENDING: not yet; retried with a growing "
+        "backoff (wait, or use the `results` links). FAILED: given up (use the `results` links). "
+        "Null for jobs finished before the state was recorded."
+    )
+    attempts: int = Field(description="Copy attempts so far (the first within the assembly, then each retry).")
+    error: str | None = Field(description="Why the last attempt failed; null once the copy is there.")
 
 
 class ScanStatus(BaseModel):

@@ -26,6 +26,17 @@ Three steps, so that almost nothing is left to do once the last batch is segment
    (:meth:`~ichseg.pipeline.jobs.JobStore.claim_assembly`, a lease as long as the function may run)
    and does nothing either: its twin is still in flight, and if that one crashes, SQS redelivers it
    and it takes its own claim again. So results are written, the job logged DONE and counted once.
+4. **The mirror's retries** (:func:`retry_mirror`, the mirror function). The final assembly's copy
+   to Firebase Storage has a budget (``ICHSEG_MIRROR_BUDGET_SECONDS``), so a Firebase outage never
+   holds a job back from DONE. If the copy misses it, the assembly sends ``{"job_id"}`` to the mirror
+   queue (with a delay: Firebase has just failed for a whole budget) and the job is DONE with its
+   mirror PENDING; the app shows the presigned S3 links meanwhile. Each receive uploads the video and
+   the report again, read back from ``results/``, under the same names (an upload replaces the
+   object, so a retry after a half-done attempt leaves one copy, not two); a failure raises, so SQS
+   redelivers after a backoff that doubles per receive, and the last receive marks the mirror FAILED
+   (the message goes on to the alarmed dead-letter queue). The job stays DONE throughout: the S3
+   results are the record. A duplicate message after MIRRORED, one for a deleted job (a tombstone)
+   and one for a job that has no copy to make are consumed and change nothing.
 """
 
 from __future__ import annotations
@@ -50,10 +61,11 @@ from ichseg.endpoint_protocol import ResponseAttributes
 from ichseg.errors import ErrorCode
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
+from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
-from ichseg.pipeline.jobs import Job, JobDeleted, JobSource, JobState, Stage, StageOutcome
-from ichseg.pipeline.messages import AssembleMessage, ScanManifest
+from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobState, MirrorState, Stage, StageOutcome
+from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.segmentation import (
     RenderedSlices,
@@ -82,6 +94,10 @@ CONTENT_TYPES = {
 MIRRORED = ("overlay.mp4", "report.json")
 UPLOAD_THREADS = 8
 """S3 requests in flight at once when writing many small objects (masks)."""
+MAX_MESSAGE_DELAY_SECONDS = 900
+"""SQS's longest per-message delay."""
+MAX_VISIBILITY_SECONDS = 43_200
+"""SQS's longest visibility timeout (12 h): the mirror retries' backoff stops growing there."""
 T = TypeVar("T")
 BACKGROUND_NICENESS = 10
 """How much lower than normal the work that runs beside the endpoint is scheduled (see :func:`in_background`)."""
@@ -397,13 +413,14 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         for upload in uploads:
             upload.result()  # the first failed PUT raises: SQS redelivers, the assembly runs again
         mirror_prefix, mirror_error = mirror.result() if mirror is not None else (None, None)
+    mirror_state = _mirror_outcome(ctx, job_id, mirror_prefix, mirror_error)
 
     if job.source == JobSource.INGEST and ctx.config.delivery_queue_url:
         # The DICOM gateway sends the SEG (and SR) back to the site's PACS. Sent before DONE so a
         # crash in between cannot lose it (the gateway retries a job not DONE yet); a duplicate
         # from a redelivered assembly is harmless (delivery is idempotent per job).
         ctx.sqs.send_message(QueueUrl=ctx.config.delivery_queue_url, MessageBody=json.dumps({"job_id": job_id}))
-    if not ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error):
+    if not ctx.store.mark_done(job_id, results, headline(report), mirror_prefix, mirror_error, mirror_state):
         # Only after a lease ran out mid-assembly: the other assembler finished first and counted it.
         log.info("job already DONE (a concurrent assembly finished it)")
         return AssembleResult(job_id, StageOutcome.DUPLICATE)
@@ -437,6 +454,27 @@ def _mirror(ctx: PipelineContext, job: Job, files: dict[str, bytes]) -> tuple[st
     if error:
         ctx.metrics.add_metric("MirrorFailures", "Count", 1)
     return prefix, error
+
+
+def _mirror_outcome(ctx: PipelineContext, job_id: str, prefix: str | None, error: str | None) -> MirrorState | None:
+    """The mirror state the job is DONE with; a copy that missed its budget is queued for retries.
+
+    Sent before the job is DONE, like the hospital delivery: a crash in between cannot lose it (the
+    assembly runs again and sends another, which finds the first one's work done: MIRRORED). A
+    message that arrives before the DONE write is retried later (:func:`retry_mirror`).
+    """
+    if prefix is None:
+        return None  # no copy to make (not an app job, or no Firebase bucket)
+    if error is None:
+        return MirrorState.MIRRORED
+    if not ctx.config.mirror_queue_url:
+        return MirrorState.FAILED  # nowhere to retry from: given up at once, the reason on the job
+    ctx.sqs.send_message(
+        QueueUrl=ctx.config.mirror_queue_url,
+        MessageBody=MirrorMessage(job_id).to_json(),
+        DelaySeconds=min(MAX_MESSAGE_DELAY_SECONDS, int(ctx.config.mirror_backoff_seconds)),
+    )
+    return MirrorState.PENDING
 
 
 def _load_parts(ctx: PipelineContext, manifest: ScanManifest) -> list[BatchPart]:
@@ -522,3 +560,133 @@ def _dicom_seg(
         log.warning("no DICOM SR: %s", exc)
         return {"seg.dcm": seg}
     return {"seg.dcm": seg, "sr.dcm": sr}
+
+
+# ------------------------------------------------------------------------------ the mirror's retries
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    job_id: str
+    outcome: StageOutcome
+    """``mirrored``, ``duplicate`` (already MIRRORED), ``deleted``, ``unknown`` or ``skipped`` (no
+    copy to make): the message is consumed. A failed attempt raises instead (:class:`MirrorFailed`)."""
+    attempts: int = 0
+    """The job's mirror attempts so far (the assembly's included), when this one made the copy."""
+
+
+class MirrorFailed(RuntimeError):
+    """This attempt did not make the copy: recorded on the job; SQS redelivers after the backoff."""
+
+
+class MirrorNotReady(RuntimeError):
+    """The job is not DONE yet (the message overtook the assembly's DONE write): retried later."""
+
+
+def retry_delay(config: PipelineConfig, receive_count: int) -> int:
+    """Seconds before the next receive after the ``receive_count``-th one failed: the first retry waits
+    ``mirror_backoff_seconds`` (the message's delay), each failed one doubles it, up to SQS's 12 h."""
+    return int(min(MAX_VISIBILITY_SECONDS, config.mirror_backoff_seconds * 2**receive_count))
+
+
+def retry_mirror(
+    ctx: PipelineContext, message: MirrorMessage, receive_count: int = 1, receipt_handle: str | None = None
+) -> MirrorResult:
+    """Make a DONE job's Firebase copy that the assembly could not (step 4 of the module doc).
+
+    ``receipt_handle`` (the SQS record's) lets a failed attempt set its own backoff: the message's
+    visibility timeout, doubled per receive; on the queue's last receive (``ICHSEG_MAX_RECEIVE_COUNT``,
+    the mirror queue's redrive count) the mirror is FAILED and the message made visible at once, so
+    SQS moves it to the dead-letter queue.
+    """
+    job_id = message.job_id
+    try:
+        job = ctx.store.require(job_id)
+    except JobDeleted:  # its owner deleted it while the message waited: consumed, nothing uploaded
+        log.info("mirror message for a deleted job: nothing to do")
+        return MirrorResult(job_id, StageOutcome.DELETED)
+    except JobNotFound:
+        log.warning("mirror message for an unknown job: nothing to do")
+        return MirrorResult(job_id, StageOutcome.UNKNOWN)
+    if job.state == JobState.FAILED or not _mirrored(ctx, job):
+        log.info("mirror message for a job without a copy to make (%s, %s)", job.state.value, job.source.value)
+        return MirrorResult(job_id, StageOutcome.SKIPPED)
+    if job.state != JobState.DONE:
+        _retry_later(ctx, receipt_handle, receive_count)
+        raise MirrorNotReady(f"job {job_id} is {job.state.value}, not DONE yet")
+    if job.mirror_state == MirrorState.MIRRORED:
+        ctx.metrics.add_metric("DuplicateMessages", "Count", 1)
+        return MirrorResult(job_id, StageOutcome.DUPLICATE, job.mirror_attempts)
+    assert job.owner is not None  # _mirrored said so
+    prefix = job.mirror_prefix or keys.mirror_prefix(job.owner, job_id)
+    try:
+        # The same names as the assembly's attempt: an upload replaces its object, so whatever an
+        # earlier attempt left half done, one copy of each file is what remains.
+        files = [
+            MirrorFile(name, ctx.get(job.results[Path(name).stem]), CONTENT_TYPES[Path(name).suffix])
+            for name in MIRRORED
+        ]
+        error = mirror_files(
+            ctx.mirror,
+            prefix,
+            files,
+            attempts=ctx.config.mirror_attempts,
+            sleep=ctx.sleep,
+            budget_seconds=ctx.config.mirror_budget_seconds,
+        )
+    except Exception as exc:  # reading results/ failed (throttled, or deleted under us): a failed attempt
+        error = f"reading the results for the Firebase copy failed: {type(exc).__name__}: {exc}"[:1000]
+    if error is None:
+        return _mirrored_now(ctx, job, prefix)
+    last = receive_count >= ctx.config.max_receive_count
+    reason = f"{error} (retry {receive_count}{', the last' if last else ''})"
+    recorded = ctx.store.fail_mirror(job_id, reason) if last else ctx.store.record_mirror_failure(job_id, reason)
+    if not recorded:  # the row moved on meanwhile: deleted (consumed) or MIRRORED by a twin message
+        settled = _settled(ctx, job_id)
+        if settled is not None:
+            return settled
+    if last and recorded:
+        ctx.metrics.add_metric("MirrorsGivenUp", "Count", 1)
+    log.warning("Firebase copy of job %s failed (retry %d): %s", job_id, receive_count, error)
+    _retry_later(ctx, receipt_handle, receive_count)
+    raise MirrorFailed(reason)
+
+
+def _mirrored_now(ctx: PipelineContext, job: Job, prefix: str) -> MirrorResult:
+    """The upload worked: MIRRORED, counted once; a job deleted during the upload loses the copy again."""
+    if ctx.store.mark_mirrored(job.job_id):
+        ctx.metrics.add_metric("MirrorsRecovered", "Count", 1)
+        log.info("Firebase copy made on retry (attempt %d)", job.mirror_attempts + 1)
+        return MirrorResult(job.job_id, StageOutcome.MIRRORED, job.mirror_attempts + 1)
+    settled = _settled(ctx, job.job_id)
+    if settled is not None and settled.outcome == StageOutcome.DELETED:
+        # Deleted while the files went up: its owner asked for no copy, so the one just made goes too.
+        ctx.mirror.delete(prefix)
+        return settled
+    return settled or MirrorResult(job.job_id, StageOutcome.DUPLICATE)
+
+
+def _settled(ctx: PipelineContext, job_id: str) -> MirrorResult | None:
+    """Why a conditional mirror write found the row changed: deleted, or MIRRORED by a twin; None if neither."""
+    current = ctx.store.get(job_id)
+    if current is None:
+        return MirrorResult(job_id, StageOutcome.DELETED)
+    if current.mirror_state == MirrorState.MIRRORED:
+        return MirrorResult(job_id, StageOutcome.DUPLICATE, current.mirror_attempts)
+    return None
+
+
+def _retry_later(ctx: PipelineContext, receipt_handle: str | None, receive_count: int) -> None:
+    """Set when SQS shows the message again: after the backoff, or at once on the last receive (the
+    next receive then moves it to the dead-letter queue)."""
+    if receipt_handle is None or not ctx.config.mirror_queue_url:
+        return  # the queue's own visibility timeout applies
+    last = receive_count >= ctx.config.max_receive_count
+    try:
+        ctx.sqs.change_message_visibility(
+            QueueUrl=ctx.config.mirror_queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=0 if last else retry_delay(ctx.config, receive_count),
+        )
+    except Exception as exc:  # an expired receipt handle: the queue's visibility timeout applies instead
+        log.warning("could not set the mirror message's backoff: %s", exc)

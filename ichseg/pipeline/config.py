@@ -56,6 +56,9 @@ class PipelineConfig:
     assemble_queue_url: str = ""
     delivery_queue_url: str = ""
     """The DICOM gateway's queue: a DONE hospital (ingest) job's id is sent here; empty: no gateway."""
+    mirror_queue_url: str = ""
+    """Where an app job whose Firebase copy missed the assembly's budget is sent to be retried (the
+    mirror function); empty: no retries, such a copy is given up at once (FAILED)."""
     endpoint_name: str = ""
     """SageMaker real-time endpoint, called through boto3 ``sagemaker-runtime``."""
     endpoint_url: str = ""
@@ -75,6 +78,9 @@ class PipelineConfig:
     mirror_budget_seconds: float = 30.0
     """All the time mirroring one job may take, retries included: well inside the assemble function's
     timeout (300 s), so a Firebase outage delays a DONE by this much at most, never times it out."""
+    mirror_backoff_seconds: float = 60.0
+    """The wait before a failed copy's first retry; it doubles after each failed retry (the mirror
+    message's visibility timeout), so the mirror queue's receives span hours of an outage."""
     window: str = _DEFAULT_WINDOW_NAME
     """Window for HU inputs (DICOM, NIfTI); must be the model's (model metadata ``window``)."""
     video_fps: float = 5.0
@@ -108,6 +114,7 @@ class PipelineConfig:
             segment_queue_url=text("ICHSEG_SEGMENT_QUEUE_URL"),
             assemble_queue_url=text("ICHSEG_ASSEMBLE_QUEUE_URL"),
             delivery_queue_url=text("ICHSEG_DELIVERY_QUEUE_URL"),
+            mirror_queue_url=text("ICHSEG_MIRROR_QUEUE_URL"),
             endpoint_name=text("ICHSEG_ENDPOINT_NAME"),
             endpoint_url=text("ICHSEG_ENDPOINT_URL").rstrip("/"),
             batch_slices=int(number("ICHSEG_BATCH_SLICES", 16)),
@@ -122,6 +129,7 @@ class PipelineConfig:
             endpoint_timeout_seconds=float(number("ICHSEG_ENDPOINT_TIMEOUT_SECONDS", 60.0, float)),
             mirror_attempts=int(number("ICHSEG_MIRROR_ATTEMPTS", 3)),
             mirror_budget_seconds=float(number("ICHSEG_MIRROR_BUDGET_SECONDS", 30.0, float)),
+            mirror_backoff_seconds=float(number("ICHSEG_MIRROR_BACKOFF_SECONDS", 60.0, float)),
             window=text("ICHSEG_WINDOW", _DEFAULT_WINDOW_NAME),
             video_fps=float(number("ICHSEG_VIDEO_FPS", 5.0, float)),
             firebase_bucket=text("ICHSEG_FIREBASE_BUCKET"),

@@ -3,20 +3,20 @@
 A SEG must reference its source instances and share their geometry (frame of reference, plane
 positions, orientation, spacing), so the split keeps every source header, without pixel data, in
 slice order, as DICOM JSON (``work/{job}/dicom-headers.json``); the assembly rebuilds the
-datasets from it and hands them to highdicom with the masks.
+datasets from it and hands them to highdicom with the masks. The headers are the ones the reader
+parsed on its way through the upload (:func:`source_headers`): the zip is decompressed once.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from ichseg import __version__
@@ -105,14 +105,16 @@ def derived_object_attributes(job_id: str, kind: DerivedObject, model_version: s
     }
 
 
-def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> list[dict[str, Any]]:
-    """The source instances' headers (no pixels) in slice order, as DICOM JSON with file meta."""
+_PIXEL_KEYS = ("7FE00010", "7FE00008", "7FE00009")
+"""Pixel Data, Float and Double Float Pixel Data, as DICOM JSON keys: never in a captured header."""
+
+
+def source_headers(datasets: Sequence[Dataset], series: DicomSeriesRef) -> list[dict[str, Any]]:
+    """The series' instances (from ``datasets``: the headers the reader collected) in slice order,
+    as DICOM JSON with file meta and without pixel data; :class:`SegUnavailable` if one is missing."""
     by_uid: dict[str, Dataset] = {}
-    for _, payload in _dicom_payloads(data, limits):
-        dataset = pydicom.dcmread(io.BytesIO(payload), force=True, stop_before_pixels=True)
-        uid = str(getattr(dataset, "SOPInstanceUID", ""))
-        if uid in series.sop_instance_uids:
-            by_uid.setdefault(uid, dataset)
+    for dataset in datasets:
+        by_uid.setdefault(str(getattr(dataset, "SOPInstanceUID", "")), dataset)
     missing = [uid for uid in series.sop_instance_uids if uid not in by_uid]
     if missing:
         raise SegUnavailable(f"{len(missing)} source instance(s) could not be found again in the upload")
@@ -120,17 +122,34 @@ def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> 
     for uid in series.sop_instance_uids:
         source = by_uid[uid]
         meta = getattr(source, "file_meta", None)
-        headers.append({"dataset": source.to_json_dict(), "file_meta": meta.to_json_dict() if meta else {}})
+        dataset_json = source.to_json_dict()
+        for key in _PIXEL_KEYS:  # the reader stops before them; a header must stay small whatever it was given
+            dataset_json.pop(key, None)
+        headers.append({"dataset": dataset_json, "file_meta": meta.to_json_dict() if meta else {}})
     return headers
 
 
-def _dicom_payloads(data: bytes, limits: ScanLimits) -> list[tuple[str, bytes]]:
+def capture_headers(data: bytes, series: DicomSeriesRef, limits: ScanLimits) -> list[dict[str, Any]]:
+    """The source instances' headers (no pixels) in slice order, as DICOM JSON with file meta, read
+    from the upload's bytes one member at a time (the split uses the reader's instead:
+    :func:`ichseg.readers.read_scan_and_headers`)."""
+    from ichseg.readers.dicom import read_header
+
+    wanted = set(series.sop_instance_uids)
+    found: list[Dataset] = []
+    for index, (name, payload) in enumerate(_dicom_payloads(data, limits)):
+        dataset = read_header(index, name, payload).dataset
+        if str(getattr(dataset, "SOPInstanceUID", "")) in wanted:
+            found.append(dataset)
+    return source_headers(found, series)
+
+
+def _dicom_payloads(data: bytes, limits: ScanLimits) -> Iterator[tuple[str, bytes]]:
     content = detect_content(data[:HEAD_BYTES])
     if content == Content.DICOM:
-        return [("upload", data)]
-    if content == Content.ZIP:
-        return [(n, p) for n, p in iter_zip_members(data, "upload", limits) if _is_dicom(p)]
-    return []
+        yield "upload", data
+    elif content == Content.ZIP:
+        yield from ((n, p) for n, p in iter_zip_members(data, "upload", limits) if _is_dicom(p))
 
 
 def _is_dicom(payload: bytes) -> bool:

@@ -105,7 +105,8 @@ class StageOutcome(StrEnum):
     DUPLICATE = "duplicate"
     """Already done by an earlier delivery, or being done by another one right now."""
     SKIPPED = "skipped"
-    """The job had ended (DONE or FAILED) before this message arrived."""
+    """The job had ended (DONE or FAILED) before this message arrived; for a mirror retry, the job
+    has no Firebase copy to make (FAILED, or not an app job)."""
     REJECTED = "rejected"
     """The upload is not a scan ichseg can read; the job FAILED with the reason."""
     FOREIGN = "foreign"
@@ -116,6 +117,8 @@ class StageOutcome(StrEnum):
     """The upload's key names a job its owner deleted (a tombstone); nothing was done."""
     FAILED = "failed"
     """The stage failed the job (e.g. the model changed between batches)."""
+    MIRRORED = "mirrored"
+    """A retry made a DONE job's Firebase Storage copy (its state is MIRRORED now)."""
 
 
 class DeliveryState(StrEnum):
@@ -131,11 +134,40 @@ class DeliveryState(StrEnum):
     FAILED = "FAILED"
 
 
+class MirrorState(StrEnum):
+    """How a DONE app job's Firebase Storage copy (video and report) is getting there.
+
+    No state: the job has no copy to make (a hospital job, no Firebase bucket configured).
+    ``MIRRORED``: the copy is in Firebase Storage. ``PENDING``: the assembly's attempt (within its
+    budget) or a later retry failed; the mirror queue retries with a growing backoff, so the app
+    waits for it or uses the presigned S3 links meanwhile. ``FAILED``: given up (the mirror
+    message's last receive; the message is in the dead-letter queue, alarmed, and a redrive may
+    still make it ``MIRRORED``). Whatever the state, the job stays DONE: the S3 results are the record.
+    """
+
+    PENDING = "PENDING"
+    MIRRORED = "MIRRORED"
+    FAILED = "FAILED"
+
+
 class JobSource(StrEnum):
     """Who sent the scan: the mobile app (a Firebase user) or the hospital DICOM router (IAM)."""
 
     APP = "app"
     INGEST = "ingest"
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """A stage's attempts on one job, as the last one left them (see
+    :func:`ichseg.pipeline.failures.attempt_noted`: a killed worker leaves ``running`` true)."""
+
+    receive_count: int
+    """The delivery that wrote this (SQS's ``ApproximateReceiveCount``)."""
+    running: bool
+    """True from the start of the attempt's work until it returned or raised: still true after a kill."""
+    died: int
+    """Earlier attempts that started and never ended."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +197,11 @@ class Job:
     """What the split saw: format, slices, height, width, spacing."""
     mirror_prefix: str | None = None
     mirror_error: str | None = None
+    """Why the last mirror attempt failed (None once the copy is there)."""
+    mirror_state: MirrorState | None = None
+    """App jobs: the Firebase Storage copy's progress (None: no copy is made)."""
+    mirror_attempts: int = 0
+    """Mirror attempts so far: the assembly's (within its budget), then one per retry."""
     assembly_enqueued: bool = False
     deadline_at: float | None = None
     expires_at: int | None = None
@@ -464,8 +501,10 @@ class JobStore:
         summary: Mapping[str, Any],
         mirror_prefix: str | None,
         mirror_error: str | None,
+        mirror_state: MirrorState | None = None,
     ) -> bool:
-        """ASSEMBLING -> DONE with the result keys, the report headline and the mirror outcome."""
+        """ASSEMBLING -> DONE with the result keys, the report headline and the mirror outcome
+        (``mirror_state`` with the assembly's attempt counted as the first)."""
         now = self.clock()
         values: dict[str, Any] = {
             ":done": JobState.DONE,
@@ -482,6 +521,10 @@ class JobStore:
         if mirror_error is not None:
             expression += ", #mirror_error = :mirror_error"
             values[":mirror_error"] = mirror_error
+        if mirror_state is not None:
+            expression += ", #mirror_state = :mirror_state, #mirror_attempts = :one"
+            values[":mirror_state"] = mirror_state
+            values[":one"] = 1
         return self._update(job_id, expression, "#state = :assembling", values)
 
     def fail(
@@ -530,6 +573,45 @@ class JobStore:
             return False
         job, created = self.create(job_id, JobSource.INGEST, None, upload_key, 0)
         return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
+
+    # ------------------------------------------------------------------ the Firebase mirror's retries
+    #
+    # The mirror message is at-least-once like every other; each write here is conditional on the
+    # job being DONE (a tombstone has no state: a deleted job is never written back) and its copy
+    # not yet MIRRORED, so a duplicate message after MIRRORED changes nothing and counts nothing.
+
+    def mark_mirrored(self, job_id: str) -> bool:
+        """The copy is in Firebase Storage: MIRRORED (attempts + 1, the last reason removed). False if
+        it already was (a duplicate), or the job is not DONE (deleted meanwhile). A FAILED mirror may
+        still become MIRRORED (its message redriven from the dead-letter queue)."""
+        return self._mirror(job_id, MirrorState.MIRRORED, None)
+
+    def record_mirror_failure(self, job_id: str, reason: str) -> bool:
+        """One failed retry: PENDING, attempts + 1, the reason; False if MIRRORED or the job is not DONE."""
+        return self._mirror(job_id, MirrorState.PENDING, reason)
+
+    def fail_mirror(self, job_id: str, reason: str) -> bool:
+        """Give up (the message's last receive): FAILED with the reason; False if MIRRORED or not DONE."""
+        return self._mirror(job_id, MirrorState.FAILED, reason)
+
+    def _mirror(self, job_id: str, state: MirrorState, reason: str | None) -> bool:
+        now = self.clock()
+        values: dict[str, Any] = {
+            ":done": JobState.DONE,
+            ":state": state,
+            ":mirrored": MirrorState.MIRRORED,
+            ":one": 1,
+            ":iso": utc_iso(now),
+        }
+        expression = "SET #mirror_state = :state, #updated_at = :iso"
+        if reason is not None:
+            expression += ", #mirror_error = :reason"
+            values[":reason"] = reason[:1000]
+        expression += " ADD #mirror_attempts :one"
+        if reason is None:
+            expression += " REMOVE #mirror_error"
+        condition = "#state = :done AND (attribute_not_exists(#mirror_state) OR #mirror_state <> :mirrored)"
+        return self._update(job_id, expression, condition, values)
 
     # ------------------------------------------------------------------ delivery (the DICOM gateway)
     #
@@ -581,6 +663,40 @@ class JobStore:
             condition = "#state = :done AND (attribute_not_exists(#delivery_state) OR #delivery_state = :pending)"
             values[":pending"] = DeliveryState.PENDING
         return self._update(job_id, expression, condition, values)
+
+    # ------------------------------------------------------------------ attempts
+
+    @staticmethod
+    def _attempt_attribute(stage: Stage) -> str:
+        return f"{stage}_attempt"
+
+    def attempts(self, job_id: str, stage: Stage) -> AttemptLog | None:
+        """The stage's attempt log on the job's row (read consistently); None before its first attempt."""
+        attribute = self._attempt_attribute(stage)
+        item = (
+            self.client.get_item(
+                TableName=self.table,
+                Key=self._key(job_id),
+                ConsistentRead=True,
+                ProjectionExpression="#log",
+                ExpressionAttributeNames={"#log": attribute},
+            ).get("Item")
+            or {}
+        )
+        entry = item.get(attribute, {}).get("M")
+        if not entry:
+            return None
+        return AttemptLog(int(entry["receive_count"]["N"]), bool(entry["running"]["BOOL"]), int(entry["died"]["N"]))
+
+    def note_attempt(self, job_id: str, stage: Stage, entry: AttemptLog) -> bool:
+        """Write the stage's attempt log on the job's row; False (nothing written) on a deleted
+        job's tombstone, which has no ``state`` and is never written back to life."""
+        return self._update(
+            job_id,
+            f"SET #{self._attempt_attribute(stage)} = :log",
+            "attribute_exists(#state)",
+            {":log": {"receive_count": entry.receive_count, "running": entry.running, "died": entry.died}},
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -661,6 +777,8 @@ class JobStore:
             scan=raw.get("scan_info", {}),
             mirror_prefix=raw.get("mirror_prefix"),
             mirror_error=raw.get("mirror_error"),
+            mirror_state=MirrorState(raw["mirror_state"]) if raw.get("mirror_state") else None,
+            mirror_attempts=int(raw.get("mirror_attempts", 0)),
             assembly_enqueued=bool(raw.get("assembly_enqueued", False)),
             deadline_at=float(raw["deadline_at"]) if "deadline_at" in raw else None,
             expires_at=_int_or_none(raw.get("expires_at")),

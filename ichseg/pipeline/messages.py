@@ -143,6 +143,24 @@ class AssembleMessage:
 
 
 @dataclass(frozen=True)
+class MirrorMessage:
+    """Mirror queue: a DONE app job whose Firebase Storage copy is still to be made (the assembly's
+    attempt missed its budget). The job row holds everything else (owner, result keys, state)."""
+
+    job_id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"job_id": self.job_id})
+
+    @classmethod
+    def from_json(cls, body: str) -> MirrorMessage:
+        data = _load(body, ("job_id",))
+        if not isinstance(data["job_id"], str) or not data["job_id"]:
+            raise MalformedMessage(f"mirror message without a job id: {body[:200]!r}")
+        return cls(data["job_id"])
+
+
+@dataclass(frozen=True)
 class ScanManifest:
     """The scan as the split saw it: written to ``work/{job}/manifest.json``."""
 

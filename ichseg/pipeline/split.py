@@ -9,8 +9,12 @@ Idempotent at every step, because S3 events and SQS deliveries are at-least-once
    where it is for the bucket's ``uploads/`` lifecycle rule to expire: this function may only read
    uploads, and whoever could write it there can write it again. A job already past SPLIT means
    this event is a duplicate: nothing to do;
-2. the upload is decoded with the scan library; a :class:`~ichseg.errors.ScanError` fails the job
-   with the library's message and consumes the event (the file will not get better);
+2. the attempt is noted on the job's row (:func:`~ichseg.pipeline.failures.attempt_noted`: a
+   split killed for its memory or time raises nothing, and the note is how the next delivery and
+   the watchdog tell why the job stopped); the upload is decoded with the scan library, one zip
+   member at a time, the DICOM headers for the SEG collected in the same pass (no second
+   decompression); a :class:`~ichseg.errors.ScanError` fails the job with the library's message
+   and consumes the event (the file will not get better);
 3. the manifest goes to ``work/{job}/manifest.json`` (same bytes on a rerun), then RECEIVED ->
    SPLIT records the totals;
 4. each batch's frames go to ``work/{job}/frames/`` and its segment message is sent right after
@@ -30,8 +34,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,14 +48,17 @@ from ichseg.limits import ScanLimits
 from ichseg.pipeline import keys
 from ichseg.pipeline.config import REQUEST_BYTES_BUDGET
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
+from ichseg.pipeline.failures import attempt_noted, fail_job, last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import BatchRef, DicomSource, ScanManifest, SegmentMessage, plan_batches
-from ichseg.readers import read_scan
+from ichseg.readers import read_scan_and_headers
 from ichseg.readers.archive import redact_member_names
 from ichseg.scan import DicomSeriesRef, Scan
-from ichseg.windowing import window_by_name, windowed_slices
+from ichseg.windowing import Window, apply_window, window_by_name, windowed_slices
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("ichseg.pipeline.split")
 
@@ -78,10 +87,10 @@ def split_scan_into_batches(ctx: PipelineContext, upload: UploadRef, receive_cou
     with last_attempt_fails_job(
         ctx, upload.job_id, STAGE, receive_count, source=upload.source, owner=upload.owner, upload_key=upload.key
     ):
-        return _split(ctx, upload)
+        return _split(ctx, upload, receive_count)
 
 
-def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
+def _split(ctx: PipelineContext, upload: UploadRef, receive_count: int) -> SplitResult:
     started = time.perf_counter()
     config = ctx.config
     config.require("bucket", "segment_queue_url")
@@ -99,20 +108,26 @@ def _split(ctx: PipelineContext, upload: UploadRef) -> SplitResult:
         ctx.metrics.add_metric("DuplicateEvents", "Count", 1)
         return SplitResult(job.job_id, StageOutcome.DUPLICATE)
 
-    try:
-        if job.state == JobState.RECEIVED:
-            ctx.store.mark_received(job.job_id, config.job_deadline_seconds)
-            manifest, slices = _decode(ctx, upload)
-            ctx.store.mark_split(job.job_id, len(manifest.batches), manifest.num_slices, manifest.summary())
-        else:  # an earlier run recorded the split but may have died before every batch was out: resume
-            manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job.job_id)))
-            slices = _read_slices(ctx, upload)[0]
-    except ScanError as exc:
-        fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
-        return SplitResult(job.job_id, StageOutcome.REJECTED, seconds=time.perf_counter() - started)
+    # Noted before the heavy work: an attempt the OOM killer (or the time limit) ends never reaches
+    # an except clause, so only the note it leaves behind can tell the next delivery and the
+    # watchdog why the job did not move.
+    with attempt_noted(
+        ctx, job.job_id, STAGE, receive_count, source=upload.source, owner=upload.owner, upload_key=upload.key
+    ):
+        try:
+            if job.state == JobState.RECEIVED:
+                ctx.store.mark_received(job.job_id, config.job_deadline_seconds)
+                manifest, slices = _decode(ctx, upload)
+                ctx.store.mark_split(job.job_id, len(manifest.batches), manifest.num_slices, manifest.summary())
+            else:  # an earlier run recorded the split but may have died before every batch was out: resume
+                manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job.job_id)))
+                slices = _read_slices(ctx, upload).slices
+        except ScanError as exc:
+            fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
+            return SplitResult(job.job_id, StageOutcome.REJECTED, seconds=time.perf_counter() - started)
 
-    _store_and_enqueue(ctx, manifest, slices)
-    ctx.store.mark_segmenting(job.job_id)
+        _store_and_enqueue(ctx, manifest, slices)
+        ctx.store.mark_segmenting(job.job_id)
     seconds = time.perf_counter() - started
     log.info("split %d slices into %d batches in %.2f s", manifest.num_slices, len(manifest.batches), seconds)
     ctx.metrics.add_metric("Frames", "Count", manifest.num_slices)
@@ -151,28 +166,63 @@ def request_sized_limits(limits: ScanLimits) -> ScanLimits:
     return dataclasses.replace(limits, max_pixels_per_slice=min(limits.max_pixels_per_slice, request_pixels))
 
 
-def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[np.ndarray, Scan, bytes, ScanLimits]:
-    """Download and decode the upload: (windowed slices, the scan, the upload's bytes, the limits)."""
+WINDOW_CHUNK = 32
+"""Slices windowed at a time: the uint8 output is allocated once and the float temporaries of the
+windowing stay a few slices big instead of three copies of the volume."""
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload read and windowed for the endpoint."""
+
+    slices: np.ndarray
+    """(N, H, W) uint8, windowed."""
+    scan: Scan
+    dicom_headers: tuple[Dataset, ...]
+    """DICOM: the source instances' headers in slice order, without pixel data (for the SEG)."""
+
+
+def decode_upload(data: bytes, source: JobSource, limits: ScanLimits, window: str) -> DecodedUpload:
+    """Read and window an upload's bytes as the split does; ScanError for anything not a scan.
+
+    Memory: the upload, the scan's volume and its windowed copy, plus one DICOM instance or a
+    chunk of slices at a time (``bench/split_memory_bench.py``).
+    """
+    try:
+        read = read_scan_and_headers(data, limits)
+    except ScanError as exc:
+        if source != JobSource.INGEST:
+            raise
+        # The reason reaches the job record, logs and ops: never a hospital's member paths.
+        raise type(exc)(redact_member_names(str(exc), data)) from exc
+    require_brain_window_ct(read.scan)  # a clipped series is refused here, before any frame is stored
+    return DecodedUpload(_windowed(read.scan, window_by_name(window)), read.scan, read.dicom_headers)
+
+
+def _windowed(scan: Scan, window: Window) -> np.ndarray:
+    if not scan.hu:
+        return windowed_slices(scan, window)  # 8-bit already: no copy
+    out = np.empty(scan.slices.shape, dtype=np.uint8)
+    for start in range(0, scan.num_slices, WINDOW_CHUNK):
+        out[start : start + WINDOW_CHUNK] = apply_window(scan.slices[start : start + WINDOW_CHUNK], window)
+    return out
+
+
+def _read_slices(ctx: PipelineContext, upload: UploadRef) -> DecodedUpload:
+    """Download and decode the upload (its bytes are dropped once it is read)."""
     limits = request_sized_limits(ScanLimits.from_env())
     if upload.size > limits.max_bytes:  # the event says how big it is: no need to download it first
         raise ScanTooLargeError(
             f"upload is {upload.size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
         )
     data = ctx.s3.get_object(Bucket=upload.bucket, Key=upload.key)["Body"].read()
-    try:
-        scan = read_scan(data, limits)
-    except ScanError as exc:
-        if upload.source != JobSource.INGEST:
-            raise
-        # The reason reaches the job record, logs and ops: never a hospital's member paths.
-        raise type(exc)(redact_member_names(str(exc), data)) from exc
-    require_brain_window_ct(scan)  # a clipped series is refused here, before any frame is stored
-    return windowed_slices(scan, window_by_name(ctx.config.window)), scan, data, limits
+    return decode_upload(data, upload.source, limits, ctx.config.window)
 
 
 def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.ndarray]:
     """Decode and window the scan, plan its batches and store the manifest; ScanError for anything not a scan."""
-    slices, scan, data, limits = _read_slices(ctx, upload)
+    decoded = _read_slices(ctx, upload)
+    scan = decoded.scan
     height, width = scan.original_size
     if height * width * (1 + 2 * CONTEXT_SLICES) > REQUEST_BYTES_BUDGET:  # one slice and its context
         raise ScanTooLargeError(
@@ -182,7 +232,7 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
     batches = plan_batches(scan.num_slices, ctx.config.slices_per_request(height, width), CONTEXT_SLICES)
     dicom = None
     if scan.dicom is not None:
-        dicom = _store_dicom_headers(ctx, upload.job_id, data, scan.dicom, limits)
+        dicom = _store_dicom_headers(ctx, upload.job_id, decoded.dicom_headers, scan.dicom)
     manifest = ScanManifest(
         job_id=upload.job_id,
         format=scan.format,
@@ -199,21 +249,22 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
         series=scan.series,
     )
     ctx.put(keys.manifest_key(upload.job_id), manifest.to_json().encode(), "application/json")
-    return manifest, slices
+    return manifest, decoded.slices
 
 
 def _store_dicom_headers(
-    ctx: PipelineContext, job_id: str, data: bytes, series: DicomSeriesRef, limits: ScanLimits
+    ctx: PipelineContext, job_id: str, headers: Sequence[Dataset], series: DicomSeriesRef
 ) -> DicomSource:
-    """Keep the source headers for the DICOM SEG; a SEG problem is reported, never fatal to the job."""
-    from ichseg.pipeline.dicom_seg import SegUnavailable, capture_headers, headers_to_json
+    """Keep the source headers the reader collected for the DICOM SEG; a SEG problem is reported,
+    never fatal to the job."""
+    from ichseg.pipeline.dicom_seg import SegUnavailable, headers_to_json, source_headers
 
     try:
-        headers = capture_headers(data, series, limits)
+        captured = source_headers(headers, series)
     except SegUnavailable as exc:
         log.warning("no DICOM SEG possible: %s", exc)
         return DicomSource(series, seg_unavailable=str(exc))
-    ctx.put(keys.dicom_headers_key(job_id), headers_to_json(headers), "application/json")
+    ctx.put(keys.dicom_headers_key(job_id), headers_to_json(captured), "application/json")
     return DicomSource(series)
 
 

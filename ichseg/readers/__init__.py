@@ -13,9 +13,10 @@ from pathlib import Path
 from ichseg.errors import ScanTooLargeError, UnsupportedFormatError
 from ichseg.limits import ScanLimits
 from ichseg.readers.detect import HEAD_BYTES, READABLE_SINGLE, Content, detect_content
+from ichseg.readers.result import ScanRead
 from ichseg.scan import Scan
 
-__all__ = ["read_scan"]
+__all__ = ["ScanRead", "read_scan", "read_scan_and_headers"]
 
 
 def read_scan(source: str | os.PathLike[str] | bytes, limits: ScanLimits | None = None) -> Scan:
@@ -24,6 +25,12 @@ def read_scan(source: str | os.PathLike[str] | bytes, limits: ScanLimits | None 
     The format is detected from content. Raises a :class:`ichseg.errors.ScanError` subclass with
     a user-facing message for anything that is not a readable, reasonably sized CT scan.
     """
+    return read_scan_and_headers(source, limits).scan
+
+
+def read_scan_and_headers(source: str | os.PathLike[str] | bytes, limits: ScanLimits | None = None) -> ScanRead:
+    """:func:`read_scan`, plus the headers (no pixel data) of the DICOM instances it read, in slice
+    order: what the split keeps for the DICOM SEG, collected in the same pass over the upload."""
     limits = limits or ScanLimits.from_env()
     if isinstance(source, bytes | bytearray | memoryview):
         return _read_blob(bytes(source), name="upload", limits=limits)
@@ -42,7 +49,7 @@ def read_scan(source: str | os.PathLike[str] | bytes, limits: ScanLimits | None 
     return _read_blob(path.read_bytes(), name=path.name, limits=limits)
 
 
-def _read_blob(data: bytes, name: str, limits: ScanLimits) -> Scan:
+def _read_blob(data: bytes, name: str, limits: ScanLimits) -> ScanRead:
     if len(data) > limits.max_bytes:
         raise ScanTooLargeError(
             f"{name} is {len(data) / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
@@ -56,19 +63,20 @@ def _read_blob(data: bytes, name: str, limits: ScanLimits) -> Scan:
     if content in (Content.MP4, Content.MOV, Content.AVI):
         from ichseg.readers.video import read_video
 
-        return read_video(data, content, name, limits)
+        return ScanRead(read_video(data, content, name, limits))
     if content in (Content.JPEG, Content.PNG):
         from ichseg.readers.images import read_single_image
 
-        return read_single_image(data, content, name, limits)
+        return ScanRead(read_single_image(data, content, name, limits))
     if content == Content.ZIP:
         from ichseg.readers.collection import read_zip
 
         return read_zip(data, name, limits)
     if content == Content.DICOM:
-        from ichseg.readers.dicom import read_dicom_instances
+        from ichseg.readers.dicom import read_dicom_series, read_header
 
-        return read_dicom_instances([(name, data)], fmt="dicom", source=name, limits=limits)
+        header = read_header(0, name, data)
+        return read_dicom_series([header], lambda _: data, fmt="dicom", source=name, limits=limits)
     from ichseg.readers.nifti import read_nifti
 
-    return read_nifti(data, content, name, limits)
+    return ScanRead(read_nifti(data, content, name, limits))

@@ -1,17 +1,33 @@
-"""Inputs made of many files: a zip or a directory of slice images or of DICOM instances."""
+"""Inputs made of many files: a zip or a directory of slice images or of DICOM instances.
+
+Members are read one at a time: slice images are kept (compressed, they are about the upload's
+size), DICOM objects are reduced to their headers at once and their pixels read again only for
+the chosen series (:mod:`ichseg.readers.dicom`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
 
-from ichseg.errors import InconsistentSeriesError, NoFramesError, ScanTooLargeError, UnsupportedFormatError
+from ichseg.errors import (
+    CorruptScanError,
+    InconsistentSeriesError,
+    NoFramesError,
+    ScanTooLargeError,
+    UnsupportedFormatError,
+)
 from ichseg.limits import ScanLimits, check_scan_size
-from ichseg.readers.archive import is_junk, iter_zip_members
+from ichseg.readers.archive import ZipMembers, is_junk
 from ichseg.readers.detect import HEAD_BYTES, SLICE_CONTENTS, Content, detect_content
 from ichseg.readers.images import decode_slice_image, stack_slices
 from ichseg.readers.naming import natural_key
+from ichseg.readers.result import ScanRead
 from ichseg.scan import Scan
+
+if TYPE_CHECKING:
+    from ichseg.readers.dicom import DicomHeader
 
 MASK_SUFFIX = "_HGE_Seg"
 """CT-ICH stores hemorrhage masks beside the slices as ``<n>_HGE_Seg.jpg``: never a slice."""
@@ -20,12 +36,37 @@ CT_ICH_WINDOW_FOLDERS = ("brain", "bone")
 """CT-ICH patient folders hold one sub-folder per window; ``brain`` is the one to segment."""
 
 
-def read_zip(data: bytes, name: str, limits: ScanLimits) -> Scan:
-    """A zip of slice images or of one DICOM series."""
-    return _read_members(iter_zip_members(data, name, limits), kind="zip", what=name, limits=limits)
+class _Members(Protocol):
+    """Files of a zip or a folder: iterated one at a time as ``(index, path, bytes)``, and read
+    again by index (the DICOM reader's pixel pass)."""
+
+    def __iter__(self) -> Iterator[tuple[int, str, bytes]]: ...
+
+    def read(self, index: int) -> bytes: ...
 
 
-def read_directory(path: Path, limits: ScanLimits) -> Scan:
+def read_zip(data: bytes, name: str, limits: ScanLimits) -> ScanRead:
+    """A zip of slice images or of DICOM instances (one series or a study)."""
+    with ZipMembers(data, name, limits) as members:
+        return _read_members(members, kind="zip", what=name, limits=limits)
+
+
+class _FolderMembers:
+    """A folder's slice files, read from disk one at a time."""
+
+    def __init__(self, root: Path, files: list[Path]) -> None:
+        self.root = root
+        self.files = files
+
+    def __iter__(self) -> Iterator[tuple[int, str, bytes]]:
+        for index, path in enumerate(self.files):
+            yield index, path.relative_to(self.root).as_posix(), path.read_bytes()
+
+    def read(self, index: int) -> bytes:
+        return self.files[index].read_bytes()
+
+
+def read_directory(path: Path, limits: ScanLimits) -> ScanRead:
     """A folder of slice images or DICOM files.
 
     Slices directly in the folder win; otherwise a CT-ICH patient folder (``brain/`` beside
@@ -43,8 +84,7 @@ def read_directory(path: Path, limits: ScanLimits) -> Scan:
         )
     if len(files) > limits.max_archive_members:
         raise ScanTooLargeError(f"{path.name}: {len(files)} files; the limit is {limits.max_archive_members}")
-    members = ((f.relative_to(path).as_posix(), f.read_bytes()) for f in files)
-    return _read_members(members, kind="directory", what=f"{path.name}/", limits=limits)
+    return _read_members(_FolderMembers(path, files), kind="directory", what=f"{path.name}/", limits=limits)
 
 
 def _slice_files(folder: Path, recursive: bool) -> list[Path]:
@@ -56,19 +96,31 @@ def _slice_files(folder: Path, recursive: bool) -> list[Path]:
     ]
 
 
-def _read_members(members: Iterable[tuple[str, bytes]], kind: str, what: str, limits: ScanLimits) -> Scan:
+def _read_members(members: _Members, kind: str, what: str, limits: ScanLimits) -> ScanRead:
+    """Sort the members into slice images and DICOM objects, one member in memory at a time.
+
+    A DICOM object is reduced to its header as soon as it is read (its pixels are read again
+    only if its series is chosen); a damaged one's error is kept and raised where a reader that
+    parsed everything first would raise it, after the count and mixing checks.
+    """
     images: dict[str, bytes] = {}
-    dicoms: list[tuple[str, bytes]] = []
+    dicoms: list[DicomHeader | CorruptScanError] = []
     ignored: dict[str, str] = {}
-    for member_name, payload in members:
+    for index, member_name, payload in members:
         content = detect_content(payload[:HEAD_BYTES])
         stem = PurePosixPath(member_name).stem
         if content in (Content.JPEG, Content.PNG) and not stem.endswith(MASK_SUFFIX):
             images[member_name] = payload
         elif content == Content.DICOM:
-            dicoms.append((member_name, payload))
+            from ichseg.readers.dicom import read_header  # pydicom only for DICOM input
+
+            try:
+                dicoms.append(read_header(index, member_name, payload))
+            except CorruptScanError as exc:
+                dicoms.append(exc)
         elif content not in SLICE_CONTENTS:
             ignored[member_name] = content.value
+        del payload  # the header is all a DICOM member leaves behind
         if len(images) + len(dicoms) > limits.max_frames:
             raise ScanTooLargeError(
                 f"{what} has more than {limits.max_frames} slices; the limit is {limits.max_frames}"
@@ -78,15 +130,15 @@ def _read_members(members: Iterable[tuple[str, bytes]], kind: str, what: str, li
             f"{what} mixes {len(images)} slice images with {len(dicoms)} DICOM files; upload one kind"
         )
     if dicoms:
-        from ichseg.readers.dicom import read_dicom_instances
+        from ichseg.readers.dicom import read_dicom_series
 
-        return read_dicom_instances(dicoms, fmt=f"dicom-{kind}", source=what, limits=limits)
+        return read_dicom_series(dicoms, members.read, fmt=f"dicom-{kind}", source=what, limits=limits)
     if not images:
         found = ", ".join(sorted({v for v in ignored.values()})) or "nothing"
         if ignored and all(v == Content.ZIP.value for v in ignored.values()):
             raise UnsupportedFormatError(f"{what} holds only nested zip archives; upload the slices themselves")
         raise NoFramesError(f"{what} holds no JPEG/PNG slices or DICOM files (found: {found})")
-    return _images_to_scan(images, kind, what, limits)
+    return ScanRead(_images_to_scan(images, kind, what, limits))
 
 
 def _images_to_scan(images: dict[str, bytes], kind: str, what: str, limits: ScanLimits) -> Scan:

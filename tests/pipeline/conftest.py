@@ -37,6 +37,8 @@ TEST_ENVIRONMENT = {
     "ICHSEG_ENDPOINT_ATTEMPTS": "3",
     "ICHSEG_ENDPOINT_BACKOFF_SECONDS": "0.05",
     "ICHSEG_MIRROR_ATTEMPTS": "2",
+    # A Firebase copy that missed the budget is retried after 2 s, then 4, 8... (60 s, doubling, deployed).
+    "ICHSEG_MIRROR_BACKOFF_SECONDS": "2",
 }
 
 
@@ -202,7 +204,10 @@ def core(stack: LocalStack) -> PipelineContext:
     s3, sqs, dynamodb = stack.aws("s3"), stack.aws("sqs"), stack.aws("dynamodb")
     bucket, table = f"core-{suffix}", f"core-{suffix}"
     s3.create_bucket(Bucket=bucket)
-    queues = {name: sqs.create_queue(QueueName=f"core-{name}-{suffix}")["QueueUrl"] for name in ("segment", "assemble")}
+    queues = {
+        name: sqs.create_queue(QueueName=f"core-{name}-{suffix}")["QueueUrl"]
+        for name in ("segment", "assemble", "mirror")
+    }
     create_jobs_table(dynamodb, table)
     config = PipelineConfig.from_env(
         {
@@ -211,6 +216,7 @@ def core(stack: LocalStack) -> PipelineContext:
             "ICHSEG_TABLE": table,
             "ICHSEG_SEGMENT_QUEUE_URL": queues["segment"],
             "ICHSEG_ASSEMBLE_QUEUE_URL": queues["assemble"],
+            "ICHSEG_MIRROR_QUEUE_URL": queues["mirror"],
             "ICHSEG_ENDPOINT_URL": stack.endpoint_url,
         }
     )

@@ -465,8 +465,24 @@ def test_the_mirror_budget_fits_well_inside_the_assemble_function_timeout() -> N
     from ichseg.pipeline.config import PipelineConfig
     from infrastructure.cloud_template import CloudTemplate
 
-    timeout = CloudTemplate.load().functions["assemble"].timeout_seconds
-    assert PipelineConfig.from_env({}).mirror_budget_seconds * 4 <= timeout
+    functions = CloudTemplate.load().functions
+    budget = PipelineConfig.from_env({}).mirror_budget_seconds
+    assert budget * 4 <= functions["assemble"].timeout_seconds
+    assert budget * 4 <= functions["mirror"].timeout_seconds  # each retry has the same budget
+
+
+def test_mirror_messages_and_the_retry_backoff() -> None:
+    from ichseg.pipeline.assemble import MAX_VISIBILITY_SECONDS, retry_delay
+    from ichseg.pipeline.messages import MirrorMessage
+
+    assert MirrorMessage.from_json(MirrorMessage(JOB).to_json()) == MirrorMessage(JOB)
+    for body in ("{}", '{"job_id": ""}', '{"job_id": 7}', "not json"):
+        with pytest.raises(MalformedMessage):
+            MirrorMessage.from_json(body)
+    config = PipelineConfig.from_env({"ICHSEG_MIRROR_BACKOFF_SECONDS": "60"})
+    # the first retry waits the message's delay (60 s); after the n-th failed receive, 60 * 2**n
+    assert [retry_delay(config, n) for n in range(1, 5)] == [120, 240, 480, 960]
+    assert retry_delay(config, 20) == MAX_VISIBILITY_SECONDS  # SQS's 12 h ceiling
 
 
 def test_the_lambda_side_never_imports_onnxruntime_or_tensorflow() -> None:

@@ -23,7 +23,7 @@ from infrastructure.local_stack import LocalStack, StackSettings, stack_command
 def test_queues_match_the_template(stack: LocalStack) -> None:
     sqs = stack.aws("sqs")
     template = stack.template
-    assert set(stack.queues) == set(template.queues) == {"ingest", "segment", "assemble", "delivery"}
+    assert set(stack.queues) == set(template.queues) == {"ingest", "segment", "assemble", "mirror", "delivery"}
     for name, declared in template.queues.items():
         info = stack.queues[name]
         attributes = sqs.get_queue_attributes(QueueUrl=info.url, AttributeNames=["All"])["Attributes"]
@@ -89,6 +89,15 @@ def test_functions_run_with_the_templates_handler_sizing_and_environment(stack: 
     assert split_env["ICHSEG_TABLE"] == stack.settings.table
     assert stack.functions["segment"].environment["ICHSEG_ENDPOINT_NAME"] == stack.settings.endpoint_name
     assert "ICHSEG_ENDPOINT_NAME" not in stack.functions["split"].environment  # only segment calls the endpoint
+    # the Firebase copy's retries: assemble sends to the local mirror queue, the mirror function reads it
+    # (a pump, as the template's event source) with the mirror queue's own redrive count as its last receive
+    mirror_env = stack.functions["mirror"].environment
+    assert stack.functions["assemble"].environment["ICHSEG_MIRROR_QUEUE_URL"] == stack.queues["mirror"].url
+    assert mirror_env["ICHSEG_MIRROR_QUEUE_URL"] == stack.queues["mirror"].url
+    assert int(mirror_env["ICHSEG_MAX_RECEIVE_COUNT"]) == stack.template.queues["mirror"].max_receive_count
+    assert (
+        stack.template.functions["mirror"].sqs is not None and stack.template.functions["mirror"].sqs.queue == "mirror"
+    )
 
 
 def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> None:
@@ -101,6 +110,7 @@ def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> Non
     document["Globals"]["Function"]["Environment"]["Variables"]["ICHSEG_NEW_SETTING"] = "on"
     document["Parameters"]["MaxReceiveCount"]["Default"] = 5
     document["Parameters"]["DeliveryMaxReceiveCount"]["Default"] = 7
+    document["Parameters"]["MirrorMaxReceiveCount"]["Default"] = 9
     changed = tmp_path / "template.yaml"
     changed.write_text(_dump_with_tags(document))
 
@@ -110,6 +120,7 @@ def test_a_change_in_the_template_changes_the_local_stack(tmp_path: Path) -> Non
         "ingest": 5,
         "segment": 5,
         "assemble": 5,
+        "mirror": 9,
         "delivery": 7,
     }
     assert template.functions["split"].sqs is not None and template.functions["split"].sqs.batch_size == 5
@@ -146,7 +157,7 @@ def test_delivery_queue_is_the_templates_and_no_function_is_pumped_from_it(stack
     # the gateway consumes it, not a function: no event source, no pump
     assert all(f.sqs is None or f.sqs.queue != "delivery" for f in stack.template.functions.values())
     pumps = {t.name for t in threading.enumerate() if t.name.startswith("ichseg-pump-")}
-    assert pumps == {f"ichseg-pump-{q}" for q in ("ingest", "segment", "assemble")}
+    assert pumps == {f"ichseg-pump-{q}" for q in ("ingest", "segment", "assemble", "mirror")}
     # assemble announces DONE hospital jobs on it (template: ICHSEG_DELIVERY_QUEUE_URL: !Ref DeliveryQueue)
     assert stack.functions["assemble"].environment["ICHSEG_DELIVERY_QUEUE_URL"] == info.url
     assert stack.resolve_resource("DeliveryQueue", None) == info.url

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from ichseg.pipeline import keys as layout
 from ichseg.pipeline.api import ApiError, delete_scan, list_scans, scan_status
 from ichseg.pipeline.assemble import AssemblyClaim, BatchPart
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.jobs import JobDeleted, JobSource, JobState, StageOutcome
+from ichseg.pipeline.jobs import JobDeleted, JobSource, JobState, MirrorState, StageOutcome
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
 
 
@@ -288,6 +289,13 @@ def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContex
     assert job.state == JobState.DONE and "after 2 attempts" in (job.mirror_error or "")
     assert job.mirror_prefix == f"users/dave/scans/{upload.job_id}/"
     assert core.get(job.results["overlay"])[4:8] == b"ftyp"
+    # The copy is not given up: it waits for the mirror function's retries (tests/pipeline/test_mirror_retry.py).
+    assert (job.mirror_state, job.mirror_attempts) == (MirrorState.PENDING, 1)
+    deadline = time.monotonic() + 30  # the message is delayed (the first retry's backoff)
+    queued: list[dict[str, object]] = []
+    while not queued and time.monotonic() < deadline:
+        queued = receive_all(core, core.config.mirror_queue_url, wait=1.0)
+    assert [json.loads(str(m["Body"])) for m in queued] == [{"job_id": upload.job_id}]
 
 
 def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: PipelineContext, tmp_path: Path) -> None:
@@ -478,3 +486,76 @@ def test_an_app_upload_for_a_job_the_api_never_created_is_refused(core: Pipeline
     assert list_scans(core, "mallory")["scans"] == []
     assert _work_keys(core, job_id) == []
     assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
+
+
+def _killed_split_attempt(ctx: PipelineContext, upload: UploadRef, receive_count: int) -> None:
+    """What a split killed mid-decode (the OOM killer, the time limit) leaves behind: its attempt
+    noted on the row as started, and nothing else (no except clause, no finally ever ran)."""
+    from ichseg.pipeline.failures import attempt_noted
+    from ichseg.pipeline.jobs import Stage
+
+    attempt_noted(ctx, upload.job_id, Stage.SPLIT, receive_count).__enter__()
+
+
+def test_a_split_killed_on_every_delivery_fails_its_job_saying_so(core: PipelineContext, tmp_path: Path) -> None:
+    from ichseg.pipeline.failures import AttemptsDied
+    from ichseg.pipeline.jobs import Stage
+
+    upload = _upload(core, "judy", video_bytes(tmp_path, head_frames(4)))
+    for delivery in range(1, core.config.max_receive_count):
+        _killed_split_attempt(core, upload, delivery)
+    attempts = core.store.attempts(upload.job_id, Stage.SPLIT)
+    assert attempts is not None and attempts.running and attempts.died == core.config.max_receive_count - 2
+
+    # The last delivery: every earlier one died, so the job fails with the true reason, not "stuck".
+    with pytest.raises(AttemptsDied):
+        split_scan_into_batches(core, upload, receive_count=core.config.max_receive_count)
+    job = core.store.require(upload.job_id)
+    killed = core.config.max_receive_count - 1
+    assert job.state == JobState.FAILED and job.error_code == "split_failed"
+    assert f"ran out of memory or was killed {killed} time(s)" in (job.error_reason or "")
+    assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
+
+
+def test_a_split_killed_once_is_counted_and_the_next_delivery_splits(core: PipelineContext, tmp_path: Path) -> None:
+    from ichseg.pipeline.jobs import Stage
+
+    upload = _upload(core, "judy", video_bytes(tmp_path, head_frames(4)))
+    _killed_split_attempt(core, upload, 1)
+    assert split_scan_into_batches(core, upload, receive_count=2).outcome == StageOutcome.SPLIT
+    attempts = core.store.attempts(upload.job_id, Stage.SPLIT)
+    assert attempts is not None and not attempts.running and attempts.died == 1
+    assert core.store.require(upload.job_id).state == JobState.SEGMENTING
+
+
+def test_the_watchdog_names_a_split_that_was_killed_rather_than_stuck(core: PipelineContext, tmp_path: Path) -> None:
+    upload = _upload(core, "judy", video_bytes(tmp_path, head_frames(4)))
+    core.store.mark_received(upload.job_id, core.config.job_deadline_seconds)  # the killed split got this far
+    _killed_split_attempt(core, upload, 1)
+    finished = _upload(core, "judy", video_bytes(tmp_path, head_frames(4)))
+    assert split_scan_into_batches(core, finished).outcome == StageOutcome.SPLIT
+    now = core.clock()
+    core.clock = lambda: now + core.config.upload_url_seconds + core.config.job_deadline_seconds + 1
+    assert set(fail_overdue_jobs(core).failed) == {upload.job_id, finished.job_id}
+    killed = core.store.require(upload.job_id)
+    assert killed.error_code == "deadline_exceeded"
+    assert "the split ran out of memory or was killed 1 time(s)" in (killed.error_reason or "")
+    # A split that ended (here: SEGMENTING, never segmented) is stuck for another reason.
+    assert "stuck in SEGMENTING" in (core.store.require(finished.job_id).error_reason or "")
+
+
+def test_a_dicom_split_stores_the_readers_headers_for_the_seg(core: PipelineContext, tmp_path: Path) -> None:
+    from ichseg.limits import ScanLimits
+    from ichseg.pipeline.dicom_seg import capture_headers
+    from ichseg.pipeline.messages import ScanManifest
+    from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
+
+    series = dicom_series(12, rows=64, cols=64, step_mm=5.0, attributes={"ConvolutionKernel": "STANDARD"})
+    archive = zip_files(tmp_path / "s.zip", {f"{i}.dcm": dicom_bytes(ds) for i, ds in enumerate(series)})
+    upload = _upload(core, "judy", archive.read_bytes())
+    assert split_scan_into_batches(core, upload).outcome == StageOutcome.SPLIT
+    stored = json.loads(core.get(layout.dicom_headers_key(upload.job_id)))
+    manifest = ScanManifest.from_json(core.get(layout.manifest_key(upload.job_id)))
+    assert manifest.dicom is not None and manifest.dicom.seg_unavailable is None
+    assert stored == capture_headers(archive.read_bytes(), manifest.dicom.series, ScanLimits())
+    assert len(stored) == 12 and all("7FE00010" not in h["dataset"] for h in stored)

@@ -1,0 +1,42 @@
+"""Mirror function: a DONE app job's Firebase Storage copy that missed the assembly's budget, retried
+off the mirror queue with a backoff that grows per receive (see :func:`ichseg.pipeline.assemble.retry_mirror`).
+
+A failed attempt raises: the record is reported in ``batchItemFailures`` and SQS shows it again once
+the backoff the stage set (its visibility timeout) is over; the last receive marks the mirror FAILED
+and the message goes on to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from functions import pipeline_context, receive_count, stage_latency
+from ichseg.pipeline import MirrorMessage, retry_mirror
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord) -> None:
+    logger.thread_safe_clear_keys()
+    message = MirrorMessage.from_json(record.body)
+    logger.thread_safe_append_keys(job_id=message.job_id)
+    with stage_latency(metrics, "mirror"):
+        result = retry_mirror(pipeline_context(metrics), message, receive_count(record), record.receipt_handle)
+    logger.info("mirror outcome", extra={"outcome": result.outcome, "attempts": result.attempts})
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
