@@ -34,7 +34,8 @@ CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 """SageMaker real-time endpoints reject request bodies above 6 MB."""
 SAGEMAKER_MAX_CUSTOM_ATTRIBUTES = 1024
-"""CustomAttributes is capped at 1024 characters: with five subtypes, at most ~28 slices per request."""
+"""CustomAttributes is capped at 1024 characters: what bounds the slices per request
+(:data:`MAX_SLICES_PER_REQUEST`)."""
 CONTEXT_SLICES = 1
 """Neighbouring slices a model sees on each side (``InputSpec.context``); batches overlap by this."""
 
@@ -86,12 +87,14 @@ class ResponseAttributes:
 
     def encode(self) -> str:
         probabilities = ",".join(f"{p:.4f}" for p in self.slice_probabilities)
+        # Thresholds to 6 significant digits (they are chosen to 4 decimals): a bounded width, so
+        # the slices that fit the header can be worked out once (MAX_SLICES_PER_REQUEST).
         text = (
-            f"model={self.model};version={self.version};slice_threshold={self.slice_threshold};"
-            f"pixel_threshold={self.pixel_threshold};slice_probabilities={probabilities}"
+            f"model={self.model};version={self.version};slice_threshold={self.slice_threshold:.6g};"
+            f"pixel_threshold={self.pixel_threshold:.6g};slice_probabilities={probabilities}"
         )
         if self.scan_threshold is not None:
-            text += f";scan_threshold={self.scan_threshold}"
+            text += f";scan_threshold={self.scan_threshold:.6g}"
         if self.subtype_names:
             rows = ",".join("/".join(f"{q:.2f}" for q in row) for row in self.subtype_probabilities)
             text += f";subtype_names={'/'.join(self.subtype_names)};subtypes={rows}"
@@ -133,6 +136,37 @@ class ResponseAttributes:
         ):
             raise ProtocolError(f"custom attributes: subtype rows do not match the slices: {text[:200]!r}")
         return attributes
+
+
+MODEL_LABEL_CHARACTERS = 48
+"""Room the slice cap leaves for a model's name and version together (``ichseg-unet`` ``0.2.0``: 16)."""
+SUBTYPE_NAMES_CHARACTERS = 64
+"""The five subtype names joined by ``/`` (epidural/subdural/intraparenchymal/intraventricular/subarachnoid)."""
+
+
+def slices_fitting_custom_attributes() -> int:
+    """The most slices one response can describe inside CustomAttributes' 1024 characters, in the
+    worst case: five subtypes, a name and version of :data:`MODEL_LABEL_CHARACTERS`, every
+    threshold at its widest, every probability its widest."""
+    label = "m" * (MODEL_LABEL_CHARACTERS // 2)
+    names = tuple("n" * (SUBTYPE_NAMES_CHARACTERS // 5) for _ in range(4))
+    names += ("n" * (SUBTYPE_NAMES_CHARACTERS - 4 - sum(map(len, names))),)
+    widest = 0.000123456  # the widest a threshold in (0, 1] prints at 6 significant digits: 11 characters
+    count = 0
+    while True:
+        attributes = ResponseAttributes(
+            label, label, widest, widest, (0.5,) * (count + 1), names, ((0.5,) * 5,) * (count + 1), widest
+        )
+        try:
+            attributes.encode()
+        except ProtocolError:
+            return count
+        count += 1
+
+
+MAX_SLICES_PER_REQUEST = slices_fitting_custom_attributes()
+"""What one endpoint request may carry, context slices included: the one cap for the pipeline's
+batches (:meth:`ichseg.pipeline.config.PipelineConfig.slices_per_request`) and the server's check."""
 
 
 @dataclass(frozen=True)

@@ -51,21 +51,6 @@ def overlay_mask(
     return rgb
 
 
-def overlay_scan(slices_u8: np.ndarray, masks: np.ndarray, opacity: float = 0.4, outline: bool = True) -> np.ndarray:
-    """Overlay every slice of a scan: ``(N, H, W)`` + ``(N, H, W)`` -> ``(N, H, W, 3)``."""
-    return np.stack(
-        [overlay_mask(s, m, opacity=opacity, outline=outline) for s, m in zip(slices_u8, masks, strict=True)]
-    )
-
-
-def caption_frames(frames: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-    """RGB ``(N, H, W, 3)`` frames with one line of text each in the top-left corner (a copy)."""
-    out = np.array(frames, dtype=np.uint8, copy=True)
-    for frame, text in zip(out, captions, strict=True):
-        caption_frame(frame, text)
-    return out
-
-
 def caption_frame(frame: np.ndarray, text: str) -> np.ndarray:
     """Write one line of text into the top-left corner of an RGB ``(H, W, 3)`` frame, in place."""
     scale = max(0.35, frame.shape[0] / 900)

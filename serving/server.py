@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 from ichseg.endpoint_protocol import (
     CONTENT_TYPE,
     CUSTOM_ATTRIBUTES_HEADER,
+    MAX_SLICES_PER_REQUEST,
     SAGEMAKER_MAX_PAYLOAD_BYTES,
     ProtocolError,
     RequestAttributes,
@@ -60,9 +61,6 @@ log = logging.getLogger("ichseg.endpoint")
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 """Where SageMaker extracts ``model.tar.gz`` inside the container."""
 DEFAULT_MODEL_FILE = "ichseg-unet.onnx"
-MAX_SLICES = 64
-"""Slices per request. Also keeps the per-slice probabilities inside SageMaker's 1024-character
-CustomAttributes limit (~120 slices) and a request well inside the 60 s invocation timeout."""
 MIN_SIDE = 16
 MAX_SIDE = 4096
 
@@ -151,8 +149,10 @@ def check_array_header(header: ArrayHeader) -> None:
     count, height, width = header.shape
     if count == 0:
         raise RequestRejected(400, "ValidationError", "the array holds no slices (N = 0)")
-    if count > MAX_SLICES:
-        raise RequestRejected(413, "PayloadTooLarge", f"{count} slices in one request; send at most {MAX_SLICES}")
+    if count > MAX_SLICES_PER_REQUEST:  # the contract's cap: what one answer's attributes can describe
+        raise RequestRejected(
+            413, "PayloadTooLarge", f"{count} slices in one request; send at most {MAX_SLICES_PER_REQUEST}"
+        )
     if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
         raise RequestRejected(
             400, "ValidationError", f"slice size {height}x{width} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side"

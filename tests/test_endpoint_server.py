@@ -33,13 +33,15 @@ from werkzeug.serving import make_server
 from ichseg.endpoint_protocol import (
     CONTENT_TYPE,
     CUSTOM_ATTRIBUTES_HEADER,
+    MAX_SLICES_PER_REQUEST,
     SAGEMAKER_MAX_PAYLOAD_BYTES,
+    ProtocolError,
     ResponseAttributes,
     decode_slices,
     encode_slices,
 )
 from ichseg.inference import OnnxSegmenter
-from serving.server import MAX_SIDE, MAX_SLICES, MIN_SIDE, create_app
+from serving.server import MAX_SIDE, MIN_SIDE, create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +221,9 @@ def test_the_boto3_path_serves_the_same_handler_and_ignores_sigv4_headers(client
     assert signed.headers[CUSTOM_ATTRIBUTES_HEADER] == plain.headers[CUSTOM_ATTRIBUTES_HEADER]
 
 
-@pytest.mark.parametrize("shape", [(1, MIN_SIDE, MIN_SIDE), (2, 512, 512), (1, 20, 600), (MAX_SLICES, 16, 24)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, MIN_SIDE, MIN_SIDE), (2, 512, 512), (1, 20, 600), (MAX_SLICES_PER_REQUEST, 16, 24)], ids=str
+)
 def test_any_slice_size_within_the_limits_comes_back_at_its_own_size(client: Any, shape: tuple[int, ...]) -> None:
     slices = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
     response = post(client, encode_slices(slices))
@@ -250,7 +254,7 @@ BAD_BODIES = {
     "empty": (b"", 400, "empty body"),
     "truncated-npy": (npy(np.zeros((2, 64, 64), np.uint8))[:-100], 400, "bytes of pixels"),
     "trailing-bytes": (npy(np.zeros((1, 64, 64), np.uint8)) + b"extra", 400, "bytes of pixels"),
-    "huge-claimed-shape": (_lying_header((64, 4096, 4096), b"\0" * 64), 400, "bytes of pixels"),
+    "huge-claimed-shape": (_lying_header((MAX_SLICES_PER_REQUEST, 4096, 4096), b"\0" * 64), 400, "bytes of pixels"),
     "float32": (npy(np.zeros((1, 64, 64), np.float32)), 400, "uint8"),
     "int16-hu": (npy(np.zeros((1, 64, 64), np.int16)), 400, "uint8"),
     "bool": (npy(np.zeros((1, 64, 64), bool)), 400, "uint8"),
@@ -260,8 +264,8 @@ BAD_BODIES = {
     "no-slices": (npy(np.zeros((0, 64, 64), np.uint8)), 400, "N = 0"),
     "too-small": (npy(np.zeros((1, MIN_SIDE - 1, 64), np.uint8)), 400, "outside"),
     "too-wide": (npy(np.zeros((1, MIN_SIDE, MAX_SIDE + 1), np.uint8)), 400, "outside"),
-    "too-many-slices": (npy(np.zeros((MAX_SLICES + 1, 16, 16), np.uint8)), 413, "at most"),
-    "over-6-mb": (npy(np.zeros((64, 320, 320), np.uint8)), 413, "exceeds"),
+    "too-many-slices": (npy(np.zeros((MAX_SLICES_PER_REQUEST + 1, 16, 16), np.uint8)), 413, "at most"),
+    "over-6-mb": (npy(np.zeros((MAX_SLICES_PER_REQUEST, 520, 520), np.uint8)), 413, "exceeds"),
 }
 
 
@@ -467,3 +471,23 @@ def test_ichseg_endpoint_refuses_a_missing_model_with_a_message(tmp_path: Path) 
     )
     assert result.returncode == 2
     assert "model not found" in result.stderr
+
+
+def test_the_slice_cap_is_what_one_answer_can_describe_for_the_shipped_model() -> None:
+    """One cap for the pipeline and the server: the shipped model's answer for that many slices fits
+    CustomAttributes, with its name, version, thresholds and five subtypes at their widest."""
+    from ichseg.model_file import read_metadata
+    from ichseg.paths import SHIPPED_MODEL
+
+    meta = read_metadata(SHIPPED_MODEL)
+    widest = 0.000123456
+
+    def answer(count: int) -> ResponseAttributes:
+        return ResponseAttributes(
+            meta.name, meta.version, widest, widest, (0.5,) * count, meta.subtypes, ((0.5,) * 5,) * count, widest
+        )
+
+    assert MAX_SLICES_PER_REQUEST >= 20 and len(answer(MAX_SLICES_PER_REQUEST).encode()) <= 1024
+    big = answer(4 * MAX_SLICES_PER_REQUEST)
+    with pytest.raises(ProtocolError, match="CustomAttributes"):
+        big.encode()

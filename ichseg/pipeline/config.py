@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ichseg.endpoint_protocol import CONTEXT_SLICES as _CONTEXT_SLICES
+from ichseg.endpoint_protocol import MAX_SLICES_PER_REQUEST
 from ichseg.endpoint_protocol import SAGEMAKER_MAX_PAYLOAD_BYTES as _SAGEMAKER_MAX_PAYLOAD_BYTES
 from ichseg.limits import MiB
 
@@ -21,9 +22,6 @@ from ichseg.limits import MiB
 # without numpy installed. tests/test_lean_functions.py checks that the copy equals the original.
 _DEFAULT_WINDOW_NAME = "ct-ich-brain"
 
-MAX_SLICES_PER_REQUEST = 24
-"""What one request may carry, context slices included: inside the ~28 slices whose probabilities
-and five subtype probabilities fit SageMaker's 1024-character CustomAttributes."""
 REQUEST_BYTES_BUDGET = _SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024
 """SageMaker's 6 MB request cap, less room for the .npy header and HTTP framing."""
 
