@@ -34,7 +34,9 @@ def require_brain_window_ct(scan: Scan) -> None:
     if not scan.hu or scan.num_slices == 0:
         return
     slices = np.asarray(scan.slices)
-    bone = int(np.count_nonzero(slices >= BONE_HU))
+    # Slice by slice: a whole-volume comparison would allocate a boolean copy of the scan (150 MB
+    # for 600 thin slices) in the split, whose memory is bounded by the volume itself.
+    bone = sum(int(np.count_nonzero(one >= BONE_HU)) for one in slices)
     if bone >= MIN_BONE_FRACTION * slices.size:
         return
     low, high = float(slices.min()), float(slices.max())
