@@ -52,13 +52,15 @@ def preview_command(args: argparse.Namespace) -> int:
 
 def segment_command(args: argparse.Namespace) -> int:
     """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report."""
-    from ichseg.inference import OnnxSegmenter, segment_scan
+    from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
     from ichseg.readers import read_scan
+    from ichseg.scan_context import load_scan_head
     from ichseg.segmentation import build_report, headline, write_outputs
 
     scan = read_scan(args.input)
     segmenter = OnnxSegmenter(args.model)
     slices, segmentation = segment_scan(scan, segmenter)
+    context = read_in_context(segmentation, segmenter.metadata, load_scan_head(args.scan_head))
     report = build_report(
         scan.slice_ids,
         segmentation,
@@ -67,6 +69,7 @@ def segment_command(args: argparse.Namespace) -> int:
         scan.slice_thickness_mm,
         scan.slice_extents_mm,
         scan.series,
+        context,
     )
     paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
     summary = {**headline(report), "slices_with_hemorrhage": report["slices_with_hemorrhage"]}
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", help="any input `ichseg inspect` accepts")
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
+    segment.add_argument(
+        "--scan-head", default=None, help="the model's scan head (.onnx; default: the shipped one, if it pairs)"
+    )
     segment.set_defaults(handler=segment_command)
 
     add_plugin_commands(commands)

@@ -56,6 +56,13 @@ def encode_slices(slices: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def quantize_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Probability maps in [0, 1] as the response carries them: probability x 255, rounded, uint8."""
+    import numpy as np
+
+    return np.clip(np.rint(np.asarray(probabilities) * 255.0), 0, 255).astype(np.uint8)
+
+
 def decode_slices(payload: bytes) -> np.ndarray:
     """Parse ``.npy`` bytes into a ``(N, H, W)`` uint8 array; :class:`ProtocolError` otherwise."""
     import numpy as np

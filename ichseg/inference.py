@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ichseg.endpoint_protocol import quantize_probabilities
 from ichseg.fitness import require_brain_window_ct
 from ichseg.model_metadata import INPUT_NAME, MASK_OUTPUT, METADATA_KEY, SLICE_OUTPUT, SUBTYPE_OUTPUT, ModelMetadata
 from ichseg.paths import SHIPPED_MODEL
 from ichseg.preprocess import prepare_batch, restore_probabilities
 from ichseg.scan import Scan
+from ichseg.scan_context import ScanContext, ScanHead, map_features, scan_context
 from ichseg.segmentation import Segmentation, masks_from_probabilities
 from ichseg.windowing import windowed_slices
 
@@ -103,10 +105,30 @@ def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segm
     slices = windowed_slices(scan, segmenter.metadata.window_preset)
     prediction = segmenter.predict(slices)
     meta = segmenter.metadata
-    return slices, masks_from_probabilities(
+    segmentation = masks_from_probabilities(
         prediction.probabilities,
         prediction.slice_probabilities,
         meta.pixel_threshold,
         meta.slice_threshold,
         prediction.subtype_probabilities,
+    )
+    # What the scan head reads of the maps, from the maps as the endpoint would send them, so the
+    # CLI and the pipeline give the head the same numbers.
+    pairs = [map_features(quantize_probabilities(m[None]), meta.pixel_threshold) for m in prediction.probabilities]
+    outlined = np.array([o[0] for o, _ in pairs], np.float32)
+    peaks = np.array([p[0] for _, p in pairs], np.float32)
+    return slices, replace(segmentation, outlined=outlined, peaks=peaks)
+
+
+def read_in_context(segmentation: Segmentation, model: ModelMetadata, head: ScanHead | None) -> ScanContext | None:
+    """The scan head's answer for a scan :func:`segment_scan` segmented (None without a head for ``model``)."""
+    if segmentation.outlined is None or segmentation.peaks is None:
+        raise ValueError("the segmentation does not carry what the scan head reads (use segment_scan)")
+    return scan_context(
+        head,
+        model,
+        segmentation.slice_probabilities,
+        segmentation.subtype_probabilities,
+        segmentation.outlined,
+        segmentation.peaks,
     )

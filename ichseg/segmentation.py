@@ -30,6 +30,7 @@ from ichseg.render import (
     thumbnail,
 )
 from ichseg.scan import SeriesSelection, SpacingRun, spacing_profile
+from ichseg.scan_context import ScanContext, ScanOutput
 
 
 class Finding(StrEnum):
@@ -56,6 +57,8 @@ class SliceReport(TypedDict, total=False):
     subtypes: dict[str, float]
     outline_note: str
     """Only on a slice called hemorrhage with nothing outlined: why it has no outline."""
+    context_probability: float
+    """The scan head's probability for the slice, read with the whole scan (with a scan head)."""
 
 
 class Thresholds(TypedDict):
@@ -98,6 +101,9 @@ class Report(TypedDict):
 
     finding: Finding
     hemorrhage_probability: float
+    """The scan's probability: the scan head's where there is one, else the most confident slice's."""
+    finding_note: str | None
+    """Where the scan's finding and its slices' seem to disagree, why; None otherwise."""
     slices_with_hemorrhage: list[str]
     subtypes: dict[str, float] | None
     volume_ml: float | None
@@ -114,6 +120,9 @@ class Report(TypedDict):
     """DICOM inputs: the series segmented and the ones skipped."""
     thresholds: Thresholds
     model: ModelRef
+    scan_model: ModelRef | None
+    """The scan head that gave the finding or the scan's subtypes (its card says which); None: the
+    most confident slice gave both."""
     warnings: list[WarningEntry]
     """Input the model reads poorly (:mod:`ichseg.input_warnings`): the answer is given, with less trust."""
     slices: list[SliceReport]
@@ -135,6 +144,19 @@ VOLUME_WITHOUT_SPACING_NOTE = (
     "No volume: the input does not say how large its pixels and slices are (a video or images); "
     "send DICOM or NIfTI for a volume."
 )
+DETECTED_WITHOUT_SLICE_NOTE = (
+    "The scan head reads the scan as a whole as hemorrhage ({probability:.2f} >= {threshold:g}), though no "
+    "single slice reached the slice threshold ({slice:g}). The slices it weighs most: {slices}. Read them."
+)
+NORMAL_WITH_SLICES_NOTE = (
+    "The scan head reads the scan as a whole as normal ({probability:.2f} < {threshold:g}), though the slice "
+    "head flags {count} slice(s) on its own: {slices}. Read them."
+)
+VOLUME_WITHOUT_SLICES_NOTE = (
+    "0 mL: the scan head finds hemorrhage in the scan as a whole, but no slice reached the slice threshold, "
+    "so nothing is outlined to measure. Read the slices the finding note names."
+)
+MOST_WEIGHED_SLICES = 3
 SUBTYPE_VOLUME_NOTE = (
     "The mask head outlines hemorrhage of any subtype; it cannot separate the subtypes' pixels, so "
     "no volume per subtype is given. Subtype probabilities come from the classification head."
@@ -151,6 +173,11 @@ class Segmentation:
     """(N,) float32."""
     subtype_probabilities: np.ndarray | None = None
     """(N, S) float32, columns in the model's ``subtypes`` order; None for a model without them."""
+    outlined: np.ndarray | None = None
+    """(N,) share of each slice's pixels at the pixel threshold before the slice gate (the scan
+    head's input, :func:`ichseg.scan_context.map_features`); None where not measured."""
+    peaks: np.ndarray | None = None
+    """(N,) each slice's highest pixel probability."""
 
 
 def masks_from_probabilities(
@@ -210,6 +237,7 @@ def build_report(
     slice_thickness_mm: float | None,
     slice_extents_mm: Sequence[float] | None = None,
     series: SeriesSelection | None = None,
+    context: ScanContext | None = None,
 ) -> Report:
     """The ``report.json`` document: per-slice probability and area, scan probability, volume."""
     areas = segmentation.masks.reshape(len(slice_ids), -1).sum(axis=1)
@@ -223,6 +251,7 @@ def build_report(
         slice_thickness_mm,
         slice_extents_mm,
         series,
+        context,
     )
 
 
@@ -236,6 +265,7 @@ def report_from_areas(
     slice_thickness_mm: float | None,
     slice_extents_mm: Sequence[float] | None = None,
     series: SeriesSelection | None = None,
+    context: ScanContext | None = None,
 ) -> Report:
     """:func:`build_report` from each slice's mask area instead of the masks (all a report reads
     of them), for callers that hold the areas of a scan assembled batch by batch.
@@ -243,6 +273,9 @@ def report_from_areas(
     The volume is the sum over slices of area x pixel area x the slice's own extent along the
     normal (``slice_extents_mm``), so a protocol that changes spacing part-way is measured right;
     without extents every slice counts ``slice_thickness_mm``.
+
+    With a scan head's ``context`` (:mod:`ichseg.scan_context`), the finding, the scan's probability
+    and its subtypes are the head's; without one, the most confident slice's.
     """
     areas = np.asarray(areas_px, dtype=np.int64)
     pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1] if pixel_spacing_mm else None
@@ -267,8 +300,16 @@ def report_from_areas(
     if subtypes is not None:
         for entry, row in zip(slices, subtypes, strict=True):
             entry["subtypes"] = {name: round(float(q), 4) for name, q in zip(model.subtypes, row, strict=True)}
-    scan_probability = float(np.max(slice_probabilities)) if len(slice_ids) else 0.0
-    detected = scan_probability >= model.finding_threshold
+    if context is not None:
+        for entry, q in zip(slices, context.slice_probabilities, strict=True):
+            entry["context_probability"] = round(float(q), 4)
+    if context is not None and context.gives(ScanOutput.FINDING):
+        scan_probability, scan_threshold = context.scan_probability, context.metadata.scan_threshold
+        detected = context.detected
+    else:
+        scan_probability = float(np.max(slice_probabilities)) if len(slice_ids) else 0.0
+        scan_threshold = model.finding_threshold
+        detected = scan_probability >= scan_threshold
     volume = None
     if pixel_spacing_mm and extents is not None:
         pixel_area = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
@@ -278,16 +319,21 @@ def report_from_areas(
         voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_thickness_mm)
         volume = round(float(areas.sum()) * voxel_mm3 / 1000.0, 3)
     flagged = [s["id"] for s in slices if s["hemorrhage"]]
+    if context is not None and context.gives(ScanOutput.SUBTYPES) and model.subtypes:
+        scan_subtypes = {
+            name: round(float(q), 4) for name, q in zip(model.subtypes, context.scan_subtypes, strict=True)
+        }
+    elif subtypes is not None and len(slice_ids):
+        # Otherwise a scan's subtype probability is its most confident slice's.
+        scan_subtypes = {name: round(float(subtypes[:, i].max()), 4) for i, name in enumerate(model.subtypes)}
+    else:
+        scan_subtypes = None
     return {
         "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
         "hemorrhage_probability": round(scan_probability, 4),
+        "finding_note": _finding_note(context, slice_ids, flagged, model.slice_threshold),
         "slices_with_hemorrhage": flagged,
-        # A scan's subtype probability is its most confident slice's, as for the finding.
-        "subtypes": (
-            {name: round(float(subtypes[:, i].max()), 4) for i, name in enumerate(model.subtypes)}
-            if subtypes is not None and len(slice_ids)
-            else None
-        ),
+        "subtypes": scan_subtypes,
         "volume_ml": volume,
         "volume_note": _volume_note(detected, volume, len(flagged)),
         "volume_ml_by_subtype": None,
@@ -296,8 +342,13 @@ def report_from_areas(
         "slice_thickness_mm": slice_thickness_mm,
         "spacing_profile": spacing_profile(slice_ids, extents),
         "series": series_report(series) if series is not None else None,
-        "thresholds": {"scan": model.finding_threshold, "slice": model.slice_threshold, "pixel": model.pixel_threshold},
+        "thresholds": {"scan": scan_threshold, "slice": model.slice_threshold, "pixel": model.pixel_threshold},
         "model": {"name": model.name, "version": model.version},
+        "scan_model": (
+            {"name": context.metadata.name, "version": context.metadata.version}
+            if context is not None and context.metadata.adopted
+            else None
+        ),
         "warnings": input_warnings(len(slice_ids), slice_thickness_mm, extents),
         "slices": slices,
         "disclaimer": "Research software. Not for clinical use.",
@@ -309,7 +360,29 @@ def _volume_note(detected: bool, volume_ml: float | None, flagged_slices: int) -
     if volume_ml is None:
         return VOLUME_WITHOUT_SPACING_NOTE
     if detected and volume_ml == 0:
+        if not flagged_slices:
+            return VOLUME_WITHOUT_SLICES_NOTE
         return VOLUME_WITHOUT_OUTLINE_NOTE.format(count=flagged_slices)
+    return None
+
+
+def _finding_note(
+    context: ScanContext | None, slice_ids: Sequence[str], flagged: list[str], slice_threshold: float
+) -> str | None:
+    """Where the scan head's finding and the slice head's flags disagree, says so and names the slices."""
+    if context is None or not context.gives(ScanOutput.FINDING):
+        return None
+    probability, threshold = context.scan_probability, context.metadata.scan_threshold
+    if context.detected and not flagged:
+        order = np.argsort(-context.slice_probabilities, kind="stable")[:MOST_WEIGHED_SLICES]
+        named = ", ".join(slice_ids[i] for i in sorted(order))
+        return DETECTED_WITHOUT_SLICE_NOTE.format(
+            probability=probability, threshold=threshold, slice=slice_threshold, slices=named
+        )
+    if not context.detected and flagged:
+        return NORMAL_WITH_SLICES_NOTE.format(
+            probability=probability, threshold=threshold, count=len(flagged), slices=", ".join(flagged)
+        )
     return None
 
 

@@ -53,6 +53,7 @@ from ichseg.endpoint_protocol import (
     ResponseAttributes,
     decode_slices,
     encode_slices,
+    quantize_probabilities,
 )
 from ichseg.inference import DEFAULT_PROVIDERS, OnnxSegmenter
 
@@ -274,7 +275,7 @@ class InferenceService:
             raise RequestRejected(400, "ValidationError", str(exc)) from exc
         with self._slots:
             prediction = segmenter.predict(slices, (request.context_before, request.context_after))
-        scaled = np.clip(np.rint(prediction.probabilities * 255.0), 0, 255).astype(np.uint8)
+        scaled = quantize_probabilities(prediction.probabilities)
         meta = segmenter.metadata
         attributes = ResponseAttributes(
             model=meta.name,

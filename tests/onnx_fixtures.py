@@ -131,3 +131,25 @@ def head_phantom(count: int = 2, height: int = 96, width: int = 80, seed: int = 
         slices[index][ellipse] = 150 + 20 * index
         slices[index] += rng.integers(0, 3, size=(height, width), dtype=np.uint8)
     return slices
+
+
+def pair_scan_head(destination: str | Path, model: ModelMetadata, source: str | Path | None = None) -> Path:
+    """A copy of the shipped scan head stamped as trained on ``model``'s answers and giving every
+    scan output, so a test model's scans are read by a real head (its figures mean nothing for the
+    test model: the tests check that the head is run, paired and reported, not what it concludes)."""
+    import dataclasses
+
+    from ichseg.scan_context import METADATA_KEY, SCAN_HEAD, ScanHeadMetadata, ScanOutput
+
+    proto = onnx.load(str(source or SCAN_HEAD))
+    entries = {p.key: p.value for p in proto.metadata_props}
+    head = ScanHeadMetadata.from_json(entries[METADATA_KEY])
+    paired = dataclasses.replace(
+        head, segmentation_model=model.name, segmentation_version=model.version, adopted=tuple(ScanOutput)
+    )
+    entries[METADATA_KEY] = paired.to_json()
+    del proto.metadata_props[:]
+    for key, value in sorted(entries.items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(destination))
+    return Path(destination)

@@ -177,6 +177,9 @@
       report.volume_ml === null || report.volume_ml === undefined ? "not known (no voxel size)" : `${report.volume_ml.toFixed(1)} mL`;
     $("volume-note-row").hidden = !report.volume_note;
     $("volume-note").textContent = report.volume_note || "";
+    // Where the scan head's finding and the slice head's flags disagree, the report says which slices to read.
+    $("finding-note-row").hidden = !report.finding_note;
+    $("finding-note").textContent = report.finding_note || "";
     const warnings = report.warnings || [];
     $("warnings").replaceChildren(
       ...warnings.map((warning) => {
@@ -187,7 +190,9 @@
       })
     );
     $("warnings").hidden = !warnings.length;
-    $("model").textContent = `${report.model.name} ${report.model.version}`;
+    $("model").textContent =
+      `${report.model.name} ${report.model.version}` +
+      (report.scan_model ? `, read as a scan by ${report.scan_model.name} ${report.scan_model.version}` : "");
     const t = report.thresholds;
     $("thresholds").textContent = `scan ${t.scan}, slice ${t.slice}, pixel ${t.pixel}`;
     const body = $("subtypes").tBodies[0];

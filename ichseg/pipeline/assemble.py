@@ -67,6 +67,7 @@ from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobState, MirrorState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
+from ichseg.scan_context import load_scan_head, map_features, scan_context
 from ichseg.segmentation import (
     RenderedSlices,
     Report,
@@ -163,6 +164,11 @@ class BatchPart:
     areas: np.ndarray
     """(n,) int64: mask pixels per slice."""
     rendered: RenderedSlices
+    outlined: np.ndarray
+    """(n,) float32: the share of each slice's pixels at the pixel threshold, before the slice gate
+    (the scan head reads it; :func:`ichseg.scan_context.map_features`)."""
+    peaks: np.ndarray
+    """(n,) float32: each slice's highest pixel probability."""
 
     @property
     def count(self) -> int:
@@ -185,6 +191,8 @@ class BatchPart:
                 )
             ),
             areas=np.asarray(self.areas, dtype=np.int64),
+            outlined=np.asarray(self.outlined, dtype=np.float32),
+            peaks=np.asarray(self.peaks, dtype=np.float32),
             video=np.frombuffer(self.rendered.video, dtype=np.uint8),
             thumbnails=np.stack(self.rendered.thumbnails),
             mask_pngs=np.frombuffer(b"".join(pngs), dtype=np.uint8),
@@ -214,8 +222,11 @@ class BatchPart:
                 labels=tuple(meta["labels"]),
                 areas=arrays["areas"],
                 rendered=rendered,
+                outlined=arrays["outlined"],
+                peaks=arrays["peaks"],
             )
-        if not part.count == len(part.labels) == len(part.areas) == len(pngs) == len(rendered.thumbnails):
+        lengths = (len(part.labels), len(part.areas), len(part.outlined), len(part.peaks), len(pngs))
+        if any(n != part.count for n in (*lengths, len(rendered.thumbnails))):
             raise ValueError(f"a batch part with inconsistent lengths ({part.count} slices)")
         if jpegs and len(jpegs) != part.count:
             raise ValueError(f"a batch part with {len(jpegs)} frames for {part.count} slices")
@@ -285,6 +296,7 @@ def render_batch(
         probabilities_u8, slice_probabilities, model.pixel_threshold, model.slice_threshold
     )
     labels = slice_captions(list(slice_ids), _segmentation(masks, [attributes], model), model)
+    outlined, peaks = map_features(probabilities_u8, model.pixel_threshold)
     return BatchPart(
         start=start,
         slice_ids=tuple(slice_ids),
@@ -292,6 +304,8 @@ def render_batch(
         labels=tuple(labels),
         areas=masks.reshape(len(masks), -1).sum(axis=1).astype(np.int64),
         rendered=render_slices(frames_u8, masks, labels, fps=fps, threads=threads),
+        outlined=outlined,
+        peaks=peaks,
     )
 
 
@@ -362,6 +376,14 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         if model.subtypes
         else None
     )
+    context = scan_context(
+        load_scan_head(ctx.config.scan_head_path),
+        model,
+        slice_probabilities,
+        subtypes,
+        np.concatenate([p.outlined for p in parts]),
+        np.concatenate([p.peaks for p in parts]),
+    )
     report = report_from_areas(
         manifest.slice_ids,
         slice_probabilities,
@@ -372,6 +394,7 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         manifest.slice_thickness_mm,
         manifest.slice_extents_mm,
         manifest.series,
+        context,
     )
     labels = [label for p in parts for label in p.labels]
     rendered = [p.rendered for p in parts]

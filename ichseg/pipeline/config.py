@@ -79,6 +79,9 @@ class PipelineConfig:
     mirror_backoff_seconds: float = 60.0
     """The wait before a failed copy's first retry; it doubles after each failed retry (the mirror
     message's visibility timeout), so the mirror queue's receives span hours of an outage."""
+    scan_head_path: str = ""
+    """The scan head's ONNX file (``ICHSEG_SCAN_HEAD``); empty: the one shipped beside the code
+    (:data:`ichseg.scan_context.SCAN_HEAD`). A head for another model is not used (the report says so)."""
     window: str = _DEFAULT_WINDOW_NAME
     """Window for HU inputs (DICOM, NIfTI); must be the model's (model metadata ``window``)."""
     video_fps: float = 5.0
@@ -128,6 +131,7 @@ class PipelineConfig:
             mirror_attempts=int(number("ICHSEG_MIRROR_ATTEMPTS", 3)),
             mirror_budget_seconds=float(number("ICHSEG_MIRROR_BUDGET_SECONDS", 30.0, float)),
             mirror_backoff_seconds=float(number("ICHSEG_MIRROR_BACKOFF_SECONDS", 60.0, float)),
+            scan_head_path=text("ICHSEG_SCAN_HEAD"),
             window=text("ICHSEG_WINDOW", _DEFAULT_WINDOW_NAME),
             video_fps=float(number("ICHSEG_VIDEO_FPS", 5.0, float)),
             firebase_bucket=text("ICHSEG_FIREBASE_BUCKET"),

@@ -559,3 +559,48 @@ def test_a_dicom_split_stores_the_readers_headers_for_the_seg(core: PipelineCont
     assert manifest.dicom is not None and manifest.dicom.seg_unavailable is None
     assert stored == capture_headers(archive.read_bytes(), manifest.dicom.series, ScanLimits())
     assert len(stored) == 12 and all("7FE00010" not in h["dataset"] for h in stored)
+
+
+def test_the_assembly_reads_the_scan_with_the_head_paired_with_the_endpoint_s_model(
+    core: PipelineContext, tiny_model: Path, tmp_path: Path
+) -> None:
+    from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
+    from ichseg.model_file import read_metadata
+    from ichseg.readers import read_scan
+    from ichseg.scan_context import ScanHead, slice_features
+    from tests.onnx_fixtures import pair_scan_head
+
+    head_path = pair_scan_head(tmp_path / "head.onnx", read_metadata(tiny_model))
+    ctx = dataclasses.replace(core, config=dataclasses.replace(core.config, scan_head_path=str(head_path)))
+    data = video_bytes(tmp_path, head_frames(9, bleed_from=5))
+    upload = _upload(ctx, "carol", data)
+    _run_to_assembly(ctx, upload)
+    assert assemble_results(ctx, _assemble_messages(ctx)[-1]).outcome == "done"
+    report = json.loads(ctx.get(f"results/{upload.job_id}/report.json"))
+
+    head = ScanHead(head_path)
+    parts = [BatchPart.decode(ctx.get(layout.part_key(upload.job_id, f"b000{i}"))) for i in range(3)]
+    attributes = [p.attributes for p in parts]
+    features = slice_features(
+        np.array([q for a in attributes for q in a.slice_probabilities]),
+        np.array([row for a in attributes for row in a.subtype_probabilities]),
+        np.concatenate([p.outlined for p in parts]),
+        np.concatenate([p.peaks for p in parts]),
+    )
+    context = head(features)
+    assert report["scan_model"] == {"name": head.metadata.name, "version": head.metadata.version}
+    assert report["hemorrhage_probability"] == round(context.scan_probability, 4)
+    assert report["thresholds"]["scan"] == head.metadata.scan_threshold
+    assert report["finding"] == ("Hemorrhage detected" if context.detected else "Normal")
+    assert [s["context_probability"] for s in report["slices"]] == [
+        round(float(q), 4) for q in context.slice_probabilities
+    ]
+    # The blob is outlined before the gate on frames 5-8 only; the peak is its grey's probability.
+    outlined = np.concatenate([p.outlined for p in parts])
+    assert (outlined[5:] > 0).all() and (outlined[:5] == 0).all()
+
+    # `ichseg segment` gives the head the same answers (subtypes cross the wire to two decimals).
+    segmenter = OnnxSegmenter(tiny_model)
+    _, segmentation = segment_scan(read_scan(data), segmenter)
+    local = read_in_context(segmentation, segmenter.metadata, head)
+    assert local is not None and abs(local.scan_probability - context.scan_probability) <= 0.02

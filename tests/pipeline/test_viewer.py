@@ -319,6 +319,9 @@ def test_the_viewer_shows_a_finished_job_in_a_real_browser(
         (w["code"], w["message"]) for w in report["warnings"]
     ]
     assert report["volume_note"] and driver.find_element(By.ID, "volume-note").text == report["volume_note"]
+    # The tiny model has no scan head: the finding is its top slice's, with nothing to reconcile.
+    assert report["scan_model"] is None and report["finding_note"] is None
+    assert not driver.find_element(By.ID, "finding-note-row").is_displayed()
 
     # The slider (keyboard on the focused range input: Home is its first value) changes the slice.
     slider = driver.find_element(By.ID, "slider")
