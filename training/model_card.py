@@ -114,6 +114,10 @@ def write_card(
         "volumes are given for all hemorrhage only."
         if meta.subtypes
         else ""
+    ) + (
+        " The scan's finding comes from a separate scan head that reads every slice's answers in order "
+        "(`models/SCAN_HEAD_CARD.md`); the figures below are this model's own, with the scan's finding "
+        "as its most confident slice's."
     )
     scale, bias = meta.slice_calibration
     seg_test = test.get("segmentation_ct_ich", {})

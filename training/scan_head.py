@@ -41,7 +41,7 @@ from ichseg.scan_context import (
     slice_features,
 )
 from training.datasets import list_ct_ich_slices, pinned_ct_ich_split
-from training.evaluate import TARGET_SENSITIVITY
+from training.evaluate import TARGET_SENSITIVITY, bootstrap_ci
 
 log = logging.getLogger("ichseg.scan_head")
 OUTPUTS = (SLICE_OUTPUT, SLICE_SUBTYPE_OUTPUT, SCAN_OUTPUT, SCAN_SUBTYPE_OUTPUT)
@@ -282,12 +282,14 @@ def scan_metrics(scans: list[PatientScan], answers: list[HeadAnswer], threshold:
     scores = np.array([a.scan_probability for a in answers])
     slice_labels = np.concatenate([s.hemorrhage[s.labelled] for s in scans]) > 0
     slice_scores = np.concatenate([a.slice_probabilities[s.labelled] for s, a in zip(scans, answers, strict=True)])
-    bleeding = [(s, a) for s, a in zip(scans, answers, strict=True) if s.bleeding]
+    pairs = list(zip(scans, answers, strict=True))
+    bleeding = [(s, a) for s, a in pairs if s.bleeding]
     right = sum(bool(s.scan_subtypes[int(np.argmax(a.scan_subtypes))]) for s, a in bleeding)
     out: dict[str, Any] = {
         "patients": len(scans),
         "bleeding_patients": int(labels.sum()),
         "scan_auc": round(roc_auc(scores, labels), 4) if 0 < labels.sum() < len(labels) else None,
+        "scan_auc_ci": bootstrap_ci({s.patient: [(a.scan_probability, s.bleeding)] for s, a in pairs}, _scan_auc),
         "slice_auc": round(roc_auc(slice_scores, slice_labels), 4),
         "top_subtype_right": right,
         "top_subtype_accuracy": round(right / len(bleeding), 4) if bleeding else None,
@@ -297,6 +299,12 @@ def scan_metrics(scans: list[PatientScan], answers: list[HeadAnswer], threshold:
         out["sensitivity"] = round(float(called[labels].mean()), 4) if labels.any() else None
         out["specificity"] = round(float((~called[~labels]).mean()), 4) if (~labels).any() else None
     return out
+
+
+def _scan_auc(groups: list[list[tuple[float, bool]]]) -> float | None:
+    scores = np.array([score for group in groups for score, _ in group])
+    labels = np.array([label for group in groups for _, label in group])
+    return roc_auc(scores, labels) if 0 < labels.sum() < len(labels) else None
 
 
 def choose_threshold(scans: list[PatientScan], answers: list[HeadAnswer]) -> float:
