@@ -11,13 +11,17 @@ from ichseg.model_metadata import METADATA_KEY, ModelMetadata
 
 def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
     """Store (or replace) the ichseg metadata and the model version in an ONNX model."""
+    set_entries(proto, {METADATA_KEY: metadata.to_json(), "model_version": metadata.version})
+    proto.doc_string = f"ichseg {metadata.name} {metadata.version}: {metadata.intended_use}"
+
+
+def set_entries(proto: onnx.ModelProto, changes: dict[str, str]) -> None:
+    """Add or replace ONNX metadata entries, keeping the others (sorted, so a re-stamp is byte-stable)."""
     entries = {p.key: p.value for p in proto.metadata_props}
-    entries[METADATA_KEY] = metadata.to_json()
-    entries["model_version"] = metadata.version
+    entries.update(changes)
     del proto.metadata_props[:]
     for key, value in sorted(entries.items()):
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"ichseg {metadata.name} {metadata.version}: {metadata.intended_use}"
 
 
 def read_metadata(onnx_path: str | Path) -> ModelMetadata:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ichseg.inference import OnnxSegmenter
+from ichseg.model_file import set_entries
 from ichseg.model_metadata import ModelMetadata
 from ichseg.scan_context import FEATURES, INPUT_NAME, METADATA_KEY, ScanHead, ScanHeadMetadata
 from model_export.export import OPSET
@@ -54,11 +55,7 @@ def export_head(model: Any, destination: Path, metadata: ScanHeadMetadata) -> fl
 
     signature = [tf.TensorSpec((None, None, len(FEATURES)), tf.float32, name=INPUT_NAME)]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
-    entries = {p.key: p.value for p in proto.metadata_props}
-    entries.update({METADATA_KEY: metadata.to_json(), "model_version": metadata.version})
-    del proto.metadata_props[:]
-    for key, value in sorted(entries.items()):
-        proto.metadata_props.add(key=key, value=value)
+    set_entries(proto, {METADATA_KEY: metadata.to_json(), "model_version": metadata.version})
     proto.doc_string = (
         f"ichseg scan head {metadata.version} for {metadata.segmentation_model} {metadata.segmentation_version}"
     )
@@ -88,7 +85,7 @@ def train_and_export(scans: list[PatientScan], out: Path, segmentation: ModelMet
 
     oof = out_of_fold(scans, recipe.FOLDS, recipe.EPOCHS)
     threshold = choose_threshold(val, oof)
-    summary = {
+    summary: dict[str, Any] = {
         "validation_out_of_fold": scan_metrics(val, oof, threshold),
         "validation_most_confident_slice": scan_metrics(val, max_rule(val), model_threshold),
         "scan_threshold": threshold,

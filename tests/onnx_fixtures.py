@@ -139,6 +139,7 @@ def pair_scan_head(destination: str | Path, model: ModelMetadata, source: str | 
     test model: the tests check that the head is run, paired and reported, not what it concludes)."""
     import dataclasses
 
+    from ichseg.model_file import set_entries
     from ichseg.scan_context import METADATA_KEY, SCAN_HEAD, ScanHeadMetadata, ScanOutput
 
     proto = onnx.load(str(source or SCAN_HEAD))
@@ -147,9 +148,6 @@ def pair_scan_head(destination: str | Path, model: ModelMetadata, source: str | 
     paired = dataclasses.replace(
         head, segmentation_model=model.name, segmentation_version=model.version, adopted=tuple(ScanOutput)
     )
-    entries[METADATA_KEY] = paired.to_json()
-    del proto.metadata_props[:]
-    for key, value in sorted(entries.items()):
-        proto.metadata_props.add(key=key, value=value)
+    set_entries(proto, {METADATA_KEY: paired.to_json()})
     onnx.save(proto, str(destination))
     return Path(destination)

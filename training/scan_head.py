@@ -121,7 +121,8 @@ def save_scans(scans: list[PatientScan], path: Path) -> None:
         arrays[f"{i}_subtypes"] = s.subtypes
     index = [{"patient": s.patient, "split": s.split} for s in scans]
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, index=np.frombuffer(json.dumps(index).encode(), np.uint8), **arrays)
+    arrays["index"] = np.frombuffer(json.dumps(index).encode(), np.uint8)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
 def load_scans(path: Path) -> list[PatientScan]:
