@@ -147,7 +147,7 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    from ichseg.metrics import dice as dice_metric
+    from training.metrics import dice as dice_metric
 
     return dice_metric(a, b)
 

@@ -315,7 +315,7 @@ def report_from_areas(
         pixel_area = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
         volume = round(float(np.dot(areas.astype(np.float64), np.asarray(extents, np.float64))) * pixel_area / 1000, 3)
     elif pixel_spacing_mm and slice_thickness_mm:
-        # ichseg.metrics.volume_ml's formula (voxel count x voxel volume / 1000), the count summed from the areas.
+        # Voxel count x voxel volume / 1000 (training.metrics.volume_ml, which evaluation uses), from the areas.
         voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_thickness_mm)
         volume = round(float(areas.sum()) * voxel_mm3 / 1000.0, 3)
     flagged = [s["id"] for s in slices if s["hemorrhage"]]

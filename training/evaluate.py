@@ -39,7 +39,6 @@ import numpy as np
 
 from ichseg.calibration import Platt, fit_platt, reliability
 from ichseg.inference import OnnxSegmenter
-from ichseg.metrics import detection_stats, dice, iou, roc_auc
 from ichseg.readers import read_scan
 from ichseg.windowing import apply_window
 from training.datasets import (
@@ -50,6 +49,7 @@ from training.datasets import (
     pinned_ct_ich_split,
     split_by_patient,
 )
+from training.metrics import detection_stats, dice, iou, roc_auc
 from training.synthetic import SUBTYPES
 from training.training_set import (
     MBH_FRACTIONS,

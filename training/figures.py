@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ichseg.calibration import reliability
-from ichseg.metrics import roc_auc
 from ichseg.model_metadata import ModelMetadata
+from training.metrics import roc_auc
 
 
 class ScoredSlice(Protocol):
@@ -138,7 +138,7 @@ OUTLINE_CASES = 6
 def write_outlines(results: Sequence[ScoredSlice], meta: ModelMetadata, split: str, destination: Path) -> Path | None:
     """Predicted (red) against radiologist (green) outlines on the split's masked slices, best and
     worst by Dice; None when the split has no masked slice with its image."""
-    from ichseg.metrics import dice
+    from training.metrics import dice
 
     masked = [r for r in results if r.truth is not None and r.image is not None]
     if not masked:

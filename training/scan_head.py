@@ -25,7 +25,6 @@ import numpy as np
 
 from ichseg.endpoint_protocol import quantize_probabilities
 from ichseg.inference import OnnxSegmenter
-from ichseg.metrics import roc_auc
 from ichseg.model_metadata import SUBTYPES
 from ichseg.readers import read_scan
 from ichseg.readers.naming import natural_key
@@ -42,6 +41,7 @@ from ichseg.scan_context import (
 )
 from training.datasets import list_ct_ich_slices, pinned_ct_ich_split
 from training.evaluate import TARGET_SENSITIVITY, bootstrap_ci
+from training.metrics import roc_auc
 
 log = logging.getLogger("ichseg.scan_head")
 OUTPUTS = (SLICE_OUTPUT, SLICE_SUBTYPE_OUTPUT, SCAN_OUTPUT, SCAN_SUBTYPE_OUTPUT)

@@ -208,12 +208,7 @@ class BatchPart:
             meta = json.loads(arrays["meta"].tobytes().decode())
             blob = arrays["mask_pngs"].tobytes()
             pngs = _split_blob(blob, arrays["mask_png_sizes"])
-            # Parts written before the viewer's frames existed have none (a job in flight across a deploy).
-            jpegs = (
-                _split_blob(arrays["frame_jpegs"].tobytes(), arrays["frame_jpeg_sizes"])
-                if "frame_jpegs" in arrays
-                else ()
-            )
+            jpegs = _split_blob(arrays["frame_jpegs"].tobytes(), arrays["frame_jpeg_sizes"])
             rendered = RenderedSlices(arrays["video"].tobytes(), tuple(arrays["thumbnails"]), pngs, jpegs)
             part = cls(
                 start=int(meta["start"]),
@@ -228,7 +223,7 @@ class BatchPart:
         lengths = (len(part.labels), len(part.areas), len(part.outlined), len(part.peaks), len(pngs))
         if any(n != part.count for n in (*lengths, len(rendered.thumbnails))):
             raise ValueError(f"a batch part with inconsistent lengths ({part.count} slices)")
-        if jpegs and len(jpegs) != part.count:
+        if len(jpegs) != part.count:
             raise ValueError(f"a batch part with {len(jpegs)} frames for {part.count} slices")
         return part
 
@@ -404,9 +399,8 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         "report": prefix + "report.json",
         "contact_sheet": prefix + "contact_sheet.png",
         "masks": keys.masks_prefix(job_id),
+        "frames": keys.slice_frames_prefix(job_id),
     }
-    if all(p.rendered.frame_jpegs for p in parts):
-        results["frames"] = keys.slice_frames_prefix(job_id)
     # The files are made and written side by side: joining the video and encoding the contact
     # sheet (both in C, outside the GIL) overlap with the S3 and Firebase requests on the way to DONE.
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:

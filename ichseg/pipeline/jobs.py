@@ -293,10 +293,6 @@ class JobStore:
         item = self.client.get_item(TableName=self.table, Key=self._key(job_id), ConsistentRead=True).get("Item")
         return item or None
 
-    def list_for_owner(self, owner: str, limit: int = 20) -> list[Job]:
-        """A user's most recent jobs (newest first), from the ``by_owner`` index."""
-        return self.page_for_owner(owner, limit)[0]
-
     def page_for_owner(
         self, owner: str, limit: int = 20, start: Mapping[str, str] | None = None
     ) -> tuple[list[Job], dict[str, str] | None]:

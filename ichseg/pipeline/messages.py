@@ -77,15 +77,14 @@ class SegmentMessage:
     start: int
     count: int
     frames_key: str
-    context_before: int = 0
-    context_after: int = 0
-    slice_ids: tuple[str, ...] = ()
+    context_before: int
+    context_after: int
+    slice_ids: tuple[str, ...]
     """The batch's own slice ids (what its masks and captions are named by), so that the segment
-    stage renders the batch without reading the manifest; empty in messages from before they were
-    carried (the stage then reads them from the manifest)."""
+    stage renders the batch without reading the manifest."""
 
     @classmethod
-    def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...] = ()) -> SegmentMessage:
+    def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...]) -> SegmentMessage:
         """The message for ``batch``; ``slice_ids`` are the whole scan's (the batch's are taken)."""
         return cls(
             job_id,
@@ -103,7 +102,9 @@ class SegmentMessage:
 
     @classmethod
     def from_json(cls, body: str) -> SegmentMessage:
-        data = _load(body, ("job_id", "batch_id", "start", "count", "frames_key"))
+        data = _load(
+            body, ("job_id", "batch_id", "start", "count", "frames_key", "context_before", "context_after", "slice_ids")
+        )
         try:
             return cls(
                 str(data["job_id"]),
@@ -111,9 +112,9 @@ class SegmentMessage:
                 int(data["start"]),
                 int(data["count"]),
                 str(data["frames_key"]),
-                int(data.get("context_before", 0)),
-                int(data.get("context_after", 0)),
-                tuple(str(i) for i in data.get("slice_ids", ())),
+                int(data["context_before"]),
+                int(data["context_after"]),
+                tuple(str(i) for i in data["slice_ids"]),
             )
         except (TypeError, ValueError) as exc:
             raise MalformedMessage(f"segment message with a non-integer field: {body[:200]!r}") from exc

@@ -27,7 +27,7 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobState, Stage, StageOutcome
-from ichseg.pipeline.messages import AssembleMessage, ScanManifest, SegmentMessage
+from ichseg.pipeline.messages import AssembleMessage, SegmentMessage
 
 log = logging.getLogger("ichseg.pipeline.segment")
 
@@ -88,14 +88,13 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     # probabilities of the batch's slices); the part keeps them beside what was rendered from them.
     from ichseg.pipeline.assemble import in_background, render_batch  # PyAV, OpenCV: loaded on first use
 
-    slice_ids = message.slice_ids or _slice_ids(ctx, message)
     part = in_background(  # at a lower priority than the endpoint segmenting the next batches
         lambda: render_batch(
             trim_context(frames, before, after),
             result.probabilities_u8,
             result.attributes,
             message.start,
-            slice_ids,
+            message.slice_ids,
             ctx.config.video_fps,
         ).encode()
     )
@@ -136,12 +135,6 @@ def _send_assembly(ctx: PipelineContext, job_id: str) -> None:
 def _send(ctx: PipelineContext, message: AssembleMessage) -> None:
     ctx.config.require("assemble_queue_url")
     ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=message.to_json())
-
-
-def _slice_ids(ctx: PipelineContext, message: SegmentMessage) -> tuple[str, ...]:
-    """The batch's slice ids from the manifest, for messages that do not carry them."""
-    manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(message.job_id)))
-    return manifest.slice_ids[message.start : message.start + message.count]
 
 
 def _repair_assembly(ctx: PipelineContext, job: Job) -> bool:

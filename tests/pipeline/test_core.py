@@ -20,7 +20,6 @@ from ichseg.endpoint_protocol import (
     encode_slices,
     trim_context,
 )
-from ichseg.metrics import volume_ml
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
 from ichseg.pipeline.assemble import BatchPart, ModelChanged, model_of, render_batch
@@ -39,6 +38,7 @@ from ichseg.segmentation import (
     write_outputs,
 )
 from tests.pipeline.conftest import head_frames
+from training.metrics import volume_ml
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -116,11 +116,9 @@ def test_batches_carry_their_neighbours_as_context_where_the_scan_has_them() -> 
     assert [(b.context_before, b.context_after) for b in batches] == [(0, 1), (1, 1), (1, 0)]
     assert [(b.stored.start, b.stored.stop) for b in batches] == [(0, 5), (3, 9), (7, 10)]
     assert [(b.context_before, b.context_after) for b in plan_batches(3, 4, context=1)] == [(0, 0)]
-    message = SegmentMessage.for_batch(JOB, batches[1])
+    message = SegmentMessage.for_batch(JOB, batches[1], tuple(f"{i:04d}" for i in range(10)))
     assert SegmentMessage.from_json(message.to_json()) == message
-    # A message written before context existed still reads (no context).
-    legacy = json.dumps({"job_id": JOB, "batch_id": "b0000", "start": 0, "count": 4, "frames_key": "k"})
-    assert SegmentMessage.from_json(legacy).context_before == 0
+    assert message.slice_ids == ("0004", "0005", "0006", "0007")
 
 
 def test_context_answers_are_trimmed_from_maps_and_attributes() -> None:

@@ -23,7 +23,6 @@ import pytest
 from scipy import ndimage
 
 from ichseg import preprocess
-from ichseg.metrics import average_ranks
 from ichseg.preprocess import (
     _DETECT_SIDE,
     _MIN_CAVITY_FRACTION,
@@ -39,6 +38,7 @@ from ichseg.preprocess import (
 )
 from ichseg.windowing import DEFAULT_WINDOW, apply_window
 from tests.conftest import REPO, SAMPLE, SHARED_DATA
+from training.metrics import average_ranks
 
 CT_ICH = SHARED_DATA / "ct-ich" / "Patients_CT"
 MBH = SHARED_DATA / "mbhseg25-mini" / "images"

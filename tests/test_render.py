@@ -1,4 +1,4 @@
-"""Overlays, H.264 output, contact sheets and metrics."""
+"""Overlays, H.264 output and contact sheets."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 
-from ichseg.metrics import detection_stats, dice, iou, per_scan, per_slice, roc_auc, volume_ml
 from ichseg.readers import read_scan
 from ichseg.render import HEMORRHAGE_RGB, contact_sheet, overlay_mask, write_h264
 
@@ -43,33 +41,3 @@ def test_h264_video_is_playable_yuv420p_faststart_even(tmp_path: Path) -> None:
 def test_contact_sheet_grid() -> None:
     sheet = contact_sheet(np.zeros((5, 20, 20), np.uint8), labels=list("abcde"), thumb=50)
     assert sheet.size == (150, 2 * (50 + 14))
-
-
-def test_dice_iou_and_empty_convention() -> None:
-    a = np.zeros((4, 4), bool)
-    b = np.zeros((4, 4), bool)
-    assert dice(a, b) == 1.0 and iou(a, b) == 1.0  # both empty: a correct "nothing"
-    b[0, 0] = True
-    assert dice(a, b) == 0.0 and iou(a, b) == 0.0
-    a[0, :2] = True
-    assert dice(a, b) == pytest.approx(2 / 3) and iou(a, b) == pytest.approx(1 / 2)
-    stack_p, stack_t = np.stack([a, a]), np.stack([b, np.zeros_like(b)])
-    assert per_slice(dice, stack_p, stack_t).tolist() == pytest.approx([2 / 3, 0.0])
-    assert per_scan(dice, stack_p, stack_t) == pytest.approx(2 * 1 / (4 + 1))
-
-
-def test_detection_and_auc() -> None:
-    scores = np.array([0.1, 0.4, 0.35, 0.8])
-    labels = np.array([0, 0, 1, 1])
-    assert roc_auc(scores, labels) == pytest.approx(0.75)
-    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
-    assert np.isnan(roc_auc(scores, np.ones(4)))
-    stats = detection_stats(scores, labels, threshold=0.35)
-    assert (stats.true_positives, stats.false_positives, stats.true_negatives, stats.false_negatives) == (2, 1, 1, 0)
-    assert stats.sensitivity == 1.0 and stats.specificity == 0.5
-
-
-def test_volume_in_millilitres() -> None:
-    masks = np.zeros((3, 10, 10), bool)
-    masks[:, :5, :4] = True  # 60 voxels of 0.5 x 0.5 x 5 mm = 75 mm³
-    assert volume_ml(masks, (0.5, 0.5), 5.0) == pytest.approx(0.075)

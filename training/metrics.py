@@ -1,4 +1,5 @@
-"""Segmentation and detection metrics, and hemorrhage volume.
+"""Segmentation and detection metrics, and hemorrhage volume, for evaluation and the benchmarks
+(the product's report computes its own volume: :func:`ichseg.segmentation.report_from_areas`).
 
 Convention for empty masks: when both prediction and ground truth are empty, Dice and IoU are
 1.0 (the model correctly found nothing); when exactly one is empty they are 0.0. Report Dice on
@@ -24,16 +25,6 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     a, b = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
     union = int(np.logical_or(a, b).sum())
     return 1.0 if union == 0 else int(np.logical_and(a, b).sum()) / union
-
-
-def per_slice(metric, predictions: np.ndarray, truths: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Apply ``dice`` or ``iou`` to each slice of ``(N, H, W)`` stacks."""
-    return np.array([metric(p, t) for p, t in zip(predictions, truths, strict=True)], dtype=np.float64)
-
-
-def per_scan(metric, predictions: np.ndarray, truths: np.ndarray) -> float:  # type: ignore[no-untyped-def]
-    """The metric over the whole volume (all voxels pooled), as challenges report it."""
-    return float(metric(np.asarray(predictions), np.asarray(truths)))
 
 
 @dataclass(frozen=True)
