@@ -12,11 +12,27 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import MetricsSink, PipelineContext
+
+CORE_LOGGER = "ichseg"
+"""The core package's logger, which the stages log under (``ichseg.pipeline.split``, ...)."""
+
+
+def handler_logger() -> Logger:
+    """The handler's Powertools Logger, named after the core package on purpose.
+
+    The stages log through ``logging.getLogger("ichseg.pipeline....")``; their records propagate to
+    the ``ichseg`` logger that this Logger configures, so they come out as the handler's JSON lines
+    with its keys (``job_id``, ``batch_id``). Said here rather than left to the environment's
+    ``POWERTOOLS_SERVICE_NAME``, which would otherwise have to equal the package name by chance.
+    """
+    return Logger(service=CORE_LOGGER)
+
 
 _contexts: dict[int, PipelineContext] = {}
 _lock = threading.Lock()

@@ -16,7 +16,7 @@ module (``python -m functions.openapi`` writes ``functions/openapi.json``; tests
 import json
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import UnauthorizedError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
@@ -26,7 +26,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions import pipeline_context
+from functions import handler_logger, pipeline_context
 from ichseg.pipeline import create_scan, scan_status
 from ichseg.pipeline.api import LIST_LIMIT_DEFAULT, ApiError, delete_scan, list_scans
 from ichseg.pipeline.api_models import (
@@ -40,7 +40,7 @@ from ichseg.pipeline.api_models import (
     read_json_body,
 )
 
-logger = Logger()
+logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
 # Bodies are read by read_json_body: json.loads with bounds on numbers (api_models' module doc).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.utilities.data_classes import event_source
 from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
     APIGatewayAuthorizerEventV2,
@@ -22,9 +22,10 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from functions import handler_logger
 from ichseg.pipeline.auth import FirebaseTokenVerifier, InvalidToken
 
-logger = Logger()
+logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
 _verifiers: dict[str, FirebaseTokenVerifier] = {}

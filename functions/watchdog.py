@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions import pipeline_context
+from functions import handler_logger, pipeline_context
 from ichseg.pipeline import fail_overdue_jobs
 
-logger = Logger()
+logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
 

@@ -512,3 +512,17 @@ def test_background_work_runs_at_a_lower_priority_and_leaves_the_caller_alone() 
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine
     with pytest.raises(ZeroDivisionError):
         in_background(lambda: 1 / 0)
+
+
+def test_the_stages_log_as_their_handler_s_json_whatever_the_service_name() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, functions.split as f; f.logger.append_keys(job_id='job-1'); "
+        "logging.getLogger('ichseg.pipeline.split').info('a stage line')"
+    )
+    env = {"PATH": "", "POWERTOOLS_SERVICE_NAME": "something-else", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    [line] = [json.loads(text) for text in out.stdout.splitlines() if text.startswith("{")]
+    assert (line["message"], line["job_id"], line["service"]) == ("a stage line", "job-1", "ichseg")
