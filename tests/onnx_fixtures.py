@@ -121,15 +121,19 @@ def expected_subtype_probabilities(mean_input: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-GAIN * (mean_input - np.array(SUBTYPE_CENTRES))))
 
 
-def head_phantom(count: int = 2, height: int = 96, width: int = 80, seed: int = 0) -> np.ndarray:
-    """Windowed uint8 ``(count, height, width)`` slices: a bright elliptical 'head' on black air."""
+def head_phantom(count: int = 2, height: int = 96, width: int = 80, seed: int = 0, skull: bool = False) -> np.ndarray:
+    """Windowed uint8 ``(count, height, width)`` slices: a bright elliptical 'head' on black air;
+    with ``skull``, inside a white ring, as bone is in a brain window (what ``ichseg segment`` and
+    the pipeline require of 8-bit input: :func:`ichseg.fitness.require_brain_window_ct`)."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:height, 0:width]
-    ellipse = ((rows - height / 2) / (0.4 * height)) ** 2 + ((cols - width / 2) / (0.4 * width)) ** 2 <= 1.0
+    radius = np.sqrt(((rows - height / 2) / (0.4 * height)) ** 2 + ((cols - width / 2) / (0.4 * width)) ** 2)
     slices = np.zeros((count, height, width), np.uint8)
     for index in range(count):
-        slices[index][ellipse] = 150 + 20 * index
+        slices[index][radius <= 1.0] = 150 + 20 * index
         slices[index] += rng.integers(0, 3, size=(height, width), dtype=np.uint8)
+        if skull:
+            slices[index][(radius > 1.0) & (radius <= 1.1)] = 255
     return slices
 
 

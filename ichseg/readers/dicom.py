@@ -73,14 +73,6 @@ class DicomHeader:
     has_pixels: bool = False
 
 
-def read_dicom_instances(
-    files: list[tuple[str, bytes]], fmt: str, source: str, limits: ScanLimits, rules: SeriesRules | None = None
-) -> Scan:
-    """Turn DICOM files (name, bytes) of one CT series, or of a study, into a HU scan."""
-    headers: list[DicomHeader | CorruptScanError] = [read_header(i, name, data) for i, (name, data) in enumerate(files)]
-    return read_dicom_series(headers, lambda index: files[index][1], fmt, source, limits, rules).scan
-
-
 def read_header(index: int, name: str, payload: bytes) -> DicomHeader:
     """Parse one object's header, stopping at its pixel data; :class:`CorruptScanError` if damaged."""
     stopped_at: list[int] = []

@@ -50,10 +50,12 @@ def head_frames(count: int, height: int = 64, width: int = 80, bleed_from: int |
     below both (grey 15 is also below the head-crop threshold, so its slices are not cropped).
     """
     rows, cols = np.mgrid[:height, :width]
-    head = ((rows - height / 2) / (0.42 * height)) ** 2 + ((cols - width / 2) / (0.42 * width)) ** 2 <= 1
+    radius = np.sqrt(((rows - height / 2) / (0.42 * height)) ** 2 + ((cols - width / 2) / (0.42 * width)) ** 2)
+    head, skull = radius <= 1, (radius > 1) & (radius <= 1.1)
     frames = np.zeros((count, height, width), np.uint8)
     for index in range(count):
         frames[index][head] = 15
+        frames[index][skull] = 255
         if bleed_from is not None and index >= bleed_from:
             blob = ((rows - height * 0.45) ** 2 + (cols - width * 0.4) ** 2) <= (0.12 * height) ** 2
             frames[index][blob] = 230
