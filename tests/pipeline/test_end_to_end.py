@@ -131,6 +131,9 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
         "start": 0,
         "count": 4,
         "frames_key": f"work/{job_id}/frames/b0000.npy",
+        "context_before": 0,
+        "context_after": 1,
+        "slice_ids": ["0000", "0001", "0002", "0003"],
     }
     sqs.send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(segment))
     sqs.send_message(QueueUrl=stack.queues["assemble"].url, MessageBody=json.dumps({"job_id": job_id}))
@@ -214,6 +217,9 @@ def test_a_poisoned_message_goes_to_the_dead_letter_queue_and_fails_its_job(
         "start": 0,
         "count": 4,
         "frames_key": f"work/{job.job_id}/frames/missing.npy",
+        "context_before": 0,
+        "context_after": 0,
+        "slice_ids": ["0000", "0001", "0002", "0003"],
     }
     stack.aws("sqs").send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(poison))
     failed = stack.wait_for_job(job.job_id, timeout=60)
