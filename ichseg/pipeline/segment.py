@@ -86,7 +86,7 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
     # The attributes are the CustomAttributes as received (model identity, thresholds,
     # probabilities of the batch's slices); the part keeps them beside what was rendered from them.
-    from ichseg.pipeline.assemble import in_background, render_batch  # PyAV, OpenCV: loaded on first use
+    from ichseg.pipeline.parts import in_background, render_batch  # PyAV, OpenCV: loaded on first use
 
     part = in_background(  # at a lower priority than the endpoint segmenting the next batches
         lambda: render_batch(

@@ -22,13 +22,13 @@ from ichseg.endpoint_protocol import (
 )
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline import keys
-from ichseg.pipeline.assemble import BatchPart, ModelChanged, model_of, render_batch
 from ichseg.pipeline.config import ConfigError, PipelineConfig
 from ichseg.pipeline.endpoint import EndpointClient, EndpointError, HttpTransport, RetryPolicy, SageMakerTransport
 from ichseg.pipeline.jobs import JobSource
 from ichseg.pipeline.keys import UnexpectedKey, UploadRef
 from ichseg.pipeline.messages import AssembleMessage, MalformedMessage, SegmentMessage, plan_batches
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
+from ichseg.pipeline.parts import BatchPart, ModelChanged, model_of, render_batch
 from ichseg.segmentation import (
     build_report,
     masks_from_probabilities,
@@ -505,7 +505,7 @@ def test_the_lambda_side_never_imports_onnxruntime_or_tensorflow() -> None:
 def test_background_work_runs_at_a_lower_priority_and_leaves_the_caller_alone() -> None:
     import os
 
-    from ichseg.pipeline.assemble import BACKGROUND_NICENESS, in_background
+    from ichseg.pipeline.parts import BACKGROUND_NICENESS, in_background
 
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert in_background(lambda: os.getpriority(os.PRIO_PROCESS, 0)) == min(19, mine + BACKGROUND_NICENESS)

@@ -31,9 +31,10 @@ from ichseg.pipeline import (
 )
 from ichseg.pipeline import keys as layout
 from ichseg.pipeline.api import ApiError, delete_scan, list_scans, scan_status
-from ichseg.pipeline.assemble import AssemblyClaim, BatchPart
+from ichseg.pipeline.assemble import AssemblyClaim
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobDeleted, JobSource, JobState, MirrorState, StageOutcome
+from ichseg.pipeline.parts import BatchPart
 from tests.pipeline.conftest import head_frames, receive_all, video_bytes
 
 
