@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
 
+from ichseg.findings import Finding
 from ichseg.input_warnings import WarningEntry, input_warnings
 from ichseg.model_metadata import ModelMetadata
 from ichseg.render import (
@@ -31,14 +31,6 @@ from ichseg.render import (
 )
 from ichseg.scan import SeriesSelection, SpacingRun, spacing_profile
 from ichseg.scan_context import ScanContext, ScanOutput
-
-
-class Finding(StrEnum):
-    """The scan's verdict in ``report.json`` and the API's result summary."""
-
-    HEMORRHAGE_DETECTED = "Hemorrhage detected"
-    NORMAL = "Normal"
-
 
 HEMORRHAGE_DETECTED = Finding.HEMORRHAGE_DETECTED
 NORMAL = Finding.NORMAL

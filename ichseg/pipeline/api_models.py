@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ichseg.errors import ErrorCode
+from ichseg.findings import Finding
 from ichseg.input_warnings import InputWarning
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobState, MirrorState
@@ -30,8 +31,8 @@ from ichseg.pipeline.jobs import JobState, MirrorState
 UploadContentType = StrEnum("UploadContentType", {t: t for t in ALLOWED_UPLOAD_TYPES})  # type: ignore[misc]
 """The upload types the API accepts, as an enum so the schema lists them (one source: the config)."""
 
-FINDINGS = ("Hemorrhage detected", "Normal")
-"""The report's headline findings (``ichseg.segmentation.Finding``, which the slim image cannot import)."""
+FINDINGS = tuple(finding.value for finding in Finding)
+"""The report's headline findings, as the literal strings the schema lists."""
 
 DEFAULT_UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 """template.yaml's ``UploadMaxBytes`` default: the schema's ceiling for ``size_bytes`` (a deployment
