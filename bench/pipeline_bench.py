@@ -77,8 +77,8 @@ def load_average() -> str:
 def main() -> int:
     from ichseg.paths import SAMPLE_VIDEO, SHIPPED_MODEL
     from ichseg.readers import read_scan
-    from ichseg.render import write_h264
     from ichseg.windowing import windowed_slices
+    from ichseg.writers.render import write_h264
     from infrastructure.local_stack import LocalStack, StackSettings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

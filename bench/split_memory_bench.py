@@ -149,8 +149,8 @@ def main() -> int:
     args = parser.parse_args()
     from ichseg.paths import SAMPLE_VIDEO
     from ichseg.readers import read_scan
-    from ichseg.render import write_h264
     from ichseg.windowing import windowed_slices
+    from ichseg.writers.render import write_h264
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

@@ -33,8 +33,8 @@ def inspect_command(args: argparse.Namespace) -> int:
 def preview_command(args: argparse.Namespace) -> int:
     """Write a windowed H.264 video and a contact sheet of a scan (no model involved)."""
     from ichseg.readers import read_scan
-    from ichseg.render import write_contact_sheet, write_h264
     from ichseg.windowing import window_by_name, windowed_slices
+    from ichseg.writers.render import write_contact_sheet, write_h264
 
     scan = read_scan(args.input)
     slices = windowed_slices(scan, window_by_name(args.window))
@@ -55,7 +55,8 @@ def segment_command(args: argparse.Namespace) -> int:
     from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
     from ichseg.readers import read_scan
     from ichseg.scan_context import load_scan_head
-    from ichseg.segmentation import build_report, headline, write_outputs
+    from ichseg.writers.outputs import write_outputs
+    from ichseg.writers.report import build_report, headline
 
     scan = read_scan(args.input)
     segmenter = OnnxSegmenter(args.model)

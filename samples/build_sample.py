@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ichseg.readers import read_scan
-from ichseg.render import write_h264
+from ichseg.writers.render import write_h264
 
 REPO = Path(__file__).resolve().parents[1]
 CT_ICH = REPO.parent / "shared" / "data" / "ct-ich" / "Patients_CT"

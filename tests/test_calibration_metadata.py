@@ -62,7 +62,8 @@ def test_metadata_round_trips_the_0_2_fields_and_reads_0_1_metadata() -> None:
 
 def test_the_scan_finding_uses_its_own_threshold_and_it_crosses_the_wire() -> None:
     from ichseg.endpoint_protocol import ResponseAttributes
-    from ichseg.segmentation import HEMORRHAGE_DETECTED, NORMAL, build_report, masks_from_probabilities
+    from ichseg.segmentation import masks_from_probabilities
+    from ichseg.writers.report import HEMORRHAGE_DETECTED, NORMAL, build_report
 
     segmentation = masks_from_probabilities(np.zeros((2, 4, 4)), np.array([0.2, 0.6]), 0.5, 0.5)
     flagged_slice = ModelMetadata(name="m", version="1", slice_threshold=0.5, scan_threshold=0.7)

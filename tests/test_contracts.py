@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from ichseg.errors import ErrorCode
+from ichseg.findings import Finding
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobState
-from ichseg.segmentation import Finding
 
 
 def test_the_committed_openapi_document_is_the_one_the_code_generates() -> None:

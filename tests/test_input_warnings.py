@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ichseg.findings import Finding
 from ichseg.input_warnings import InputWarning, input_warnings
 from ichseg.model_metadata import ModelMetadata
-from ichseg.segmentation import Finding, headline, report_from_areas
+from ichseg.writers.report import headline, report_from_areas
 
 MODEL = ModelMetadata(name="m", version="1", slice_threshold=0.5, pixel_threshold=0.3)
 

@@ -8,7 +8,7 @@ import av
 import numpy as np
 
 from ichseg.readers import read_scan
-from ichseg.render import HEMORRHAGE_RGB, contact_sheet, overlay_mask, write_h264
+from ichseg.writers.render import HEMORRHAGE_RGB, contact_sheet, overlay_mask, write_h264
 
 
 def test_overlay_tints_only_the_mask_and_outlines_it() -> None:

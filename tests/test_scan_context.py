@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ichseg.findings import Finding
 from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
 from ichseg.model_file import read_metadata
 from ichseg.model_metadata import SUBTYPES, ModelMetadata
@@ -24,7 +25,7 @@ from ichseg.scan_context import (
     scan_context,
     slice_features,
 )
-from ichseg.segmentation import Finding, report_from_areas
+from ichseg.writers.report import report_from_areas
 from tests.onnx_fixtures import pair_scan_head
 
 MODEL = ModelMetadata(

@@ -16,8 +16,8 @@ import pytest
 
 from ichseg.errors import ScanTooLargeError
 from ichseg.limits import ScanLimits
-from ichseg.pipeline.dicom_seg import capture_headers, source_headers
 from ichseg.readers import read_scan, read_scan_and_headers
+from ichseg.writers.dicom_seg import capture_headers, source_headers
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 
 STUDY = "1.2.826.0.1.3680043.8.498.4242"

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from ichseg.model_metadata import ModelMetadata
-from ichseg.segmentation import HEMORRHAGE_DETECTED, NORMAL, build_report, masks_from_probabilities
+from ichseg.segmentation import masks_from_probabilities
+from ichseg.writers.report import HEMORRHAGE_DETECTED, NORMAL, build_report
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 from tests.scan_fixtures import dicom_series, png_bytes, write_dicom_series
 
@@ -106,7 +107,8 @@ def test_subtypes_reach_the_report_the_summary_and_the_captions(tmp_path: Path) 
     from ichseg.model_metadata import SUBTYPES
     from ichseg.preprocess import prepare_batch
     from ichseg.scan import Scan
-    from ichseg.segmentation import SUBTYPE_VOLUME_NOTE, slice_captions
+    from ichseg.writers.outputs import slice_captions
+    from ichseg.writers.report import SUBTYPE_VOLUME_NOTE
     from tests.onnx_fixtures import expected_subtype_probabilities
 
     # 0.6: the empty first slice reads its neighbour's white skull (2.5-D) and reaches 0.55

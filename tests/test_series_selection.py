@@ -18,7 +18,7 @@ from ichseg.pipeline.messages import BatchRef, ScanManifest
 from ichseg.readers import read_scan
 from ichseg.readers.series_selection import NoSuitableSeriesError, SeriesRules, slice_extents
 from ichseg.scan import Scan, SkipReason
-from ichseg.segmentation import report_from_areas
+from ichseg.writers.report import report_from_areas
 from tests.patient_identifiers import PATIENT_IDENTIFIERS, identifier_leaks
 from tests.scan_fixtures import (
     dicom_bytes,

@@ -1,5 +1,5 @@
 """Segmentation and detection metrics, and hemorrhage volume, for evaluation and the benchmarks
-(the product's report computes its own volume: :func:`ichseg.segmentation.report_from_areas`).
+(the product's report computes its own volume: :func:`ichseg.writers.report.report_from_areas`).
 
 Convention for empty masks: when both prediction and ground truth are empty, Dice and IoU are
 1.0 (the model correctly found nothing); when exactly one is empty they are 0.0. Report Dice on

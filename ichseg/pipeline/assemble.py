@@ -16,7 +16,7 @@ Three steps, so that almost nothing is left to do once the last batch is segment
    runs, and a job that fails later keeps the ones written (this function may not delete): what
    counts is the job record, which lists results only once it is DONE.
 3. **Final assembly** (:func:`assemble_results` with the job's message): the report from the
-   parts' attributes and mask areas (:func:`ichseg.segmentation.report_from_areas`, the same
+   parts' attributes and mask areas (:func:`ichseg.writers.report.report_from_areas`, the same
    document ``ichseg segment`` writes), the video segments joined without re-encoding, the contact
    sheet from the thumbnails, any masks that no batch message wrote yet (a lost or late message
    costs time, never a mask), the DICOM SEG for DICOM input; an app job's video and report are
@@ -63,14 +63,8 @@ from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifes
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.pipeline.parts import BatchPart, ModelChanged, in_background, model_of
 from ichseg.scan_context import load_scan_head, scan_context
-from ichseg.segmentation import (
-    Report,
-    headline,
-    joined_contact_sheet,
-    joined_video,
-    report_from_areas,
-    report_json,
-)
+from ichseg.writers.outputs import joined_contact_sheet, joined_video, report_json
+from ichseg.writers.report import Report, headline, report_from_areas
 
 log = logging.getLogger("ichseg.pipeline.assemble")
 
@@ -353,8 +347,8 @@ def _dicom_seg(
         return {}
     import cv2
 
-    from ichseg.pipeline.dicom_seg import SegUnavailable, build_seg
-    from ichseg.pipeline.dicom_sr import SrUnavailable, build_sr
+    from ichseg.writers.dicom_seg import SegUnavailable, build_seg
+    from ichseg.writers.dicom_sr import SrUnavailable, build_sr
 
     headers = json.loads(ctx.get(keys.dicom_headers_key(manifest.job_id)))
     # The masks come back from their PNGs (lossless), the one copy of them the parts keep.

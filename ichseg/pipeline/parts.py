@@ -22,13 +22,8 @@ import numpy as np
 from ichseg.endpoint_protocol import ResponseAttributes
 from ichseg.model_metadata import ModelMetadata
 from ichseg.scan_context import map_features
-from ichseg.segmentation import (
-    RenderedSlices,
-    Segmentation,
-    masks_from_u8_probabilities,
-    render_slices,
-    slice_captions,
-)
+from ichseg.segmentation import Segmentation, masks_from_u8_probabilities
+from ichseg.writers.outputs import RenderedSlices, render_slices, slice_captions
 
 T = TypeVar("T")
 BACKGROUND_NICENESS = 10

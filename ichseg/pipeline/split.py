@@ -257,7 +257,7 @@ def _store_dicom_headers(
 ) -> DicomSource:
     """Keep the source headers the reader collected for the DICOM SEG; a SEG problem is reported,
     never fatal to the job."""
-    from ichseg.pipeline.dicom_seg import SegUnavailable, headers_to_json, source_headers
+    from ichseg.writers.dicom_seg import SegUnavailable, headers_to_json, source_headers
 
     try:
         captured = source_headers(headers, series)

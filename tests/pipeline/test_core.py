@@ -29,14 +29,9 @@ from ichseg.pipeline.keys import UnexpectedKey, UploadRef
 from ichseg.pipeline.messages import AssembleMessage, MalformedMessage, SegmentMessage, plan_batches
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.pipeline.parts import BatchPart, ModelChanged, model_of, render_batch
-from ichseg.segmentation import (
-    build_report,
-    masks_from_probabilities,
-    masks_from_u8_probabilities,
-    output_files,
-    report_from_areas,
-    write_outputs,
-)
+from ichseg.segmentation import masks_from_probabilities, masks_from_u8_probabilities
+from ichseg.writers.outputs import output_files, write_outputs
+from ichseg.writers.report import build_report, report_from_areas
 from tests.pipeline.conftest import head_frames
 from training.metrics import volume_ml
 

@@ -31,11 +31,11 @@ from ichseg.pipeline import (
 )
 from ichseg.pipeline import keys as layout
 from ichseg.pipeline.context import PipelineContext
-from ichseg.pipeline.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
-from ichseg.pipeline.dicom_sr import SrUnavailable, build_sr
 from ichseg.pipeline.jobs import JobState
 from ichseg.scan import DicomSeriesRef
-from ichseg.segmentation import Report, report_from_areas
+from ichseg.writers.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
+from ichseg.writers.dicom_sr import SrUnavailable, build_sr
+from ichseg.writers.report import Report, report_from_areas
 from tests.dicom_tools import dciodvfy_errors
 from tests.pipeline.conftest import receive_all
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files

@@ -18,7 +18,7 @@ from ichseg.inference import OnnxSegmenter, segment_scan
 from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline.jobs import JobSource, JobState
 from ichseg.readers import read_scan
-from ichseg.segmentation import build_report
+from ichseg.writers.report import build_report
 from infrastructure.local_stack import Invocation, LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
 from tests.pipeline.settled import json_log_lines, settled_invocations

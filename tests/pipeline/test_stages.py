@@ -547,8 +547,8 @@ def test_the_watchdog_names_a_split_that_was_killed_rather_than_stuck(core: Pipe
 
 def test_a_dicom_split_stores_the_readers_headers_for_the_seg(core: PipelineContext, tmp_path: Path) -> None:
     from ichseg.limits import ScanLimits
-    from ichseg.pipeline.dicom_seg import capture_headers
     from ichseg.pipeline.messages import ScanManifest
+    from ichseg.writers.dicom_seg import capture_headers
     from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 
     series = dicom_series(12, rows=64, cols=64, step_mm=5.0, attributes={"ConvolutionKernel": "STANDARD"})

@@ -33,11 +33,11 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from ichseg.pipeline.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_object_attributes
-from ichseg.segmentation import Finding
+from ichseg.findings import Finding
+from ichseg.writers.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_object_attributes
 
 SEGMENT_NUMBER = 1
-"""The SEG's one segment (intracranial hemorrhage), see :func:`ichseg.pipeline.dicom_seg.build_seg`."""
+"""The SEG's one segment (intracranial hemorrhage), see :func:`ichseg.writers.dicom_seg.build_seg`."""
 
 CT_OF_HEAD = Code("303653007", "SCT", "CT of head")
 MILLILITER = Code("ml", "UCUM", "milliliter")
