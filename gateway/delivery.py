@@ -43,6 +43,7 @@ from pynetdicom import AE
 from gateway.settings import Destination, GatewaySettings, SettingsError, load_pem_certificate
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import MetricsSink
+from ichseg.pipeline.delivery_record import DeliveryRecords
 from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobState, JobStore
 
 log = logging.getLogger("gateway.delivery")
@@ -210,6 +211,7 @@ class Deliverer:
     def __init__(self, settings: GatewaySettings, store: JobStore, s3: Any, sqs: Any, metrics: MetricsSink) -> None:
         self.settings = settings
         self.store = store
+        self.records = DeliveryRecords(store)
         self.s3 = s3
         self.sqs = sqs
         self.metrics = metrics
@@ -295,20 +297,20 @@ class Deliverer:
             code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
             result = StoreResult(frozenset(), f"could not send the results: {type(exc).__name__} {code}".strip())
         if result.failure is None:
-            self.store.mark_delivered(job.job_id, result.stored)
+            self.records.mark_delivered(job.job_id, result.stored)
             log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(objects)) or "nothing new", destination)
             self.metrics.add_metric("Deliveries", "Count", 1)
             return Decision(DeliveryOutcome.DELIVERED, True)
         if receives >= self.settings.delivery_attempts:
             return self._give_up(job, f"{result.failure} (attempt {receives}, the last)", result.stored, False)
-        self.store.record_delivery_failure(job.job_id, f"{result.failure} (attempt {receives})", result.stored)
+        self.records.record_failure(job.job_id, f"{result.failure} (attempt {receives})", result.stored)
         self.metrics.add_metric("DeliveryRetries", "Count", 1)
         backoff = self.settings.delivery_backoff_seconds * 2 ** (receives - 1)
         log.warning("job %s: delivery attempt %d failed: %s", job.job_id, receives, result.failure)
         return Decision(DeliveryOutcome.RETRY, False, int(min(MAX_VISIBILITY_SECONDS, backoff)), result.failure)
 
     def _give_up(self, job: Job, reason: str, stored: Iterable[str], delete: bool) -> Decision:
-        if self.store.fail_delivery(job.job_id, reason, stored):
+        if self.records.fail(job.job_id, reason, stored):
             self.metrics.add_metric("DeliveryFailures", "Count", 1)
         log.error("job %s: delivery FAILED: %s", job.job_id, reason)
         # Not deleted (the last receive): visible again at once, so the next receive moves it to the DLQ.

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -609,57 +609,6 @@ class JobStore:
         condition = "#state = :done AND (attribute_not_exists(#mirror_state) OR #mirror_state <> :mirrored)"
         return self._update(job_id, expression, condition, values)
 
-    # ------------------------------------------------------------------ delivery (the DICOM gateway)
-    #
-    # Delivery is at-least-once (an SQS message, redelivered until deleted) made idempotent: each
-    # write is conditional on the job being DONE and its delivery not yet settled, result names a
-    # PACS stored are a set (``ADD`` is idempotent per name, so a retry sends only the rest), and the
-    # SEG/SR SOP Instance UIDs are deterministic, so an object stored twice (a crash between the
-    # C-STORE and this write) replaces itself in the PACS instead of appearing twice.
-
-    def record_delivery_failure(self, job_id: str, reason: str, delivered: Iterable[str] = ()) -> bool:
-        """One failed attempt (PENDING, attempts + 1, the reason, what did get stored); False if the
-        delivery is already settled (DELIVERED or FAILED) or the job is not DONE."""
-        return self._delivery(job_id, DeliveryState.PENDING, reason, delivered, settled_may_change=False)
-
-    def mark_delivered(self, job_id: str, delivered: Iterable[str]) -> bool:
-        """Every result stored: DELIVERED. False if it already was (a duplicate message). A FAILED
-        delivery may still become DELIVERED (its message redriven from the dead-letter queue)."""
-        return self._delivery(job_id, DeliveryState.DELIVERED, None, delivered, settled_may_change=True)
-
-    def fail_delivery(self, job_id: str, reason: str, delivered: Iterable[str] = ()) -> bool:
-        """Give up: FAILED with the reason; False if already DELIVERED or FAILED (counted once)."""
-        return self._delivery(job_id, DeliveryState.FAILED, reason, delivered, settled_may_change=False)
-
-    def _delivery(
-        self, job_id: str, state: DeliveryState, reason: str | None, delivered: Iterable[str], settled_may_change: bool
-    ) -> bool:
-        now = self.clock()
-        values: dict[str, Any] = {
-            ":done": JobState.DONE,
-            ":state": state,
-            ":one": 1,
-            ":now": now,
-            ":iso": utc_iso(now),
-        }
-        expression = "SET #delivery_state = :state, #delivery_at = :now, #updated_at = :iso"
-        if reason is not None:
-            expression += ", #delivery_reason = :reason"
-            values[":reason"] = reason[:500]
-        expression += " ADD #delivery_attempts :one"
-        names = set(delivered)
-        if names:
-            expression += ", #delivered_objects :objects"
-            values[":objects"] = names
-        if reason is None:
-            expression += " REMOVE #delivery_reason"
-        if settled_may_change:
-            condition = "#state = :done AND (attribute_not_exists(#delivery_state) OR #delivery_state <> :state)"
-        else:
-            condition = "#state = :done AND (attribute_not_exists(#delivery_state) OR #delivery_state = :pending)"
-            values[":pending"] = DeliveryState.PENDING
-        return self._update(job_id, expression, condition, values)
-
     # ------------------------------------------------------------------ attempts
 
     @staticmethod
@@ -723,6 +672,12 @@ class JobStore:
                 return False
             raise
         return True
+
+    def update_if(self, job_id: str, expression: str, condition: str, values: Mapping[str, Any]) -> bool:
+        """One conditional update of a job's row (``#name`` placeholders are the attribute names);
+        False when the condition does not hold. For records that ride on the row and are kept by
+        their own deployable (the gateway's :class:`~ichseg.pipeline.delivery_record.DeliveryRecords`)."""
+        return self._update(job_id, expression, condition, values)
 
     def _update(self, job_id: str, expression: str, condition: str, values: Mapping[str, Any]) -> bool:
         kwargs: dict[str, Any] = {

@@ -15,6 +15,7 @@ import pytest
 from gateway.settings import Destination, GatewaySettings, SettingsError, site_of
 from ichseg.errors import ErrorCode
 from ichseg.pipeline import keys
+from ichseg.pipeline.delivery_record import DeliveryRecords
 from ichseg.pipeline.jobs import DeliveryState, JobSource, JobStore, Stage
 from tests.gateway.conftest import Aws, wait_until
 
@@ -87,21 +88,22 @@ def test_gateway_keys_name_their_job_by_the_key_alone() -> None:
 
 def test_delivery_state_moves_by_conditional_writes(aws: Aws) -> None:
     store = JobStore(aws.dynamodb, aws.table)
+    records = DeliveryRecords(store)
     key = keys.gateway_ingest_key("SITEA", "cd" * 32)
     job_id = keys.ingest_job_id(key, "")
     store.create(job_id, JobSource.INGEST, None, key, 900)
-    assert not store.record_delivery_failure(job_id, "too early")  # only a DONE job is delivered
+    assert not records.record_failure(job_id, "too early")  # only a DONE job is delivered
     store.mark_split(job_id, 1, 1, {})
     store.mark_assembling(job_id)
     store.mark_done(job_id, {"seg": "results/x/seg.dcm"}, {}, None, None)
 
-    assert store.record_delivery_failure(job_id, "association refused", {"seg"})
-    assert store.record_delivery_failure(job_id, "association refused again")
+    assert records.record_failure(job_id, "association refused", {"seg"})
+    assert records.record_failure(job_id, "association refused again")
     job = store.require(job_id)
     assert (job.delivery_state, job.delivery_attempts, job.delivered_objects) == (DeliveryState.PENDING, 2, {"seg"})
-    assert store.mark_delivered(job_id, {"sr"})
-    assert not store.mark_delivered(job_id, {"sr"})  # a duplicate changes nothing
-    assert not store.fail_delivery(job_id, "late")  # and a delivered job cannot fail
+    assert records.mark_delivered(job_id, {"sr"})
+    assert not records.mark_delivered(job_id, {"sr"})  # a duplicate changes nothing
+    assert not records.fail(job_id, "late")  # and a delivered job cannot fail
     job = store.require(job_id)
     assert (job.delivery_state, job.delivered_objects, job.delivery_reason) == (
         DeliveryState.DELIVERED,
@@ -112,7 +114,7 @@ def test_delivery_state_moves_by_conditional_writes(aws: Aws) -> None:
     other = keys.ingest_job_id(keys.gateway_ingest_key("SITEA", "ef" * 32), "")
     store.create(other, JobSource.INGEST, None, "ingest/SITEA/x.zip", 900)
     store.fail(other, ErrorCode.SPLIT_FAILED, "unreadable", Stage.SPLIT)
-    assert not store.fail_delivery(other, "no")
+    assert not records.fail(other, "no")
     assert store.require(other).delivery_state is None
 
 
