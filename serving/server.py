@@ -27,15 +27,12 @@ intra-op threads come from ``ICHSEG_ORT_THREADS``, and batching happens inside
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,248 +43,20 @@ from werkzeug.exceptions import HTTPException
 from ichseg.endpoint_protocol import (
     CONTENT_TYPE,
     CUSTOM_ATTRIBUTES_HEADER,
-    MAX_SLICES_PER_REQUEST,
     SAGEMAKER_MAX_PAYLOAD_BYTES,
     ProtocolError,
     RequestAttributes,
-    ResponseAttributes,
-    decode_slices,
-    encode_slices,
-    quantize_probabilities,
 )
 from ichseg.inference import DEFAULT_PROVIDERS, OnnxSegmenter
+from serving.logs import JsonFormatter, configure_logging, event
+from serving.model import InferenceService
+from serving.request_checks import RequestRejected, parse_request_body
 
 log = logging.getLogger("ichseg.endpoint")
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 """Where SageMaker extracts ``model.tar.gz`` inside the container."""
 DEFAULT_MODEL_FILE = "ichseg-unet.onnx"
-MIN_SIDE = 16
-MAX_SIDE = 4096
-
-
-# --------------------------------------------------------------------------------------- logging
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: what CloudWatch Logs Insights can query field by field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str | None = None) -> None:
-    """Send every log record to stderr as JSON (idempotent; ``ICHSEG_LOG_LEVEL`` sets the level)."""
-    root = logging.getLogger()
-    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
-    root.setLevel(level or os.environ.get("ICHSEG_LOG_LEVEL", "INFO"))
-
-
-def _event(level: int, message: str, **fields: Any) -> None:
-    log.log(level, message, extra={"fields": fields})
-
-
-# ------------------------------------------------------------------------------ request checking
-
-
-class RequestRejected(Exception):
-    """A request the server refuses, with the HTTP status and a message for the caller."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class ArrayHeader:
-    """What a ``.npy`` payload claims to hold, read before any array is built."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    data_bytes: int
-    """Bytes after the header actually present in the payload."""
-
-
-def read_npy_header(payload: bytes) -> ArrayHeader:
-    """Parse the ``.npy`` header only; :class:`RequestRejected` (400) if it is not one."""
-    stream = io.BytesIO(payload)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise RequestRejected(400, "ValidationError", f"body is not a .npy array ({exc})") from exc
-    return ArrayHeader(tuple(int(d) for d in shape), np.dtype(dtype), len(payload) - stream.tell())
-
-
-def check_array_header(header: ArrayHeader) -> None:
-    """Reject wrong dtypes, wrong ranks, absurd shapes and truncated data before decoding."""
-    if header.dtype != np.uint8:
-        raise RequestRejected(
-            400, "ValidationError", f"expected uint8 windowed slices, got dtype {header.dtype} (window and scale first)"
-        )
-    if len(header.shape) != 3:
-        raise RequestRejected(400, "ValidationError", f"expected a (N, H, W) array, got shape {header.shape}")
-    count, height, width = header.shape
-    if count == 0:
-        raise RequestRejected(400, "ValidationError", "the array holds no slices (N = 0)")
-    if count > MAX_SLICES_PER_REQUEST:  # the contract's cap: what one answer's attributes can describe
-        raise RequestRejected(
-            413, "PayloadTooLarge", f"{count} slices in one request; send at most {MAX_SLICES_PER_REQUEST}"
-        )
-    if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
-        raise RequestRejected(
-            400, "ValidationError", f"slice size {height}x{width} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side"
-        )
-    expected = count * height * width
-    if header.data_bytes != expected:
-        raise RequestRejected(
-            400, "ValidationError", f"the header promises {expected} bytes of pixels but {header.data_bytes} follow"
-        )
-
-
-def parse_request_body(payload: bytes) -> np.ndarray:
-    """Validated ``(N, H, W)`` uint8 slices from a request body, or :class:`RequestRejected`."""
-    if not payload:
-        raise RequestRejected(400, "ValidationError", "empty body: send numpy.save bytes of a (N, H, W) uint8 array")
-    if len(payload) > SAGEMAKER_MAX_PAYLOAD_BYTES:
-        raise RequestRejected(413, "PayloadTooLarge", f"body exceeds {SAGEMAKER_MAX_PAYLOAD_BYTES} bytes")
-    check_array_header(read_npy_header(payload))
-    try:
-        return decode_slices(payload)
-    except ProtocolError as exc:
-        raise RequestRejected(400, "ValidationError", str(exc)) from exc
-
-
-# ------------------------------------------------------------------------------------ the model
-
-
-class InferenceService:
-    """The loaded model, its readiness, and one inference at a time per process.
-
-    Inference is serialised with a semaphore: one GPU (or the CPU's cores) is best used by one
-    batched run at a time, while ``/ping`` keeps answering from other threads (SageMaker's
-    health check times out after 2 s, far shorter than a large CPU request).
-    """
-
-    def __init__(
-        self,
-        model_path: str | Path,
-        providers: tuple[str, ...] = DEFAULT_PROVIDERS,
-        intra_op_threads: int | None = None,
-        batch_size: int = 8,
-        max_concurrent: int = 1,
-        segmenter_factory: Callable[[], OnnxSegmenter] | None = None,
-        require_gpu: bool = False,
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.require_gpu = require_gpu
-        self._factory = segmenter_factory or (
-            lambda: OnnxSegmenter(
-                self.model_path, providers=providers, intra_op_threads=intra_op_threads, batch_size=batch_size
-            )
-        )
-        self.segmenter: OnnxSegmenter | None = None
-        self.error: str | None = None
-        self._ready = threading.Event()
-        self._slots = threading.BoundedSemaphore(max_concurrent)
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def load(self) -> None:
-        """Build the session and run one warm-up inference; records the error instead of raising."""
-        started = time.perf_counter()
-        try:
-            segmenter = self._factory()
-            if self.require_gpu and segmenter.provider == "CPUExecutionProvider":
-                # A GPU instance serving from its CPU is 50x slower and looks healthy: refuse instead.
-                raise RuntimeError(
-                    "a GPU is required (ICHSEG_REQUIRE_GPU) but ONNX Runtime fell back to the CPU: "
-                    "check the NVIDIA driver (CUDA 13 needs >= 580) and the CUDA/cuDNN libraries"
-                )
-            size = segmenter.metadata.input.size
-            warm = segmenter.predict(np.zeros((1, size, size), np.uint8))
-            if warm.probabilities.shape != (1, size, size):
-                raise RuntimeError(f"warm-up returned {warm.probabilities.shape}, expected (1, {size}, {size})")
-        except Exception as exc:  # any failure keeps /ping at 503 and is reported there and in the log
-            self.error = f"{type(exc).__name__}: {exc}"
-            _event(logging.ERROR, "model failed to load", model=str(self.model_path), error=self.error)
-            return
-        self.segmenter = segmenter
-        self._ready.set()
-        _event(
-            logging.INFO,
-            "model ready",
-            model=str(self.model_path),
-            name=segmenter.metadata.name,
-            version=segmenter.metadata.version,
-            provider=segmenter.provider,
-            providers=list(segmenter.session.get_providers()),
-            input_size=segmenter.metadata.input.size,
-            batch_size=segmenter.batch_size,
-            load_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-
-    def load_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="ichseg-model-load", daemon=True)
-        thread.start()
-        return thread
-
-    def status(self) -> dict[str, Any]:
-        if self.segmenter is not None:
-            meta = self.segmenter.metadata
-            return {"status": "ready", "model": meta.name, "version": meta.version, "provider": self.segmenter.provider}
-        if self.error is not None:
-            return {"status": "failed", "error": self.error}
-        return {"status": "loading"}
-
-    def infer(self, slices: np.ndarray, request: RequestAttributes | None = None) -> tuple[bytes, str]:
-        """``(N, H, W)`` uint8 slices -> (``.npy`` probability x 255 bytes, CustomAttributes text), for
-        the slices that are not the request's context (those only serve as neighbours)."""
-        segmenter = self.segmenter
-        if segmenter is None:
-            raise RequestRejected(503, "ModelNotReady", f"the model is not ready ({self.status()['status']})")
-        request = request or RequestAttributes()
-        try:
-            request.answered(len(slices))
-        except ProtocolError as exc:
-            raise RequestRejected(400, "ValidationError", str(exc)) from exc
-        with self._slots:
-            prediction = segmenter.predict(slices, (request.context_before, request.context_after))
-        scaled = quantize_probabilities(prediction.probabilities)
-        meta = segmenter.metadata
-        attributes = ResponseAttributes(
-            model=meta.name,
-            version=meta.version,
-            slice_threshold=meta.slice_threshold,
-            pixel_threshold=meta.pixel_threshold,
-            slice_probabilities=tuple(float(p) for p in prediction.slice_probabilities),
-            subtype_names=meta.subtypes,
-            scan_threshold=meta.scan_threshold,
-            subtype_probabilities=tuple(tuple(float(q) for q in row) for row in prediction.subtype_probabilities),
-        )
-        return encode_slices(scaled), attributes.encode()
 
 
 # ------------------------------------------------------------------------------------- the app
@@ -341,7 +110,7 @@ def create_app(
             slices = _read_slices()
             body, attributes = service.infer(slices, _request_attributes())
         except RequestRejected as rejected:
-            _event(
+            event(
                 logging.WARNING,
                 "request rejected",
                 status=rejected.status,
@@ -351,7 +120,7 @@ def create_app(
             )
             return _error(rejected.status, rejected.code, rejected.message)
         count, height, width = slices.shape
-        _event(
+        event(
             logging.INFO,
             "invocation",
             path=request.path,

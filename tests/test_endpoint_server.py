@@ -41,7 +41,8 @@ from ichseg.endpoint_protocol import (
     encode_slices,
 )
 from ichseg.inference import OnnxSegmenter
-from serving.server import MAX_SIDE, MIN_SIDE, create_app
+from serving.request_checks import MAX_SIDE, MIN_SIDE
+from serving.server import create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 
 REPO = Path(__file__).resolve().parents[1]
