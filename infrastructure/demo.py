@@ -124,6 +124,11 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
         f"{', '.join(report['slices_with_hemorrhage']) or 'none'}) by {report['model']['name']}",
         f"{report['model']['version']}",
     )
+    if report.get("scan_model"):  # the finding read from the whole scan (models/SCAN_HEAD_CARD.md)
+        head, threshold = report["scan_model"], report["thresholds"]["scan"]
+        print(f"Read as a scan by {head['name']} {head['version']} (scan threshold {threshold})")
+    if report.get("finding_note"):
+        print("Note:", report["finding_note"])
     if report.get("subtypes"):  # models from 0.2 on: calibrated subtype probabilities
         likely = sorted(report["subtypes"].items(), key=lambda item: -item[1])
         print("Subtypes:", ", ".join(f"{name} {p:.2f}" for name, p in likely))
