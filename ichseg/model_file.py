@@ -38,12 +38,3 @@ def stamp_metadata(onnx_path: str | Path, metadata: ModelMetadata) -> None:
     proto = onnx.load(str(onnx_path))
     set_metadata(proto, metadata)
     onnx.save(proto, str(onnx_path))
-
-
-def stamp_thresholds(onnx_path: str | Path, slice_threshold: float, pixel_threshold: float) -> ModelMetadata:
-    """Store operating thresholds (chosen on validation patients) in the model."""
-    metadata = read_metadata(onnx_path).with_updates(
-        slice_threshold=round(float(slice_threshold), 4), pixel_threshold=round(float(pixel_threshold), 4)
-    )
-    stamp_metadata(onnx_path, metadata)
-    return metadata

@@ -128,10 +128,6 @@ class AssembleMessage:
     job_id: str
     batch_id: str | None = None
 
-    @property
-    def final(self) -> bool:
-        return self.batch_id is None
-
     def to_json(self) -> str:
         # The final message keeps its original shape ({"job_id": ...}).
         return json.dumps({"job_id": self.job_id} if self.batch_id is None else asdict(self))

@@ -158,7 +158,7 @@ def test_messages_carry_keys_never_pixels_and_reject_garbage() -> None:
     assert AssembleMessage.from_json(AssembleMessage(JOB).to_json()) == AssembleMessage(JOB)
     assert AssembleMessage(JOB).to_json() == json.dumps({"job_id": JOB})  # the final message's shape is unchanged
     batch_message = AssembleMessage(JOB, "b0003")
-    assert AssembleMessage.from_json(batch_message.to_json()) == batch_message and not batch_message.final
+    assert AssembleMessage.from_json(batch_message.to_json()) == batch_message and batch_message.batch_id is not None
     for body in ("", "[]", "{}", '{"job_id": "x"}', "not json"):
         with pytest.raises(MalformedMessage):
             SegmentMessage.from_json(body)

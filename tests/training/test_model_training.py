@@ -181,7 +181,7 @@ def test_exported_group_norms_become_single_instance_norms_with_the_same_outputs
 def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from ichseg.model_file import read_metadata, stamp_thresholds
+    from ichseg.model_file import read_metadata, stamp_metadata
     from ichseg.model_metadata import METADATA_KEY, ModelMetadata
     from model_export.export import default_metadata, export_onnx, keras_onnx_max_difference
 
@@ -195,7 +195,7 @@ def test_onnx_export_matches_keras_and_carries_metadata(tmp_path: Path) -> None:
     assert session.get_inputs()[0].shape[0] in (None, "unk__0") or isinstance(session.get_inputs()[0].shape[0], str)
     stored = ModelMetadata.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert stored.input.size == 64 and stored.version == "9.9.9" and stored.parameters == model.count_params()
-    stamp_thresholds(tmp_path / "m.onnx", slice_threshold=0.37, pixel_threshold=0.45)
+    stamp_metadata(tmp_path / "m.onnx", stored.with_updates(slice_threshold=0.37, pixel_threshold=0.45))
     assert read_metadata(tmp_path / "m.onnx").slice_threshold == 0.37
 
 
