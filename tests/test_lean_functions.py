@@ -305,3 +305,14 @@ def test_handlers_run_with_only_the_slim_requirements_installed(
     # The job really is in DynamoDB, owned by the token's user.
     item = dynamodb.get_item(TableName="lean-jobs", Key={"job_id": {"S": ticket["job_id"]}})["Item"]
     assert item["owner"] == {"S": "alice"}
+
+
+def test_the_full_image_carries_the_scan_head_where_the_assemble_stage_looks_for_it() -> None:
+    from ichseg.paths import REPO_ROOT
+    from ichseg.scan_context import SCAN_HEAD
+
+    # /var/task is the image's repository root (ichseg/ and functions/ are copied under it).
+    relative = SCAN_HEAD.relative_to(REPO_ROOT).as_posix()
+    full = (REPO / "infrastructure/lambda/Dockerfile").read_text()
+    assert f"COPY {relative} /var/task/{relative}" in full and SCAN_HEAD.is_file()
+    assert "onnxruntime==" in (REPO / FULL_REQUIREMENTS).read_text()  # the head runs on ONNX Runtime
