@@ -11,7 +11,7 @@ HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI
 DEMO_OUT ?= demo-output
 DEMO_ARGS ?=
 
-.PHONY: demo test test-runtime test-training lint env train-env clean-env browser dicom-tools
+.PHONY: demo test test-runtime test-training lint env train-env clean-env browser dicom-tools jre
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/ichseg demo --out $(DEMO_OUT) $(DEMO_ARGS)
@@ -29,7 +29,7 @@ lint: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(CHECKOV_VENV)/bin/checkov -f template.yaml --compact --quiet --skip-download
 
-test-runtime: $(VENV)/.installed browser dicom-tools
+test-runtime: $(VENV)/.installed browser dicom-tools jre
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
 
 # The viewer's browser tests (tests/pipeline/test_viewer.py) drive Debian's headless Chromium through
@@ -45,6 +45,11 @@ browser:
 dicom-tools:
 	command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v dciodvfy >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc dcmtk dicom3tools)
+
+# openapi-generator-cli (tests/pipeline/test_generated_clients.py) runs its jar on a Java runtime.
+jre:
+	command -v java >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless)
 
 test-training: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python -m pytest tests/training -q

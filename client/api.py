@@ -29,7 +29,9 @@ CONTENT_TYPES = {
     ".gz": "application/gzip",
     ".nii": "application/octet-stream",
 }
-"""Content-Type by file extension (the API accepts exactly these; the format is sniffed anyway)."""
+"""Content-Type by file extension (the API accepts exactly these; the format is sniffed anyway).
+The client speaks only HTTP and imports nothing of ichseg, so this is a copy of the upload rows of
+``ichseg.media_types``; ``tests/test_contracts.py`` keeps the two equal."""
 
 
 class ClientError(Exception):
@@ -175,10 +177,14 @@ class ScansClient:
 
 
 def _message(response: requests.Response) -> str:
+    """An RFC 9457 problem's detail and code (API Gateway's own refusals have only a message)."""
     try:
-        return str(response.json().get("message", response.text[:300]))
+        body = response.json()
     except ValueError:
         return response.text[:300]
+    if isinstance(body, dict) and "detail" in body:
+        return f"{body['detail']} ({body.get('code')})"
+    return str(body.get("message", response.text[:300])) if isinstance(body, dict) else response.text[:300]
 
 
 def _file_name(name: str, url: str) -> str:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
 from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.context import MetricsSink, PipelineContext
@@ -52,8 +53,10 @@ def pipeline_context(metrics: MetricsSink) -> PipelineContext:
         return current
 
 
-def receive_count(record: SQSRecord) -> int:
+def receive_count(record: SQSRecord | SqsRecordModel) -> int:
     """How many times SQS has delivered this message (1 on the first delivery)."""
+    if isinstance(record, SqsRecordModel):
+        return int(record.attributes.ApproximateReceiveCount or 1)
     return int(record.attributes.approximate_receive_count or 1)
 
 

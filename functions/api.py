@@ -4,7 +4,10 @@
     GET    /v1/scans            ?limit=20&next=<cursor>  -> 200 the caller's jobs, newest first
     GET    /v1/scans/{job_id}   -> 200 state, progress, error, result links, viewer link; 404 if not the caller's
     DELETE /v1/scans/{job_id}   -> 204 deleted; 404 unknown/not the caller's/already deleted; 409 still running
-    GET    /v1/openapi.json     -> 200 this API's OpenAPI document (generated from these routes and models)
+    GET    /v1/openapi.json     -> 200 this API's OpenAPI document (no token: code generators fetch it)
+
+Every refusal the API itself answers is an RFC 9457 problem (``application/problem+json``) with a
+stable ``code`` (:class:`~ichseg.pipeline.api_models.ProblemCode`); each route documents its own.
 
 The Lambda authorizer (``functions/authorizer.py``) has verified the Firebase ID token; its uid
 arrives in ``requestContext.authorizer.lambda.uid``. The OpenAPI document is generated from this
@@ -14,11 +17,12 @@ module (``python -m functions.openapi`` writes ``functions/openapi.json``; tests
 # to validate requests and generate the OpenAPI document, and string annotations defeat that.
 
 import json
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import UnauthorizedError
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Server
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
@@ -28,10 +32,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions import handler_logger, pipeline_context
 from ichseg.pipeline import create_scan, scan_status
-from ichseg.pipeline.api import LIST_LIMIT_DEFAULT, ApiError, delete_scan, list_scans
+from ichseg.pipeline.api import LIST_LIMIT_DEFAULT, ApiError, delete_scan, list_scans, status_url
 from ichseg.pipeline.api_models import (
     LIST_LIMIT_MAX,
-    Error,
+    PROBLEM_MEDIA_TYPE,
+    GatewayError,
+    Problem,
+    ProblemCode,
     ScanList,
     ScanStatus,
     StartScanRequest,
@@ -44,7 +51,12 @@ logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
 # Bodies are read by read_json_body: json.loads with bounds on numbers (api_models' module doc).
-app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=read_json_body)
+# A response that does not match its model is our bug: 500 (internal_error), never the client's 400.
+app = APIGatewayHttpResolver(
+    enable_validation=True,
+    json_body_deserializer=read_json_body,
+    response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+)
 
 DESCRIPTION = """The API the ichseg mobile app uses to segment intracranial hemorrhage in a head CT scan.
 
@@ -59,13 +71,17 @@ DESCRIPTION = """The API the ichseg mobile app uses to segment intracranial hemo
 5. `GET /v1/scans` lists your scans (newest first, `next` pages on); `DELETE /v1/scans/{job_id}`
    removes an ended scan and everything derived from it.
 
-Without the `Authorization` header the API answers `401`; with a token that is invalid, expired, or
-for another Firebase project, `403`. A job belongs to the user who created it: anyone else gets `404`.
-A body the schema does not allow is refused with `400` and a `message` naming the field.
+Without the `Authorization` header API Gateway answers `401`; with a token that is invalid, expired,
+or for another Firebase project, `403` (both `{"message"}`: API Gateway's own bodies). Every other
+refusal is an RFC 9457 problem (`application/problem+json`) whose `code` is stable: branch on it.
+A job belongs to the user who created it: anyone else gets `404` `scan_not_found`. A body the schema
+does not allow is `400` `invalid_request`, with `detail` naming the field.
+
+`GET /v1/openapi.json` needs no token, so code generators can fetch this document.
 """
 app.configure_openapi(
     title="ichseg scans API",
-    version="1.2.0",  # 1.2.0: mirror.state and mirror.attempts
+    version="2.0.0",  # 2.0.0: refusals are RFC 9457 problems; the document is public
     description=DESCRIPTION,
     servers=[Server(url="/", description="the deployed HTTP API or the local stack (`ichseg stack` prints its URL)")],
     security_schemes={
@@ -75,27 +91,41 @@ app.configure_openapi(
 )
 
 
-def _refusal(description: str) -> OpenAPIResponse:
-    return {"description": description, "content": {"application/json": {"model": Error}}}
+def _problems(*codes: ProblemCode) -> dict[int, OpenAPIResponse]:
+    """The OpenAPI responses for these problems, by status (codes of one status are listed together)."""
+    by_status: dict[int, list[ProblemCode]] = {}
+    for code in (*codes, ProblemCode.INTERNAL_ERROR):
+        by_status.setdefault(code.status, []).append(code)
+    return {
+        status: {
+            "description": " ".join(f"`{code.value}`: {code.phrase}." for code in group),
+            "content": {PROBLEM_MEDIA_TYPE: {"model": Problem}},
+        }
+        for status, group in by_status.items()
+    }
 
 
 def _ok(description: str, model: type[Any]) -> OpenAPIResponse:
     return {"description": description, "content": {"application/json": {"model": model}}}
 
 
+def _gateway(description: str) -> OpenAPIResponse:
+    return {"description": description, "content": {"application/json": {"model": GatewayError}}}
+
+
 AUTH_REFUSALS: dict[int, OpenAPIResponse] = {
-    401: _refusal("No `Authorization` header (answered by API Gateway)."),
-    403: _refusal("The token was refused (invalid signature, expired, wrong project, not RS256)."),
+    401: _gateway("No `Authorization` header (answered by API Gateway)."),
+    403: _gateway("The token was refused (invalid signature, expired, wrong project, not RS256)."),
 }
-BAD_REQUEST = _refusal("The request does not match the schema (or names something invalid); `message` says why.")
-NOT_FOUND = _refusal("No such scan of the caller's (unknown, someone else's, or deleted).")
+PUBLIC_OPERATIONS = frozenset({"getOpenApi"})
+"""Operations served without a token (template.yaml gives their routes no authorizer; a test checks)."""
 JobId = Annotated[str, Path(description="The job id `POST /v1/scans` returned.", max_length=64)]
 
 
 def caller_uid() -> str:
     uid = app.current_event.request_context.authorizer.get_lambda.get("uid")
     if not uid:  # only reachable if the route was deployed without the authorizer
-        raise UnauthorizedError("no authenticated user")
+        raise ApiError(ProblemCode.UNAUTHENTICATED, "no authenticated user")
     logger.thread_safe_append_keys(uid=uid)
     return str(uid)
 
@@ -109,27 +139,35 @@ def caller_uid() -> str:
             **_ok("The job exists (state RECEIVED) and waits for its upload.", UploadTicket),
             "headers": {"Location": {"description": "/v1/scans/{job_id}", "schema": {"type": "string"}}},
         },
-        400: BAD_REQUEST,
-        413: _refusal("`size_bytes` is over this deployment's upload limit."),
-        415: _refusal("The body is not `application/json`."),
+        **_problems(
+            ProblemCode.INVALID_REQUEST,
+            ProblemCode.UNSUPPORTED_UPLOAD_TYPE,
+            ProblemCode.ACCOUNT_NOT_USABLE,
+            ProblemCode.UPLOAD_TOO_LARGE,
+            ProblemCode.UNSUPPORTED_MEDIA_TYPE,
+        ),
         **AUTH_REFUSALS,
     },
 )
 @tracer.capture_method
-def start_scan(request: Annotated[StartScanRequest, Body(embed=False)]) -> Response[Any]:
+def start_scan(request: Annotated[StartScanRequest, Body(embed=False)]) -> Response[UploadTicket]:
     uid = caller_uid()
     ticket = create_scan(pipeline_context(metrics), uid, request.content_type.value, request.size_bytes)
     logger.thread_safe_append_keys(job_id=ticket.job_id)
     logger.info("scan started; upload presigned")
     metrics.add_metric("ScansStarted", "Count", 1)
-    return _json(201, ticket.to_json(), {"Location": f"/v1/scans/{ticket.job_id}"})
+    return _json(201, ticket, {"Location": status_url(ticket.job_id)})
 
 
 @app.get(
     "/v1/scans",
     operation_id="listScans",
     summary="The caller's scans, newest first, a page at a time",
-    responses={200: _ok("One page of scans.", ScanList), 400: BAD_REQUEST, **AUTH_REFUSALS},
+    responses={
+        200: _ok("One page of scans.", ScanList),
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.INVALID_CURSOR),
+        **AUTH_REFUSALS,
+    },
 )
 @tracer.capture_method
 def get_scans(
@@ -137,7 +175,7 @@ def get_scans(
     cursor: Annotated[
         str | None, Query(alias="next", max_length=2048, description="The `next` of the previous page.")
     ] = None,
-) -> Response[Any]:
+) -> Response[ScanList]:
     return _json(200, list_scans(pipeline_context(metrics), caller_uid(), limit, cursor))
 
 
@@ -145,10 +183,14 @@ def get_scans(
     "/v1/scans/<job_id>",
     operation_id="getScan",
     summary="A job's state, progress, error, result links and viewer link",
-    responses={200: _ok("The job, as its owner sees it.", ScanStatus), 404: NOT_FOUND, **AUTH_REFUSALS},
+    responses={
+        200: _ok("The job, as its owner sees it.", ScanStatus),
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.SCAN_NOT_FOUND),
+        **AUTH_REFUSALS,
+    },
 )
 @tracer.capture_method
-def get_scan(job_id: JobId) -> Response[Any]:
+def get_scan(job_id: JobId) -> Response[ScanStatus]:
     logger.thread_safe_append_keys(job_id=job_id)
     return _json(200, scan_status(pipeline_context(metrics), caller_uid(), job_id))
 
@@ -159,13 +201,12 @@ def get_scan(job_id: JobId) -> Response[Any]:
     summary="Delete an ended scan: its upload, work files, results, Firebase copy and record",
     responses={
         204: {"description": "Deleted. A second DELETE of the same job is 404."},
-        404: NOT_FOUND,
-        409: _refusal("The job is still being processed; delete it once it is DONE or FAILED."),
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.SCAN_NOT_FOUND, ProblemCode.SCAN_IN_PROGRESS),
         **AUTH_REFUSALS,
     },
 )
 @tracer.capture_method
-def remove_scan(job_id: JobId) -> Response[Any]:
+def remove_scan(job_id: JobId) -> Response[None]:
     logger.thread_safe_append_keys(job_id=job_id)
     delete_scan(pipeline_context(metrics), caller_uid(), job_id)
     logger.info("scan deleted")
@@ -179,10 +220,10 @@ def remove_scan(job_id: JobId) -> Response[Any]:
     summary="This API's OpenAPI document",
     responses={
         200: {"description": "The OpenAPI 3 document.", "content": {"application/json": {"schema": {}}}},
-        **AUTH_REFUSALS,
+        **_problems(),
     },
 )
-def openapi_document() -> Response[Any]:
+def openapi_document() -> Response[str]:
     return Response(200, content_types.APPLICATION_JSON, openapi_json(), {"Cache-Control": "max-age=300"})
 
 
@@ -193,51 +234,83 @@ def openapi_json() -> str:
     for operations in document["paths"].values():
         for operation in operations.values():
             responses = operation["responses"]
-            # Powertools documents its own 422 for validation errors; invalid_request answers 400.
-            if responses.pop("422", None) is not None:
-                responses.setdefault("400", dict(BAD_REQUEST, content={"application/json": {"schema": _ERROR_REF}}))
+            # Powertools documents its own 422 for validation errors (invalid_request answers 400) and
+            # its own 500 body for a response that fails its model (internal_error answers it).
+            responses.pop("422", None)
+            responses["500"] = _INTERNAL_ERROR
             # A 204 has no body (and so no Content-Type): Powertools would document one.
             if "204" in responses:
                 responses["204"].pop("content", None)
+            if operation["operationId"] in PUBLIC_OPERATIONS:
+                operation["security"] = []  # Powertools treats an empty list as "not given"
     schemas = document.get("components", {}).get("schemas", {})
-    if "HTTPValidationError" not in json.dumps(document["paths"]):
-        schemas.pop("HTTPValidationError", None)
-        schemas.pop("ValidationError", None)
+    # Powertools' validation-error schemas: this API answers those as problems instead.
+    for name in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
+        if f'"#/components/schemas/{name}"' not in json.dumps(document["paths"]):
+            schemas.pop(name, None)
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_INTERNAL_ERROR = {
+    "description": f"`{ProblemCode.INTERNAL_ERROR.value}`: {ProblemCode.INTERNAL_ERROR.phrase}.",
+    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def _problem(code: ProblemCode, detail: str) -> Response[str]:
+    return Response(
+        code.status,
+        PROBLEM_MEDIA_TYPE,
+        Problem.of(code, detail[:1000]).model_dump_json(),
+        {"Cache-Control": "no-store"},
+    )
 
 
 @app.exception_handler(ApiError)
-def api_error(error: ApiError) -> Response[Any]:
-    return _json(error.status, {"message": str(error)})
+def api_error(error: ApiError) -> Response[str]:
+    return _problem(error.code, str(error))
 
 
 @app.exception_handler(RequestValidationError)
-def invalid_request(error: RequestValidationError) -> Response[Any]:
+def invalid_request(error: RequestValidationError) -> Response[str]:
     # Powertools answers 422 with pydantic's raw error list; the app (and the contract) get 400
-    # with one readable message naming each field, like every other refusal of this API.
+    # with one readable detail naming each field, like every other refusal of this API.
     reasons = []
     for detail in error.errors():
         where = ".".join(str(part) for part in detail.get("loc", ()) if part != "body") or "body"
         reasons.append(f"{where}: {detail.get('msg', 'invalid')}")
-    return _json(400, {"message": "invalid request: " + "; ".join(reasons)[:1000]})
+    return _problem(ProblemCode.INVALID_REQUEST, "invalid request: " + "; ".join(reasons))
 
 
 @app.exception_handler(UnreadableNumber)
-def unreadable_number(error: UnreadableNumber) -> Response[Any]:
+def unreadable_number(error: UnreadableNumber) -> Response[str]:
     # Raised while the body is parsed, before any field is validated: the body is what it names.
-    return _json(400, {"message": f"invalid request: body: {error}"})
+    return _problem(ProblemCode.INVALID_REQUEST, f"invalid request: body: {error}")
 
 
 @app.exception_handler(RecursionError)
-def too_deep(error: RecursionError) -> Response[Any]:
+def too_deep(error: RecursionError) -> Response[str]:
     # A body nested deeper than Python's JSON parser recurses is not a request, it is an attack.
-    return _json(400, {"message": "the JSON body is nested too deeply"})
+    return _problem(ProblemCode.INVALID_REQUEST, "the JSON body is nested too deeply")
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
+@app.exception_handler(NotFoundError)
+def no_route(error: NotFoundError) -> Response[str]:
+    # The front (API Gateway) matched the route, but the router could not read the path (a job id
+    # of bytes that are not UTF-8): no such scan, like any other id that names none.
+    return _problem(ProblemCode.SCAN_NOT_FOUND, "no scan at this path")
+
+
+@app.exception_handler(Exception)
+def internal_error(error: Exception) -> Response[str]:
+    # Anything else is ichseg's fault: logged with its traceback, answered as a problem (not API
+    # Gateway's bare 500), and never with the exception's text, which may name internals.
+    logger.exception("the API failed")
+    metrics.add_metric("ApiErrors", "Count", 1)
+    return _problem(ProblemCode.INTERNAL_ERROR, f"ichseg could not answer ({type(error).__name__}); retry later")
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response[Any]:
     # Job state changes every few seconds and links are short-lived: never cache.
     return Response(status, content_types.APPLICATION_JSON, body, {"Cache-Control": "no-store", **(headers or {})})
 
@@ -260,9 +333,11 @@ def _unsupported_body(event: dict[str, Any]) -> dict[str, Any] | None:
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "application/json":
         return None
+    code = ProblemCode.UNSUPPORTED_MEDIA_TYPE
+    problem = Problem.of(code, f"the body must be application/json, not {media_type or 'untyped'}")
     return {
-        "statusCode": 415,
-        "headers": {"Content-Type": content_types.APPLICATION_JSON, "Cache-Control": "no-store"},
-        "body": json.dumps({"message": f"the body must be application/json, not {media_type or 'untyped'}"}),
+        "statusCode": code.status,
+        "headers": {"Content-Type": PROBLEM_MEDIA_TYPE, "Cache-Control": "no-store"},
+        "body": problem.model_dump_json(),
         "isBase64Encoded": False,
     }

@@ -9,8 +9,9 @@ from typing import Any
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import Json
 
 from functions import handler_logger, pipeline_context, receive_count, stage_latency
 from ichseg.pipeline import AssembleMessage, assemble_results
@@ -19,18 +20,28 @@ from ichseg.pipeline.assemble import AssemblyClaim
 logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+
+
+class AssembleRecord(SqsRecordModel):
+    """An SQS record whose body pydantic parses as a
+    :class:`~ichseg.pipeline.messages.AssembleMessage`: a body that is not one
+    fails its record before the stage runs (retried, then the dead-letter queue)."""
+
+    body: Json[AssembleMessage]
+
+
+processor = BatchProcessor(event_type=EventType.SQS, model=AssembleRecord)
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
+def record_handler(record: AssembleRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()
-    message = AssembleMessage.from_json(record.body)
+    message = record.body
     logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
     # The message id claims the final assembly: a redelivery of this message may take it again, a
     # duplicate message may not; the lease lasts as long as this invocation may still run.
     remaining = lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context else 900.0
-    claim = AssemblyClaim(record.message_id, remaining + 5)
+    claim = AssemblyClaim(record.messageId, remaining + 5)
     with stage_latency(metrics, "assemble"):
         result = assemble_results(pipeline_context(metrics), message, receive_count(record), claim)
     logger.info(

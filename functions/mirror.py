@@ -13,8 +13,9 @@ from typing import Any
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import Json
 
 from functions import handler_logger, pipeline_context, receive_count, stage_latency
 from ichseg.pipeline import MirrorMessage, retry_mirror
@@ -22,16 +23,26 @@ from ichseg.pipeline import MirrorMessage, retry_mirror
 logger = handler_logger()
 tracer = Tracer()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+
+
+class MirrorRecord(SqsRecordModel):
+    """An SQS record whose body pydantic parses as a
+    :class:`~ichseg.pipeline.messages.MirrorMessage`: a body that is not one
+    fails its record before the stage runs (retried, then the dead-letter queue)."""
+
+    body: Json[MirrorMessage]
+
+
+processor = BatchProcessor(event_type=EventType.SQS, model=MirrorRecord)
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: MirrorRecord) -> None:
     logger.thread_safe_clear_keys()
-    message = MirrorMessage.from_json(record.body)
+    message = record.body
     logger.thread_safe_append_keys(job_id=message.job_id)
     with stage_latency(metrics, "mirror"):
-        result = retry_mirror(pipeline_context(metrics), message, receive_count(record), record.receipt_handle)
+        result = retry_mirror(pipeline_context(metrics), message, receive_count(record), record.receiptHandle)
     logger.info("mirror outcome", extra={"outcome": result.outcome, "attempts": result.attempts})
 
 

@@ -56,6 +56,8 @@ class Route:
     method: str
     template: str
     pattern: re.Pattern[str]
+    public: bool = False
+    """Served without a token: the operation's ``security`` is ``[]`` (template.yaml: no authorizer)."""
 
     @property
     def key(self) -> str:
@@ -68,9 +70,10 @@ def routes_from_openapi(path: Path = OPENAPI) -> list[Route]:
     routes = []
     for template, operations in document["paths"].items():
         regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$"
-        for method in operations:
+        for method, operation in operations.items():
             if method.lower() in ("get", "post", "put", "patch", "delete"):
-                routes.append(Route(method.upper(), template, re.compile(regex)))
+                public = operation.get("security") == []
+                routes.append(Route(method.upper(), template, re.compile(regex), public))
     return routes
 
 
@@ -116,6 +119,8 @@ class ApiFront:
             return _json_response(404, {"message": "Not Found"})
         route, found = match
         request = http_api_event(method, path, query, headers, body, route.key, found.groupdict() or None, source_ip)
+        if route.public:
+            return self._invoke_api(request)
         authorization = request["headers"].get("authorization", "")
         if not authorization.strip():
             return _json_response(401, {"message": "Unauthorized"})
@@ -125,6 +130,9 @@ class ApiFront:
         if answer.get("isAuthorized") is not True:
             return _json_response(403, {"message": "Forbidden"})
         request["requestContext"]["authorizer"] = {"lambda": answer.get("context") or {}}
+        return self._invoke_api(request)
+
+    def _invoke_api(self, request: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         status, response = self.api.invoke(request)
         if status != "ok" or not isinstance(response, dict):
             return _json_response(500, {"message": "Internal Server Error"})

@@ -852,7 +852,8 @@ def stack_command(args: argparse.Namespace) -> int:
             '["id_token"])\')'
         )
         print(
-            f'     curl -s -H "Authorization: Bearer $TOKEN" -d \'{{"content_type": "video/mp4"}}\' '
+            f'     curl -s -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
+            f'-d \'{{"content_type": "video/mp4"}}\' '
             f"{stack.api_url}/v1/scans"
         )
         if "dicom_gateway" in description:

@@ -118,9 +118,14 @@
       return;
     }
     const status = await response.json();
-    if (status.state !== "DONE") {
+    if (status.state === "FAILED") {
+      // A FAILED job never becomes DONE: say why, and what to do instead of reloading.
       const reason = status.error ? `: ${status.error.reason}` : "";
-      say(`The scan is ${status.state}${reason}. Reload when it is DONE.`, status.state === "FAILED");
+      say(`The scan FAILED${reason}. Upload the scan again once the cause is fixed.`, true);
+      return;
+    }
+    if (status.state !== "DONE") {
+      say(`The scan is ${status.state}. Reload when it is DONE.`, false);
       return;
     }
     if (!status.slices || !status.results || !status.results.report) {

@@ -16,10 +16,24 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from ichseg.media_types import MIRRORED_FILES
 from ichseg.pipeline import keys
+from ichseg.pipeline.api_models import (
+    Headline,
+    JobError,
+    Mirror,
+    ProblemCode,
+    Progress,
+    ResultLinks,
+    ScanList,
+    ScanStatus,
+    ScanSummary,
+    SliceLinks,
+    UploadForm,
+    UploadTicket,
+)
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job, JobSource, JobState
@@ -38,48 +52,33 @@ LIST_LIMIT_DEFAULT = 20
 
 
 class ApiError(Exception):
-    """A request the API refuses; ``status`` is the HTTP status, ``str()`` the message."""
+    """A request the API refuses: ``code`` says why (and fixes the HTTP status), ``str()`` the detail."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, code: ProblemCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
 
-
-@dataclass(frozen=True)
-class UploadTicket:
-    """What ``POST /v1/scans`` returns: the job and how to upload its scan."""
-
-    job_id: str
-    url: str
-    fields: dict[str, str]
-    expires_in: int
-    max_bytes: int
-    content_type: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "state": JobState.RECEIVED.value,
-            "upload": {"url": self.url, "fields": self.fields, "method": "POST", "file_field": "file"},
-            "content_type": self.content_type,
-            "max_bytes": self.max_bytes,
-            "expires_in": self.expires_in,
-            "status_url": f"/v1/scans/{self.job_id}",
-        }
+    @property
+    def status(self) -> int:
+        return self.code.status
 
 
 def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: int | None = None) -> UploadTicket:
     """Create a job for ``uid`` and a presigned POST for its scan."""
     config = ctx.config
-    config.require("bucket", "table")
     content_type = (content_type or "").strip().lower()
     if content_type not in ALLOWED_UPLOAD_TYPES:
         accepted = ", ".join(ALLOWED_UPLOAD_TYPES)
-        raise ApiError(400, f"content_type {content_type!r} is not accepted; use one of {accepted}")
+        raise ApiError(
+            ProblemCode.UNSUPPORTED_UPLOAD_TYPE, f"content_type {content_type!r} is not accepted; use one of {accepted}"
+        )
     if size_bytes is not None and not 0 < size_bytes <= config.upload_max_bytes:
-        raise ApiError(413, f"size_bytes must be between 1 and {config.upload_max_bytes} bytes")
+        raise ApiError(
+            ProblemCode.UPLOAD_TOO_LARGE, f"size_bytes must be between 1 and {config.upload_max_bytes} bytes"
+        )
     if not keys.is_valid_uid(uid):
-        raise ApiError(403, "this account id cannot be used for uploads")
+        raise ApiError(ProblemCode.ACCOUNT_NOT_USABLE, "this account id cannot be used for uploads")
+    config.require("bucket", "table")  # after the request's own checks: refusing one needs no storage
     job_id = keys.new_job_id()
     key = keys.upload_key(uid, job_id)
     # The deadline covers the upload window too: a job whose upload never comes is failed by the watchdog.
@@ -93,7 +92,15 @@ def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: i
     )
     low, high = upload_size_range(config.upload_max_bytes, size_bytes)
     post = presigned_post(ctx, key, content_type, low, high)
-    return UploadTicket(job_id, post["url"], post["fields"], config.upload_url_seconds, high, content_type)
+    return UploadTicket(
+        job_id=job_id,
+        state=JobState.RECEIVED.value,
+        upload=UploadForm(url=post["url"], fields=post["fields"], method="POST", file_field="file"),
+        content_type=content_type,
+        max_bytes=high,
+        expires_in=config.upload_url_seconds,
+        status_url=status_url(job_id),
+    )
 
 
 UPLOAD_SIZE_SLACK = 1024
@@ -127,11 +134,16 @@ def owned_job(ctx: PipelineContext, uid: str, job_id: str) -> Job:
     """The caller's job; :class:`ApiError` 404 for unknown jobs and other people's (ids cannot be probed)."""
     job = ctx.store.get(job_id) if _JOB_ID.match(job_id or "") else None
     if job is None or job.owner is None or job.owner != uid:
-        raise ApiError(404, f"no scan {job_id!r}")
+        raise ApiError(ProblemCode.SCAN_NOT_FOUND, f"no scan {job_id!r}")
     return job
 
 
-def scan_status(ctx: PipelineContext, uid: str, job_id: str) -> dict[str, Any]:
+def status_url(job_id: str) -> str:
+    """The job's status route, relative to the API base."""
+    return f"/v1/scans/{job_id}"
+
+
+def scan_status(ctx: PipelineContext, uid: str, job_id: str) -> ScanStatus:
     """The job as its owner sees it; :class:`ApiError` 404 for unknown jobs and other people's."""
     return status_view(ctx, owned_job(ctx, uid, job_id))
 
@@ -141,26 +153,24 @@ def viewer_link(job_id: str) -> str:
     return f"{VIEWER_PATH}?job={job_id}"
 
 
-def list_scans(
-    ctx: PipelineContext, uid: str, limit: int = LIST_LIMIT_DEFAULT, cursor: str | None = None
-) -> dict[str, Any]:
+def list_scans(ctx: PipelineContext, uid: str, limit: int = LIST_LIMIT_DEFAULT, cursor: str | None = None) -> ScanList:
     """The caller's jobs, newest first, one page; ``next`` is an opaque cursor for the following page."""
     start = _decode_cursor(cursor, uid) if cursor else None
     jobs, following = ctx.store.page_for_owner(uid, limit, start)
-    return {
-        "scans": [
-            {
-                "job_id": job.job_id,
-                "state": job.state.value,
-                "created_at": job.created_at,
-                "error": _error(job),
-                "result": dict(job.summary) or None,
-                "status_url": f"/v1/scans/{job.job_id}",
-            }
+    return ScanList(
+        scans=[
+            ScanSummary(
+                job_id=job.job_id,
+                state=job.state,
+                created_at=job.created_at,
+                error=_error(job),
+                result=_headline(job),
+                status_url=status_url(job.job_id),
+            )
             for job in jobs
         ],
-        "next": _encode_cursor(following) if following else None,
-    }
+        next=_encode_cursor(following) if following else None,
+    )
 
 
 _CURSOR_KEYS = {"job_id", "owner", "created_at"}
@@ -189,7 +199,7 @@ def _decode_cursor(cursor: str, uid: str) -> dict[str, str]:
         and _JOB_ID.match(key["job_id"]) is not None
     )
     if not valid:
-        raise ApiError(400, "next is not a cursor this API returned")
+        raise ApiError(ProblemCode.INVALID_CURSOR, "next is not a cursor this API returned")
     return dict(key)
 
 
@@ -205,7 +215,9 @@ def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
     """
     job = owned_job(ctx, uid, job_id)
     if not job.state.terminal:
-        raise ApiError(409, f"scan {job_id!r} is {job.state.value}: delete it once it is DONE or FAILED")
+        raise ApiError(
+            ProblemCode.SCAN_IN_PROGRESS, f"scan {job_id!r} is {job.state.value}: delete it once it is DONE or FAILED"
+        )
     for prefix in (
         f"{keys.UPLOADS_PREFIX}{uid}/{job_id}/",
         f"{keys.WORK_PREFIX}{job_id}/",
@@ -215,7 +227,7 @@ def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
     if ctx.mirror is not None:
         ctx.mirror.delete(keys.mirror_prefix(uid, job_id))
     if not ctx.store.delete_ended(job_id, uid):  # deleted concurrently by another request
-        raise ApiError(404, f"no scan {job_id!r}")
+        raise ApiError(ProblemCode.SCAN_NOT_FOUND, f"no scan {job_id!r}")
 
 
 def delete_all_versions(ctx: PipelineContext, prefix: str) -> int:
@@ -238,54 +250,58 @@ def delete_all_versions(ctx: PipelineContext, prefix: str) -> int:
     return deleted
 
 
-def _error(job: Job) -> dict[str, Any] | None:
-    return {"code": job.error_code, "reason": job.error_reason} if job.state == JobState.FAILED else None
+def _error(job: Job) -> JobError | None:
+    return JobError(code=job.error_code, reason=job.error_reason) if job.state == JobState.FAILED else None
 
 
-def status_view(ctx: PipelineContext, job: Job) -> dict[str, Any]:
-    """The JSON document of ``GET /v1/scans/{job_id}``."""
+def _headline(job: Job) -> Headline | None:
+    return Headline.model_validate(dict(job.summary)) if job.summary else None
+
+
+def status_view(ctx: PipelineContext, job: Job) -> ScanStatus:
+    """``GET /v1/scans/{job_id}``: the job as its owner sees it, with presigned links when DONE."""
     done, total = job.progress
-    view: dict[str, Any] = {
-        "job_id": job.job_id,
-        "state": job.state.value,
-        "progress": {
-            "done": done,
-            "total": total,
-            "batches_done": len(job.done_batches),
-            "batches_total": job.total_batches or 0,
-        },
-        "created_at": job.created_at,
-        "error": _error(job),
-        "scan": dict(job.scan) or None,
-        "result": dict(job.summary) or None,
-        "results": None,
-        "timings": job.stage_seconds(),
-        "mirror": None,
-        "viewer": viewer_link(job.job_id),
-    }
-    if job.state == JobState.DONE:
-        expires = ctx.config.result_url_seconds
-        view["results"] = {
+    view = ScanStatus(
+        job_id=job.job_id,
+        state=job.state,
+        progress=Progress(
+            done=done, total=total, batches_done=len(job.done_batches), batches_total=job.total_batches or 0
+        ),
+        created_at=job.created_at,
+        error=_error(job),
+        scan=dict(job.scan) or None,
+        result=_headline(job),
+        results=None,
+        timings=job.stage_seconds(),
+        mirror=None,
+        viewer=viewer_link(job.job_id),
+    )
+    if job.state != JobState.DONE:
+        return view
+    expires = ctx.config.result_url_seconds
+    view.results = ResultLinks(
+        **{
             name: ctx.s3.generate_presigned_url(
                 "get_object", Params={"Bucket": ctx.config.bucket, "Key": job.results[name]}, ExpiresIn=expires
             )
             for name in RESULT_FILES
             if name in job.results
         }
-        view["results_expire_in"] = expires
-        view["slices"] = slice_links(ctx, job, expires)
-        if job.mirror_prefix:
-            view["mirror"] = {
-                "prefix": job.mirror_prefix,
-                "files": [job.mirror_prefix + "overlay.mp4", job.mirror_prefix + "report.json"],
-                "state": job.mirror_state.value if job.mirror_state else None,
-                "attempts": job.mirror_attempts,
-                "error": job.mirror_error,
-            }
+    )
+    view.results_expire_in = expires
+    view.slices = slice_links(ctx, job, expires)
+    if job.mirror_prefix:
+        view.mirror = Mirror(
+            prefix=job.mirror_prefix,
+            files=[job.mirror_prefix + name for name in MIRRORED_FILES],
+            state=job.mirror_state,
+            attempts=job.mirror_attempts,
+            error=job.mirror_error,
+        )
     return view
 
 
-def slice_links(ctx: PipelineContext, job: Job, expires: int) -> list[dict[str, str]] | None:
+def slice_links(ctx: PipelineContext, job: Job, expires: int) -> list[SliceLinks] | None:
     """Each slice's id with presigned links to its mask and plain frame (the viewer's data), in key
     order (``report.json``'s ``slices`` give the scan's order); None for jobs assembled before the
     frames existed.
@@ -307,4 +323,4 @@ def slice_links(ctx: PipelineContext, job: Job, expires: int) -> list[dict[str, 
     def link(key: str) -> str:
         return ctx.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
 
-    return [{"id": i, "frame": link(f"{frames_prefix}{i}.jpg"), "mask": link(f"{masks_prefix}{i}.png")} for i in ids]
+    return [SliceLinks(id=i, frame=link(f"{frames_prefix}{i}.jpg"), mask=link(f"{masks_prefix}{i}.png")) for i in ids]

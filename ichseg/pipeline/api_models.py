@@ -31,12 +31,10 @@ from ichseg.pipeline.jobs import JobState, MirrorState
 UploadContentType = StrEnum("UploadContentType", {t: t for t in ALLOWED_UPLOAD_TYPES})  # type: ignore[misc]
 """The upload types the API accepts, as an enum so the schema lists them (one source: the config)."""
 
-FINDINGS = tuple(finding.value for finding in Finding)
-"""The report's headline findings, as the literal strings the schema lists."""
-
 DEFAULT_UPLOAD_MAX_BYTES = 512 * 1024 * 1024
-"""template.yaml's ``UploadMaxBytes`` default: the schema's ceiling for ``size_bytes`` (a deployment
-with a lower limit answers 413 above it, which the schema documents)."""
+"""template.yaml's ``UploadMaxBytes`` default: the schema's ``maximum`` for ``size_bytes``. Documented,
+not validated by the model: ``create_scan`` checks the deployment's own limit and answers 413
+``upload_too_large`` (which a client can tell from a malformed request's 400)."""
 
 LIST_LIMIT_MAX = 100
 """The most jobs one ``GET /v1/scans`` page holds."""
@@ -94,13 +92,85 @@ class StartScanRequest(_Request):
     content_type: UploadContentType = Field(
         strict=False, description="The Content-Type the upload will declare (the policy pins it)."
     )
-    size_bytes: Annotated[int, BeforeValidator(_integral_float), Field(ge=1, le=DEFAULT_UPLOAD_MAX_BYTES)] | None = (
-        Field(default=None, description="The file's size, if known; larger than `max_bytes` is refused at once (413).")
+    # Field before BeforeValidator: in that order pydantic writes JSON Schema's ``minimum`` (the other
+    # way round it writes ``ge``, which no validator or generator reads).
+    size_bytes: (
+        Annotated[
+            int, Field(ge=1, json_schema_extra={"maximum": DEFAULT_UPLOAD_MAX_BYTES}), BeforeValidator(_integral_float)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The file's size in bytes, if known. Over the deployment's upload limit "
+        f"({DEFAULT_UPLOAD_MAX_BYTES} bytes unless configured lower) it is refused at once: 413 `upload_too_large`.",
     )
 
 
-class Error(BaseModel):
-    """Every refusal: ``message`` says why (for 400, which field and what was wrong)."""
+class ProblemCode(StrEnum):
+    """Why the API refused a request: the stable ``code`` of every problem it answers (branch on this,
+    not on ``detail``, which is for people and may change)."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_CURSOR = "invalid_cursor"
+    UNSUPPORTED_UPLOAD_TYPE = "unsupported_upload_type"
+    UNAUTHENTICATED = "unauthenticated"
+    ACCOUNT_NOT_USABLE = "account_not_usable"
+    SCAN_NOT_FOUND = "scan_not_found"
+    SCAN_IN_PROGRESS = "scan_in_progress"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this problem is always answered with."""
+        return _PROBLEMS[self][0]
+
+    @property
+    def phrase(self) -> str:
+        """RFC 9457 ``title``: the same for every occurrence of the problem."""
+        return _PROBLEMS[self][1]
+
+    @property
+    def type_uri(self) -> str:
+        """RFC 9457 ``type``: a URI naming the problem (a URN: nothing to dereference)."""
+        return f"urn:ichseg:problem:{self.value}"
+
+
+_PROBLEMS: dict[ProblemCode, tuple[int, str]] = {
+    ProblemCode.INVALID_REQUEST: (400, "The request does not match the API's schema"),
+    ProblemCode.INVALID_CURSOR: (400, "The next cursor is not one this API returned to this user"),
+    ProblemCode.UNSUPPORTED_UPLOAD_TYPE: (400, "The upload's content type is not one ichseg reads"),
+    ProblemCode.UNAUTHENTICATED: (401, "No authenticated user"),
+    ProblemCode.ACCOUNT_NOT_USABLE: (403, "This account cannot upload scans"),
+    ProblemCode.SCAN_NOT_FOUND: (404, "No such scan of yours"),
+    ProblemCode.SCAN_IN_PROGRESS: (409, "The scan is still being processed"),
+    ProblemCode.UPLOAD_TOO_LARGE: (413, "The upload is over this deployment's size limit"),
+    ProblemCode.UNSUPPORTED_MEDIA_TYPE: (415, "The request body must be application/json"),
+    ProblemCode.INTERNAL_ERROR: (500, "ichseg failed to answer; the request may be retried"),
+}
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """Every 4xx and 5xx the API itself answers: RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(description="A URI naming the problem: `urn:ichseg:problem:<code>`.")
+    title: str = Field(description="The problem in a few words, the same for every occurrence.")
+    status: int = Field(description="The HTTP status, repeated.")
+    detail: str = Field(description="This occurrence, for people (for 400: each field and what was wrong).")
+    code: ProblemCode = Field(description="Stable and machine-readable: branch on this.")
+
+    @classmethod
+    def of(cls, code: ProblemCode, detail: str) -> Problem:
+        """The problem ``code``, with ``detail`` for this occurrence."""
+        return cls(type=code.type_uri, title=code.phrase, status=code.status, detail=detail, code=code)
+
+
+class GatewayError(BaseModel):
+    """A refusal by API Gateway itself, before the API's code runs (401, 403): the status is the code.
+    HTTP APIs do not let a deployment reshape these bodies."""
 
     message: str
 
@@ -162,7 +232,7 @@ class ScanWarning(BaseModel):
 class Headline(BaseModel):
     """The report's headline when DONE."""
 
-    finding: Literal[FINDINGS] | None = None  # type: ignore[valid-type]
+    finding: Finding | None = None
     hemorrhage_probability: float | None = None
     slices_with_hemorrhage: int | None = None
     subtypes: Subtypes | None = Field(
@@ -178,17 +248,26 @@ class Headline(BaseModel):
     model: ModelInfo | None = None
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class ResultLinks(BaseModel):
-    """Short-lived presigned S3 GET links, when DONE."""
+    """Short-lived presigned S3 GET links, when DONE. A result the job did not make (no SEG for a
+    video) is left out rather than null: clients iterate the links they get."""
 
     overlay: str | None = Field(
-        default=None, description="H.264 MP4 (yuv420p, faststart) with the hemorrhage outlined."
+        default=None, exclude_if=_absent, description="H.264 MP4 (yuv420p, faststart) with the hemorrhage outlined."
     )
-    report: str | None = Field(default=None, description="report.json: per-slice probability, subtypes, area, volume.")
-    contact_sheet: str | None = None
-    seg: str | None = Field(default=None, description="DICOM SEG (DICOM input only).")
+    report: str | None = Field(
+        default=None, exclude_if=_absent, description="report.json: per-slice probability, subtypes, area, volume."
+    )
+    contact_sheet: str | None = Field(default=None, exclude_if=_absent)
+    seg: str | None = Field(default=None, exclude_if=_absent, description="DICOM SEG (DICOM input only).")
     sr: str | None = Field(
-        default=None, description="DICOM SR: TID 1500 measurement report on the SEG (DICOM input only)."
+        default=None,
+        exclude_if=_absent,
+        description="DICOM SR: TID 1500 measurement report on the SEG (DICOM input only).",
     )
 
 

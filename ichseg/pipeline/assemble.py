@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ichseg.errors import ErrorCode
+from ichseg.media_types import MIRRORED_FILES, media_type_of
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import keys
 from ichseg.pipeline.config import PipelineConfig
@@ -69,14 +70,6 @@ from ichseg.writers.report import Report, headline, report_from_areas
 log = logging.getLogger("ichseg.pipeline.assemble")
 
 STAGE = Stage.ASSEMBLE
-CONTENT_TYPES = {
-    ".mp4": "video/mp4",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".json": "application/json",
-    ".dcm": "application/dicom",
-}
-MIRRORED = ("overlay.mp4", "report.json")
 UPLOAD_THREADS = 8
 """S3 requests in flight at once when writing many small objects (masks)."""
 MAX_MESSAGE_DELAY_SECONDS = 900
@@ -214,7 +207,7 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         uploads.append(pool.submit(_put, ctx, prefix + "report.json", files["report.json"]))
         files["overlay.mp4"] = video.result()
         uploads.append(pool.submit(_put, ctx, prefix + "overlay.mp4", files["overlay.mp4"]))
-        mirrored = {name: files[name] for name in MIRRORED}
+        mirrored = {name: files[name] for name in MIRRORED_FILES}
         mirror = pool.submit(_mirror, ctx, job, mirrored) if _mirrored(ctx, job) else None
         uploads.append(pool.submit(_put, ctx, prefix + "contact_sheet.png", sheet.result()))
         for name, data in dicom.result().items():  # seg.dcm, sr.dcm: results "seg", "sr"
@@ -256,7 +249,7 @@ def _mirror(ctx: PipelineContext, job: Job, files: dict[str, bytes]) -> tuple[st
     error = mirror_files(
         ctx.mirror,
         prefix,
-        [MirrorFile(name, files[name], CONTENT_TYPES[Path(name).suffix]) for name in MIRRORED],
+        [MirrorFile(name, files[name], media_type_of(name)) for name in MIRRORED_FILES],
         attempts=ctx.config.mirror_attempts,
         sleep=ctx.sleep,
         budget_seconds=ctx.config.mirror_budget_seconds,
@@ -281,7 +274,7 @@ def _mirror_outcome(ctx: PipelineContext, job_id: str, prefix: str | None, error
         return MirrorState.FAILED  # nowhere to retry from: given up at once, the reason on the job
     ctx.sqs.send_message(
         QueueUrl=ctx.config.mirror_queue_url,
-        MessageBody=MirrorMessage(job_id).to_json(),
+        MessageBody=MirrorMessage(job_id=job_id).to_json(),
         DelaySeconds=min(MAX_MESSAGE_DELAY_SECONDS, int(ctx.config.mirror_backoff_seconds)),
     )
     return MirrorState.PENDING
@@ -316,7 +309,7 @@ def _slice_files(job_id: str, part: BatchPart) -> dict[str, bytes]:
 
 def _put(ctx: PipelineContext, key: str, data: bytes) -> None:
     """Write a result object once: a redelivered message finds it written and leaves it."""
-    ctx.put_once(key, data, CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream"))
+    ctx.put_once(key, data, media_type_of(key))
 
 
 def _put_all(ctx: PipelineContext, objects: dict[str, bytes]) -> None:
@@ -433,8 +426,7 @@ def retry_mirror(
         # The same names as the assembly's attempt: an upload replaces its object, so whatever an
         # earlier attempt left half done, one copy of each file is what remains.
         files = [
-            MirrorFile(name, ctx.get(job.results[Path(name).stem]), CONTENT_TYPES[Path(name).suffix])
-            for name in MIRRORED
+            MirrorFile(name, ctx.get(job.results[Path(name).stem]), media_type_of(name)) for name in MIRRORED_FILES
         ]
         error = mirror_files(
             ctx.mirror,

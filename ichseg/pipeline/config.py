@@ -16,6 +16,7 @@ from ichseg.endpoint_protocol import CONTEXT_SLICES as _CONTEXT_SLICES
 from ichseg.endpoint_protocol import MAX_SLICES_PER_REQUEST
 from ichseg.endpoint_protocol import SAGEMAKER_MAX_PAYLOAD_BYTES as _SAGEMAKER_MAX_PAYLOAD_BYTES
 from ichseg.limits import MiB
+from ichseg.media_types import UPLOAD_TYPES
 
 # ichseg.windowing's DEFAULT_WINDOW.name, repeated rather than imported: windowing imports numpy,
 # and the API and authorizer images (infrastructure/lambda/Dockerfile.api) import this module
@@ -25,19 +26,8 @@ _DEFAULT_WINDOW_NAME = "ct-ich-brain"
 REQUEST_BYTES_BUDGET = _SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024
 """SageMaker's 6 MB request cap, less room for the .npy header and HTTP framing."""
 
-ALLOWED_UPLOAD_TYPES = (
-    "video/mp4",
-    "video/quicktime",
-    "video/x-msvideo",
-    "application/zip",
-    "application/dicom",
-    "application/octet-stream",
-    "image/jpeg",
-    "image/png",
-    "application/gzip",
-)
-"""Content-Type values a presigned upload may declare. The format is still sniffed from the bytes
-(a declared type is a policy gate, never trusted for decoding)."""
+ALLOWED_UPLOAD_TYPES = tuple(str(kind) for kind in UPLOAD_TYPES)
+"""The upload Content-Types as strings (:data:`ichseg.media_types.UPLOAD_TYPES`)."""
 
 
 class ConfigError(RuntimeError):

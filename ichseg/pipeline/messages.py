@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ichseg.pipeline import keys
 from ichseg.scan import DicomSeriesRef, SeriesSelection
@@ -19,14 +21,23 @@ class MalformedMessage(ValueError):
     """A message body that is not what the stage expects (never retried into success)."""
 
 
-def _load(body: str, required: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        raise MalformedMessage(f"message body is not JSON ({exc})") from exc
-    if not isinstance(data, dict) or any(name not in data for name in required):
-        raise MalformedMessage(f"message body lacks one of {required}: {body[:200]!r}")
-    return data
+class QueueMessage(BaseModel):
+    """A queue message's body: pydantic parses it (the handlers' ``BatchProcessor(model=...)`` and
+    :meth:`from_json`), strictly (``"12"`` is not a slice index) and frozen (a message is a fact)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    def to_json(self) -> str:
+        """The message body (fields that are None are left out)."""
+        return self.model_dump_json(exclude_none=True)
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> Self:
+        """The message in ``body``; :class:`MalformedMessage` if it is not one."""
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise MalformedMessage(f"not a {cls.__name__}: {body[:200]!r} ({exc.error_count()} errors)") from exc
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,7 @@ class BatchRef:
         return slice(self.start - self.context_before, self.start + self.count + self.context_after)
 
 
-@dataclass(frozen=True)
-class SegmentMessage:
+class SegmentMessage(QueueMessage):
     """Segment queue: one batch of one job."""
 
     job_id: str
@@ -87,74 +97,31 @@ class SegmentMessage:
     def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...]) -> SegmentMessage:
         """The message for ``batch``; ``slice_ids`` are the whole scan's (the batch's are taken)."""
         return cls(
-            job_id,
-            batch.batch_id,
-            batch.start,
-            batch.count,
-            keys.frames_key(job_id, batch.batch_id),
-            batch.context_before,
-            batch.context_after,
-            tuple(slice_ids[batch.start : batch.start + batch.count]),
+            job_id=job_id,
+            batch_id=batch.batch_id,
+            start=batch.start,
+            count=batch.count,
+            frames_key=keys.frames_key(job_id, batch.batch_id),
+            context_before=batch.context_before,
+            context_after=batch.context_after,
+            slice_ids=tuple(slice_ids[batch.start : batch.start + batch.count]),
         )
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
-    @classmethod
-    def from_json(cls, body: str) -> SegmentMessage:
-        data = _load(
-            body, ("job_id", "batch_id", "start", "count", "frames_key", "context_before", "context_after", "slice_ids")
-        )
-        try:
-            return cls(
-                str(data["job_id"]),
-                str(data["batch_id"]),
-                int(data["start"]),
-                int(data["count"]),
-                str(data["frames_key"]),
-                int(data["context_before"]),
-                int(data["context_after"]),
-                tuple(str(i) for i in data["slice_ids"]),
-            )
-        except (TypeError, ValueError) as exc:
-            raise MalformedMessage(f"segment message with a non-integer field: {body[:200]!r}") from exc
-
-
-@dataclass(frozen=True)
-class AssembleMessage:
-    """Assemble queue: a job whose batches are all segmented (no ``batch_id``: the final assembly),
-    or one segmented batch whose share of the results can be written already (``batch_id``)."""
+class AssembleMessage(QueueMessage):
+    """Assemble queue: a job whose batches are all segmented (no ``batch_id``: the final assembly,
+    ``{"job_id"}`` as ever), or one segmented batch whose share of the results can be written
+    already (``batch_id``)."""
 
     job_id: str
     batch_id: str | None = None
 
-    def to_json(self) -> str:
-        # The final message keeps its original shape ({"job_id": ...}).
-        return json.dumps({"job_id": self.job_id} if self.batch_id is None else asdict(self))
 
-    @classmethod
-    def from_json(cls, body: str) -> AssembleMessage:
-        data = _load(body, ("job_id",))
-        batch = data.get("batch_id")
-        return cls(str(data["job_id"]), None if batch is None else str(batch))
-
-
-@dataclass(frozen=True)
-class MirrorMessage:
+class MirrorMessage(QueueMessage):
     """Mirror queue: a DONE app job whose Firebase Storage copy is still to be made (the assembly's
     attempt missed its budget). The job row holds everything else (owner, result keys, state)."""
 
-    job_id: str
-
-    def to_json(self) -> str:
-        return json.dumps({"job_id": self.job_id})
-
-    @classmethod
-    def from_json(cls, body: str) -> MirrorMessage:
-        data = _load(body, ("job_id",))
-        if not isinstance(data["job_id"], str) or not data["job_id"]:
-            raise MalformedMessage(f"mirror message without a job id: {body[:200]!r}")
-        return cls(data["job_id"])
+    job_id: str = Field(min_length=1)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     started = done == total and start_assembly(ctx, job.job_id)
     if done < total:
         # The last batch's masks are written by the final assembly, which follows at once.
-        _send(ctx, AssembleMessage(job.job_id, message.batch_id))
+        _send(ctx, AssembleMessage(job_id=job.job_id, batch_id=message.batch_id))
     return SegmentResult(
         job.job_id, message.batch_id, StageOutcome.SEGMENTED, message.count, result.seconds, result.attempts, started
     )
@@ -127,7 +127,7 @@ def start_assembly(ctx: PipelineContext, job_id: str) -> bool:
 
 
 def _send_assembly(ctx: PipelineContext, job_id: str) -> None:
-    _send(ctx, AssembleMessage(job_id))
+    _send(ctx, AssembleMessage(job_id=job_id))
     ctx.store.mark_assembly_enqueued(job_id)
     log.info("all batches done; assembly enqueued")
 

@@ -135,16 +135,19 @@ def test_without_a_declared_size_the_policy_allows_up_to_the_upload_limit(alice:
 @pytest.mark.parametrize("content_type", ["text/html", "application/x-sh", "", "video/mp4; boundary=x"])
 def test_content_types_outside_the_allowed_list_are_refused(alice: AppClient, content_type: str) -> None:
     response = alice.start(content_type)
-    # The model's enum refuses it: the message names the field and every accepted type.
-    assert response.status_code == 400 and "content_type" in response.json()["message"]
-    assert all(t in response.json()["message"] for t in ALLOWED_UPLOAD_TYPES)
+    # The model's enum refuses it: the detail names the field and every accepted type.
+    problem = response.json()
+    assert response.status_code == 400 and problem["code"] == "invalid_request" and "content_type" in problem["detail"]
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert all(t in problem["detail"] for t in ALLOWED_UPLOAD_TYPES)
 
 
 def test_oversized_and_malformed_requests_are_refused(alice: AppClient, stack: LocalStack) -> None:
-    # Over the schema's ceiling (template.yaml's default UploadMaxBytes): refused by the model, 400;
-    # a deployment with a lower limit answers 413 between the two (ichseg.pipeline.api.create_scan).
+    # Over the deployment's limit: 413 upload_too_large, as the README says (not the schema's 400).
     over = alice.start(size_bytes=10**12)
-    assert over.status_code == 400 and "size_bytes" in over.json()["message"]
+    assert (
+        over.status_code == 413 and over.json()["code"] == "upload_too_large" and "size_bytes" in over.json()["detail"]
+    )
     assert alice.start(size_bytes="big").status_code == 400
     for body in (b"[1, 2]", b"{not json", b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
         raw = requests.post(
@@ -163,7 +166,8 @@ def test_a_caller_sees_only_their_own_jobs(alice: AppClient, bob: AppClient, sta
     assert mine.json()["progress"] == {"done": 0, "total": 0, "batches_done": 0, "batches_total": 0}
     assert mine.headers["Cache-Control"] == "no-store"
     theirs = bob.status(job_id)
-    assert theirs.status_code == 404 and job_id in theirs.json()["message"]
+    assert theirs.status_code == 404 and job_id in theirs.json()["detail"]
+    assert theirs.json()["code"] == "scan_not_found"
     assert bob.status("0" * 32).status_code == 404
     assert bob.status("../../etc/passwd").status_code == 404
     hospital, _ = stack.store.create("ingest-" + "a" * 24, JobSource.INGEST, None, "ingest/x.zip", 900)

@@ -69,13 +69,14 @@ def test_a_cursor_is_only_good_for_its_owner_and_malformed_ones_are_400(stack: L
     assert cursor
     # Someone else's cursor must not read erin's index partition: refused, not a 500 from DynamoDB.
     stolen = _list(frank, limit=1, next=cursor)
-    assert stolen.status_code == 400 and "cursor" in stolen.json()["message"]
+    assert stolen.status_code == 400 and stolen.json()["code"] == "invalid_cursor"
     for bad in ("garbage", "e30", "W10", "%%%", "eyJhIjoxfQ"):
         response = _list(erin, next=bad)
-        assert response.status_code == 400, (bad, response.text)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_cursor", (bad, response.text)
     for limit in ("0", "101", "ten", "-1"):
         response = _list(erin, limit=limit)
-        assert response.status_code == 400 and "limit" in response.json()["message"], limit
+        assert response.status_code == 400 and "limit" in response.json()["detail"], limit
+        assert response.json()["code"] == "invalid_request"
 
 
 def test_status_has_the_viewer_link(alice: AppClient) -> None:
@@ -116,7 +117,8 @@ def test_a_failed_job_can_be_deleted_and_a_running_one_cannot(stack: LocalStack)
     hana = AppClient(stack, "hana-delete")
     running = hana.start().json()["job_id"]
     refused = _delete(hana, running)
-    assert refused.status_code == 409 and "RECEIVED" in refused.json()["message"]
+    assert refused.status_code == 409 and "RECEIVED" in refused.json()["detail"]
+    assert refused.json()["code"] == "scan_in_progress"
     assert hana.status(running).status_code == 200  # nothing was removed
     failed = hana.upload(b"this is not a scan at all" * 10, "video/mp4")
     assert hana.wait(failed).state.value == "FAILED"
@@ -180,8 +182,8 @@ def test_absurd_size_numbers_are_400_not_500(alice: AppClient, number: str) -> N
         timeout=30,
     )
     assert response.status_code == 400, response.text[:300]
-    message = response.json()["message"]
-    assert message.startswith("invalid request: ") and ("size_bytes" in message or "body: " in message)
+    detail = response.json()["detail"]
+    assert detail.startswith("invalid request: ") and ("size_bytes" in detail or "body: " in detail)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +201,8 @@ def test_absurd_size_numbers_are_400_not_500(alice: AppClient, number: str) -> N
 def test_bodies_outside_the_schema_are_400_with_a_reason(alice: AppClient, body: dict[str, object]) -> None:
     response = requests.post(f"{alice.stack.api_url}/v1/scans", json=body, headers=alice.headers, timeout=30)
     assert response.status_code == 400, response.text
-    assert response.json()["message"].startswith("invalid request: ")
+    assert response.json()["detail"].startswith("invalid request: ")
+    assert response.json()["code"] == "invalid_request"
 
 
 def test_unknown_methods_on_known_paths_are_405_and_unknown_paths_404(alice: AppClient) -> None:
@@ -228,8 +231,11 @@ def test_the_api_serves_its_generated_openapi_document(alice: AppClient) -> None
     response = requests.get(f"{alice.stack.api_url}/v1/openapi.json", headers=alice.headers, timeout=30)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
     assert response.json() == json.loads(SPEC.read_text())
-    # Behind the authorizer like every route (one HttpApi, one default authorizer).
-    assert requests.get(f"{alice.stack.api_url}/v1/openapi.json", timeout=30).status_code == 401
+    # Public (code generators fetch it without a token); a token, even a bad one, changes nothing.
+    anonymous = requests.get(f"{alice.stack.api_url}/v1/openapi.json", timeout=30)
+    assert anonymous.status_code == 200 and anonymous.json() == response.json()
+    bad_token = {"Authorization": "Bearer not-a-token"}
+    assert requests.get(f"{alice.stack.api_url}/v1/openapi.json", headers=bad_token, timeout=30).status_code == 200
 
 
 def test_a_non_json_body_is_415_not_a_crash(alice: AppClient) -> None:
@@ -241,3 +247,5 @@ def test_a_non_json_body_is_415_not_a_crash(alice: AppClient) -> None:
             timeout=30,
         )
         assert response.status_code == 415, (content_type, response.text)
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.json()["code"] == "unsupported_media_type"

@@ -155,9 +155,9 @@ def test_messages_carry_keys_never_pixels_and_reject_garbage() -> None:
     assert SegmentMessage.from_json(message.to_json()) == message
     assert message.slice_ids == tuple(f"{i:04d}" for i in range(16, 32))
     assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 512
-    assert AssembleMessage.from_json(AssembleMessage(JOB).to_json()) == AssembleMessage(JOB)
-    assert AssembleMessage(JOB).to_json() == json.dumps({"job_id": JOB})  # the final message's shape is unchanged
-    batch_message = AssembleMessage(JOB, "b0003")
+    assert AssembleMessage.from_json(AssembleMessage(job_id=JOB).to_json()) == AssembleMessage(job_id=JOB)
+    assert json.loads(AssembleMessage(job_id=JOB).to_json()) == {"job_id": JOB}  # the final message's shape
+    batch_message = AssembleMessage(job_id=JOB, batch_id="b0003")
     assert AssembleMessage.from_json(batch_message.to_json()) == batch_message and batch_message.batch_id is not None
     for body in ("", "[]", "{}", '{"job_id": "x"}', "not json"):
         with pytest.raises(MalformedMessage):
@@ -468,7 +468,7 @@ def test_mirror_messages_and_the_retry_backoff() -> None:
     from ichseg.pipeline.assemble import MAX_VISIBILITY_SECONDS, retry_delay
     from ichseg.pipeline.messages import MirrorMessage
 
-    assert MirrorMessage.from_json(MirrorMessage(JOB).to_json()) == MirrorMessage(JOB)
+    assert MirrorMessage.from_json(MirrorMessage(job_id=JOB).to_json()) == MirrorMessage(job_id=JOB)
     for body in ("{}", '{"job_id": ""}', '{"job_id": 7}', "not json"):
         with pytest.raises(MalformedMessage):
             MirrorMessage.from_json(body)

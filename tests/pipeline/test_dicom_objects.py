@@ -310,7 +310,7 @@ def test_the_assembly_writes_seg_and_sr_for_a_dicom_upload(
     segments = [SegmentMessage.from_json(m["Body"]) for m in receive_all(core, core.config.segment_queue_url)]
     for message in sorted((m for m in segments if m.job_id == job_id), key=lambda m: m.batch_id):
         assert segment_batch(core, message).outcome == "segmented"
-    assert assemble_results(core, AssembleMessage(job_id)).outcome == "done"
+    assert assemble_results(core, AssembleMessage(job_id=job_id)).outcome == "done"
 
     job = core.store.require(job_id)
     assert job.state == JobState.DONE

@@ -67,7 +67,7 @@ def _done_with_copy_pending(
     for message in receive_all(ctx, ctx.config.segment_queue_url):
         segment_batch(ctx, SegmentMessage.from_json(message["Body"]))
     receive_all(ctx, ctx.config.assemble_queue_url)  # the batches' mask messages: the final assembly writes all
-    assert assemble_results(ctx, AssembleMessage(ticket.job_id)).outcome == StageOutcome.DONE
+    assert assemble_results(ctx, AssembleMessage(job_id=ticket.job_id)).outcome == StageOutcome.DONE
     return ticket.job_id
 
 
@@ -92,13 +92,15 @@ def test_a_copy_that_missed_its_budget_is_queued_then_retried_into_place_once(
     assert (job.mirror_state, job.mirror_attempts) == (MirrorState.PENDING, 1)
     assert "Firebase Storage failed after 2 attempts" in (job.mirror_error or "")
     status = scan_status(core, "mia", job_id)
-    assert status["results"]["overlay"] and status["mirror"]["state"] == "PENDING"  # the app uses the S3 links
+    assert (
+        status.results and status.results.overlay and status.mirror and status.mirror.state == "PENDING"
+    )  # the app uses the S3 links
     message = _receive_one(core)
     assert json.loads(message["Body"]) == {"job_id": job_id}
     assert receive_all(core, core.config.mirror_queue_url, wait=1.0) == []  # one message, no more
 
     core.mirror = _firebase(core, stack, stack.storage_url, monkeypatch)  # Firebase is back
-    result = retry_mirror(core, MirrorMessage(job_id), 1, message["ReceiptHandle"])
+    result = retry_mirror(core, MirrorMessage(job_id=job_id), 1, message["ReceiptHandle"])
     assert (result.outcome, result.attempts) == (StageOutcome.MIRRORED, 2)
     job = core.store.require(job_id)
     assert (job.state, job.mirror_state, job.mirror_attempts, job.mirror_error) == (
@@ -111,12 +113,12 @@ def test_a_copy_that_missed_its_budget_is_queued_then_retried_into_place_once(
     assert {o["name"] for o in stack.firebase_objects(prefix)} == {prefix + "overlay.mp4", prefix + "report.json"}
     assert stack.firebase_download(prefix + "overlay.mp4") == core.get(job.results["overlay"])
     assert stack.firebase_download(prefix + "report.json") == core.get(job.results["report"])
-    mirror = scan_status(core, "mia", job_id)["mirror"]
-    assert (mirror["state"], mirror["attempts"], mirror["error"]) == ("MIRRORED", 2, None)
+    mirror = scan_status(core, "mia", job_id).mirror
+    assert mirror is not None and (mirror.state, mirror.attempts, mirror.error) == ("MIRRORED", 2, None)
 
     # A duplicate message after MIRRORED: nothing uploaded, nothing counted, the row unchanged.
     before = core.store.require(job_id)
-    duplicate = retry_mirror(core, MirrorMessage(job_id), 1)
+    duplicate = retry_mirror(core, MirrorMessage(job_id=job_id), 1)
     assert (duplicate.outcome, duplicate.attempts) == (StageOutcome.DUPLICATE, 2)
     assert core.store.require(job_id) == before
 
@@ -129,7 +131,7 @@ def test_a_failed_retry_raises_backs_off_and_the_last_receive_gives_the_copy_up(
     message = _receive_one(core)
 
     with pytest.raises(MirrorFailed, match="retry 1"):
-        retry_mirror(core, MirrorMessage(job_id), 1, message["ReceiptHandle"])
+        retry_mirror(core, MirrorMessage(job_id=job_id), 1, message["ReceiptHandle"])
     job = core.store.require(job_id)
     assert (job.state, job.mirror_state, job.mirror_attempts) == (JobState.DONE, MirrorState.PENDING, 2)
     assert "(retry 1)" in (job.mirror_error or "")
@@ -139,17 +141,18 @@ def test_a_failed_retry_raises_backs_off_and_the_last_receive_gives_the_copy_up(
 
     last = core.config.max_receive_count
     with pytest.raises(MirrorFailed, match="the last"):
-        retry_mirror(core, MirrorMessage(job_id), last, message["ReceiptHandle"])
+        retry_mirror(core, MirrorMessage(job_id=job_id), last, message["ReceiptHandle"])
     job = core.store.require(job_id)
     assert (job.state, job.mirror_state, job.mirror_attempts) == (JobState.DONE, MirrorState.FAILED, 3)
     assert f"(retry {last}, the last)" in (job.mirror_error or "") and "Firebase Storage" in (job.mirror_error or "")
-    assert scan_status(core, "noa", job_id)["mirror"]["state"] == "FAILED"
+    failed = scan_status(core, "noa", job_id).mirror
+    assert failed is not None and failed.state == "FAILED"
     # ... and made it visible again at once, so SQS's next receive moves it to the dead-letter queue.
     assert json.loads(_receive_one(core)["Body"]) == {"job_id": job_id}
 
     # Redriven from the dead-letter queue once Firebase is back, the copy is still made.
     core.mirror = _firebase(core, stack, stack.storage_url, monkeypatch)
-    assert retry_mirror(core, MirrorMessage(job_id), 1).outcome == StageOutcome.MIRRORED
+    assert retry_mirror(core, MirrorMessage(job_id=job_id), 1).outcome == StageOutcome.MIRRORED
     assert core.store.require(job_id).mirror_state == MirrorState.MIRRORED
 
 
@@ -159,7 +162,7 @@ def test_a_deleted_jobs_mirror_message_is_consumed_and_uploads_nothing(
     job_id = _done_with_copy_pending(core, stack, "oli", tmp_path, monkeypatch)
     core.mirror = _firebase(core, stack, stack.storage_url, monkeypatch)
     delete_scan(core, "oli", job_id)  # the row becomes a tombstone
-    result = retry_mirror(core, MirrorMessage(job_id), 1)  # returns: the handler reports no failure
+    result = retry_mirror(core, MirrorMessage(job_id=job_id), 1)  # returns: the handler reports no failure
     assert result.outcome == StageOutcome.DELETED
     assert stack.firebase_objects(layout.mirror_prefix("oli", job_id)) == []
     with pytest.raises(JobDeleted):  # still a tombstone: nothing was written back

@@ -99,9 +99,9 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     # Every batch but the last asked for its masks to be written; the last one started the assembly.
     assemble = _assemble_messages(core)
     assert assemble == [
-        AssembleMessage(upload.job_id, "b0000"),
-        AssembleMessage(upload.job_id, "b0001"),
-        AssembleMessage(upload.job_id),
+        AssembleMessage(job_id=upload.job_id, batch_id="b0000"),
+        AssembleMessage(job_id=upload.job_id, batch_id="b0001"),
+        AssembleMessage(job_id=upload.job_id),
     ]
     written = assemble_results(core, assemble[0])
     assert (written.outcome, written.slices) == ("batch", 4)
@@ -148,7 +148,10 @@ def test_a_duplicate_segment_delivery_during_the_job_counts_once(core: PipelineC
     assert segment_batch(core, second).started_assembly
     assert segment_batch(core, second).outcome == "duplicate"
     # One request for the first batch's masks, one final assembly: the duplicates sent nothing.
-    assert _assemble_messages(core) == [AssembleMessage(upload.job_id, first.batch_id), AssembleMessage(upload.job_id)]
+    assert _assemble_messages(core) == [
+        AssembleMessage(job_id=upload.job_id, batch_id=first.batch_id),
+        AssembleMessage(job_id=upload.job_id),
+    ]
 
 
 def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
@@ -172,7 +175,7 @@ def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
     assert core.store.require(upload.job_id).progress == (4, 8)
     assert segment_batch(core, second).started_assembly
     assert [m.batch_id for m in _assemble_messages(core)] == [first.batch_id, first.batch_id, None]
-    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "done"
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == "done"
     report = json.loads(core.get(core.store.require(upload.job_id).results["report"]))
     assert len(report["slices"]) == 8 and len(_mask_keys(core, upload.job_id)) == 8
 
@@ -184,7 +187,7 @@ def test_a_duplicate_final_message_during_assembly_does_nothing_and_done_is_coun
     split_scan_into_batches(core, upload)
     for message in _segment_messages(core):
         segment_batch(core, message)
-    final = AssembleMessage(upload.job_id)
+    final = AssembleMessage(job_id=upload.job_id)
     # The first delivery holds the assembly (it is still writing); its duplicate arrives meanwhile.
     assert core.store.claim_assembly(upload.job_id, "first-delivery", lease_seconds=300)
     duplicate = assemble_results(core, final, claim=AssemblyClaim("duplicate-delivery", 300))
@@ -212,11 +215,11 @@ def test_redelivered_batch_mask_messages_write_each_mask_once(core: PipelineCont
     split_scan_into_batches(core, upload)
     first, second = _segment_messages(core)
     segment_batch(core, first)
-    batch = AssembleMessage(upload.job_id, first.batch_id)
+    batch = AssembleMessage(job_id=upload.job_id, batch_id=first.batch_id)
     for _ in range(3):  # SQS at-least-once: the same request three times
         assert assemble_results(core, batch).outcome == StageOutcome.BATCH
     segment_batch(core, second)
-    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == StageOutcome.DONE
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == StageOutcome.DONE
     versions = core.s3.list_object_versions(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")
     keys = [v["Key"] for v in versions.get("Versions", [])]
     # 8 masks, 8 frames, overlay, report, contact sheet: one version each
@@ -229,7 +232,7 @@ def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_
     for message in _segment_messages(core):
         segment_batch(core, message)
     assert core.store.claim_assembly(upload.job_id, "crashed", lease_seconds=-1)  # its lease is over
-    result = assemble_results(core, AssembleMessage(upload.job_id), claim=AssemblyClaim("rescuer", 300))
+    result = assemble_results(core, AssembleMessage(job_id=upload.job_id), claim=AssemblyClaim("rescuer", 300))
     assert result.outcome == StageOutcome.DONE
 
 
@@ -284,7 +287,7 @@ def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContex
     core.mirror = Unreachable()
     upload = _upload(core, "dave", video_bytes(tmp_path, head_frames(4)))
     _run_to_assembly(core, upload)
-    result = assemble_results(core, AssembleMessage(upload.job_id))
+    result = assemble_results(core, AssembleMessage(job_id=upload.job_id))
     assert result.outcome == "done" and "unreachable" in (result.mirror_error or "")
     job = core.store.require(upload.job_id)
     assert job.state == JobState.DONE and "after 2 attempts" in (job.mirror_error or "")
@@ -306,7 +309,7 @@ def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: Pipeli
     part = BatchPart.decode(core.get(key))
     changed = ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, part.attributes.slice_probabilities)
     core.put(key, dataclasses.replace(part, attributes=changed).encode())
-    assert assemble_results(core, AssembleMessage(upload.job_id)).outcome == "failed"
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == "failed"
     job = core.store.require(upload.job_id)
     assert job.state == JobState.FAILED and job.error_code == "model_changed" and "2.0.0" in (job.error_reason or "")
 
@@ -447,7 +450,7 @@ def test_a_deleted_jobs_upload_event_delivered_again_does_not_bring_it_back(
     with pytest.raises(ApiError) as refused:
         scan_status(core, "ivan", upload.job_id)
     assert refused.value.status == 404
-    assert list_scans(core, "ivan")["scans"] == []
+    assert list_scans(core, "ivan").scans == []
     assert _work_keys(core, upload.job_id) == []
     assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
     # The object is left for the uploads/ lifecycle rule (the split may only read uploads).
@@ -484,7 +487,7 @@ def test_an_app_upload_for_a_job_the_api_never_created_is_refused(core: Pipeline
     for attempt in (1, core.config.max_receive_count):
         assert split_scan_into_batches(core, stray, receive_count=attempt).outcome == StageOutcome.UNKNOWN
     assert core.store.get(job_id) is None
-    assert list_scans(core, "mallory")["scans"] == []
+    assert list_scans(core, "mallory").scans == []
     assert _work_keys(core, job_id) == []
     assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
 

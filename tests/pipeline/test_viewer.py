@@ -441,6 +441,22 @@ def test_a_video_scan_shows_no_series_nor_spacing(
     assert driver.find_element(By.ID, "slice-probability").is_displayed()
 
 
+def test_a_failed_job_says_why_and_not_to_wait(browser: Any, stack: LocalStack) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    client = AppClient(stack, "viewer-failed")
+    job_id = client.upload(b"this is not a scan at all" * 10, "video/mp4")
+    job = client.wait(job_id)
+    assert job.state == JobState.FAILED and job.error_reason
+    driver.get("about:blank")
+    driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('viewer-failed')}")
+    _wait(driver, lambda d: "FAILED" in d.find_element(By.ID, "message").text, "the failure was never shown")
+    text = driver.find_element(By.ID, "message").text
+    assert job.error_reason in text and "Upload the scan again" in text and "Reload when" not in text
+    assert "error" in (driver.find_element(By.ID, "message").get_attribute("class") or "")
+
+
 # ---------------------------------------------------------------------- security (issue 19, item 5)
 
 
