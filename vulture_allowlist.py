@@ -76,6 +76,10 @@ CT_ICH_SPLIT_FILE_0_2  # unused variable (training/datasets.py:464)
 extra_args  # unused variable (training/sagemaker_launcher.py:386)
 anatomy  # unused variable (training/synthetic.py:65)
 mm_per_pixel  # unused variable (training/synthetic.py:72)
+devices_max  # unused variable (ichseg/pipeline/api_models.py: RegisteredDevice, read by the app)
+ANDROID  # unused variable (ichseg/pipeline/devices.py: Platform, parsed from the app's JSON)
+IOS  # unused variable (ichseg/pipeline/devices.py: Platform)
+WEB  # unused variable (ichseg/pipeline/devices.py: Platform)
 
 # --- Attributes set for libraries (pydicom datasets, pynetdicom's AE, ONNX Runtime's options,
 #     zipfile, Selenium, the Lambda context the local runtime hands over, Keras's training flag).

@@ -4,6 +4,8 @@
     GET    /v1/scans            ?limit=20&next=<cursor>  -> 200 the caller's jobs, newest first
     GET    /v1/scans/{job_id}   -> 200 state, progress, error, result links, viewer link; 404 if not the caller's
     DELETE /v1/scans/{job_id}   -> 204 deleted; 404 unknown/not the caller's/already deleted; 409 still running
+    POST   /v1/devices          {"token": "<FCM token>", "platform": "android"} -> 201 device (push when a job ends)
+    DELETE /v1/devices/{id}     -> 204 no more pushes to that device; 404 not the caller's
     GET    /v1/openapi.json     -> 200 this API's OpenAPI document (no token: code generators fetch it)
 
 Every refusal the API itself answers is an RFC 9457 problem (``application/problem+json``) with a
@@ -32,13 +34,23 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions import handler_logger, pipeline_context
 from ichseg.pipeline import create_scan, scan_status
-from ichseg.pipeline.api import LIST_LIMIT_DEFAULT, ApiError, delete_scan, list_scans, status_url
+from ichseg.pipeline.api import (
+    LIST_LIMIT_DEFAULT,
+    ApiError,
+    delete_scan,
+    list_scans,
+    register_device,
+    remove_device,
+    status_url,
+)
 from ichseg.pipeline.api_models import (
     LIST_LIMIT_MAX,
     PROBLEM_MEDIA_TYPE,
     GatewayError,
     Problem,
     ProblemCode,
+    RegisterDeviceRequest,
+    RegisteredDevice,
     ScanList,
     ScanStatus,
     StartScanRequest,
@@ -68,7 +80,10 @@ DESCRIPTION = """The API the ichseg mobile app uses to segment intracranial hemo
    file as the **last** field, named `file`. S3 enforces the policy (key, Content-Type, size, expiry).
 4. Poll `GET /v1/scans/{job_id}` until `state` is `DONE` or `FAILED`; when DONE, `results` holds
    short-lived download links and `viewer` the results viewer (relative to this API's base URL).
-5. `GET /v1/scans` lists your scans (newest first, `next` pages on); `DELETE /v1/scans/{job_id}`
+5. Instead of polling, register the device's FCM token with `POST /v1/devices`: each scan that ends
+   (DONE or FAILED) sends one notification with its `job_id`, `state` and `finding` (or
+   `error_code`) in the data, and no patient data. `DELETE /v1/devices/{device_id}` stops them.
+6. `GET /v1/scans` lists your scans (newest first, `next` pages on); `DELETE /v1/scans/{job_id}`
    removes an ended scan and everything derived from it.
 
 Without the `Authorization` header API Gateway answers `401`; with a token that is invalid, expired,
@@ -211,6 +226,43 @@ def remove_scan(job_id: JobId) -> Response[None]:
     delete_scan(pipeline_context(metrics), caller_uid(), job_id)
     logger.info("scan deleted")
     metrics.add_metric("ScansDeleted", "Count", 1)
+    return Response(204, None, None, {"Cache-Control": "no-store"})
+
+
+DeviceId = Annotated[str, Path(description="The `device_id` `POST /v1/devices` returned.", max_length=64)]
+
+
+@app.post(
+    "/v1/devices",
+    operation_id="registerDevice",
+    summary="Be notified (FCM) on this device when each of your scans is DONE or FAILED",
+    responses={
+        201: _ok("Registered (or refreshed: the same token is the same device).", RegisteredDevice),
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.UNSUPPORTED_MEDIA_TYPE),
+        **AUTH_REFUSALS,
+    },
+)
+@tracer.capture_method
+def add_device(request: Annotated[RegisterDeviceRequest, Body(embed=False)]) -> Response[RegisteredDevice]:
+    device = register_device(pipeline_context(metrics), caller_uid(), request.token, request.platform)
+    logger.info("device registered", extra={"device_id": device.device_id, "platform": device.platform})
+    return _json(201, device)
+
+
+@app.delete(
+    "/v1/devices/<device_id>",
+    operation_id="removeDevice",
+    summary="Stop notifying a device",
+    responses={
+        204: {"description": "Removed. A second DELETE of the same device is 404."},
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.DEVICE_NOT_FOUND),
+        **AUTH_REFUSALS,
+    },
+)
+@tracer.capture_method
+def drop_device(device_id: DeviceId) -> Response[None]:
+    remove_device(pipeline_context(metrics), caller_uid(), device_id)
+    logger.info("device removed", extra={"device_id": device_id})
     return Response(204, None, None, {"Cache-Control": "no-store"})
 
 

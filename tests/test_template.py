@@ -93,6 +93,7 @@ GLOBAL_ENV = {
     "ICHSEG_UPLOAD_MAX_BYTES",
     "FIREBASE_PROJECT_ID",
     "ICHSEG_FIREBASE_BUCKET",
+    "ICHSEG_PUSH_PROJECT_ID",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
@@ -220,6 +221,17 @@ def test_tracing_and_shared_environment(template: dict[str, Any], resources: dic
     assert env["ICHSEG_SEGMENT_QUEUE_URL"] == {"Ref": "SegmentQueue"}
     assert env["ICHSEG_ASSEMBLE_QUEUE_URL"] == {"Ref": "AssembleQueue"}
     assert env["POWERTOOLS_SERVICE_NAME"] == env["POWERTOOLS_METRICS_NAMESPACE"] == "ichseg"
+    # Push only with the service account to send with; each function that can end a job may read it.
+    assert env["ICHSEG_PUSH_PROJECT_ID"] == {
+        "Fn::If": ["PushEnabled", {"Ref": "FirebaseProjectId"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["PushEnabled"]["Fn::And"][1] == {"Condition": "HasFirebaseSecret"}
+    for name in ("SplitFunction", "SegmentFunction", "AssembleFunction", "WatchdogFunction"):
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert "ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN" in variables, name
+        role = resources[name]["Properties"]["Role"]["Fn::GetAtt"][0]
+        statements = json.dumps(resources[role]["Properties"]["Policies"])
+        assert "secretsmanager:GetSecretValue" in statements, name
     params = template["Parameters"]
     assert str(params["BatchSlices"]["Default"]) == "16"
     assert str(params["JobDeadlineSeconds"]["Default"]) == "900"
@@ -404,9 +416,18 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
     # Assemble mirrors results to Firebase Storage, the mirror function retries that copy; the API
-    # deletes it (DELETE /v1/scans/{job_id}). The gateway's execution role reads its delivery TLS
-    # secrets (test_gateway_delivery_tls_secrets...).
-    assert secret_readers == {"AssembleFunctionRole", "MirrorFunctionRole", "ApiFunctionRole", "GatewayExecutionRole"}
+    # deletes it (DELETE /v1/scans/{job_id}). Split, segment and the watchdog can fail a job, which
+    # is pushed to its owner's devices (only with PushEnabled). The gateway's execution role reads
+    # its delivery TLS secrets (test_gateway_delivery_tls_secrets...).
+    assert secret_readers == {
+        "AssembleFunctionRole",
+        "MirrorFunctionRole",
+        "ApiFunctionRole",
+        "SplitFunctionRole",
+        "SegmentFunctionRole",
+        "WatchdogFunctionRole",
+        "GatewayExecutionRole",
+    }
     for role in secret_readers - {"GatewayExecutionRole"}:
         assert allowed_resources(resources, role, "secretsmanager:GetSecretValue") == [
             {"Ref": "FirebaseCredentialsSecretArn"}

@@ -26,6 +26,7 @@ from ichseg.pipeline.api_models import (
     Mirror,
     ProblemCode,
     Progress,
+    RegisteredDevice,
     ResultLinks,
     ScanList,
     ScanStatus,
@@ -36,6 +37,7 @@ from ichseg.pipeline.api_models import (
 )
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.context import PipelineContext
+from ichseg.pipeline.devices import MAX_DEVICES, DeviceRegistry, Platform
 from ichseg.pipeline.jobs import Job, JobSource, JobState
 
 _JOB_ID = re.compile(r"^(?:[0-9a-f]{32}|ingest-[0-9a-f]{24})$")
@@ -228,6 +230,23 @@ def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
         ctx.mirror.delete(keys.mirror_prefix(uid, job_id))
     if not ctx.store.delete_ended(job_id, uid):  # deleted concurrently by another request
         raise ApiError(ProblemCode.SCAN_NOT_FOUND, f"no scan {job_id!r}")
+
+
+def register_device(ctx: PipelineContext, uid: str, token: str, platform: Platform) -> RegisteredDevice:
+    """Register (or refresh) the caller's device for push notifications when their jobs end."""
+    device = DeviceRegistry(ctx.store).register(uid, token, platform)
+    return RegisteredDevice(
+        device_id=device.device_id,
+        platform=device.platform,
+        registered_at=device.registered_at,
+        devices_max=MAX_DEVICES,
+    )
+
+
+def remove_device(ctx: PipelineContext, uid: str, device_id: str) -> None:
+    """Stop notifying one of the caller's devices; 404 if it is not registered (to them)."""
+    if not DeviceRegistry(ctx.store).remove(uid, device_id):
+        raise ApiError(ProblemCode.DEVICE_NOT_FOUND, f"no device {device_id!r}")
 
 
 def delete_all_versions(ctx: PipelineContext, prefix: str) -> int:

@@ -26,6 +26,7 @@ from ichseg.errors import ErrorCode
 from ichseg.findings import Finding
 from ichseg.input_warnings import InputWarning
 from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
+from ichseg.pipeline.devices import Platform
 from ichseg.pipeline.jobs import JobState, MirrorState
 
 UploadContentType = StrEnum("UploadContentType", {t: t for t in ALLOWED_UPLOAD_TYPES})  # type: ignore[misc]
@@ -106,6 +107,29 @@ class StartScanRequest(_Request):
     )
 
 
+class RegisterDeviceRequest(_Request):
+    """``POST /v1/devices``: this app install's FCM registration token, to hear when a scan ends."""
+
+    token: str = Field(
+        min_length=20,
+        max_length=4096,
+        pattern=r"^[A-Za-z0-9_:\-]+$",
+        description="The FCM registration token (`FirebaseMessaging.instance.getToken()`).",
+    )
+    # strict=False here only, as for content_type: JSON has the enum's value, not the enum.
+    platform: Platform = Field(strict=False, description="Where the app runs.")
+
+
+class RegisteredDevice(BaseModel):
+    """A device that is told (one FCM notification) when each of the user's scans is DONE or FAILED.
+    The token is not echoed back: ``device_id`` names the device."""
+
+    device_id: str = Field(description="Pass to `DELETE /v1/devices/{device_id}` to stop notifications.")
+    platform: Platform
+    registered_at: str = Field(description="ISO-8601 UTC.")
+    devices_max: int = Field(description="Devices a user may register; beyond it the oldest is dropped.")
+
+
 class ProblemCode(StrEnum):
     """Why the API refused a request: the stable ``code`` of every problem it answers (branch on this,
     not on ``detail``, which is for people and may change)."""
@@ -117,6 +141,7 @@ class ProblemCode(StrEnum):
     ACCOUNT_NOT_USABLE = "account_not_usable"
     SCAN_NOT_FOUND = "scan_not_found"
     SCAN_IN_PROGRESS = "scan_in_progress"
+    DEVICE_NOT_FOUND = "device_not_found"
     UPLOAD_TOO_LARGE = "upload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL_ERROR = "internal_error"
@@ -145,6 +170,7 @@ _PROBLEMS: dict[ProblemCode, tuple[int, str]] = {
     ProblemCode.ACCOUNT_NOT_USABLE: (403, "This account cannot upload scans"),
     ProblemCode.SCAN_NOT_FOUND: (404, "No such scan of yours"),
     ProblemCode.SCAN_IN_PROGRESS: (409, "The scan is still being processed"),
+    ProblemCode.DEVICE_NOT_FOUND: (404, "No such device of yours"),
     ProblemCode.UPLOAD_TOO_LARGE: (413, "The upload is over this deployment's size limit"),
     ProblemCode.UNSUPPORTED_MEDIA_TYPE: (415, "The request body must be application/json"),
     ProblemCode.INTERNAL_ERROR: (500, "ichseg failed to answer; the request may be retried"),

@@ -63,6 +63,7 @@ from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobSta
 from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.pipeline.parts import BatchPart, ModelChanged, in_background, model_of
+from ichseg.pipeline.push import JobEnded, notify_job_ended
 from ichseg.scan_context import load_scan_head, scan_context
 from ichseg.writers.outputs import joined_contact_sheet, joined_video, report_json
 from ichseg.writers.report import Report, headline, report_from_areas
@@ -231,6 +232,8 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
     created = job.stamps.get("created")
     end_to_end = ctx.clock() - created if created else None
     ctx.metrics.add_metric("JobsCompleted", "Count", 1)
+    # Once: only the assembly whose conditional write made the job DONE gets here.
+    notify_job_ended(ctx, job.source, job.owner, JobEnded(job_id, JobState.DONE, finding=report["finding"]))
     if end_to_end is not None:
         ctx.metrics.add_metric("EndToEndLatency", "Seconds", round(end_to_end, 3))
     log.info("job DONE: %s, %d slices, assembled in %.2f s", report["finding"], manifest.num_slices, seconds)

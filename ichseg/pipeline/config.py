@@ -78,6 +78,8 @@ class PipelineConfig:
     firebase_bucket: str = ""
     firebase_project_id: str = ""
     firebase_credentials_secret_arn: str = ""
+    push_project_id: str = ""
+    """The Firebase project FCM pushes go through (:mod:`ichseg.pipeline.push`); empty: no push."""
     """Secrets Manager id of a service-account JSON for Firebase Storage (cloud); unused with the emulator."""
     storage_emulator_host: str = ""
     aws_endpoints: tuple[tuple[str, str], ...] = ()
@@ -127,6 +129,7 @@ class PipelineConfig:
             firebase_bucket=text("ICHSEG_FIREBASE_BUCKET"),
             firebase_project_id=text("FIREBASE_PROJECT_ID"),
             firebase_credentials_secret_arn=text("ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN"),
+            push_project_id=text("ICHSEG_PUSH_PROJECT_ID"),
             storage_emulator_host=text("STORAGE_EMULATOR_HOST"),
             aws_endpoints=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_ENDPOINT_URL"))),
         )

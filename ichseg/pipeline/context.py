@@ -107,6 +107,14 @@ class PipelineContext:
 
         return FirebaseMirror(self.config, secrets=lambda: self._client("secretsmanager"))
 
+    @cached_property
+    def messenger(self) -> Any:
+        """The FCM sender (:class:`~ichseg.pipeline.push.FirebaseMessenger`); used only when
+        ``ICHSEG_PUSH_PROJECT_ID`` is set."""
+        from ichseg.pipeline.push import FirebaseMessenger
+
+        return FirebaseMessenger(self.config, secrets=lambda: self._client("secretsmanager"))
+
     # ------------------------------------------------------------------ small S3 helpers
 
     def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:

@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 from ichseg.errors import ErrorCode
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import AttemptLog, Job, JobSource, JobState, Stage
+from ichseg.pipeline.push import JobEnded, notify_job_ended
 
 log = logging.getLogger("ichseg.pipeline.failures")
 
@@ -53,11 +54,15 @@ def fail_job(
     if failed:
         log.warning("job failed in %s: %s (%s)", stage, reason, code, extra={"job_id": job_id})
         ctx.metrics.add_metric("JobsFailed", "Count", 1)
-        job = ctx.store.get(job_id) if source is None else None
-        if (source or (job.source if job else None)) == JobSource.INGEST:
+        job = ctx.store.get(job_id) if source is None or owner is None else None
+        source = source or (job.source if job else None)
+        if source == JobSource.INGEST:
             # A hospital job that fails sends nothing back: the PACS and the radiologist wait for a
             # result that will not come, so ops hear of each one (HospitalJobsFailedAlarm).
             ctx.metrics.add_metric("HospitalJobsFailed", "Count", 1)
+        # Once: only the call whose conditional write failed the job gets here.
+        event = JobEnded(job_id, JobState.FAILED, error_code=code)
+        notify_job_ended(ctx, source, owner or (job.owner if job else None), event)
     return failed
 
 

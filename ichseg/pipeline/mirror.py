@@ -59,6 +59,19 @@ def firebase_app(name: str, credential: Any, options: dict[str, Any]) -> Any:
         return firebase_admin.initialize_app(credential, options, name=name)
 
 
+def firebase_credential(config: PipelineConfig, secrets: Callable[[], Any] | None) -> Any:
+    """The credential firebase-admin signs with: anonymous for the storage emulator, else the
+    service-account JSON in Secrets Manager, else Google application-default credentials."""
+    from firebase_admin import credentials
+
+    if config.storage_emulator_host:
+        return anonymous_credential()
+    if config.firebase_credentials_secret_arn and secrets is not None:
+        secret = secrets().get_secret_value(SecretId=config.firebase_credentials_secret_arn)["SecretString"]
+        return credentials.Certificate(json.loads(secret))
+    return credentials.ApplicationDefault()
+
+
 class FirebaseMirror:
     """Uploads to (and lists) the configured Firebase Storage bucket."""
 
@@ -68,16 +81,10 @@ class FirebaseMirror:
 
     @cached_property
     def bucket(self) -> Any:
-        from firebase_admin import credentials, storage
+        from firebase_admin import storage
 
         config = self.config
-        if config.storage_emulator_host:
-            credential = anonymous_credential()
-        elif config.firebase_credentials_secret_arn and self._secrets is not None:
-            secret = self._secrets().get_secret_value(SecretId=config.firebase_credentials_secret_arn)["SecretString"]
-            credential = credentials.Certificate(json.loads(secret))
-        else:
-            credential = credentials.ApplicationDefault()
+        credential = firebase_credential(config, self._secrets)
         options: dict[str, Any] = {"storageBucket": config.firebase_bucket}
         if config.firebase_project_id:
             options["projectId"] = config.firebase_project_id
