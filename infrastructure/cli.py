@@ -22,6 +22,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stack.add_argument(
         "--gateway", action="store_true", help="start the DICOM gateway even without --pacs (results stay in S3)"
     )
+    stack.add_argument(
+        "--gateway-port",
+        type=int,
+        default=0,
+        help="the gateway's DICOM port (default: any free one; implies --gateway)",
+    )
     stack.set_defaults(handler=_stack)
 
     demo = commands.add_parser("demo", help="run ichseg on the committed sample scan (CT-ICH patient 051)")

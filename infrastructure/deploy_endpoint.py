@@ -5,20 +5,28 @@
         --model-data s3://my-bucket/models/ichseg/model.tar.gz \
         --role arn:aws:iam::123456789012:role/ichseg-sagemaker --name ichseg \
         [--instance-type ml.g5.xlarge] [--min 1 --max 4] [--target-invocations 60] \
-        [--async --async-output s3://my-bucket/async/] [--model-file ichseg-unet-fp16.onnx] [--dry-run]
+        [--canary-percent 25 --bake-seconds 600] [--model-file ichseg-unet-fp16.onnx] [--dry-run]
 
 The image is ``infrastructure/endpoint/Dockerfile`` pushed to ECR; the model data is
 ``python -m model_export.packaging`` uploaded to S3.
 
 Model and endpoint-configuration names carry a revision (a hash of everything deployed), so a
 re-run with the same inputs changes nothing, and a changed input becomes a new configuration that
-the existing endpoint is updated to (SageMaker swaps instances blue/green, no downtime). The
-scalable target is deregistered around such an update (SageMaker refuses some updates of a variant
-under autoscaling) and registered again once the endpoint is InService.
+the existing endpoint is updated to. The scalable target is deregistered around such an update
+(SageMaker refuses some updates of a variant under autoscaling) and registered again once the
+endpoint is InService.
 
-Real-time endpoints scale on ``SageMakerVariantInvocationsPerInstance`` (invocations per minute per
-instance). Asynchronous endpoints (``--async``; requests up to 1 GB and 1 hour, for very long
-scans) queue requests, so they scale on the queue: ``ApproximateBacklogSizePerInstance``.
+**Safe rollout.** An update uses SageMaker's deployment guardrails: blue/green, with a canary
+(``--canary-percent`` of the new fleet takes traffic first, for ``--bake-seconds``) when the fleet
+has two instances or more, all at once with the same baking period otherwise; and automatic
+rollback to the old fleet when any rollback alarm fires during the rollout. The rollback alarms
+are the endpoint's own, made here (:func:`rollback_alarm_requests`: the new variant's 5xx errors
+and its model latency), plus any ``--rollback-alarm`` named. Rolling back by hand is deploying
+the previous inputs again (docs/deploy.md, the runbook).
+
+The endpoint is real-time and scales on ``SageMakerVariantInvocationsPerInstance`` (invocations
+per minute per instance): the segment stage calls ``InvokeEndpoint``. Asynchronous inference is
+not offered (no stage would call ``InvokeEndpointAsync``).
 
 The core, :func:`deploy`, takes boto3 clients, so tests point them at moto.
 """
@@ -62,24 +70,21 @@ class EndpointSpec:
     min_instances: int = 1
     max_instances: int = 4
     target_invocations_per_instance: float = 60.0
-    """Real-time: invocations per minute per instance to hold (about half the measured maximum)."""
-    target_backlog_per_instance: float = 4.0
-    """Asynchronous: queued requests per instance to hold."""
-    async_output: str | None = None
-    """S3 prefix for asynchronous results; set, the endpoint is asynchronous."""
-    async_failure: str | None = None
-    async_max_concurrent: int = 1
-    """Requests a container works on at once (the server serialises inference anyway)."""
+    """Invocations per minute per instance to hold (about half the measured maximum)."""
+    canary_percent: int = 25
+    """The share of the new fleet that takes traffic first, when the fleet has 2 instances or more."""
+    bake_seconds: int = 600
+    """How long each step of a rollout is watched by the rollback alarms before the next."""
+    latency_alarm_ms: float = 5000.0
+    """The new variant's p90 model latency (one batch) above which a rollout rolls back."""
+    rollback_alarms: tuple[str, ...] = ()
+    """Alarms of the caller's (e.g. the stack's) that also roll a rollout back."""
     model_file: str = "ichseg-unet.onnx"
     inference_ami_version: str | None = GPU_INFERENCE_AMI
     startup_health_check_timeout: int = 600
     """Seconds SageMaker waits for /ping to turn 200 (model download, session, warm-up)."""
     environment: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=lambda: {"project": "ichseg"})
-
-    @property
-    def is_async(self) -> bool:
-        return self.async_output is not None
 
     def validate(self) -> None:
         """Raise :class:`DeployError` for inputs AWS would reject later, or that would not work."""
@@ -99,11 +104,10 @@ class EndpointSpec:
             )
         if not self.min_instances <= self.initial_instances <= self.max_instances:
             problems.append(f"initial instance count {self.initial_instances} is outside --min..--max")
-        for prefix in (self.async_output, self.async_failure):
-            if prefix is not None and not prefix.startswith("s3://"):
-                problems.append(f"asynchronous output {prefix!r}: expected an s3:// prefix")
-        if self.async_failure and not self.async_output:
-            problems.append("--async-failure needs --async-output")
+        if not 1 <= self.canary_percent <= 50:
+            problems.append(f"--canary-percent {self.canary_percent}: 1 to 50 (SageMaker's canary limit)")
+        if not 0 <= self.bake_seconds <= 3600:
+            problems.append(f"--bake-seconds {self.bake_seconds}: 0 to 3600")
         if "/" in self.model_file:
             problems.append(f"--model-file {self.model_file!r}: a file name inside model.tar.gz")
         if problems:
@@ -128,7 +132,12 @@ class EndpointSpec:
 
     @property
     def policy_name(self) -> str:
-        return f"{self.name}-{'backlog' if self.is_async else 'invocations'}-per-instance"
+        return f"{self.name}-invocations-per-instance"
+
+    @property
+    def alarm_names(self) -> tuple[str, ...]:
+        """The alarms that roll a rollout back: the endpoint's own two, then the caller's."""
+        return (f"{self.name}-invocation-5xx", f"{self.name}-model-latency", *self.rollback_alarms)
 
     def _tags(self) -> list[dict[str, str]]:
         return [{"Key": k, "Value": v} for k, v in sorted(self.tags.items())]
@@ -159,20 +168,66 @@ class EndpointSpec:
         }
         if self.inference_ami_version:
             variant["InferenceAmiVersion"] = self.inference_ami_version
-        request: dict[str, Any] = {
+        return {
             "EndpointConfigName": self.config_name,
             "ProductionVariants": [variant],
             "Tags": self._tags(),
         }
-        if self.is_async:
-            output: dict[str, Any] = {"S3OutputPath": self.async_output}
-            if self.async_failure:
-                output["S3FailurePath"] = self.async_failure
-            request["AsyncInferenceConfig"] = {
-                "OutputConfig": output,
-                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": self.async_max_concurrent},
+
+    def update_endpoint_request(self) -> dict[str, Any]:
+        """Blue/green to the new configuration: a canary first on a fleet of 2 or more, rolled back
+        automatically when a rollback alarm fires."""
+        if self.initial_instances >= 2:
+            traffic: dict[str, Any] = {
+                "Type": "CANARY",
+                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": self.canary_percent},
+                "WaitIntervalInSeconds": self.bake_seconds,
             }
-        return request
+        else:  # one instance cannot be split: the whole fleet switches, and is watched as long
+            traffic = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": self.bake_seconds}
+        return {
+            "EndpointName": self.name,
+            "EndpointConfigName": self.config_name,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": traffic,
+                    "TerminationWaitInSeconds": self.bake_seconds,
+                    "MaximumExecutionTimeoutInSeconds": 3600 + 2 * self.bake_seconds,
+                },
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in self.alarm_names]},
+            },
+        }
+
+    def rollback_alarm_requests(self) -> list[dict[str, Any]]:
+        """The endpoint's own rollback alarms (CloudWatch ``PutMetricAlarm``), on its variant."""
+        dimensions = [{"Name": "EndpointName", "Value": self.name}, {"Name": "VariantName", "Value": VARIANT}]
+        common = {
+            "Namespace": "AWS/SageMaker",
+            "Dimensions": dimensions,
+            "Period": 60,
+            "EvaluationPeriods": 2,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+        }
+        five_xx, latency, *_ = self.alarm_names
+        return [
+            {
+                "AlarmName": five_xx,
+                "AlarmDescription": "The endpoint answers 5xx: a rollout in progress rolls back",
+                "MetricName": "Invocation5XXErrors",
+                "Statistic": "Sum",
+                "Threshold": 0.0,
+                **common,
+            },
+            {
+                "AlarmName": latency,
+                "AlarmDescription": "The endpoint's p90 model latency is too high: a rollout in progress rolls back",
+                "MetricName": "ModelLatency",
+                "ExtendedStatistic": "p90",
+                "Threshold": self.latency_alarm_ms * 1000,  # ModelLatency is in microseconds
+                **common,
+            },
+        ]
 
     def scalable_target_request(self) -> dict[str, Any]:
         return {
@@ -184,21 +239,10 @@ class EndpointSpec:
         }
 
     def scaling_policy_request(self) -> dict[str, Any]:
-        if self.is_async:
-            metric: dict[str, Any] = {
-                "TargetValue": self.target_backlog_per_instance,
-                "CustomizedMetricSpecification": {
-                    "MetricName": "ApproximateBacklogSizePerInstance",
-                    "Namespace": "AWS/SageMaker",
-                    "Dimensions": [{"Name": "EndpointName", "Value": self.name}],
-                    "Statistic": "Average",
-                },
-            }
-        else:
-            metric = {
-                "TargetValue": self.target_invocations_per_instance,
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-            }
+        metric: dict[str, Any] = {
+            "TargetValue": self.target_invocations_per_instance,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+        }
         # Out fast (a GPU instance takes minutes to come up), in slowly (avoid flapping on bursts).
         metric.update({"ScaleOutCooldown": 60, "ScaleInCooldown": 600})
         return {
@@ -211,11 +255,14 @@ class EndpointSpec:
         }
 
     def plan(self) -> dict[str, Any]:
-        """Every request a fresh deployment sends, keyed by API call."""
+        """Every request a deployment sends, keyed by API call (``create_endpoint`` the first time,
+        ``update_endpoint`` later)."""
         return {
+            "put_metric_alarm": self.rollback_alarm_requests(),
             "create_model": self.create_model_request(),
             "create_endpoint_config": self.create_endpoint_config_request(),
             "create_endpoint": {"EndpointName": self.name, "EndpointConfigName": self.config_name},
+            "update_endpoint": self.update_endpoint_request(),
             "register_scalable_target": self.scalable_target_request(),
             "put_scaling_policy": self.scaling_policy_request(),
         }
@@ -252,16 +299,21 @@ def deploy(
     spec: EndpointSpec,
     sagemaker: Any,
     autoscaling: Any,
+    cloudwatch: Any,
     *,
     wait_delay: int = 30,
     wait_attempts: int = 120,
 ) -> DeployResult:
-    """Create (or update to) ``spec`` with the given boto3 ``sagemaker`` and ``application-autoscaling`` clients.
+    """Create (or update to) ``spec`` with the given boto3 ``sagemaker``, ``application-autoscaling``
+    and ``cloudwatch`` clients.
 
     Idempotent: the model and configuration are created only if their revisioned names are new;
-    the endpoint is created, updated to the new configuration, or left alone.
+    the endpoint is created, updated to the new configuration (guarded, see the module doc), or
+    left alone. The rollback alarms are put first (PutMetricAlarm overwrites: same request, same alarm).
     """
     spec.validate()
+    for alarm in spec.rollback_alarm_requests():
+        cloudwatch.put_metric_alarm(**alarm)
     if _exists(sagemaker.describe_model, ModelName=spec.model_name) is None:
         sagemaker.create_model(**spec.create_model_request())
     if _exists(sagemaker.describe_endpoint_config, EndpointConfigName=spec.config_name) is None:
@@ -274,7 +326,7 @@ def deploy(
     elif current["EndpointConfigName"] != spec.config_name:
         action = "updated"
         _deregister_scaling(spec, autoscaling)
-        sagemaker.update_endpoint(EndpointName=spec.name, EndpointConfigName=spec.config_name)
+        sagemaker.update_endpoint(**spec.update_endpoint_request())
     else:
         action = "unchanged"
 
@@ -329,10 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="real-time: invocations per minute per instance to scale at",
     )
-    parser.add_argument("--target-backlog", type=float, default=4.0, help="async: queued requests per instance")
-    parser.add_argument("--async", action="store_true", dest="is_async", help="asynchronous endpoint (long scans)")
-    parser.add_argument("--async-output", help="s3:// prefix for asynchronous results (required with --async)")
-    parser.add_argument("--async-failure", help="s3:// prefix for asynchronous failures")
+    parser.add_argument("--canary-percent", type=int, default=25, help="rollout: the new fleet's share that goes first")
+    parser.add_argument("--bake-seconds", type=int, default=600, help="rollout: how long each step is watched")
+    parser.add_argument(
+        "--rollback-alarm",
+        action="append",
+        default=[],
+        metavar="ALARM",
+        help="another CloudWatch alarm that rolls a rollout back (e.g. the stack's EndpointErrorsAlarm)",
+    )
     parser.add_argument("--model-file", default="ichseg-unet.onnx", help="which ONNX file in model.tar.gz to serve")
     parser.add_argument(
         "--inference-ami",
@@ -354,10 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> EndpointSpec:
     """An :class:`EndpointSpec` from parsed command-line arguments."""
-    if args.is_async and not args.async_output:
-        raise DeployError("--async needs --async-output s3://bucket/prefix/")
-    if args.async_output and not args.is_async:
-        raise DeployError("--async-output is only used with --async")
     return EndpointSpec(
         name=args.name,
         image_uri=args.image_uri,
@@ -368,9 +421,9 @@ def spec_from_args(args: argparse.Namespace) -> EndpointSpec:
         min_instances=args.min_instances,
         max_instances=args.max_instances,
         target_invocations_per_instance=args.target_invocations,
-        target_backlog_per_instance=args.target_backlog,
-        async_output=args.async_output if args.is_async else None,
-        async_failure=args.async_failure,
+        canary_percent=args.canary_percent,
+        bake_seconds=args.bake_seconds,
+        rollback_alarms=tuple(args.rollback_alarm),
         model_file=args.model_file,
         inference_ami_version=None if args.inference_ami.lower() == "none" else args.inference_ami,
         environment=_parse_environment(args.env),
@@ -396,7 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
     try:
         sagemaker = session.client("sagemaker", **clients)
-        result = deploy(spec, sagemaker, session.client("application-autoscaling", **clients))
+        result = deploy(
+            spec,
+            sagemaker,
+            session.client("application-autoscaling", **clients),
+            session.client("cloudwatch", **clients),
+        )
     except (BotoCoreError, ClientError) as exc:
         print(f"error: deployment failed: {exc}", file=sys.stderr)
         return 1

@@ -126,6 +126,8 @@ class StackSettings:
     gateway_idle_seconds: float = 10.0
     """A series nobody sent an instance of for this long is complete (tests: about a second)."""
     gateway_ae_title: str = "ICHSEG"
+    gateway_port: int = 0
+    """The gateway's DICOM port; 0: any free one (``GatewayService.address`` says which)."""
 
     def parameters(self) -> dict[str, str]:
         """The template parameters of this local deployment (the others keep their defaults)."""
@@ -188,6 +190,7 @@ class LocalStack:
         self._storage: Any = None
         self.moto_url = self.storage_url = self.endpoint_url = self.api_url = ""
         self.gateway: GatewayService | None = None
+        self._gateway_log: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -565,7 +568,7 @@ class LocalStack:
             **self.template.container_environment(GATEWAY_TASK_DEFINITION, GATEWAY_CONTAINER, self.resolve_resource),
             "ICHSEG_GATEWAY_AE_TITLE": s.gateway_ae_title,
             "ICHSEG_GATEWAY_HOST": "127.0.0.1",
-            "ICHSEG_GATEWAY_PORT": "0",  # any free port: GatewayService.address says which
+            "ICHSEG_GATEWAY_PORT": str(s.gateway_port),
             "ICHSEG_GATEWAY_SPOOL_DIR": str(Path(s.state_dir) / "gateway-spool"),
             "ICHSEG_GATEWAY_IDLE_SECONDS": str(s.gateway_idle_seconds),
             "ICHSEG_GATEWAY_DEFAULT_DESTINATION": s.pacs or "",
@@ -586,6 +589,7 @@ class LocalStack:
         except SettingsError as exc:
             raise StackError(f"DICOM gateway: {exc}") from exc
         gateway = GatewayService(settings, session=_MotoSession(self))
+        self._log_gateway_to(self.log_dir / "gateway.log")
         try:
             gateway.start()
         except OSError as exc:
@@ -593,6 +597,26 @@ class LocalStack:
         self._running.callback(self.stop_gateway)
         self.gateway = gateway
         return gateway
+
+    def _log_gateway_to(self, path: Path) -> None:
+        """The in-process gateway's log lines (associations, spooling, uploads, deliveries) go to
+        ``path`` beside the functions' logs, for as long as the stack runs."""
+        if self._gateway_log is not None:  # a restarted gateway keeps writing to the same file
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = self._gateway_log = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("gateway")
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+        def close() -> None:
+            logger.removeHandler(handler)
+            handler.close()
+            self._gateway_log = None
+
+        self._running.callback(close)
 
     def stop_gateway(self) -> None:
         """Stop the DICOM gateway if it runs (its spool stays for the next start)."""
@@ -827,7 +851,8 @@ def stack_command(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir).resolve(),
         model=model,
         pacs=pacs or None,
-        gateway=bool(getattr(args, "gateway", False)),
+        gateway=bool(getattr(args, "gateway", False)) or bool(getattr(args, "gateway_port", 0)),
+        gateway_port=int(getattr(args, "gateway_port", 0) or 0),
     )
 
     def interrupt(signum: int, frame: object) -> None:

@@ -51,16 +51,17 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def aws(moto_url: str) -> tuple[Any, Any]:
-    # A clean slate for this module's two services only: moto keeps one state per process, and a
+def aws(moto_url: str) -> tuple[Any, Any, Any]:
+    # A clean slate for this module's three services only: moto keeps one state per process, and a
     # full reset (/moto-api/reset) would also wipe the session's other moto servers.
     from moto.backends import get_backend
 
-    for service in ("sagemaker", "applicationautoscaling"):
+    for service in ("sagemaker", "applicationautoscaling", "cloudwatch"):
         get_backend(service).reset()
     return (
         boto3.client("sagemaker", endpoint_url=moto_url, **CREDENTIALS),
         boto3.client("application-autoscaling", endpoint_url=moto_url, **CREDENTIALS),
+        boto3.client("cloudwatch", endpoint_url=moto_url, **CREDENTIALS),
     )
 
 
@@ -85,12 +86,12 @@ def scaling_state(autoscaling: Any, resource_id: str) -> tuple[list[dict], list[
 # ------------------------------------------------------------------------------- SageMaker (moto)
 
 
-def test_a_realtime_deploy_creates_model_config_endpoint_and_target_tracking_scaling(aws: tuple[Any, Any]) -> None:
-    sagemaker, autoscaling = aws
+def test_a_realtime_deploy_creates_model_config_endpoint_and_target_tracking_scaling(aws: tuple[Any, Any, Any]) -> None:
+    sagemaker, autoscaling, cloudwatch = aws
     wanted = spec(
         min_instances=1, max_instances=3, target_invocations_per_instance=120.0, environment={"ICHSEG_BATCH_SIZE": "16"}
     )
-    result = deploy(wanted, sagemaker, autoscaling, wait_delay=1)
+    result = deploy(wanted, sagemaker, autoscaling, cloudwatch, wait_delay=1)
     assert result.action == "created"
 
     model = sagemaker.describe_model(ModelName=result.model_name)
@@ -126,33 +127,10 @@ def test_a_realtime_deploy_creates_model_config_endpoint_and_target_tracking_sca
     assert tracking["ScaleOutCooldown"] < tracking["ScaleInCooldown"]
 
 
-def test_an_async_deploy_sets_the_s3_output_and_scales_on_the_backlog(aws: tuple[Any, Any]) -> None:
-    sagemaker, autoscaling = aws
-    wanted = spec(
-        name="ichseg-async",
-        async_output="s3://ichseg-results/async/",
-        async_failure="s3://ichseg-results/async-failures/",
-    )
-    result = deploy(wanted, sagemaker, autoscaling, wait_delay=1)
-
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=result.config_name)
-    assert config["AsyncInferenceConfig"] == {
-        "OutputConfig": {
-            "S3OutputPath": "s3://ichseg-results/async/",
-            "S3FailurePath": "s3://ichseg-results/async-failures/",
-        },
-        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
-    }
-    _, (policy,) = scaling_state(autoscaling, "endpoint/ichseg-async/variant/AllTraffic")
-    metric = policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
-    assert metric["MetricName"] == "ApproximateBacklogSizePerInstance"
-    assert metric["Dimensions"] == [{"Name": "EndpointName", "Value": "ichseg-async"}]
-
-
-def test_deploying_the_same_inputs_again_changes_nothing(aws: tuple[Any, Any]) -> None:
-    sagemaker, autoscaling = aws
-    first = deploy(spec(), sagemaker, autoscaling, wait_delay=1)
-    again = deploy(spec(), sagemaker, autoscaling, wait_delay=1)
+def test_deploying_the_same_inputs_again_changes_nothing(aws: tuple[Any, Any, Any]) -> None:
+    sagemaker, autoscaling, cloudwatch = aws
+    first = deploy(spec(), sagemaker, autoscaling, cloudwatch, wait_delay=1)
+    again = deploy(spec(), sagemaker, autoscaling, cloudwatch, wait_delay=1)
     assert again.action == "unchanged"
     assert (again.model_name, again.config_name) == (first.model_name, first.config_name)
     assert len(sagemaker.list_models()["Models"]) == 1
@@ -160,10 +138,10 @@ def test_deploying_the_same_inputs_again_changes_nothing(aws: tuple[Any, Any]) -
 
 
 def test_changed_inputs_update_the_endpoint_with_scaling_deregistered_around_the_update(
-    aws: tuple[Any, Any],
+    aws: tuple[Any, Any, Any],
 ) -> None:
-    sagemaker, autoscaling = aws
-    first = deploy(spec(), sagemaker, autoscaling, wait_delay=1)
+    sagemaker, autoscaling, cloudwatch = aws
+    first = deploy(spec(), sagemaker, autoscaling, cloudwatch, wait_delay=1)
     updates: list[tuple[dict, int]] = []
 
     def update_endpoint(params: dict, **_: Any) -> tuple[AWSResponse, dict]:
@@ -173,11 +151,34 @@ def test_changed_inputs_update_the_endpoint_with_scaling_deregistered_around_the
 
     sagemaker.meta.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
     second = deploy(
-        spec(image_uri=IMAGE.replace("1.0.0", "1.1.0"), max_instances=6), sagemaker, autoscaling, wait_delay=1
+        spec(image_uri=IMAGE.replace("1.0.0", "1.1.0"), max_instances=6),
+        sagemaker,
+        autoscaling,
+        cloudwatch,
+        wait_delay=1,
     )
 
     assert second.action == "updated" and second.config_name != first.config_name
-    assert updates == [({"EndpointName": "ichseg", "EndpointConfigName": second.config_name}, 0)]
+    # Blue/green with automatic rollback on the endpoint's own alarms; one instance: all at once, baked.
+    assert updates == [
+        (
+            {
+                "EndpointName": "ichseg",
+                "EndpointConfigName": second.config_name,
+                "DeploymentConfig": {
+                    "BlueGreenUpdatePolicy": {
+                        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
+                        "TerminationWaitInSeconds": 600,
+                        "MaximumExecutionTimeoutInSeconds": 4800,
+                    },
+                    "AutoRollbackConfiguration": {
+                        "Alarms": [{"AlarmName": "ichseg-invocation-5xx"}, {"AlarmName": "ichseg-model-latency"}]
+                    },
+                },
+            },
+            0,
+        )
+    ]
     model = sagemaker.describe_model(ModelName=second.model_name)
     assert model["PrimaryContainer"]["Image"].endswith(":1.1.0")
     (target,), _ = scaling_state(autoscaling, "endpoint/ichseg/variant/AllTraffic")
@@ -195,13 +196,14 @@ def test_changed_inputs_update_the_endpoint_with_scaling_deregistered_around_the
         ({"min_instances": 3, "max_instances": 2}, "--min"),
         ({"min_instances": 0, "initial_instances": 0}, "scaling to zero"),
         ({"instance_type": "g5.xlarge"}, "ml."),
-        ({"async_output": "bucket/prefix"}, "s3://"),
+        ({"canary_percent": 60}, "--canary-percent"),
+        ({"bake_seconds": -1}, "--bake-seconds"),
         ({"model_file": "sub/dir.onnx"}, "--model-file"),
     ],
 )
 def test_inputs_that_cannot_work_are_refused_before_any_call(changes: dict, words: str) -> None:
     with pytest.raises(DeployError, match=re.escape(words)):
-        deploy(spec(**changes), sagemaker=None, autoscaling=None)
+        deploy(spec(**changes), sagemaker=None, autoscaling=None, cloudwatch=None)
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -210,25 +212,43 @@ CLI = ["--image-uri", IMAGE, "--model-data", MODEL_DATA, "--role", ROLE, "--name
 
 
 def test_dry_run_prints_every_request_and_calls_nothing(capsys: pytest.CaptureFixture) -> None:
-    assert main([*CLI, "--dry-run", "--async", "--async-output", "s3://b/out/", "--min", "1", "--max", "2"]) == 0
+    argv = [*CLI, "--dry-run", "--min", "2", "--max", "4", "--rollback-alarm", "ichseg-prod-EndpointErrorsAlarm"]
+    assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert list(plan) == [
+        "put_metric_alarm",
         "create_model",
         "create_endpoint_config",
         "create_endpoint",
+        "update_endpoint",
         "register_scalable_target",
         "put_scaling_policy",
     ]
     assert plan["create_endpoint_config"]["ProductionVariants"][0]["InstanceType"] == "ml.g5.xlarge"
-    assert plan["create_endpoint_config"]["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == "s3://b/out/"
-    assert plan["register_scalable_target"]["MaxCapacity"] == 2
+    assert "AsyncInferenceConfig" not in plan["create_endpoint_config"]
+    assert plan["register_scalable_target"]["MaxCapacity"] == 4
+    # Two instances: a canary of 25 % takes traffic first; the stack's alarm rolls back too.
+    deployment = plan["update_endpoint"]["DeploymentConfig"]
+    assert deployment["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
+        "Type": "CANARY",
+        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25},
+        "WaitIntervalInSeconds": 600,
+    }
+    alarms = [a["AlarmName"] for a in deployment["AutoRollbackConfiguration"]["Alarms"]]
+    assert alarms == ["ichseg-invocation-5xx", "ichseg-model-latency", "ichseg-prod-EndpointErrorsAlarm"]
+    five_xx, latency = plan["put_metric_alarm"]
+    assert (five_xx["MetricName"], five_xx["Statistic"], five_xx["Threshold"]) == ("Invocation5XXErrors", "Sum", 0.0)
+    assert (latency["MetricName"], latency["ExtendedStatistic"], latency["Threshold"]) == ("ModelLatency", "p90", 5e6)
+    assert five_xx["Dimensions"] == [
+        {"Name": "EndpointName", "Value": "ichseg"},
+        {"Name": "VariantName", "Value": "AllTraffic"},
+    ]
 
 
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--async"], "--async needs --async-output"),
-        (["--async-output", "s3://b/out/"], "only used with --async"),
+        (["--canary-percent", "80"], "--canary-percent"),
         (["--env", "NOEQUALS"], "NAME=VALUE"),
         (["--min", "2", "--max", "1"], "--min"),
     ],
@@ -239,7 +259,7 @@ def test_the_cli_explains_bad_arguments(extra: list[str], words: str, capsys: py
 
 
 def test_the_cli_deploys_against_an_endpoint_url(
-    aws: tuple[Any, Any], moto_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    aws: tuple[Any, Any, Any], moto_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(key, value)
@@ -261,7 +281,11 @@ def test_the_cli_deploys_against_an_endpoint_url(
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["action"] == "created"
-    sagemaker, _ = aws
+    sagemaker, _, cloudwatch = aws
+    assert {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]} == {
+        "ichseg-invocation-5xx",
+        "ichseg-model-latency",
+    }
     container = sagemaker.describe_model(ModelName=result["model_name"])["PrimaryContainer"]
     assert container["Environment"]["ICHSEG_MODEL"] == "/opt/ml/model/ichseg-unet-fp16.onnx"
     variant = sagemaker.describe_endpoint_config(EndpointConfigName=result["config_name"])["ProductionVariants"][0]

@@ -87,6 +87,7 @@ GLOBAL_ENV = {
     "ICHSEG_TABLE",
     "ICHSEG_SEGMENT_QUEUE_URL",
     "ICHSEG_ASSEMBLE_QUEUE_URL",
+    "ICHSEG_INGEST_QUEUE_URL",
     "ICHSEG_BATCH_SLICES",
     "ICHSEG_JOB_DEADLINE_SECONDS",
     "ICHSEG_MAX_RECEIVE_COUNT",
@@ -398,6 +399,9 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     assert prefixes("ApiFunctionRole", "s3:PutObject") == {"uploads/*"}
     assert prefixes("SplitFunctionRole", "s3:PutObject") == {"work/*"}
     assert prefixes("SegmentFunctionRole", "s3:PutObject") == {"work/*"}
+    for role in ("SegmentFunctionRole", "AssembleFunctionRole"):  # a job retried by itself (retry.py)
+        assert prefixes(role, "s3:DeleteObject") == {"work/*", "results/*"}, role
+        assert {"uploads/*", "ingest/*"} <= prefixes(role, "s3:GetObject"), role
     assert prefixes("AssembleFunctionRole", "s3:PutObject") == {"results/*"}
     assert not allowed_resources(resources, "WatchdogFunctionRole", "s3:GetObject")
     assert not allowed_resources(resources, "AuthorizerFunctionRole", "s3:GetObject")
@@ -408,9 +412,10 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     assert queues("SplitFunctionRole", "sqs:ReceiveMessage") == {"IngestQueue"}
     assert queues("SplitFunctionRole", "sqs:SendMessage") == {"SegmentQueue"}
     assert queues("SegmentFunctionRole", "sqs:ReceiveMessage") == {"SegmentQueue"}
-    assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue"}
+    # ... and the ingest queue, where a job retried by itself sends its upload's event again.
+    assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue", "IngestQueue"}
     assert queues("AssembleFunctionRole", "sqs:ReceiveMessage") == {"AssembleQueue"}
-    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue", "MirrorQueue"}
+    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue", "MirrorQueue", "IngestQueue"}
     assert queues("MirrorFunctionRole", "sqs:ReceiveMessage") == {"MirrorQueue"}
     assert not allowed_resources(resources, "MirrorFunctionRole", "sqs:SendMessage")
 
@@ -469,6 +474,46 @@ def test_alarms_on_every_dead_letter_queue_and_function(resources: dict[str, Any
             watched_functions.add(dims["FunctionName"]["Ref"])
     assert watched_dlqs == set(DEAD_LETTER_QUEUES.values()) | {WATCHDOG_DLQ}
     assert watched_functions == set(HANDLERS)
+
+
+def test_service_alarms_watch_queue_age_latency_failure_rate_and_api_5xx(resources: dict[str, Any]) -> None:
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+    aged = {
+        a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for a in alarms.values()
+        if a["Properties"].get("MetricName") == "ApproximateAgeOfOldestMessage"
+    }
+    assert aged == {"IngestQueue", "SegmentQueue", "AssembleQueue"}  # the queues a job waits on
+    latency = props(resources, "EndToEndLatencyAlarm")
+    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == (
+        "ichseg",
+        "EndToEndLatency",
+        "p95",
+    )
+    assert latency["Dimensions"] == [{"Name": "service", "Value": "ichseg"}]  # Powertools' EMF dimension
+    rate = {m["Id"]: m for m in props(resources, "AppJobFailureRateAlarm")["Metrics"]}
+    assert {rate[i]["MetricStat"]["Metric"]["MetricName"] for i in ("failed", "hospital", "done")} == {
+        "JobsFailed",
+        "HospitalJobsFailed",
+        "JobsCompleted",
+    }
+    assert rate["rate"]["ReturnData"] is True and "FILL(hospital, 0)" in rate["rate"]["Expression"]
+    api = props(resources, "Api5xxAlarm")
+    assert (api["Namespace"], api["MetricName"], api["Dimensions"][0]["Value"]) == (
+        "AWS/ApiGateway",
+        "5xx",
+        {"Ref": "HttpApi"},
+    )
+    body = props(resources, "Dashboard")["DashboardBody"]["Fn::Sub"][0]
+    for name in (
+        "IngestAgeAlarm",
+        "SegmentAgeAlarm",
+        "AssembleAgeAlarm",
+        "EndToEndLatencyAlarm",
+        "AppJobFailureRateAlarm",
+        "Api5xxAlarm",
+    ):
+        assert f"${{{name}.Arn}}" in body, name
     subscription = resources["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
@@ -1221,3 +1266,27 @@ def test_mirror_outputs(template: dict[str, Any]) -> None:
     assert outputs["MirrorQueueUrl"]["Value"] == {"Ref": "MirrorQueue"}
     assert outputs["MirrorDeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["MirrorDeadLetterQueue", "Arn"]}
     assert outputs["MirrorDeadLetterQueueUrl"]["Value"] == {"Ref": "MirrorDeadLetterQueue"}
+
+
+def test_rollouts_are_guarded_and_roll_back_on_alarms(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    # Lambda: every change is a version behind the alias "live", shifted by CodeDeploy and rolled
+    # back when the function's own errors alarm fires.
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["AutoPublishAlias"] == "live"
+    assert function_globals["DeploymentPreference"]["Type"] == {"Ref": "LambdaDeploymentType"}
+    for name in HANDLERS:
+        alarms = props(resources, name)["DeploymentPreference"]["Alarms"]
+        assert alarms == [{"Ref": name.replace("Function", "ErrorsAlarm")}], name
+        alarm = props(resources, alarms[0]["Ref"])
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": name}}]
+    # SageMaker: blue/green with a bake period, rolled back by the endpoint's 5xx alarm, which names
+    # the endpoint by the same name the endpoint is given (no circular reference).
+    endpoint = props(resources, "SegmentationEndpoint")
+    policy = endpoint["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"]["WaitIntervalInSeconds"] == {"Ref": "EndpointBakeSeconds"}
+    assert endpoint["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"] == [
+        {"AlarmName": {"Ref": "EndpointRollbackAlarm"}}
+    ]
+    rollback = props(resources, "EndpointRollbackAlarm")
+    assert rollback["MetricName"] == "Invocation5XXErrors"
+    assert rollback["Dimensions"][0]["Value"] == endpoint["EndpointName"]

@@ -121,7 +121,7 @@
     if (status.state === "FAILED") {
       // A FAILED job never becomes DONE: say why, and what to do instead of reloading.
       const reason = status.error ? `: ${status.error.reason}` : "";
-      say(`The scan FAILED${reason}. Upload the scan again once the cause is fixed.`, true);
+      say(`The scan FAILED${reason}. Upload it again once the cause is fixed, or give ops the job id ${jobId}.`, true);
       return;
     }
     if (status.state !== "DONE") {

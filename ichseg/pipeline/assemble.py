@@ -64,6 +64,7 @@ from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifes
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
 from ichseg.pipeline.parts import BatchPart, ModelChanged, in_background, model_of
 from ichseg.pipeline.push import JobEnded, notify_job_ended
+from ichseg.pipeline.retry import AUTOMATIC_RETRIES, retries_by_itself, retry_job
 from ichseg.scan_context import load_scan_head, scan_context
 from ichseg.writers.outputs import joined_contact_sheet, joined_video, report_json
 from ichseg.writers.report import Report, headline, report_from_areas
@@ -109,6 +110,12 @@ def assemble_results(
     """Write one batch's masks, or every result of a fully segmented job and mark it DONE (see the module doc)."""
     with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
         try:
+            job = ctx.store.require(message.job_id)
+            if message.generation != job.generation:  # the leftover of an attempt before a retry
+                return AssembleResult(message.job_id, StageOutcome.STALE)
+            if retries_by_itself(job) and message.batch_id is None:  # redriven from the dead-letter queue
+                retry_job(ctx, job.job_id)
+                return AssembleResult(message.job_id, StageOutcome.RETRIED)
             if message.batch_id is not None:
                 return _write_batch_masks(ctx, message.job_id, message.batch_id)
             return _assemble(ctx, message.job_id, claim or AssemblyClaim())
@@ -149,7 +156,13 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
     try:
         model = model_of([p.attributes for p in parts])
     except ModelChanged as exc:
-        fail_job(ctx, job_id, ErrorCode.MODEL_CHANGED, f"{exc}; resubmit the scan", STAGE)
+        # Not the input's fault: the next attempt runs on the new model from its first batch. Once
+        # by itself; a second swap during that attempt fails the job for ops to look at.
+        retried = job.generation < AUTOMATIC_RETRIES
+        fail_job(ctx, job_id, ErrorCode.MODEL_CHANGED, f"{exc}; {'retried' if retried else 'resubmit the scan'}", STAGE)
+        if retried:
+            retry_job(ctx, job_id)
+            return AssembleResult(job_id, StageOutcome.RETRIED)
         return AssembleResult(job_id, StageOutcome.FAILED)
     attributes = [p.attributes for p in parts]
     slice_probabilities = np.array([q for a in attributes for q in a.slice_probabilities], dtype=np.float32)

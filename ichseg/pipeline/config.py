@@ -44,6 +44,8 @@ class PipelineConfig:
     assemble_queue_url: str = ""
     delivery_queue_url: str = ""
     """The DICOM gateway's queue: a DONE hospital (ingest) job's id is sent here; empty: no gateway."""
+    ingest_queue_url: str = ""
+    """Where a retried job's upload event is sent again (:mod:`ichseg.pipeline.retry`)."""
     mirror_queue_url: str = ""
     """Where an app job whose Firebase copy missed the assembly's budget is sent to be retried (the
     mirror function); empty: no retries, such a copy is given up at once (FAILED)."""
@@ -107,6 +109,7 @@ class PipelineConfig:
             segment_queue_url=text("ICHSEG_SEGMENT_QUEUE_URL"),
             assemble_queue_url=text("ICHSEG_ASSEMBLE_QUEUE_URL"),
             delivery_queue_url=text("ICHSEG_DELIVERY_QUEUE_URL"),
+            ingest_queue_url=text("ICHSEG_INGEST_QUEUE_URL"),
             mirror_queue_url=text("ICHSEG_MIRROR_QUEUE_URL"),
             endpoint_name=text("ICHSEG_ENDPOINT_NAME"),
             endpoint_url=text("ICHSEG_ENDPOINT_URL").rstrip("/"),
@@ -141,6 +144,7 @@ class PipelineConfig:
             "table": "ICHSEG_TABLE",
             "segment_queue_url": "ICHSEG_SEGMENT_QUEUE_URL",
             "assemble_queue_url": "ICHSEG_ASSEMBLE_QUEUE_URL",
+            "ingest_queue_url": "ICHSEG_INGEST_QUEUE_URL",
             "firebase_project_id": "FIREBASE_PROJECT_ID",
         }
         missing = [env_names.get(n, n) for n in names if not getattr(self, n)]

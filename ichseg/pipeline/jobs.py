@@ -119,6 +119,11 @@ class StageOutcome(StrEnum):
     """The stage failed the job (e.g. the model changed between batches)."""
     MIRRORED = "mirrored"
     """A retry made a DONE job's Firebase Storage copy (its state is MIRRORED now)."""
+    STALE = "stale"
+    """The message belongs to an attempt before the job was retried: consumed without work."""
+    RETRIED = "retried"
+    """The message (redriven from a dead-letter queue) found its job FAILED for a retryable
+    reason: the job runs again from its upload (:mod:`ichseg.pipeline.retry`)."""
 
 
 class DeliveryState(StrEnum):
@@ -214,6 +219,9 @@ class Job:
     """Why the last delivery attempt failed (network and DICOM status only: never patient data)."""
     delivered_objects: frozenset[str] = frozenset()
     """Result names (``seg``, ``sr``) a PACS has stored: a retry sends only the others."""
+    generation: int = 0
+    """How many times the job was retried (:mod:`ichseg.pipeline.retry`). Every stage message
+    carries the generation it was sent for; a message of an earlier one is consumed without work."""
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -316,6 +324,34 @@ class JobStore:
         last = response.get("LastEvaluatedKey")
         following = {name: str(self._de.deserialize(value)) for name, value in last.items()} if last else None
         return [self._job(item) for item in response.get("Items", [])], following
+
+    def find(
+        self, state: JobState | None = None, source: JobSource | None = None, since: float | None = None
+    ) -> Iterator[Job]:
+        """Every job (tombstones and other rows left out) in ``state``, from ``source``, created at or
+        after ``since`` (epoch seconds): ops' view (``ichseg admin jobs list``). A Scan, as for
+        :meth:`overdue`: the table holds a month of jobs."""
+        conditions, names, values = ["attribute_exists(#state)"], {"#state": "state"}, {}
+        if state is not None:
+            conditions.append("#state = :state")
+            values[":state"] = {"S": state.value}
+        if source is not None:
+            conditions.append("#source = :source")
+            names["#source"] = "source"
+            values[":source"] = {"S": source.value}
+        if since is not None:
+            conditions.append("#created_ts >= :since")
+            names["#created_ts"] = "created_ts"
+            values[":since"] = {"N": str(_number(since))}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            request["ExpressionAttributeValues"] = values
+        for page in self.client.get_paginator("scan").paginate(**request):
+            yield from (self._job(item) for item in page.get("Items", []))
 
     def overdue(self, now: float | None = None) -> Iterator[Job]:
         """Jobs not yet DONE/FAILED whose deadline has passed (the watchdog's work list).
@@ -570,6 +606,37 @@ class JobStore:
         job, created = self.create(job_id, JobSource.INGEST, None, upload_key, 0)
         return self.fail(job_id, code, reason, stage) if created or not job.state.terminal else False
 
+    def reset_for_retry(self, job_id: str, generation: int, deadline_seconds: float) -> bool:
+        """FAILED (in ``generation``) -> RECEIVED in ``generation + 1``, as a new upload would leave it:
+        the failure, the split's totals, the done batches, the claims and the attempt notes go; the
+        owner, source, upload and creation stay. False unless the job is FAILED in that generation
+        (so of two concurrent retries exactly one happens)."""
+        now = self.clock()
+        attempts = ", ".join(f"#{self._attempt_attribute(stage)}" for stage in Stage)
+        return self._update(
+            job_id,
+            "SET #state = :received, #generation = :next, #deadline_at = :deadline, #updated_at = :iso, "
+            "#done_slices = :zero "
+            "REMOVE #error_code, #error_reason, #failed_stage, #failed_at, #received_at, #split_at, "
+            "#segmenting_at, #assembling_at, #total_batches, #total_slices, #done_batches, #assembly_enqueued, "
+            f"#assembly_claim, #assembly_claim_until, #results, #summary, #scan_info, {attempts}",
+            "#state = :failed AND "
+            + (
+                "(attribute_not_exists(#generation) OR #generation = :generation)"
+                if generation == 0
+                else "#generation = :generation"
+            ),
+            {
+                ":received": JobState.RECEIVED,
+                ":failed": JobState.FAILED,
+                ":generation": generation,
+                ":next": generation + 1,
+                ":deadline": now + deadline_seconds,
+                ":iso": utc_iso(now),
+                ":zero": 0,
+            },
+        )
+
     # ------------------------------------------------------------------ the Firebase mirror's retries
     #
     # The mirror message is at-least-once like every other; each write here is conditional on the
@@ -738,6 +805,7 @@ class JobStore:
             delivery_attempts=int(raw.get("delivery_attempts", 0)),
             delivery_reason=raw.get("delivery_reason"),
             delivered_objects=frozenset(raw.get("delivered_objects", ())),
+            generation=int(raw.get("generation", 0)),
         )
 
 

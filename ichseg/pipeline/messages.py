@@ -28,8 +28,9 @@ class QueueMessage(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True)
 
     def to_json(self) -> str:
-        """The message body (fields that are None are left out)."""
-        return self.model_dump_json(exclude_none=True)
+        """The message body (fields at their defaults are left out: the final assembly's message of a
+        first attempt is ``{"job_id"}`` as ever)."""
+        return self.model_dump_json(exclude_defaults=True)
 
     @classmethod
     def from_json(cls, body: str | bytes) -> Self:
@@ -92,11 +93,14 @@ class SegmentMessage(QueueMessage):
     slice_ids: tuple[str, ...]
     """The batch's own slice ids (what its masks and captions are named by), so that the segment
     stage renders the batch without reading the manifest."""
+    generation: int = 0
+    """The job's generation it was sent in (:mod:`ichseg.pipeline.retry`)."""
 
     @classmethod
-    def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...]) -> SegmentMessage:
+    def for_batch(cls, job_id: str, batch: BatchRef, slice_ids: tuple[str, ...], generation: int = 0) -> SegmentMessage:
         """The message for ``batch``; ``slice_ids`` are the whole scan's (the batch's are taken)."""
         return cls(
+            generation=generation,
             job_id=job_id,
             batch_id=batch.batch_id,
             start=batch.start,
@@ -115,6 +119,8 @@ class AssembleMessage(QueueMessage):
 
     job_id: str
     batch_id: str | None = None
+    generation: int = 0
+    """The job's generation it was sent in (:mod:`ichseg.pipeline.retry`)."""
 
 
 class MirrorMessage(QueueMessage):

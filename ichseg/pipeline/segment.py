@@ -28,6 +28,7 @@ from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.failures import last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, SegmentMessage
+from ichseg.pipeline.retry import retries_by_itself, retry_job
 
 log = logging.getLogger("ichseg.pipeline.segment")
 
@@ -65,6 +66,11 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
         return SegmentResult(message.job_id, message.batch_id, StageOutcome.DELETED)
     except JobNotFound:
         raise JobNotFound(f"segment message for unknown job {message.job_id}") from None
+    if message.generation != job.generation:  # the leftover of an attempt before a retry
+        return SegmentResult(job.job_id, message.batch_id, StageOutcome.STALE)
+    if retries_by_itself(job):  # redriven from the dead-letter queue: run the job again
+        retry_job(ctx, job.job_id)
+        return SegmentResult(job.job_id, message.batch_id, StageOutcome.RETRIED)
     if job.state.terminal:
         return SegmentResult(job.job_id, message.batch_id, StageOutcome.SKIPPED)
     if message.batch_id in job.done_batches or job.state == JobState.ASSEMBLING:
@@ -109,26 +115,26 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
         )
     done, total = len(updated.done_batches), updated.total_batches or 0
     log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
-    started = done == total and start_assembly(ctx, job.job_id)
+    started = done == total and start_assembly(ctx, job)
     if done < total:
         # The last batch's masks are written by the final assembly, which follows at once.
-        _send(ctx, AssembleMessage(job_id=job.job_id, batch_id=message.batch_id))
+        _send(ctx, AssembleMessage(job_id=job.job_id, batch_id=message.batch_id, generation=job.generation))
     return SegmentResult(
         job.job_id, message.batch_id, StageOutcome.SEGMENTED, message.count, result.seconds, result.attempts, started
     )
 
 
-def start_assembly(ctx: PipelineContext, job_id: str) -> bool:
+def start_assembly(ctx: PipelineContext, job: Job) -> bool:
     """Move the job to ASSEMBLING and enqueue its assembly, if this caller wins the transition."""
-    if not ctx.store.mark_assembling(job_id):
+    if not ctx.store.mark_assembling(job.job_id):
         return False
-    _send_assembly(ctx, job_id)
+    _send_assembly(ctx, job)
     return True
 
 
-def _send_assembly(ctx: PipelineContext, job_id: str) -> None:
-    _send(ctx, AssembleMessage(job_id=job_id))
-    ctx.store.mark_assembly_enqueued(job_id)
+def _send_assembly(ctx: PipelineContext, job: Job) -> None:
+    _send(ctx, AssembleMessage(job_id=job.job_id, generation=job.generation))
+    ctx.store.mark_assembly_enqueued(job.job_id)
     log.info("all batches done; assembly enqueued")
 
 
@@ -141,12 +147,12 @@ def _repair_assembly(ctx: PipelineContext, job: Job) -> bool:
     """Finish what a crashed predecessor left: start or re-send the assembly if it is missing."""
     if job.state in (JobState.SPLIT, JobState.SEGMENTING):
         if job.total_batches and len(job.done_batches) == job.total_batches:
-            return start_assembly(ctx, job.job_id)
+            return start_assembly(ctx, job)
         return False
     if job.state == JobState.ASSEMBLING and not job.assembly_enqueued:
         since = ctx.clock() - job.stamps.get("assembling", ctx.clock())
         if since >= ASSEMBLY_RESEND_AFTER_SECONDS:
             log.warning("job has been ASSEMBLING for %.0f s with no assembly enqueued; re-sending", since)
-            _send_assembly(ctx, job.job_id)
+            _send_assembly(ctx, job)
             return True
     return False

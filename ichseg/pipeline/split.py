@@ -126,7 +126,7 @@ def _split(ctx: PipelineContext, upload: UploadRef, receive_count: int) -> Split
             fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
             return SplitResult(job.job_id, StageOutcome.REJECTED, seconds=time.perf_counter() - started)
 
-        _store_and_enqueue(ctx, manifest, slices)
+        _store_and_enqueue(ctx, manifest, slices, job.generation)
         ctx.store.mark_segmenting(job.job_id)
     seconds = time.perf_counter() - started
     log.info("split %d slices into %d batches in %.2f s", manifest.num_slices, len(manifest.batches), seconds)
@@ -268,7 +268,7 @@ def _store_dicom_headers(
     return DicomSource(series)
 
 
-def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.ndarray) -> None:
+def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.ndarray, generation: int) -> None:
     """Each batch's frames, then its segment message, ``WRITERS`` batches at a time; failures raise."""
     if len(slices) != manifest.num_slices:
         raise ValueError(f"the upload decodes to {len(slices)} slices; its manifest says {manifest.num_slices}")
@@ -276,7 +276,7 @@ def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.
     def store(batch: BatchRef) -> None:
         # Each batch's object carries its context slices: the segment stage needs nothing else.
         ctx.put(keys.frames_key(manifest.job_id, batch.batch_id), encode_slices(slices[batch.stored]))
-        message = SegmentMessage.for_batch(manifest.job_id, batch, manifest.slice_ids)
+        message = SegmentMessage.for_batch(manifest.job_id, batch, manifest.slice_ids, generation)
         ctx.sqs.send_message(QueueUrl=ctx.config.segment_queue_url, MessageBody=message.to_json())
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:

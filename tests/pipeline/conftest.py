@@ -208,7 +208,7 @@ def core(stack: LocalStack) -> PipelineContext:
     s3.create_bucket(Bucket=bucket)
     queues = {
         name: sqs.create_queue(QueueName=f"core-{name}-{suffix}")["QueueUrl"]
-        for name in ("segment", "assemble", "mirror")
+        for name in ("segment", "assemble", "mirror", "ingest")
     }
     create_jobs_table(dynamodb, table)
     config = PipelineConfig.from_env(
@@ -219,6 +219,7 @@ def core(stack: LocalStack) -> PipelineContext:
             "ICHSEG_SEGMENT_QUEUE_URL": queues["segment"],
             "ICHSEG_ASSEMBLE_QUEUE_URL": queues["assemble"],
             "ICHSEG_MIRROR_QUEUE_URL": queues["mirror"],
+            "ICHSEG_INGEST_QUEUE_URL": queues["ingest"],
             "ICHSEG_ENDPOINT_URL": stack.endpoint_url,
         }
     )

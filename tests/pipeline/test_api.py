@@ -183,9 +183,11 @@ def test_the_local_front_serves_the_routes_of_the_openapi_description() -> None:
     from infrastructure.api_front import routes_from_openapi
 
     assert sorted(route.key for route in routes_from_openapi()) == [
+        "DELETE /v1/devices/{device_id}",
         "DELETE /v1/scans/{job_id}",
         "GET /v1/openapi.json",
         "GET /v1/scans",
         "GET /v1/scans/{job_id}",
+        "POST /v1/devices",
         "POST /v1/scans",
     ]

@@ -181,6 +181,9 @@ def test_gateway_environment_is_the_templates_task_definition_with_local_address
     assert settings.delivery_attempts == stack.template.queues["delivery"].max_receive_count
     assert settings.default_destination == Destination("ORTHANC", "127.0.0.1", 4242)
     assert (settings.ae_title, settings.host, settings.port) == ("ICHSEG", "127.0.0.1", 0)
+    fixed = LocalStack(replace(stack.settings, state_dir=tmp_path, gateway_port=11112))
+    fixed.queues = stack.queues
+    assert GatewaySettings.from_env(fixed.gateway_environment()).port == 11112  # ichseg stack --gateway-port
     assert settings.spool_dir == tmp_path / "gateway-spool"
     assert settings.idle_seconds == stack.settings.gateway_idle_seconds
 
@@ -210,6 +213,9 @@ def test_the_gateway_answers_c_echo_where_describe_says(gateway_stack: LocalStac
     command = [echoscu, "-aet", "TEST", "-aec", described["ae_title"], described["host"], str(described["port"])]
     echo = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stdout + echo.stderr
+    # Its log is in the stack's log folder with the functions' (written before start() returned).
+    log = (gateway_stack.log_dir / "gateway.log").read_text()
+    assert f"listening on 127.0.0.1:{described['port']}" in log
 
 
 def test_stack_command_refuses_a_malformed_pacs_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,7 +229,7 @@ def test_ichseg_stack_takes_pacs_and_gateway_flags() -> None:
 
     parser = argparse.ArgumentParser(prog="ichseg")
     add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["stack", "--pacs", "ORTHANC@127.0.0.1:4242", "--gateway"])
-    assert (args.pacs, args.gateway) == ("ORTHANC@127.0.0.1:4242", True)
+    args = parser.parse_args(["stack", "--pacs", "ORTHANC@127.0.0.1:4242", "--gateway", "--gateway-port", "11112"])
+    assert (args.pacs, args.gateway, args.gateway_port) == ("ORTHANC@127.0.0.1:4242", True, 11112)
     plain = parser.parse_args(["stack"])
-    assert (plain.pacs, plain.gateway) == (None, False)
+    assert (plain.pacs, plain.gateway, plain.gateway_port) == (None, False, 0)

@@ -453,7 +453,8 @@ def test_a_failed_job_says_why_and_not_to_wait(browser: Any, stack: LocalStack) 
     driver.get(f"{stack.api_url}/viewer/?job={job_id}#token={stack.token('viewer-failed')}")
     _wait(driver, lambda d: "FAILED" in d.find_element(By.ID, "message").text, "the failure was never shown")
     text = driver.find_element(By.ID, "message").text
-    assert job.error_reason in text and "Upload the scan again" in text and "Reload when" not in text
+    assert job.error_reason in text and "Upload it again" in text and "Reload when" not in text
+    assert f"give ops the job id {job_id}" in text
     assert "error" in (driver.find_element(By.ID, "message").get_attribute("class") or "")
 
 
