@@ -46,10 +46,11 @@ dicom-tools:
 	command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v dciodvfy >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc dcmtk dicom3tools)
 
-# openapi-generator-cli (tests/pipeline/test_generated_clients.py) runs its jar on a Java runtime.
+# openapi-generator-cli (tests/pipeline/test_generated_clients.py) runs its jar on a Java runtime;
+# curl runs the commands `ichseg stack` prints (tests/pipeline/test_local_stack.py).
 jre:
-	command -v java >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless)
+	command -v java >/dev/null && command -v curl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless curl)
 
 test-training: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python -m pytest tests/training -q

@@ -74,6 +74,9 @@ class ScansClient:
             raise ClientError(f"{path.name}: unknown file type; ichseg reads {', '.join(sorted(CONTENT_TYPES))}")
         size = path.stat().st_size
         ticket = self._call("POST", "/v1/scans", json={"content_type": content_type, "size_bytes": size})
+        if ticket.get("multipart"):  # a large scan: part by part, resumable
+            self._send_parts(str(ticket["job_id"]), path, ticket["multipart"], on_bytes)
+            return str(ticket["job_id"])
         upload = ticket["upload"]
         body, boundary = _multipart(upload["fields"], upload["file_field"], path, content_type)
         stream = _CountingReader(body, on_bytes)
@@ -89,6 +92,50 @@ class ScansClient:
         if posted.status_code not in (200, 201, 204):
             raise ClientError(f"the upload was refused (HTTP {posted.status_code}): {posted.text[:300]}")
         return str(ticket["job_id"])
+
+    def resume(self, job_id: str, path: Path, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Finish an interrupted multipart upload of ``path``: only the parts S3 does not have yet."""
+        path = Path(path)
+        if not path.is_file():
+            raise ClientError(f"{path}: no such file")
+        upload = self._call("GET", f"/v1/scans/{job_id}/upload")
+        self._send_parts(job_id, path, upload, on_bytes)
+
+    def _send_parts(
+        self, job_id: str, path: Path, upload: dict[str, Any], on_bytes: Callable[[int], None] | None
+    ) -> None:
+        """PUT every part the upload still lists (each retried), then complete it."""
+        missing = upload["parts"]
+        if on_bytes is not None:  # what S3 already holds counts as sent
+            on_bytes(path.stat().st_size - sum(int(part["size"]) for part in missing))
+        with path.open("rb") as file:
+            for part in missing:
+                file.seek(int(part["offset"]))
+                self._put_part(job_id, part, file.read(int(part["size"])))
+                if on_bytes is not None:
+                    on_bytes(int(part["size"]))
+        self._call("POST", f"/v1/scans/{job_id}/upload/complete")
+
+    def _put_part(self, job_id: str, part: dict[str, Any], data: bytes, attempts: int = 3) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = requests.put(part["url"], data=data, timeout=max(self.timeout, 300))
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == attempts:
+                    raise ClientError(
+                        f"the upload stopped at part {part['part_number']} ({exc.__class__.__name__}); "
+                        f"resume it with: ichseg scans resume {job_id} <file>"
+                    ) from exc
+                time.sleep(2**attempt)
+                continue
+            if answer.status_code == 200:
+                return
+            if attempt == attempts or answer.status_code < 500:
+                raise ClientError(
+                    f"part {part['part_number']} was refused (HTTP {answer.status_code}): {answer.text[:200]}; "
+                    f"resume with: ichseg scans resume {job_id} <file>"
+                )
+            time.sleep(2**attempt)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/scans/{job_id}``."""

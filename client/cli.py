@@ -34,6 +34,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit = actions.add_parser("submit", help="upload a scan and start a job")
     submit.add_argument("file", type=Path)
     submit.add_argument("--wait", action="store_true", help="follow the job until it is DONE or FAILED")
+    resume = actions.add_parser("resume", help="finish an interrupted upload of a large scan (only the missing parts)")
+    resume.add_argument("job_id")
+    resume.add_argument("file", type=Path)
+    resume.add_argument("--wait", action="store_true", help="follow the job until it is DONE or FAILED")
     actions.add_parser("status", help="a job's state, progress and result").add_argument("job_id")
     listing = actions.add_parser("list", help="your jobs, newest first")
     listing.add_argument("--limit", type=int, default=20)
@@ -74,7 +78,11 @@ def _submit(client: ScansClient, args: argparse.Namespace) -> int:
 
     size = args.file.stat().st_size if args.file.is_file() else 0
     with tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr, leave=False) as bar:
-        job_id = client.submit(args.file, on_bytes=bar.update)
+        if args.action == "resume":
+            client.resume(args.job_id, args.file, on_bytes=bar.update)
+            job_id = args.job_id
+        else:
+            job_id = client.submit(args.file, on_bytes=bar.update)
     print(job_id)
     if not args.wait:
         return 0
@@ -122,6 +130,7 @@ def _open(client: ScansClient, args: argparse.Namespace) -> int:
 
 _ACTIONS = {
     "submit": _submit,
+    "resume": _submit,
     "status": _status,
     "list": _list,
     "download": _download,

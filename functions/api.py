@@ -6,6 +6,8 @@
     DELETE /v1/scans/{job_id}   -> 204 deleted; 404 unknown/not the caller's/already deleted; 409 still running
     POST   /v1/devices          {"token": "<FCM token>", "platform": "android"} -> 201 device (push when a job ends)
     DELETE /v1/devices/{id}     -> 204 no more pushes to that device; 404 not the caller's
+    GET    /v1/scans/{id}/upload           -> 200 a multipart upload's parts (resume after a dropped connection)
+    POST   /v1/scans/{id}/upload/complete  -> 200 the job, its upload complete; 409 parts missing
     GET    /v1/openapi.json     -> 200 this API's OpenAPI document (no token: code generators fetch it)
 
 Every refusal the API itself answers is an RFC 9457 problem (``application/problem+json``) with a
@@ -42,11 +44,13 @@ from ichseg.pipeline.api import (
     register_device,
     remove_device,
     status_url,
+    status_view,
 )
 from ichseg.pipeline.api_models import (
     LIST_LIMIT_MAX,
     PROBLEM_MEDIA_TYPE,
     GatewayError,
+    MultipartUpload,
     Problem,
     ProblemCode,
     RegisterDeviceRequest,
@@ -58,6 +62,7 @@ from ichseg.pipeline.api_models import (
     UploadTicket,
     read_json_body,
 )
+from ichseg.pipeline.multipart import complete_multipart, multipart_status
 
 logger = handler_logger()
 tracer = Tracer()
@@ -78,6 +83,9 @@ DESCRIPTION = """The API the ichseg mobile app uses to segment intracranial hemo
 2. `POST /v1/scans` with the upload's content type (and size): a job id and a presigned S3 POST.
 3. Upload the scan as `multipart/form-data` to `upload.url`: every entry of `upload.fields`, then the
    file as the **last** field, named `file`. S3 enforces the policy (key, Content-Type, size, expiry).
+   A declared `size_bytes` over the deployment's multipart threshold (64 MiB) gets `multipart`
+   instead: PUT each part's bytes to its URL, then `POST multipart.complete_url`. A dropped
+   connection loses one part: `GET multipart.status_url` lists what S3 has and fresh URLs.
 4. Poll `GET /v1/scans/{job_id}` until `state` is `DONE` or `FAILED`; when DONE, `results` holds
    short-lived download links and `viewer` the results viewer (relative to this API's base URL).
 5. Instead of polling, register the device's FCM token with `POST /v1/devices`: each scan that ends
@@ -227,6 +235,46 @@ def remove_scan(job_id: JobId) -> Response[None]:
     logger.info("scan deleted")
     metrics.add_metric("ScansDeleted", "Count", 1)
     return Response(204, None, None, {"Cache-Control": "no-store"})
+
+
+@app.get(
+    "/v1/scans/<job_id>/upload",
+    operation_id="getUpload",
+    summary="A multipart upload in progress: the parts S3 has, fresh URLs for the others (resume)",
+    responses={
+        200: _ok("The upload's parts: PUT the missing ones, then POST complete_url.", MultipartUpload),
+        **_problems(ProblemCode.INVALID_REQUEST, ProblemCode.SCAN_NOT_FOUND, ProblemCode.NOT_A_MULTIPART_UPLOAD),
+        **AUTH_REFUSALS,
+    },
+)
+@tracer.capture_method
+def get_upload(job_id: JobId) -> Response[MultipartUpload]:
+    logger.thread_safe_append_keys(job_id=job_id)
+    return _json(200, multipart_status(pipeline_context(metrics), caller_uid(), job_id))
+
+
+@app.post(
+    "/v1/scans/<job_id>/upload/complete",
+    operation_id="completeUpload",
+    summary="Complete a multipart upload once every part is sent: the scan is then processed",
+    responses={
+        200: _ok("Complete (or completed already): the job, as GET /v1/scans/{job_id} shows it.", ScanStatus),
+        **_problems(
+            ProblemCode.INVALID_REQUEST,
+            ProblemCode.SCAN_NOT_FOUND,
+            ProblemCode.NOT_A_MULTIPART_UPLOAD,
+            ProblemCode.UPLOAD_INCOMPLETE,
+        ),
+        **AUTH_REFUSALS,
+    },
+)
+@tracer.capture_method
+def complete_upload(job_id: JobId) -> Response[ScanStatus]:
+    logger.thread_safe_append_keys(job_id=job_id)
+    ctx = pipeline_context(metrics)
+    job = complete_multipart(ctx, caller_uid(), job_id)
+    logger.info("multipart upload complete")
+    return _json(200, status_view(ctx, job))
 
 
 DeviceId = Annotated[str, Path(description="The `device_id` `POST /v1/devices` returned.", max_length=64)]

@@ -832,6 +832,16 @@ class LocalStack:
             return ""
 
 
+def try_commands(stack: LocalStack) -> tuple[str, str]:
+    """The two shell lines ``ichseg stack`` suggests: get a token, start a scan (a test runs them)."""
+    token = stack.describe()["token"]
+    return (
+        f"TOKEN=$({token} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id_token\"])')",
+        f'curl -s -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
+        f'-d \'{{"content_type": "video/mp4"}}\' {stack.api_url}/v1/scans',
+    )
+
+
 def stack_command(args: argparse.Namespace) -> int:
     """``ichseg stack``: run the local stack in the foreground until Ctrl-C; print its addresses.
 
@@ -872,15 +882,8 @@ def stack_command(args: argparse.Namespace) -> int:
         print("\nThe functions' environment (point the AWS CLI or boto3 at moto with these):")
         for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             print(f"  export {name}={stack.environment[name]}")
-        print(
-            f"\nTry: TOKEN=$({description['token']} | python3 -c 'import json,sys; print(json.load(sys.stdin)"
-            '["id_token"])\')'
-        )
-        print(
-            f'     curl -s -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
-            f'-d \'{{"content_type": "video/mp4"}}\' '
-            f"{stack.api_url}/v1/scans"
-        )
+        token, start = try_commands(stack)
+        print(f"\nTry: {token}\n     {start}")
         if "dicom_gateway" in description:
             gw = description["dicom_gateway"]
             print(f"\nDICOM: echoscu -aet TEST -aec {gw['ae_title']} {gw['host']} {gw['port']}")

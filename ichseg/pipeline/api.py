@@ -15,15 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from typing import Any
 
 from ichseg.media_types import MIRRORED_FILES
 from ichseg.pipeline import keys
+from ichseg.pipeline.access import JOB_ID, ApiError, owned_job, status_url
 from ichseg.pipeline.api_models import (
     Headline,
     JobError,
     Mirror,
+    MultipartUpload,
     ProblemCode,
     Progress,
     RegisteredDevice,
@@ -39,8 +40,8 @@ from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.devices import MAX_DEVICES, DeviceRegistry, Platform
 from ichseg.pipeline.jobs import Job, JobSource, JobState
+from ichseg.pipeline.multipart import MULTIPART_WINDOW_SECONDS, start_multipart
 
-_JOB_ID = re.compile(r"^(?:[0-9a-f]{32}|ingest-[0-9a-f]{24})$")
 RESULT_FILES = {
     "overlay": "overlay.mp4",
     "report": "report.json",
@@ -51,18 +52,6 @@ RESULT_FILES = {
 VIEWER_PATH = "/viewer/"
 """The static results viewer, relative to the API's base URL (``?job=<id>`` names the job)."""
 LIST_LIMIT_DEFAULT = 20
-
-
-class ApiError(Exception):
-    """A request the API refuses: ``code`` says why (and fixes the HTTP status), ``str()`` the detail."""
-
-    def __init__(self, code: ProblemCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-
-    @property
-    def status(self) -> int:
-        return self.code.status
 
 
 def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: int | None = None) -> UploadTicket:
@@ -83,26 +72,30 @@ def create_scan(ctx: PipelineContext, uid: str, content_type: str, size_bytes: i
     config.require("bucket", "table")  # after the request's own checks: refusing one needs no storage
     job_id = keys.new_job_id()
     key = keys.upload_key(uid, job_id)
-    # The deadline covers the upload window too: a job whose upload never comes is failed by the watchdog.
-    ctx.store.create(
-        job_id,
-        JobSource.APP,
-        uid,
-        key,
-        config.upload_url_seconds + config.job_deadline_seconds,
-        content_type=content_type,
-    )
+    multipart = size_bytes is not None and size_bytes > config.multipart_threshold_bytes
+    # The deadline covers the upload window too: a job whose upload never comes is failed by the
+    # watchdog (a multipart upload may take a day, as long as S3 keeps its parts).
+    window = MULTIPART_WINDOW_SECONDS if multipart else config.upload_url_seconds
+    ctx.store.create(job_id, JobSource.APP, uid, key, window + config.job_deadline_seconds, content_type=content_type)
+
+    def ticket(upload: UploadForm | None, parts: MultipartUpload | None, max_bytes: int) -> UploadTicket:
+        return UploadTicket(
+            job_id=job_id,
+            state=JobState.RECEIVED.value,
+            upload=upload,
+            multipart=parts,
+            content_type=content_type,
+            max_bytes=max_bytes,
+            expires_in=config.upload_url_seconds,
+            status_url=status_url(job_id),
+        )
+
+    if multipart:
+        assert size_bytes is not None
+        return ticket(None, start_multipart(ctx, job_id, key, content_type, size_bytes), size_bytes)
     low, high = upload_size_range(config.upload_max_bytes, size_bytes)
     post = presigned_post(ctx, key, content_type, low, high)
-    return UploadTicket(
-        job_id=job_id,
-        state=JobState.RECEIVED.value,
-        upload=UploadForm(url=post["url"], fields=post["fields"], method="POST", file_field="file"),
-        content_type=content_type,
-        max_bytes=high,
-        expires_in=config.upload_url_seconds,
-        status_url=status_url(job_id),
-    )
+    return ticket(UploadForm(url=post["url"], fields=post["fields"], method="POST", file_field="file"), None, high)
 
 
 UPLOAD_SIZE_SLACK = 1024
@@ -130,19 +123,6 @@ def presigned_post(ctx: PipelineContext, key: str, content_type: str, min_bytes:
         ],
         ExpiresIn=config.upload_url_seconds,
     )
-
-
-def owned_job(ctx: PipelineContext, uid: str, job_id: str) -> Job:
-    """The caller's job; :class:`ApiError` 404 for unknown jobs and other people's (ids cannot be probed)."""
-    job = ctx.store.get(job_id) if _JOB_ID.match(job_id or "") else None
-    if job is None or job.owner is None or job.owner != uid:
-        raise ApiError(ProblemCode.SCAN_NOT_FOUND, f"no scan {job_id!r}")
-    return job
-
-
-def status_url(job_id: str) -> str:
-    """The job's status route, relative to the API base."""
-    return f"/v1/scans/{job_id}"
 
 
 def scan_status(ctx: PipelineContext, uid: str, job_id: str) -> ScanStatus:
@@ -198,7 +178,7 @@ def _decode_cursor(cursor: str, uid: str) -> dict[str, str]:
         and set(key) == _CURSOR_KEYS
         and all(isinstance(value, str) and value for value in key.values())
         and key["owner"] == uid
-        and _JOB_ID.match(key["job_id"]) is not None
+        and JOB_ID.match(key["job_id"]) is not None
     )
     if not valid:
         raise ApiError(ProblemCode.INVALID_CURSOR, "next is not a cursor this API returned")

@@ -142,6 +142,8 @@ class ProblemCode(StrEnum):
     SCAN_NOT_FOUND = "scan_not_found"
     SCAN_IN_PROGRESS = "scan_in_progress"
     DEVICE_NOT_FOUND = "device_not_found"
+    NOT_A_MULTIPART_UPLOAD = "not_a_multipart_upload"
+    UPLOAD_INCOMPLETE = "upload_incomplete"
     UPLOAD_TOO_LARGE = "upload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL_ERROR = "internal_error"
@@ -171,6 +173,8 @@ _PROBLEMS: dict[ProblemCode, tuple[int, str]] = {
     ProblemCode.SCAN_NOT_FOUND: (404, "No such scan of yours"),
     ProblemCode.SCAN_IN_PROGRESS: (409, "The scan is still being processed"),
     ProblemCode.DEVICE_NOT_FOUND: (404, "No such device of yours"),
+    ProblemCode.NOT_A_MULTIPART_UPLOAD: (409, "The scan is not being uploaded in parts (any more)"),
+    ProblemCode.UPLOAD_INCOMPLETE: (409, "Parts of the upload are missing or of the wrong size"),
     ProblemCode.UPLOAD_TOO_LARGE: (413, "The upload is over this deployment's size limit"),
     ProblemCode.UNSUPPORTED_MEDIA_TYPE: (415, "The request body must be application/json"),
     ProblemCode.INTERNAL_ERROR: (500, "ichseg failed to answer; the request may be retried"),
@@ -210,12 +214,39 @@ class UploadForm(BaseModel):
     file_field: Literal["file"]
 
 
+class UploadPart(BaseModel):
+    """One part of a multipart upload: PUT its bytes to ``url`` (no other header is needed)."""
+
+    part_number: int = Field(description="1-based.")
+    url: str = Field(description="Presigned S3 UploadPart URL.")
+    offset: int = Field(description="Where the part starts in the file.")
+    size: int = Field(description="How many bytes it takes (the last part may be shorter).")
+
+
+class MultipartUpload(BaseModel):
+    """A large scan sent part by part (S3 multipart upload), which survives a dropped connection:
+    PUT each part to its URL, then ``POST complete_url``. After an interruption,
+    ``GET status_url`` lists the parts S3 has and fresh URLs for the missing ones."""
+
+    part_size: int
+    parts_total: int
+    parts: list[UploadPart] = Field(description="The parts still to send (all of them at first).")
+    parts_received: list[int] = Field(description="The part numbers S3 already holds.")
+    expires_in: int = Field(description="Seconds the part URLs stay valid (ask status_url for new ones).")
+    status_url: str
+    complete_url: str
+
+
 class UploadTicket(BaseModel):
-    """``POST /v1/scans`` 201: the job (RECEIVED) and how to upload its scan."""
+    """``POST /v1/scans`` 201: the job (RECEIVED) and how to upload its scan: one presigned POST
+    (``upload``), or for a declared size over the multipart threshold, a resumable ``multipart``."""
 
     job_id: str
     state: Literal["RECEIVED"]
-    upload: UploadForm
+    upload: UploadForm | None = Field(description="The presigned POST; null for a multipart upload.")
+    multipart: MultipartUpload | None = Field(
+        default=None, description="Set for a large upload: send it part by part (resumable)."
+    )
     content_type: str
     max_bytes: int
     expires_in: int = Field(description="Seconds the presigned POST stays valid.")

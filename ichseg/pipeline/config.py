@@ -80,6 +80,10 @@ class PipelineConfig:
     firebase_bucket: str = ""
     firebase_project_id: str = ""
     firebase_credentials_secret_arn: str = ""
+    multipart_threshold_bytes: int = 64 * MiB
+    """Uploads declared larger than this are S3 multipart uploads (resumable, part by part)."""
+    multipart_part_bytes: int = 16 * MiB
+    """The part size of a multipart upload (S3's minimum is 5 MiB; at most 10,000 parts)."""
     push_project_id: str = ""
     """The Firebase project FCM pushes go through (:mod:`ichseg.pipeline.push`); empty: no push."""
     """Secrets Manager id of a service-account JSON for Firebase Storage (cloud); unused with the emulator."""
@@ -133,6 +137,8 @@ class PipelineConfig:
             firebase_project_id=text("FIREBASE_PROJECT_ID"),
             firebase_credentials_secret_arn=text("ICHSEG_FIREBASE_CREDENTIALS_SECRET_ARN"),
             push_project_id=text("ICHSEG_PUSH_PROJECT_ID"),
+            multipart_threshold_bytes=int(number("ICHSEG_MULTIPART_THRESHOLD_BYTES", 64 * MiB)),
+            multipart_part_bytes=int(number("ICHSEG_MULTIPART_PART_BYTES", 16 * MiB)),
             storage_emulator_host=text("STORAGE_EMULATOR_HOST"),
             aws_endpoints=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_ENDPOINT_URL"))),
         )

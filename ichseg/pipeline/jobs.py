@@ -219,6 +219,10 @@ class Job:
     """Why the last delivery attempt failed (network and DICOM status only: never patient data)."""
     delivered_objects: frozenset[str] = frozenset()
     """Result names (``seg``, ``sr``) a PACS has stored: a retry sends only the others."""
+    multipart_upload_id: str | None = None
+    """The S3 multipart upload the app is sending the scan in (large uploads), until it is complete."""
+    upload_size: int | None = None
+    """A multipart upload's declared size (its parts are planned from it)."""
     generation: int = 0
     """How many times the job was retried (:mod:`ichseg.pipeline.retry`). Every stage message
     carries the generation it was sent for; a message of an earlier one is consumed without work."""
@@ -806,6 +810,8 @@ class JobStore:
             delivery_reason=raw.get("delivery_reason"),
             delivered_objects=frozenset(raw.get("delivered_objects", ())),
             generation=int(raw.get("generation", 0)),
+            multipart_upload_id=raw.get("multipart_upload_id"),
+            upload_size=_int_or_none(raw.get("upload_size")),
         )
 
 

@@ -39,6 +39,9 @@ TEST_ENVIRONMENT = {
     "ICHSEG_MIRROR_ATTEMPTS": "2",
     # A Firebase copy that missed the budget is retried after 2 s, then 4, 8... (60 s, doubling, deployed).
     "ICHSEG_MIRROR_BACKOFF_SECONDS": "2",
+    # Uploads declared over 6 MiB go in parts of 5 MiB (S3's smallest; deployed: 64 and 16 MiB).
+    "ICHSEG_MULTIPART_THRESHOLD_BYTES": str(6 * 1024 * 1024),
+    "ICHSEG_MULTIPART_PART_BYTES": str(5 * 1024 * 1024),
 }
 
 

@@ -188,6 +188,8 @@ def test_the_local_front_serves_the_routes_of_the_openapi_description() -> None:
         "GET /v1/openapi.json",
         "GET /v1/scans",
         "GET /v1/scans/{job_id}",
+        "GET /v1/scans/{job_id}/upload",
         "POST /v1/devices",
         "POST /v1/scans",
+        "POST /v1/scans/{job_id}/upload/complete",
     ]

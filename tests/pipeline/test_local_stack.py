@@ -233,3 +233,14 @@ def test_ichseg_stack_takes_pacs_and_gateway_flags() -> None:
     assert (args.pacs, args.gateway, args.gateway_port) == ("ORTHANC@127.0.0.1:4242", True, 11112)
     plain = parser.parse_args(["stack"])
     assert (plain.pacs, plain.gateway, plain.gateway_port) == (None, False, 0)
+
+
+def test_the_commands_ichseg_stack_suggests_work_as_printed(stack: LocalStack) -> None:
+    from infrastructure.local_stack import try_commands
+
+    token, start = try_commands(stack)
+    assert shutil.which("curl"), "curl is not installed"
+    run = subprocess.run(["bash", "-c", f"{token}\n{start}"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    ticket = json.loads(run.stdout)
+    assert ticket["state"] == "RECEIVED" and ticket["upload"]["url"], ticket

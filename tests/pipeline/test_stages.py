@@ -302,16 +302,30 @@ def test_mirror_failure_is_recorded_and_the_s3_results_stay(core: PipelineContex
     assert [json.loads(str(m["Body"])) for m in queued] == [{"job_id": upload.job_id}]
 
 
-def test_a_model_change_between_batches_fails_the_job_with_a_reason(core: PipelineContext, tmp_path: Path) -> None:
+def test_a_model_change_between_batches_retries_the_job_once_then_fails_it_with_a_reason(
+    core: PipelineContext, tmp_path: Path
+) -> None:
     upload = _upload(core, "carol", video_bytes(tmp_path, head_frames(6)))
+
+    def swap_model_of_one_batch() -> None:
+        key = layout.part_key(upload.job_id, "b0001")
+        part = BatchPart.decode(core.get(key))
+        changed = ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, part.attributes.slice_probabilities)
+        core.put(key, dataclasses.replace(part, attributes=changed).encode())
+
     _run_to_assembly(core, upload)
-    key = layout.part_key(upload.job_id, "b0001")
-    part = BatchPart.decode(core.get(key))
-    changed = ResponseAttributes("ichseg-unet", "2.0.0", 0.4, 0.5, part.attributes.slice_probabilities)
-    core.put(key, dataclasses.replace(part, attributes=changed).encode())
-    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == "failed"
+    swap_model_of_one_batch()
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == StageOutcome.RETRIED
+    job = core.store.require(upload.job_id)
+    assert (job.state, job.generation, job.error_code) == (JobState.RECEIVED, 1, None)  # runs again, on the new model
+    assert len(receive_all(core, core.config.ingest_queue_url)) == 1  # the upload's event, sent again
+
+    _run_to_assembly(core, upload)  # the second attempt is caught by a swap too: a real outage
+    swap_model_of_one_batch()
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id, generation=1)).outcome == "failed"
     job = core.store.require(upload.job_id)
     assert job.state == JobState.FAILED and job.error_code == "model_changed" and "2.0.0" in (job.error_reason or "")
+    assert "resubmit" in (job.error_reason or "")
 
 
 def test_a_small_video_of_huge_frames_is_refused_before_any_frame_is_decoded(
