@@ -12,9 +12,16 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ichseg import __version__
 from ichseg.errors import ScanError
+
+if TYPE_CHECKING:
+    from ichseg.inference import OnnxSegmenter
+    from ichseg.scan import DicomSeriesRef
+    from ichseg.segmentation import Segmentation
+    from ichseg.writers.report import Report
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -51,14 +58,16 @@ def preview_command(args: argparse.Namespace) -> int:
 
 
 def segment_command(args: argparse.Namespace) -> int:
-    """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report."""
+    """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report, and for
+    DICOM input the DICOM SEG and SR a PACS would get back."""
     from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
-    from ichseg.readers import read_scan
+    from ichseg.readers import read_scan_and_headers
     from ichseg.scan_context import load_scan_head
     from ichseg.writers.outputs import write_outputs
     from ichseg.writers.report import build_report, headline
 
-    scan = read_scan(args.input)
+    read = read_scan_and_headers(args.input)
+    scan = read.scan
     segmenter = OnnxSegmenter(args.model)
     slices, segmentation = segment_scan(scan, segmenter)
     context = read_in_context(segmentation, segmenter.metadata, load_scan_head(args.scan_head))
@@ -72,10 +81,44 @@ def segment_command(args: argparse.Namespace) -> int:
         scan.series,
         context,
     )
-    paths = write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
+    paths: dict[str, Path | str] = dict(
+        write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
+    )
+    if scan.dicom is not None:
+        dicom = _write_dicom_results(Path(args.out), read.dicom_headers, scan.dicom, segmentation, report, segmenter)
+        paths.update(dicom)
     summary = {**headline(report), "slices_with_hemorrhage": report["slices_with_hemorrhage"]}
     print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
     return 0
+
+
+def _write_dicom_results(
+    out: Path,
+    headers: Sequence[Any],
+    series: DicomSeriesRef,
+    segmentation: Segmentation,
+    report: Report,
+    segmenter: OnnxSegmenter,
+) -> dict[str, Path | str]:
+    """``seg.dcm`` and ``sr.dcm`` beside the report, or the reason in ``dicom_unavailable``."""
+    from ichseg.writers.dicom_results import dicom_results, local_job_id
+    from ichseg.writers.dicom_seg import SegUnavailable, source_headers
+
+    model = segmenter.metadata
+    try:
+        captured = source_headers(headers, series)
+    except SegUnavailable as exc:
+        return {"dicom_unavailable": f"no DICOM SEG: {exc}"}
+    results = dicom_results(
+        captured, segmentation.masks, report, model.name, model.version, local_job_id(series, model.version)
+    )
+    written: dict[str, Path | str] = {}
+    for name, data in results.files.items():
+        (out / name).write_bytes(data)
+        written[name.removesuffix(".dcm")] = out / name
+    if results.unavailable:
+        written["dicom_unavailable"] = results.unavailable
+    return written
 
 
 def build_parser() -> argparse.ArgumentParser:

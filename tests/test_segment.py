@@ -10,14 +10,16 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from ichseg.model_metadata import ModelMetadata
 from ichseg.segmentation import masks_from_probabilities
 from ichseg.writers.report import HEMORRHAGE_DETECTED, NORMAL, build_report
+from tests.dicom_tools import dciodvfy_errors
 from tests.onnx_fixtures import build_tiny_model, head_phantom
-from tests.scan_fixtures import dicom_series, png_bytes, write_dicom_series
+from tests.scan_fixtures import dicom_bytes, dicom_series, enhanced_ct, png_bytes, write_dicom_series
 
 ICHSEG = Path(sys.executable).parent / "ichseg"
 
@@ -75,6 +77,62 @@ def test_segment_dicom_reports_area_and_volume(tmp_path: Path) -> None:
     assert report["slices"][0]["area_mm2"] == pytest.approx(area * 0.5 * 0.45, rel=1e-3)
     total = sum(s["area_px"] for s in report["slices"])
     assert report["volume_ml"] == pytest.approx(total * 0.5 * 0.45 * 2.5 / 1000, rel=1e-3)
+
+
+def test_segment_dicom_writes_the_seg_and_sr_a_pacs_gets(tmp_path: Path) -> None:
+    """For DICOM input ``ichseg segment`` writes the same SEG and SR the assemble stage sends a PACS:
+    over the source series, its masks, valid, and the same instances on a second run."""
+    model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.0)
+    sources = dicom_series(count=3, rows=64, cols=64)
+    write_dicom_series(tmp_path / "series", sources)
+
+    def segment(out: str) -> dict[str, str]:
+        result = run_segment(tmp_path / "series", tmp_path / out, model)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    summary = segment("out")
+    out = tmp_path / "out"
+    assert summary["seg"] == str(out / "seg.dcm") and summary["sr"] == str(out / "sr.dcm")
+    assert "dicom_unavailable" not in summary
+    seg, sr = pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(out / "sr.dcm")
+    assert seg.Modality == "SEG" and sr.Modality == "SR"
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == sources[0].StudyInstanceUID
+    # Frames are stored only where the mask holds a pixel; each names its source slice.
+    by_position = {float(s.ImagePositionPatient[2]): s.SOPInstanceUID for s in sources}
+    report = json.loads((out / "report.json").read_text())
+    painted = [s for s in report["slices"] if s["area_px"]]
+    assert int(seg.NumberOfFrames) == len(painted) > 0
+    referenced = {
+        frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert referenced <= set(by_position.values())
+    assert int(seg.pixel_array.sum()) == sum(s["area_px"] for s in painted)
+    assert dciodvfy_errors(out / "seg.dcm") == [] and dciodvfy_errors(out / "sr.dcm") == []
+    again = segment("again")
+    assert pydicom.dcmread(again["seg"]).SOPInstanceUID == seg.SOPInstanceUID
+    assert pydicom.dcmread(again["sr"]).SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_segment_non_dicom_and_multiframe_say_why_there_is_no_seg(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.0)
+    (tmp_path / "enhanced.dcm").write_bytes(dicom_bytes(enhanced_ct(count=3, rows=64, cols=64)))
+    result = run_segment(tmp_path / "enhanced.dcm", tmp_path / "out", model)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "seg" not in summary and "multi-frame" in summary["dicom_unavailable"]
+    assert not (tmp_path / "out" / "seg.dcm").exists()
+
+
+def run_segment(source: Path, out: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ICHSEG), "segment", str(source), "--out", str(out), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_segment_bad_input_is_one_error_line(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ too): ``training.sagemaker_launcher.stage_source`` copies the ``ichseg`` and ``t
 temporary folder, writes a ``requirements.txt`` there with the core library's pins
 (requirements/core.txt) plus Horovod (the stock TensorFlow images ship none from 2.12 on), and points
 the estimator's ``source_dir`` at that folder; the toolkit installs it before MPI starts. Caveat, see the
-launcher's docstring: the stock images run Python 3.10, and the ichseg import chain currently needs 3.11
-(``enum.StrEnum``); until that changes, jobs need a Python 3.11 image (``--image-uri``).
+launcher's docstring: the stock images run Python 3.10 and the ichseg core needs 3.11, so jobs need a
+Python 3.11 image (``--image-uri``).
 
 Nothing heavy is imported at module level: the launcher reuses ``HYPERPARAMETERS`` without TensorFlow.
 """

@@ -21,10 +21,10 @@ What the job is, and why:
   the image's TensorFlow. The toolkit runs that install on every host before mpirun; it takes minutes.
   ``--image-uri`` replaces the image with one that already holds TensorFlow 2.x/Keras 2, Horovod and the
   sagemaker-training toolkit; Horovod is then not installed.
-- Python: those images run Python 3.10; the ichseg core needs 3.11 as of this writing
-  (``ichseg/readers/detect.py`` uses ``enum.StrEnum``, reached via training.training_set -> ichseg.windowing
-  -> ichseg.scan). Until that import is 3.10-clean, jobs on the stock image fail at import: use
-  ``--image-uri`` with a Python 3.11 image.
+- Python: those images run Python 3.10; the ichseg core needs 3.11 (``requires-python`` in
+  pyproject.toml; its closed sets are ``enum.StrEnum``, reached via training.training_set ->
+  ichseg.windowing -> ichseg.scan). Jobs on the stock image fail at import: use ``--image-uri`` with a
+  Python 3.11 image.
 - Code: ``source_dir`` is a staged folder, not the repository (see ``stage_source``), uploaded by the SDK to
   ``<output-path>/<job>/source/sourcedir.tar.gz``; ``entry_point`` is ``training/sagemaker_entry.py``.
 - Distribution: ``{"mpi": {"enabled": True, "processes_per_host": <GPUs per instance>, ...}}``; every

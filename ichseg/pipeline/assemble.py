@@ -348,16 +348,15 @@ def _dicom_seg(
 ) -> dict[str, bytes]:
     """The DICOM SEG and SR for DICOM input by file name (``seg.dcm``, ``sr.dcm``); none for other input.
 
-    Neither is fatal: a series a SEG cannot describe gets neither, a report the SR cannot carry
-    gets the SEG alone, each with a warning; the job is DONE either way. Their UIDs come from the
-    job id, so a re-run of the assembly makes the very same instances.
+    Neither is fatal (:func:`ichseg.writers.dicom_results.dicom_results`): the job is DONE either way,
+    with a warning for what is missing. Their UIDs come from the job id, so a re-run of the assembly
+    makes the very same instances.
     """
     if manifest.dicom is None or manifest.dicom.seg_unavailable:
         return {}
     import cv2
 
-    from ichseg.writers.dicom_seg import SegUnavailable, build_seg
-    from ichseg.writers.dicom_sr import SrUnavailable, build_sr
+    from ichseg.writers.dicom_results import dicom_results
 
     headers = json.loads(ctx.get(keys.dicom_headers_key(manifest.job_id)))
     # The masks come back from their PNGs (lossless), the one copy of them the parts keep.
@@ -368,17 +367,10 @@ def _dicom_seg(
             for png in part.rendered.mask_pngs
         ]
     )
-    try:
-        seg = build_seg(headers, masks, model.name, model.version, manifest.job_id)
-    except SegUnavailable as exc:
-        log.warning("no DICOM SEG: %s", exc)
-        return {}
-    try:
-        sr = build_sr(headers, seg, report, model.name, model.version, manifest.job_id)
-    except SrUnavailable as exc:
-        log.warning("no DICOM SR: %s", exc)
-        return {"seg.dcm": seg}
-    return {"seg.dcm": seg, "sr.dcm": sr}
+    results = dicom_results(headers, masks, report, model.name, model.version, manifest.job_id)
+    if results.unavailable:
+        log.warning(results.unavailable)
+    return results.files
 
 
 # ------------------------------------------------------------------------------ the mirror's retries

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from enum import Enum
+from enum import StrEnum
 
 
-class Content(str, Enum):  # not StrEnum: SageMaker's TF training images run Python 3.10
+class Content(StrEnum):
     """What a blob holds, as far as its first bytes tell."""
 
     MP4 = "mp4"
