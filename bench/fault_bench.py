@@ -67,11 +67,11 @@ def inject_faults(stack: Any, log: list[str], started: float) -> None:
     os.kill(pid, signal.SIGKILL)
     note(f"killed a segment worker (pid {pid})")
     time.sleep(2.0)
-    with stack.endpoint_down():
+    with stack.endpoint.down():
         note("inference server stopped")
         time.sleep(FAULT_SECONDS)
     note("inference server running again")
-    with stack.storage_down():
+    with stack.storage.down():
         note("Firebase Storage emulator stopped")
         time.sleep(FAULT_SECONDS)
     note("Firebase Storage emulator running again (empty)")
@@ -163,7 +163,7 @@ def account(stack: Any, outcomes: list[tuple[float, dict[str, Any]] | str], wall
         if isinstance(outcome, str):
             continue
         seconds, status = outcome
-        job = stack.store.require(status["job_id"])
+        job = stack.inspect.store.require(status["job_id"])
         states[status["state"]] += 1
         if job.state == JobState.DONE:
             latencies.append(seconds)
@@ -182,7 +182,7 @@ def account(stack: Any, outcomes: list[tuple[float, dict[str, Any]] | str], wall
     print(f"  stuck (neither DONE nor FAILED): {len(stuck)}")
     print(f"  result objects written more than once: {len(rewritten)} {rewritten[:3]}")
     print(f"  function workers restarted: {restarts}")
-    print(f"  dead-lettered messages: { {q: len(stack.dlq_bodies(q)) for q in stack.queues} }")
+    print(f"  dead-lettered messages: { {q: len(stack.inspect.dlq_bodies(q)) for q in stack.queues} }")
     if latencies:
         latencies.sort()
         p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]

@@ -139,11 +139,11 @@ def app_journey(stack: Any, sample: Path, out: Path, timeout: float = 900.0, uid
     # The copy the app reads from Firebase Storage.
     prefix = f"users/{uid}/scans/{job_id}/"
     print(f"\nFirebase Storage emulator ({stack.storage_url}), bucket {stack.settings.firebase_bucket}:")
-    for item in stack.firebase_objects(prefix):
+    for item in stack.inspect.firebase_objects(prefix):
         print(f"  {item['name']}  {item['size']} bytes  {item['content_type']}")
     mirrored = out / "firebase" / "overlay.mp4"
     mirrored.parent.mkdir(exist_ok=True)
-    mirrored.write_bytes(stack.firebase_download(prefix + "overlay.mp4"))
+    mirrored.write_bytes(stack.inspect.firebase_download(prefix + "overlay.mp4"))
     print(f"  downloaded back: {mirrored}  [{_video_facts(mirrored.read_bytes())}]")
     if status["mirror"] and status["mirror"]["error"]:
         print(f"  mirror error: {status['mirror']['error']}")
@@ -179,7 +179,7 @@ def _print_timings(status: dict[str, Any], stack: Any, job_id: str, upload_secon
     print("\nTiming (from the job record):")
     for key, seconds in status["timings"].items():
         print(f"  {labels.get(key, key):<52} {seconds:7.2f} s")
-    segments = stack.invocations_of("segment", job_id)
+    segments = stack.inspect.invocations_of("segment", job_id)
     if segments:
         print(f"  ({len(segments)} segment invocation(s), {sum(i.seconds for i in segments):.2f} s of function time)")
     end_to_end = upload_seconds + wait_seconds

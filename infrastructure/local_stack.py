@@ -1,7 +1,11 @@
 """The local stack: the whole cloud shape on one machine, with real protocol peers.
 
     with LocalStack() as stack:          # or `ichseg stack` in the foreground
-        stack.api_url, stack.token("alice"), stack.wait_for_job(job_id) ...
+        stack.api_url, stack.token("alice"), stack.inspect.wait_for_job(job_id) ...
+
+This module lays the stack out and starts it in order; the parts are rooms of their own: the
+services (:mod:`infrastructure.local_services`), the event pump (:mod:`infrastructure.event_pump`)
+and what tests read of it (:attr:`LocalStack.inspect`, :mod:`infrastructure.stack_inspector`).
 
 What runs (all on 127.0.0.1, free ports):
 
@@ -9,16 +13,14 @@ What runs (all on 127.0.0.1, free ports):
   read by :mod:`infrastructure.cloud_template`: the bucket (its S3 -> SQS notifications, lifecycle
   rules, versioning), the queues with their dead-letter queues, retention and redrive, the jobs
   table with its keys, index and TTL;
-- gcp-storage-emulator: Firebase Storage (the mirror's bucket);
-- the inference server, ``ichseg endpoint`` (gunicorn + ONNX Runtime) with the model, reached by
-  boto3's ``sagemaker-runtime`` client through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``;
+- gcp-storage-emulator: Firebase Storage (the mirror's bucket), and the inference server, ``ichseg
+  endpoint`` (gunicorn + ONNX Runtime) with the model, reached by boto3's ``sagemaker-runtime`` client
+  through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` (:mod:`infrastructure.local_services`);
 - the template's functions, each in its own worker process(es) (:mod:`infrastructure.lambda_runtime`)
   with the template's handler, timeout, memory and environment (Globals + its own);
-- an event pump per SQS event source: long-polls with the template's batch size, passes Lambda's SQS
-  event JSON to the function, deletes what succeeded and honours ``batchItemFailures`` (what
-  Lambda's event source mapping does), leaving a failed message to come back when its visibility
-  timeout ends (the mirror function sets its own, a backoff per receive, as it does in the cloud);
-- the watchdog's schedule and the API front (:mod:`infrastructure.api_front`) with a locally
+- the event pump (:mod:`infrastructure.event_pump`): an SQS poller per event source, as Lambda's
+  event source mapping, and the watchdog's schedule;
+- the API front (:mod:`infrastructure.api_front`) with a locally
   trusted Firebase token issuer (:mod:`infrastructure.token_issuer`);
 - with ``pacs`` or ``gateway`` set, the DICOM gateway (:class:`gateway.service.GatewayService`) in
   this process, configured by the template's task definition (``GatewayTaskDefinition``'s container
@@ -40,28 +42,21 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ichseg.paths import REPO_ROOT, SHIPPED_MODEL
-from ichseg.pipeline.jobs import Job, JobState, JobStore
 from infrastructure.cloud_template import TEMPLATE, CloudTemplate, TemplateError
-from infrastructure.lambda_runtime import (
-    ACCOUNT_ID,
-    FunctionSpec,
-    LocalFunction,
-    scheduled_event,
-    sqs_event,
-)
+from infrastructure.event_pump import EventPump, PumpSettings, QueueInfo
+from infrastructure.lambda_runtime import ACCOUNT_ID, FunctionSpec, LocalFunction
+from infrastructure.local_services import InferenceServer, StackError, StorageEmulator
+from infrastructure.stack_inspector import StackInspector
 from infrastructure.token_issuer import LocalTokenIssuer
 
 if TYPE_CHECKING:
@@ -76,10 +71,6 @@ LOCAL_ONLY_SETUP = {"authorizer": ("infrastructure.token_issuer:trust_local_cert
 
 GATEWAY_TASK_DEFINITION, GATEWAY_CONTAINER = "GatewayTaskDefinition", "gateway"
 """Where template.yaml declares the gateway's configuration (its container's environment)."""
-
-
-class StackError(RuntimeError):
-    """The local stack cannot start (missing model, a service that does not come up)."""
 
 
 @dataclass(frozen=True)
@@ -139,27 +130,6 @@ class StackSettings:
         }
 
 
-@dataclass
-class Invocation:
-    """One function invocation by the pump (for tests and the demo's timing)."""
-
-    function: str
-    bodies: list[str]
-    failed_ids: list[str]
-    error: dict[str, Any] | None
-    started: float
-    seconds: float
-    receive_counts: list[int]
-
-
-@dataclass(frozen=True)
-class QueueInfo:
-    name: str
-    url: str
-    arn: str
-    dlq_url: str
-
-
 class _MotoSession:
     """What :class:`gateway.service.GatewayService` needs of a boto3 session: clients, here the
     stack's own (moto's address, fake credentials), so the process environment is left alone."""
@@ -175,20 +145,24 @@ class LocalStack:
     """Starts everything in :meth:`start` (or ``with``), stops it in :meth:`stop`."""
 
     def __init__(self, settings: StackSettings | None = None, **overrides: Any) -> None:
-        self.settings = replace(settings or StackSettings(), **overrides)
-        self.template = CloudTemplate.load(self.settings.template, self.settings.parameters())
-        self.issuer = LocalTokenIssuer(self.settings.firebase_project)
-        self.invocations: list[Invocation] = []
+        s = self.settings = replace(settings or StackSettings(), **overrides)
+        self.template = CloudTemplate.load(s.template, s.parameters())
+        self.issuer = LocalTokenIssuer(s.firebase_project)
         self.functions: dict[str, LocalFunction] = {}
         self.queues: dict[str, QueueInfo] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._running = ExitStack()
         """Every started part's stop, run in reverse order by :meth:`stop`."""
-        self._endpoint: subprocess.Popen[bytes] | None = None
-        self._storage: Any = None
-        self.moto_url = self.storage_url = self.endpoint_url = self.api_url = ""
+        self.endpoint = InferenceServer(Path(s.model), s.endpoint_workers, Path(s.state_dir), self.log_dir)
+        self.storage = StorageEmulator(s.firebase_bucket)
+        self.pump = EventPump(
+            PumpSettings(s.region, s.poll_wait_seconds, s.duplicate_deliveries, s.watchdog_interval_seconds),
+            lambda: self.aws("sqs"),
+        )
+        self.inspect = StackInspector(
+            self.aws, s.table, self.queues, self.pump, lambda: self.storage.url, s.firebase_bucket
+        )
+        """Reads for tests, the demo and the benchmarks (jobs, dead letters, Firebase objects, invocations)."""
+        self.moto_url = self.api_url = ""
         self.gateway: GatewayService | None = None
         self._gateway_log: Any = None
 
@@ -215,23 +189,21 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for old in self.log_dir.glob("*.log"):  # one run's logs per state dir
             old.unlink()
-        self._start_endpoint()  # slowest to come up (ONNX Runtime session + warm-up): first
-        self._running.callback(self._stop_endpoint)
+        self.endpoint.launch()  # slowest to come up (ONNX Runtime session + warm-up): first
+        self._running.callback(self.endpoint.stop)
         self._start_moto()
         try:
             self._create_aws_resources()
         except TemplateError as exc:
             raise StackError(f"template.yaml: {exc}") from exc
-        self._start_storage_emulator()
-        self._running.callback(self._stop_storage_emulator)
-        self._learn_endpoint_url()  # the functions' environment carries it
+        self.storage.start()
+        self._running.callback(self.storage.stop)
+        self.endpoint.learn_url()  # the functions' environment carries it
         self._start_functions()
-        self._wait_for_endpoint()
+        self.endpoint.wait_ready()
         self._start_front()
-        for function in self.template.functions.values():
-            if function.sqs is not None:
-                self._spawn(self._pump, function.sqs.queue, function.name, name=f"ichseg-pump-{function.sqs.queue}")
-        self._spawn(self._watchdog_ticks, name="ichseg-watchdog")
+        self.pump.start(self.template, self.queues, self.functions)
+        self._running.callback(self.pump.stop)  # the pump stops first: it feeds the functions
         if self.settings.pacs or self.settings.gateway:
             self.start_gateway()
 
@@ -239,130 +211,21 @@ class LocalStack:
         """Stop everything that started, in reverse order (also after a failed start)."""
         self._running.close()
 
-    def _stop_threads(self) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout=self.settings.poll_wait_seconds + 5)
-
     @property
     def log_dir(self) -> Path:
         return Path(self.settings.state_dir) / "logs"
 
-    # ------------------------------------------------------------------ services
-
-    def _start_endpoint(self) -> None:
-        """Start the inference server on port 0: a port probed free and bound seconds later by the
-        server can be taken in between. :meth:`_learn_endpoint_url` reads back the port it bound."""
-        self._launch_endpoint(0)
+    @property
+    def endpoint_url(self) -> str:
+        """The inference server's address (boto3's ``sagemaker-runtime`` endpoint URL)."""
+        return self.endpoint.url
 
     @property
-    def _endpoint_port_file(self) -> Path:
-        return Path(self.settings.state_dir) / "endpoint.port"
+    def storage_url(self) -> str:
+        """The Firebase Storage emulator's address (``STORAGE_EMULATOR_HOST``)."""
+        return self.storage.url
 
-    def _launch_endpoint(self, port: int) -> None:
-        """Start ``ichseg endpoint`` on ``port``; it writes the port it bound to :attr:`_endpoint_port_file`."""
-        port_file = self._endpoint_port_file
-        port_file.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "ichseg.cli",
-            "endpoint",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--model",
-            str(self.settings.model),
-            "--workers",
-            str(self.settings.endpoint_workers),
-        ]
-        from serving.server import PORT_FILE_ENV
-
-        environment = {**os.environ, PORT_FILE_ENV: str(port_file)}
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / "endpoint.log", "ab") as output:
-            self._endpoint = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=environment
-            )
-
-    def _bound_endpoint_port(self, timeout: float = 120.0) -> int | None:
-        """The port the inference server bound, once it has; None if it exited without binding."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            exited = self._endpoint is None or self._endpoint.poll() is not None
-            if self._endpoint_port_file.exists():  # written atomically, after the bind
-                return int(self._endpoint_port_file.read_text())
-            if exited:
-                return None
-            time.sleep(0.1)
-        raise StackError(f"the inference server did not bind its port in {timeout:.0f} s")
-
-    def _learn_endpoint_url(self) -> None:
-        """Set :attr:`endpoint_url` from the port the server started by :meth:`_start_endpoint` bound."""
-        port = self._bound_endpoint_port()
-        if port is None:
-            raise StackError(
-                f"the inference server exited; see {self.log_dir / 'endpoint.log'}:\n"
-                + self._tail(self.log_dir / "endpoint.log")
-            )
-        self.endpoint_url = f"http://127.0.0.1:{port}"
-
-    def _wait_for_endpoint(self, timeout: float = 180.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self._endpoint is None or self._endpoint.poll() is not None:
-                raise StackError(
-                    f"the inference server exited; see {self.log_dir / 'endpoint.log'}:\n"
-                    + self._tail(self.log_dir / "endpoint.log")
-                )
-            try:
-                with urllib.request.urlopen(self.endpoint_url + "/ping", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise StackError(f"the inference server did not become ready in {timeout:.0f} s")
-
-    def _stop_endpoint(self) -> None:
-        if self._endpoint is not None and self._endpoint.poll() is None:
-            self._endpoint.send_signal(signal.SIGTERM)
-            try:
-                self._endpoint.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._endpoint.kill()
-                self._endpoint.wait()
-        self._endpoint = None
-
-    @contextmanager
-    def endpoint_down(self) -> Iterator[None]:
-        """Stop the inference server for the duration of the block (connections are refused), then restart it."""
-        self._stop_endpoint()
-        try:
-            yield
-        finally:
-            self._restart_endpoint()
-
-    def _restart_endpoint(self, bind_timeout: float = 60.0) -> None:
-        """Start the inference server again on its old port: the functions' environment names it.
-
-        gunicorn binds with SO_REUSEADDR and retries for about 5 s itself; if the port is still
-        taken (another process bound it while the server was down), relaunch until ``bind_timeout``.
-        """
-        port = int(self.endpoint_url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + bind_timeout
-        while True:
-            self._launch_endpoint(port)
-            if self._bound_endpoint_port() is not None:
-                break
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"the inference server could not bind port {port} again in {bind_timeout:.0f} s:\n"
-                    + self._tail(self.log_dir / "endpoint.log")
-                )
-            time.sleep(1.0)
-        self._wait_for_endpoint()
+    # ------------------------------------------------------------------ AWS (moto)
 
     def _start_moto(self) -> None:
         from infrastructure.moto_server import MotoServer
@@ -371,7 +234,6 @@ class LocalStack:
         moto = MotoServer().start()
         self._running.callback(moto.stop)
         self.moto_url = moto.url
-        self._deleter = self.aws("sqs")  # boto3 clients are thread-safe: one for every settle callback
 
     def aws(self, service: str) -> Any:
         """A boto3 client for moto (the stack's own; the process environment is left alone)."""
@@ -448,48 +310,7 @@ class LocalStack:
             return {None: info.url, "Arn": info.arn, "QueueName": f"ichseg-{queue.name}"}[attribute]
         raise TemplateError(f"no local value for {logical_id}{'.' + attribute if attribute else ''}")
 
-    def _start_storage_emulator(self, port: int = 0, bind_timeout: float = 30.0) -> None:
-        """Start the Firebase Storage emulator on ``port`` and set :attr:`storage_url`.
-
-        Port 0 (the first start) binds any free port and reads it back: no probed port that someone
-        else can take before the bind. A fixed port (the restart after :meth:`storage_down`) may be
-        briefly taken: its bind is retried until ``bind_timeout``.
-        """
-        from gcp_storage_emulator.server import create_server
-
-        logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-        deadline = time.monotonic() + bind_timeout
-        while True:
-            storage = create_server("127.0.0.1", port, in_memory=True, default_bucket=self.settings.firebase_bucket)
-            # Not storage.start(): it waits forever for a server thread whose bind failed. The
-            # thread sets is_running once its HTTPServer is bound; it dies when the bind fails.
-            api = storage._api
-            api.start()
-            while not api.is_running.wait(0.05) and api.is_alive():
-                pass
-            if api.is_running.is_set():
-                break
-            if time.monotonic() >= deadline:
-                raise StackError(f"the Firebase Storage emulator could not bind port {port} in {bind_timeout:.0f} s")
-            time.sleep(0.5)
-        self._storage = storage
-        self.storage_url = f"http://127.0.0.1:{api._httpd.server_port}"
-
-    def _stop_storage_emulator(self) -> None:
-        if self._storage is not None:
-            self._storage.stop()
-            self._storage = None
-
-    @contextmanager
-    def storage_down(self) -> Iterator[None]:
-        """Stop the Firebase Storage emulator for the block (a Firebase outage), then start it again,
-        empty, on the same address."""
-        port = int(self.storage_url.rsplit(":", 1)[1])
-        self._stop_storage_emulator()
-        try:
-            yield
-        finally:
-            self._start_storage_emulator(port)  # the same port: the functions' environment names it
+    # ------------------------------------------------------------------ the functions
 
     @property
     def environment(self) -> dict[str, str]:
@@ -545,7 +366,6 @@ class LocalStack:
             warming += function.warm()
         for future in warming:
             future.result(timeout=300)
-        self._running.callback(self._stop_threads)  # pumps stop first: they feed the functions
 
     def _start_front(self) -> None:
         from infrastructure.api_front import ApiFront, ServerThread
@@ -624,177 +444,11 @@ class LocalStack:
             self.gateway.stop()
             self.gateway = None
 
-    # ------------------------------------------------------------------ the event pump
-
-    def _spawn(self, target: Any, *args: Any, name: str) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _pump(self, queue_name: str, function_name: str) -> None:
-        """Long-poll one queue and invoke its function like Lambda's SQS event source mapping."""
-        queue = self.queues[queue_name]
-        function = self.functions[function_name]
-        source = self.template.functions[function_name].sqs
-        assert source is not None
-        slots = threading.BoundedSemaphore(function.spec.concurrency)
-        sqs = self.aws("sqs")
-        while not self._stopping.is_set():
-            if not slots.acquire(timeout=0.5):
-                continue
-            try:
-                messages = sqs.receive_message(
-                    QueueUrl=queue.url,
-                    MaxNumberOfMessages=source.batch_size,
-                    WaitTimeSeconds=self.settings.poll_wait_seconds,
-                    MessageSystemAttributeNames=["All"],
-                    MessageAttributeNames=["All"],
-                ).get("Messages", [])
-            except Exception as exc:  # moto stopping, a transient error: poll again
-                slots.release()
-                if not self._stopping.is_set():
-                    log.warning("receive from %s failed: %s", queue_name, exc)
-                    time.sleep(0.5)
-                continue
-            if not messages:
-                slots.release()
-                continue
-            if self.settings.duplicate_deliveries:
-                self._duplicate(sqs, queue, messages)
-            started = time.time()
-            try:
-                future = function.submit(sqs_event(messages, queue.arn, self.settings.region))
-            except Exception:  # not even a fresh worker starts: the messages come back after their timeout
-                log.exception("could not invoke %s", function_name)
-                slots.release()
-                time.sleep(0.5)
-                continue
-            future.add_done_callback(
-                lambda done, m=messages, t=started: self._settle(queue, function.spec.name, m, done, t, slots)
-            )
-
-    @staticmethod
-    def _duplicate(sqs: Any, queue: QueueInfo, messages: list[dict[str, Any]]) -> None:
-        """Send a copy of each original (not already duplicated) message to its queue."""
-        for message in messages:
-            if "ichseg-duplicate" not in message.get("MessageAttributes", {}):
-                sqs.send_message(
-                    QueueUrl=queue.url,
-                    MessageBody=message["Body"],
-                    MessageAttributes={"ichseg-duplicate": {"DataType": "String", "StringValue": "1"}},
-                )
-
-    def _settle(
-        self,
-        queue: QueueInfo,
-        name: str,
-        messages: list[dict[str, Any]],
-        future: Future[Any],
-        started: float,
-        slots: threading.BoundedSemaphore,
-    ) -> None:
-        """Delete what succeeded; leave failures to reappear after the visibility timeout."""
-        try:
-            try:
-                status, response = future.result()
-            except Exception as exc:  # the worker process died: like a Lambda crash
-                status, response = "error", {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-            failed: set[str] = set()
-            if status == "ok":
-                failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
-                done = [m for m in messages if m["MessageId"] not in failed]
-                if done and not self._stopping.is_set():
-                    self._deleter.delete_message_batch(
-                        QueueUrl=queue.url,
-                        Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
-                    )
-            else:
-                failed = {m["MessageId"] for m in messages}
-            with self._lock:
-                self.invocations.append(
-                    Invocation(
-                        function=name,
-                        bodies=[m["Body"] for m in messages],
-                        failed_ids=sorted(failed),
-                        error=response if status != "ok" else None,
-                        started=started,
-                        seconds=time.time() - started,
-                        receive_counts=[
-                            int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)) for m in messages
-                        ],
-                    )
-                )
-        except Exception:
-            log.exception("settling an invocation of %s failed", name)
-        finally:
-            slots.release()
-
-    def _watchdog_ticks(self) -> None:
-        rule = f"arn:aws:events:{self.settings.region}:{ACCOUNT_ID}:rule/ichseg-watchdog"
-        interval = self.settings.watchdog_interval_seconds or self.template.functions["watchdog"].schedule_seconds
-        while not self._stopping.wait(interval or 300.0):
-            self.tick_watchdog(rule)
-
-    def tick_watchdog(self, rule: str = "") -> tuple[str, Any]:
-        """Invoke the watchdog now, with the event its schedule would send."""
-        rule = rule or f"arn:aws:events:{self.settings.region}:{ACCOUNT_ID}:rule/ichseg-watchdog"
-        return self.functions["watchdog"].invoke(scheduled_event(rule, self.settings.region))
-
     # ------------------------------------------------------------------ for tests, demo, bench
-
-    @property
-    def store(self) -> JobStore:
-        return JobStore(self.aws("dynamodb"), self.settings.table)
 
     def token(self, uid: str, **claims: Any) -> str:
         """A Firebase-style ID token for ``uid`` that the stack's authorizer trusts."""
         return self.issuer.mint(uid, **claims)
-
-    def wait_for_job(
-        self, job_id: str, timeout: float = 120.0, states: tuple[JobState, ...] = (JobState.DONE, JobState.FAILED)
-    ) -> Job:
-        """Poll the table until the job reaches one of ``states``."""
-        store = self.store
-        deadline = time.time() + timeout
-        while True:
-            job = store.get(job_id)
-            if job is not None and job.state in states:
-                return job
-            if time.time() > deadline:
-                raise TimeoutError(f"job {job_id} is {job.state.value if job else 'missing'} after {timeout:.0f} s")
-            time.sleep(0.2)
-
-    def invocations_of(self, function: str, containing: str = "") -> list[Invocation]:
-        with self._lock:
-            return [i for i in self.invocations if i.function == function and any(containing in b for b in i.bodies)]
-
-    def dlq_bodies(self, queue: str) -> list[str]:
-        """Messages waiting in a queue's dead-letter queue (left in place: visibility 0)."""
-        response = self.aws("sqs").receive_message(
-            QueueUrl=self.queues[queue].dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
-        )
-        return [m["Body"] for m in response.get("Messages", [])]
-
-    def firebase_objects(self, prefix: str) -> list[dict[str, Any]]:
-        """Objects in the Firebase Storage emulator under ``prefix`` (its JSON API, as any client sees it)."""
-        from urllib.parse import quote
-
-        url = f"{self.storage_url}/storage/v1/b/{self.settings.firebase_bucket}/o?prefix={quote(prefix)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return [
-                {"name": item["name"], "size": int(item.get("size", 0)), "content_type": item.get("contentType")}
-                for item in json.load(response).get("items", [])
-            ]
-
-    def firebase_download(self, name: str) -> bytes:
-        from urllib.parse import quote
-
-        url = (
-            f"{self.storage_url}/download/storage/v1/b/{self.settings.firebase_bucket}/o/"
-            f"{quote(name, safe='')}?alt=media"
-        )
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.read()
 
     def describe(self) -> dict[str, Any]:
         """Addresses and names, as ``ichseg stack`` prints them."""
@@ -823,13 +477,6 @@ class LocalStack:
             "port": port,
             "destination": None if destination is None else str(destination),
         }
-
-    @staticmethod
-    def _tail(path: Path, lines: int = 20) -> str:
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def try_commands(stack: LocalStack) -> tuple[str, str]:

@@ -182,7 +182,7 @@ class AppClient:
         return requests.get(f"{self.stack.api_url}/v1/scans/{job_id}", headers=self.headers, timeout=30)
 
     def wait(self, job_id: str, timeout: float = 90.0) -> Job:
-        return self.stack.wait_for_job(job_id, timeout=timeout)
+        return self.stack.inspect.wait_for_job(job_id, timeout=timeout)
 
 
 @pytest.fixture

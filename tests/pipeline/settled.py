@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infrastructure.local_stack import Invocation, LocalStack
+from infrastructure.event_pump import Invocation
+from infrastructure.local_stack import LocalStack
 
 SETTLE_SECONDS = 60.0
 
@@ -29,7 +30,7 @@ def settled_invocations(
     says they are all there (by default: at least one)."""
     deadline = time.monotonic() + timeout
     while True:
-        invocations = stack.invocations_of(function, containing)
+        invocations = stack.inspect.invocations_of(function, containing)
         if done(invocations):
             return invocations
         if time.monotonic() > deadline:

@@ -170,7 +170,7 @@ def test_a_caller_sees_only_their_own_jobs(alice: AppClient, bob: AppClient, sta
     assert theirs.json()["code"] == "scan_not_found"
     assert bob.status("0" * 32).status_code == 404
     assert bob.status("../../etc/passwd").status_code == 404
-    hospital, _ = stack.store.create("ingest-" + "a" * 24, JobSource.INGEST, None, "ingest/x.zip", 900)
+    hospital, _ = stack.inspect.store.create("ingest-" + "a" * 24, JobSource.INGEST, None, "ingest/x.zip", 900)
     assert alice.status(hospital.job_id).status_code == 404
 
 

@@ -99,15 +99,15 @@ def test_deleting_a_done_job_removes_every_version_the_mirror_and_the_row(stack:
     prefixes = (f"uploads/gina-delete/{job_id}/", f"work/{job_id}/", f"results/{job_id}/")
     assert all(_versions(stack, prefix) for prefix in prefixes[::2])
     mirror = f"users/gina-delete/scans/{job_id}/"
-    assert stack.firebase_objects(mirror)
+    assert stack.inspect.firebase_objects(mirror)
 
     assert _delete(bob, job_id).status_code == 404  # someone else's job: not found, untouched
     assert gina.status(job_id).status_code == 200
     response = _delete(gina, job_id)
     assert response.status_code == 204 and response.content == b""
     assert [_versions(stack, prefix) for prefix in prefixes] == [[], [], []]
-    assert stack.firebase_objects(mirror) == []
-    assert stack.store.get(job_id) is None
+    assert stack.inspect.firebase_objects(mirror) == []
+    assert stack.inspect.store.get(job_id) is None
     assert gina.status(job_id).status_code == 404
     assert job_id not in [scan["job_id"] for scan in _list(gina).json()["scans"]]
     assert _delete(gina, job_id).status_code == 404  # the second DELETE: documented as 404
@@ -162,7 +162,7 @@ def test_a_deleted_job_stays_deleted_and_a_job_the_api_never_made_never_runs(sta
     }
     assert {(job_id, "deleted"), (stray, "unknown")} <= outcomes
     for refused in (job_id, stray):
-        assert stack.store.get(refused) is None
+        assert stack.inspect.store.get(refused) is None
         assert ivy.status(refused).status_code == 404
         assert _versions(stack, f"work/{refused}/") == []
     assert _list(ivy).json()["scans"] == []

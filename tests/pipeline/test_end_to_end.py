@@ -19,7 +19,8 @@ from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline.jobs import JobSource, JobState
 from ichseg.readers import read_scan
 from ichseg.writers.report import build_report
-from infrastructure.local_stack import Invocation, LocalStack
+from infrastructure.event_pump import Invocation
+from infrastructure.local_stack import LocalStack
 from tests.pipeline.conftest import AppClient, head_frames, video_bytes
 from tests.pipeline.settled import json_log_lines, settled_invocations
 
@@ -83,10 +84,10 @@ def test_app_upload_ends_done_with_h264_overlay_in_s3_and_firebase_and_the_cli_r
     masks = stack.aws("s3").list_objects_v2(Bucket=stack.settings.bucket, Prefix=f"results/{job_id}/masks/")
     assert len(masks.get("Contents", [])) == 10
 
-    mirrored = {o["name"]: o for o in stack.firebase_objects(f"users/alice/scans/{job_id}/")}
+    mirrored = {o["name"]: o for o in stack.inspect.firebase_objects(f"users/alice/scans/{job_id}/")}
     assert set(mirrored) == {f"users/alice/scans/{job_id}/overlay.mp4", f"users/alice/scans/{job_id}/report.json"}
     assert mirrored[f"users/alice/scans/{job_id}/overlay.mp4"]["content_type"] == "video/mp4"
-    emulator_video = stack.firebase_download(f"users/alice/scans/{job_id}/overlay.mp4")
+    emulator_video = stack.inspect.firebase_download(f"users/alice/scans/{job_id}/overlay.mp4")
     assert _video_facts(emulator_video) == ("h264", "yuv420p", 10)
     assert status["mirror"]["error"] is None
     assert list(job.stage_seconds()) == [
@@ -144,11 +145,11 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     settled_invocations(stack, "assemble", job_id, lambda found: len(_final_assemblies(found)) >= 2)
     settled_invocations(stack, "split", job_id, lambda found: len(found) >= 3)
 
-    after = stack.store.require(job_id)
+    after = stack.inspect.store.require(job_id)
     assert after.state == JobState.DONE and after.stamps["done"] == done_at
     assert after.done_batches == frozenset({"b0000", "b0001"}) and after.done_slices == 6
-    assert len(stack.invocations_of("split", job_id)) == 3
-    assembles = stack.invocations_of("assemble", job_id)
+    assert len(stack.inspect.invocations_of("split", job_id)) == 3
+    assembles = stack.inspect.invocations_of("assemble", job_id)
     finals = _final_assemblies(assembles)
     assert len(finals) == 2  # the pipeline's final assembly, and the replay
     # One request to write the masks of the batch that finished first early (the last one's come with
@@ -157,7 +158,7 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     assert early in (["b0000"], ["b0001"])
     assert all(not i.failed_ids for i in assembles)
     # Only one assemble message ever came from the pipeline itself: one transition to ASSEMBLING.
-    assert stack.store.require(job_id).stamps["assembling"] == job.stamps["assembling"]
+    assert stack.inspect.store.require(job_id).stamps["assembling"] == job.stamps["assembling"]
 
 
 def _final_assemblies(invocations: list[Invocation]) -> list[Invocation]:
@@ -190,7 +191,7 @@ def test_corrupt_upload_fails_with_the_scan_library_reason(alice: AppClient, sta
 def test_endpoint_down_is_retried_then_the_job_fails_and_the_message_is_dead_lettered(
     alice: AppClient, stack: LocalStack, tmp_path: Path
 ) -> None:
-    with stack.endpoint_down():
+    with stack.endpoint.down():
         job_id = alice.upload(video_bytes(tmp_path, head_frames(3)))  # one batch
         job = alice.wait(job_id, timeout=120)
     assert job.state == JobState.FAILED
@@ -200,15 +201,15 @@ def test_endpoint_down_is_retried_then_the_job_fails_and_the_message_is_dead_let
     attempts = settled_invocations(stack, "segment", job_id, lambda found: len(found) >= 3)
     assert sorted(c for i in attempts for c in i.receive_counts) == [1, 2, 3]
     deadline = time.time() + 60
-    while time.time() < deadline and not any(job_id in body for body in stack.dlq_bodies("segment")):
+    while time.time() < deadline and not any(job_id in body for body in stack.inspect.dlq_bodies("segment")):
         time.sleep(0.5)
-    assert any(job_id in body for body in stack.dlq_bodies("segment"))
+    assert any(job_id in body for body in stack.inspect.dlq_bodies("segment"))
 
 
 def test_a_poisoned_message_goes_to_the_dead_letter_queue_and_fails_its_job(
     alice: AppClient, stack: LocalStack, tmp_path: Path
 ) -> None:
-    store = stack.store
+    store = stack.inspect.store
     job, _ = store.create(uuid.uuid4().hex, JobSource.APP, "alice", "uploads/alice/poisoned/scan", 900)
     store.mark_split(job.job_id, total_batches=1, total_slices=4, scan={})
     poison = {
@@ -222,20 +223,20 @@ def test_a_poisoned_message_goes_to_the_dead_letter_queue_and_fails_its_job(
         "slice_ids": ["0000", "0001", "0002", "0003"],
     }
     stack.aws("sqs").send_message(QueueUrl=stack.queues["segment"].url, MessageBody=json.dumps(poison))
-    failed = stack.wait_for_job(job.job_id, timeout=60)
+    failed = stack.inspect.wait_for_job(job.job_id, timeout=60)
     assert failed.state == JobState.FAILED and failed.error_code == "segment_failed"
     assert "NoSuchKey" in (failed.error_reason or "")
     deadline = time.time() + 60
-    while time.time() < deadline and not any(job.job_id in body for body in stack.dlq_bodies("segment")):
+    while time.time() < deadline and not any(job.job_id in body for body in stack.inspect.dlq_bodies("segment")):
         time.sleep(0.5)
-    assert any(job.job_id in body for body in stack.dlq_bodies("segment"))
+    assert any(job.job_id in body for body in stack.inspect.dlq_bodies("segment"))
 
     garbage = "this is not a segment message"
     stack.aws("sqs").send_message(QueueUrl=stack.queues["segment"].url, MessageBody=garbage)
     deadline = time.time() + 60
-    while time.time() < deadline and garbage not in stack.dlq_bodies("segment"):
+    while time.time() < deadline and garbage not in stack.inspect.dlq_bodies("segment"):
         time.sleep(0.5)
-    assert garbage in stack.dlq_bodies("segment")
+    assert garbage in stack.inspect.dlq_bodies("segment")
 
 
 def test_several_jobs_at_once_all_finish_each_for_its_owner(
@@ -248,7 +249,7 @@ def test_several_jobs_at_once_all_finish_each_for_its_owner(
         assert job.state == JobState.DONE, job.error_reason
         assert job.owner == client.uid and job.total_slices == len(frames)
     assert len({job_id for _, job_id, _ in jobs}) == 3
-    findings = [alice.stack.store.require(job_id).summary["finding"] for _, job_id, _ in jobs]
+    findings = [alice.stack.inspect.store.require(job_id).summary["finding"] for _, job_id, _ in jobs]
     assert findings == ["Hemorrhage detected", "Normal", "Hemorrhage detected"]
 
 
@@ -264,7 +265,7 @@ def test_hospital_dicom_zip_in_ingest_gets_a_dicom_seg_and_no_mirror(stack: Loca
     key = "ingest/router-7/study 1/series.zip"
     put = s3.put_object(Bucket=stack.settings.bucket, Key=key, Body=archive.read_bytes())
     job_id = ingest_job_id(key, put["ETag"])
-    job = stack.wait_for_job(job_id, timeout=90)
+    job = stack.inspect.wait_for_job(job_id, timeout=90)
     assert job.state == JobState.DONE, job.error_reason
     assert job.owner is None and job.mirror_prefix is None and "seg" in job.results
     assert job.scan["format"] == "dicom-zip" and job.scan["pixel_spacing_mm"] == [0.5, 0.45]
@@ -292,7 +293,7 @@ def test_a_series_clipped_to_a_brain_window_is_refused_as_unfit(alice: AppClient
 
 
 def test_watchdog_function_runs_on_its_schedule_event(stack: LocalStack) -> None:
-    status, answer = stack.tick_watchdog()
+    status, answer = stack.pump.tick_watchdog()
     assert status == "ok" and set(answer) == {"checked", "failed"}
 
 
@@ -315,4 +316,4 @@ def test_function_logs_carry_the_job_id_and_emit_emf_metrics(
             for m in d["Metrics"]
         }
         assert f"{function.capitalize()}Latency" in metric_names
-    assert np.isfinite(stack.store.require(job_id).stamps["done"])
+    assert np.isfinite(stack.inspect.store.require(job_id).stamps["done"])

@@ -31,14 +31,14 @@ def test_a_killed_function_worker_is_replaced_and_later_jobs_finish(
     assert assemble.restarts == restarts + 1
     assert killed not in assemble.worker_pids()
     # the pump thread that feeds the function is still alive, and so are the others
-    assert all(thread.is_alive() for thread in stack._threads)
+    assert stack.pump.alive()
 
 
 def test_a_firebase_copy_that_missed_its_budget_arrives_once_firebase_is_back(
     alice: AppClient, stack: LocalStack, tmp_path: Path
 ) -> None:
     """Issue 19, item 11: Firebase Storage down for longer than the mirror's budget (and a retry)."""
-    with stack.storage_down():
+    with stack.storage.down():
         job_id = alice.upload(video_bytes(tmp_path, head_frames(5, bleed_from=2)))
         job = alice.wait(job_id, timeout=120)
         assert job.state == JobState.DONE, job.error_reason  # the S3 results are the record
@@ -54,21 +54,22 @@ def test_a_firebase_copy_that_missed_its_budget_arrives_once_firebase_is_back(
     job = _poll(stack, job_id, lambda j: j.mirror_state == MirrorState.MIRRORED, "MIRRORED")
     assert job.state == JobState.DONE and job.mirror_error is None and job.mirror_attempts >= 3
     prefix = f"users/alice/scans/{job_id}/"
-    assert {o["name"] for o in stack.firebase_objects(prefix)} == {prefix + "overlay.mp4", prefix + "report.json"}
+    mirrored = {o["name"] for o in stack.inspect.firebase_objects(prefix)}
+    assert mirrored == {prefix + "overlay.mp4", prefix + "report.json"}
     s3 = stack.aws("s3")
     overlay = s3.get_object(Bucket=stack.settings.bucket, Key=job.results["overlay"])["Body"].read()
-    assert stack.firebase_download(prefix + "overlay.mp4") == overlay
+    assert stack.inspect.firebase_download(prefix + "overlay.mp4") == overlay
     mirror = alice.status(job_id).json()["mirror"]
     assert (mirror["state"], mirror["error"]) == ("MIRRORED", None)
-    retries = stack.invocations_of("mirror", job_id)
+    retries = stack.inspect.invocations_of("mirror", job_id)
     assert retries and retries[0].failed_ids and not retries[-1].failed_ids  # failed, then made it
-    assert not any(job_id in body for body in stack.dlq_bodies("mirror"))
+    assert not any(job_id in body for body in stack.inspect.dlq_bodies("mirror"))
 
 
 def _poll(stack: LocalStack, job_id: str, done: Callable[[Job], bool], what: str, timeout: float = 90.0) -> Job:
     deadline = time.monotonic() + timeout
     while True:
-        job = stack.store.require(job_id)
+        job = stack.inspect.store.require(job_id)
         if done(job):
             return job
         if time.monotonic() > deadline:

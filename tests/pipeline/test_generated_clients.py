@@ -86,7 +86,7 @@ def test_the_python_client_runs_a_scan_end_to_end(client: ModuleType, stack: Loc
         ticket.upload.url, data=ticket.upload.fields, files={"file": ("scan.mp4", data, "video/mp4")}, timeout=30
     )
     assert posted.status_code == 204, posted.text
-    stack.wait_for_job(ticket.job_id, timeout=90)
+    stack.inspect.wait_for_job(ticket.job_id, timeout=90)
 
     status = api.get_scan(ticket.job_id)
     assert status.state == client.JobState.DONE and status.error is None

@@ -110,9 +110,10 @@ def test_a_copy_that_missed_its_budget_is_queued_then_retried_into_place_once(
         None,
     )
     prefix = layout.mirror_prefix("mia", job_id)
-    assert {o["name"] for o in stack.firebase_objects(prefix)} == {prefix + "overlay.mp4", prefix + "report.json"}
-    assert stack.firebase_download(prefix + "overlay.mp4") == core.get(job.results["overlay"])
-    assert stack.firebase_download(prefix + "report.json") == core.get(job.results["report"])
+    mirrored = {o["name"] for o in stack.inspect.firebase_objects(prefix)}
+    assert mirrored == {prefix + "overlay.mp4", prefix + "report.json"}
+    assert stack.inspect.firebase_download(prefix + "overlay.mp4") == core.get(job.results["overlay"])
+    assert stack.inspect.firebase_download(prefix + "report.json") == core.get(job.results["report"])
     mirror = scan_status(core, "mia", job_id).mirror
     assert mirror is not None and (mirror.state, mirror.attempts, mirror.error) == ("MIRRORED", 2, None)
 
@@ -164,7 +165,7 @@ def test_a_deleted_jobs_mirror_message_is_consumed_and_uploads_nothing(
     delete_scan(core, "oli", job_id)  # the row becomes a tombstone
     result = retry_mirror(core, MirrorMessage(job_id=job_id), 1)  # returns: the handler reports no failure
     assert result.outcome == StageOutcome.DELETED
-    assert stack.firebase_objects(layout.mirror_prefix("oli", job_id)) == []
+    assert stack.inspect.firebase_objects(layout.mirror_prefix("oli", job_id)) == []
     with pytest.raises(JobDeleted):  # still a tombstone: nothing was written back
         core.store.require(job_id)
 

@@ -31,7 +31,7 @@ def _scan_file(tmp_path: Path) -> Path:
 
 
 def _stored(stack: LocalStack, job_id: str) -> bytes:
-    job = stack.store.require(job_id)
+    job = stack.inspect.store.require(job_id)
     return bytes(stack.aws("s3").get_object(Bucket=stack.settings.bucket, Key=job.upload_key)["Body"].read())
 
 

@@ -79,7 +79,7 @@ def _wait_for_job_of(stack: LocalStack, study_uid: str, before: set[str], timeou
         ]
         if mine:
             assert len(mine) == 1, f"one study sent, {len(mine)} jobs started for it"
-            return stack.wait_for_job(mine[0], timeout=timeout)
+            return stack.inspect.wait_for_job(mine[0], timeout=timeout)
         time.sleep(0.5)
     raise AssertionError(f"no job appeared for the study within {timeout:.0f} s")
 
@@ -98,7 +98,7 @@ def _delivery_state_settles(stack: LocalStack, job_id: str, timeout: float = 60)
     """The job's delivery state once it is DELIVERED, or as it stands at ``timeout``: the row says
     DELIVERED just after the PACS has both objects (the C-STOREs come first)."""
     deadline = time.monotonic() + timeout
-    while (state := stack.store.require(job_id).delivery_state) != "DELIVERED" and time.monotonic() < deadline:
+    while (state := stack.inspect.store.require(job_id).delivery_state) != "DELIVERED" and time.monotonic() < deadline:
         time.sleep(0.2)
     return state
 
@@ -190,9 +190,9 @@ def test_a_pacs_outage_delays_the_results_and_loses_nothing(stack: LocalStack, h
         job = _wait_for_job_of(stack, study_uid, before)
         assert job.state == JobState.DONE, job.error_reason
         deadline = time.monotonic() + 60
-        while stack.store.require(job.job_id).delivery_attempts < 1 and time.monotonic() < deadline:
+        while stack.inspect.store.require(job.job_id).delivery_attempts < 1 and time.monotonic() < deadline:
             time.sleep(0.5)
-        failed_once = stack.store.require(job.job_id)
+        failed_once = stack.inspect.store.require(job.job_id)
         assert failed_once.delivery_attempts >= 1 and failed_once.delivery_state == "PENDING"
     returned = _wait_for_results_in_pacs(hospital, study_uid, timeout=120)
     assert set(returned) == {"SEG", "SR"}

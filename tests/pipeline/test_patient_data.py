@@ -18,7 +18,8 @@ import pydicom
 
 from ichseg.pipeline.jobs import JobState
 from ichseg.pipeline.keys import ingest_job_id
-from infrastructure.local_stack import Invocation, LocalStack
+from infrastructure.event_pump import Invocation
+from infrastructure.local_stack import LocalStack
 from tests.pacs_fixtures import identified_head_ct
 from tests.patient_identifiers import PATIENT_FOLDER, PATIENT_IDENTIFIERS, identifier_leaks
 from tests.pipeline.settled import all_logs, json_log_lines, settled_invocations
@@ -54,7 +55,7 @@ def _final_assembly(invocations: list[Invocation]) -> bool:
 
 def test_identifiers_stay_in_the_hospital_results(stack: LocalStack) -> None:
     _, job_id = _ingest(stack, _patient_zip(identified_head_ct()))
-    job = stack.wait_for_job(job_id, timeout=120)
+    job = stack.inspect.wait_for_job(job_id, timeout=120)
     assert job.state == JobState.DONE, job.error_reason
     # Every function that handled the job has returned, so each line it logged is on disk.
     settled_invocations(stack, "segment", job_id, lambda found: len(found) >= len(job.done_batches))
@@ -64,7 +65,7 @@ def test_identifiers_stay_in_the_hospital_results(stack: LocalStack) -> None:
     s3 = stack.aws("s3")
     report = s3.get_object(Bucket=stack.settings.bucket, Key=job.results["report"])["Body"].read().decode()
     assert identifier_leaks(report) == []
-    assert [o for o in stack.firebase_objects("") if job_id in o["name"]] == []
+    assert [o for o in stack.inspect.firebase_objects("") if job_id in o["name"]] == []
     assert identifier_leaks(all_logs(stack)) == []
     # The positive control: the SEG goes back to the patient's record, so it must name the patient.
     seg = pydicom.dcmread(
@@ -81,7 +82,7 @@ def test_refused_series_name_no_patient_in_their_reasons(stack: LocalStack) -> N
     }
     for case, archive in refused.items():
         key, job_id = _ingest(stack, archive)
-        job = stack.wait_for_job(job_id, timeout=60)
+        job = stack.inspect.wait_for_job(job_id, timeout=60)
         # Its last lines (the metric below) are on disk once the split has returned; an S3 event
         # URL-encodes the key, so the invocation is found by the key's file name.
         settled_invocations(stack, "split", key.rsplit("/", 1)[-1])

@@ -222,7 +222,7 @@ def test_a_user_registers_at_most_max_devices_and_removes_them(stack: LocalStack
     tokens = [f"fcm-token-{i:02d}-" + "c" * 30 for i in range(MAX_DEVICES)]
     for token in tokens:
         assert register(token, "ios").status_code == 201
-    registry = DeviceRegistry(stack.store)
+    registry = DeviceRegistry(stack.inspect.store)
     assert sorted(d.token for d in registry.devices("ada-devices")) == sorted(tokens)  # the oldest went
 
     gone = requests.delete(f"{url}/{device_id_of(tokens[0])}", headers=ada.headers, timeout=30)
