@@ -32,14 +32,14 @@ lint: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 test-runtime: $(VENV)/.installed browser dicom-tools jre
 	$(VENV)/bin/python -m pytest tests --ignore=tests/training -q
 
-# The viewer's browser tests (tests/pipeline/test_viewer.py) drive Debian's headless Chromium through
+# The viewer's browser tests (tests/viewer/test_viewer.py) drive Debian's headless Chromium through
 # its chromedriver; installed from the distribution when missing (CI runs as root on Debian), never
 # downloaded by Selenium.
 browser:
 	command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
 
-# Hospital integration tests (tests/pipeline/test_pacs.py and the DICOM checks): a real PACS (Orthanc),
+# Hospital integration tests (tests/gateway/test_pacs.py and the DICOM checks): a real PACS (Orthanc),
 # dcmtk's storescu/echoscu and dicom3tools' dciodvfy (the DICOM standard's object validator), from the
 # distribution when missing.
 dicom-tools:
@@ -47,7 +47,7 @@ dicom-tools:
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc dcmtk dicom3tools)
 
 # openapi-generator-cli (tests/pipeline/test_generated_clients.py) runs its jar on a Java runtime;
-# curl runs the commands `ichseg stack` prints (tests/pipeline/test_local_stack.py).
+# curl runs the commands `ichseg stack` prints (tests/infrastructure/test_local_stack.py).
 jre:
 	command -v java >/dev/null && command -v curl >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless curl)

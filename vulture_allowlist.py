@@ -167,7 +167,8 @@ _.on_epoch_end  # unused method (training/train.py:296)
 _.associations  # unused property (gateway/receiver.py:157)
 _.used_bytes  # unused property (gateway/spool.py:151)
 capture_headers  # unused function (ichseg/writers/dicom_seg.py:132)
-_.wait_for_job  # unused method (infrastructure/local_stack.py:729)
+_.wait_for_job  # unused method (infrastructure/stack_inspector.py)
+_.alive  # unused method (infrastructure/event_pump.py): a pump thread survives a dead worker
 trust_local_certificates  # unused function (infrastructure/token_issuer.py:90)
 archive_members  # unused function (model_export/packaging.py:111)
 _.has_pixel_labels  # unused property (training/datasets.py:87)
@@ -176,3 +177,9 @@ list_physionet_nifti_cases  # unused function (training/datasets.py:240)
 load_physionet_nifti_case  # unused function (training/datasets.py:253)
 split_ct_ich  # unused function (training/datasets.py:495)
 synthetic_batch  # unused function (training/synthetic.py:108)
+
+# --- pydicom file meta written by attribute (a DICOM keyword, read by every DICOM reader).
+_.ImplementationClassUID  # unused attribute (ichseg/dicom_identity.py)
+_.ImplementationVersionName  # unused attribute (ichseg/dicom_identity.py)
+_.implementation_class_uid  # unused attribute (gateway/application_entity.py): read by pynetdicom
+_.implementation_version_name  # unused attribute (gateway/application_entity.py): read by pynetdicom

@@ -31,7 +31,7 @@ CONTENT_TYPES = {
 }
 """Content-Type by file extension (the API accepts exactly these; the format is sniffed anyway).
 The client speaks only HTTP and imports nothing of ichseg, so this is a copy of the upload rows of
-``ichseg.media_types``; ``tests/test_contracts.py`` keeps the two equal."""
+``ichseg.media_types``; ``tests/pipeline/test_contracts.py`` keeps the two equal."""
 
 
 class ClientError(Exception):

@@ -38,8 +38,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 
+from gateway.application_entity import ichseg_ae
 from gateway.settings import Destination, GatewaySettings, SettingsError, load_pem_certificate
 from ichseg.pipeline import keys
 from ichseg.pipeline.context import MetricsSink
@@ -163,7 +163,7 @@ def store_objects(
     (over DICOM TLS with ``tls_context`` if the destination is ``?tls``; without one, the defaults of
     :func:`delivery_tls_context`: the system trust store, no client certificate)."""
     datasets = {name: dcmread(io.BytesIO(data)) for name, data in objects.items()}
-    ae = AE(ae_title=calling_ae)
+    ae = ichseg_ae(calling_ae)
     ae.connection_timeout = 10
     ae.acse_timeout = 30
     ae.dimse_timeout = 60

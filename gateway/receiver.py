@@ -41,7 +41,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -50,6 +50,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway.application_entity import ichseg_ae
 from gateway.instance import Refusal, StoreStatus, check_instance
 from gateway.settings import GatewaySettings, SettingsError, site_of
 from gateway.spool import SeriesRef, Spool, SpoolFull
@@ -102,7 +103,7 @@ class Receiver:
         self.settings = settings
         self.spool = spool
         self.metrics = metrics
-        self.ae = AE(ae_title=settings.ae_title)
+        self.ae = ichseg_ae(settings.ae_title)
         self.ae.require_calling_aet = list(settings.allowed_calling_aes)
         # A PACS configured with another node's AE title for this address is misrouting: refuse it
         # (called AE title not recognised) rather than file its studies under a site by mistake.

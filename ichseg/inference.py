@@ -55,6 +55,11 @@ class OnnxSegmenter:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or int(os.environ.get("ICHSEG_ORT_THREADS", "0"))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if os.environ.get("ICHSEG_ORT_SPINNING", "1") == "0":
+            # Idle intra-op threads spin between runs by default: right for a machine of its own,
+            # but where the model shares its cores (the local stack's endpoint beside the functions)
+            # the spinning takes the CPU the other work needs.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)

@@ -4,7 +4,7 @@ template.yaml names each function's Dockerfile (``Metadata.Dockerfile``); each D
 one requirements file (``pip install -r /tmp/requirements/<file>``). The distributions a requirements
 file pulls in, transitive dependencies and extras included, are resolved here from the metadata of
 an environment that has them installed (``.venv`` holds every Lambda pin), without a network or
-Docker. Used by ``bench/cold_start_bench.py`` (image sizes) and ``tests/test_lean_functions.py``
+Docker. Used by ``bench/cold_start_bench.py`` (image sizes) and ``tests/pipeline/test_lean_functions.py``
 (what the slim image lacks, and that its handlers import with nothing else).
 """
 

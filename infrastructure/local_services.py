@@ -21,6 +21,10 @@ from typing import Any
 
 from ichseg.paths import REPO_ROOT
 
+LOCAL_ENDPOINT_ENVIRONMENT = {"ICHSEG_ORT_SPINNING": "0"}
+"""The local inference server shares the machine's cores with the functions (rendering, moto): its
+idle ONNX Runtime threads must not spin (``bench/pipeline_bench.py``). A GPU endpoint has its own."""
+
 
 class StackError(RuntimeError):
     """The local stack cannot start (missing model, a service that does not come up)."""
@@ -59,8 +63,13 @@ class InferenceServer:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
-                env={**os.environ, PORT_FILE_ENV: str(self.port_file)},
+                env={**os.environ, **LOCAL_ENDPOINT_ENVIRONMENT, PORT_FILE_ENV: str(self.port_file)},
             )
+
+    @property
+    def pid(self) -> int | None:
+        """The server's main process (gunicorn's arbiter; its workers are its children)."""
+        return None if self._process is None else self._process.pid
 
     def _exited(self) -> bool:
         return self._process is None or self._process.poll() is not None

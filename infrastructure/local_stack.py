@@ -26,7 +26,7 @@ What runs (all on 127.0.0.1, free ports):
   this process, configured by the template's task definition (``GatewayTaskDefinition``'s container
   environment) with local addresses: it takes ``DeliveryQueue``, which no pump reads, as in the cloud.
 
-A change in template.yaml changes the local stack; ``tests/pipeline/test_local_stack.py`` compares
+A change in template.yaml changes the local stack; ``tests/infrastructure/test_local_stack.py`` compares
 the running stack with the template. What is local on purpose: addresses and credentials, the
 physical names, per-function concurrency (two cores), the overrides tests pass in
 :class:`StackSettings` (shorter visibility timeouts so a retry takes seconds), and what protects
@@ -94,7 +94,9 @@ class StackSettings:
             "api": 2,
             "authorizer": 1,
             "split": 1,
-            "segment": 2,
+            # One more worker than the server runs at once: while one renders its batch and
+            # writes it, the next request is already waiting at the endpoint (bench/pipeline_bench.py).
+            "segment": 3,
             "assemble": 1,
             "mirror": 1,
             "watchdog": 1,

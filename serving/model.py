@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ from ichseg.endpoint_protocol import (
 from ichseg.inference import DEFAULT_PROVIDERS, OnnxSegmenter
 from serving.logs import event
 from serving.request_checks import RequestRejected
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's answer, and what the server logs of it."""
+
+    body: bytes
+    """The ``.npy`` probability maps x 255."""
+    attributes: str
+    """The CustomAttributes text (:class:`ichseg.endpoint_protocol.ResponseAttributes`)."""
+    answered: int
+    """Slices answered (the request's less its context)."""
+    model_seconds: float
+    """Time in the model, not counting the wait for it (requests queue for one model run at a time)."""
 
 
 class InferenceService:
@@ -105,9 +120,9 @@ class InferenceService:
             return {"status": "failed", "error": self.error}
         return {"status": "loading"}
 
-    def infer(self, slices: np.ndarray, request: RequestAttributes | None = None) -> tuple[bytes, str]:
-        """``(N, H, W)`` uint8 slices -> (``.npy`` probability x 255 bytes, CustomAttributes text), for
-        the slices that are not the request's context (those only serve as neighbours)."""
+    def infer(self, slices: np.ndarray, request: RequestAttributes | None = None) -> Answer:
+        """``(N, H, W)`` uint8 slices -> the ``.npy`` probability x 255 bytes and the CustomAttributes
+        text, for the slices that are not the request's context (those only serve as neighbours)."""
         segmenter = self.segmenter
         if segmenter is None:
             raise RequestRejected(503, "ModelNotReady", f"the model is not ready ({self.status()['status']})")
@@ -117,7 +132,9 @@ class InferenceService:
         except ProtocolError as exc:
             raise RequestRejected(400, "ValidationError", str(exc)) from exc
         with self._slots:
+            started = time.perf_counter()
             prediction = segmenter.predict(slices, (request.context_before, request.context_after))
+            model_seconds = time.perf_counter() - started
         scaled = quantize_probabilities(prediction.probabilities)
         meta = segmenter.metadata
         attributes = ResponseAttributes(
@@ -130,4 +147,4 @@ class InferenceService:
             scan_threshold=meta.scan_threshold,
             subtype_probabilities=tuple(tuple(float(q) for q in row) for row in prediction.subtype_probabilities),
         )
-        return encode_slices(scaled), attributes.encode()
+        return Answer(encode_slices(scaled), attributes.encode(), len(prediction.slice_probabilities), model_seconds)

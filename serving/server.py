@@ -20,7 +20,8 @@ The model loads in a background thread (TensorRT engine builds can take minutes,
 gunicorn worker may stay silent); ``/ping`` says when it is ready. Providers are tried TensorRT ->
 CUDA -> CPU (``ICHSEG_PROVIDERS`` narrows them; the "model ready" log names the active one, and
 ``ICHSEG_REQUIRE_GPU=1``, set in the GPU image, keeps /ping at 503 if only the CPU could start),
-intra-op threads come from ``ICHSEG_ORT_THREADS``, and batching happens inside
+intra-op threads come from ``ICHSEG_ORT_THREADS`` (``ICHSEG_ORT_SPINNING=0`` stops idle ones spinning,
+for a server that shares its cores), and batching happens inside
 :class:`ichseg.inference.OnnxSegmenter`. Logs are JSON lines.
 """
 
@@ -108,7 +109,7 @@ def create_app(
         started = time.perf_counter()
         try:
             slices = _read_slices()
-            body, attributes = service.infer(slices, _request_attributes())
+            answer = service.infer(slices, _request_attributes())
         except RequestRejected as rejected:
             event(
                 logging.WARNING,
@@ -127,11 +128,15 @@ def create_app(
             slices=count,
             height=height,
             width=width,
-            bytes=len(body),
+            answered=answer.answered,
+            bytes=len(answer.body),
             ms=round((time.perf_counter() - started) * 1000, 1),
+            model_ms=round(answer.model_seconds * 1000, 1),
             provider=service.segmenter.provider if service.segmenter else None,
         )
-        return Response(body, status=200, mimetype=CONTENT_TYPE, headers={CUSTOM_ATTRIBUTES_HEADER: attributes})
+        return Response(
+            answer.body, status=200, mimetype=CONTENT_TYPE, headers={CUSTOM_ATTRIBUTES_HEADER: answer.attributes}
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -211,7 +216,8 @@ def app_from_env() -> Flask:
     """The WSGI app configured by environment variables (``gunicorn 'serving.server:app_from_env()'``).
 
     ``ICHSEG_MODEL`` (model file), ``ICHSEG_PROVIDERS`` (comma-separated ONNX Runtime providers),
-    ``ICHSEG_ORT_THREADS`` (intra-op threads, read by OnnxSegmenter), ``ICHSEG_BATCH_SIZE``,
+    ``ICHSEG_ORT_THREADS`` and ``ICHSEG_ORT_SPINNING`` (intra-op threads, and ``0`` to stop idle ones
+    spinning; read by OnnxSegmenter), ``ICHSEG_BATCH_SIZE``,
     ``ICHSEG_REQUIRE_GPU`` (``1`` in the GPU image: never report healthy on the CPU).
     """
     configure_logging()

@@ -1,4 +1,11 @@
-"""Shared paths and fixtures for the ichseg test suite."""
+"""Shared paths and fixtures for the ichseg test suite.
+
+The tests are grouped by deployable, then feature: ``core/`` (the ichseg library and its CLI),
+``pipeline/`` (the AWS application: ``ichseg/pipeline`` and ``functions/``), ``serving/``,
+``gateway/``, ``client/``, ``viewer/``, ``infrastructure/`` (template, local stack, deployment) and
+``training/`` (training and export, in their own environment). Whether a test needs the local stack
+is a marker, ``stack``, given here to every test that uses its fixture.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.stack_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -33,3 +42,15 @@ def moto_url() -> Iterator[str]:
     server = MotoServer().start()
     yield server.url
     server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the local stack, directly or through another fixture, ``stack``,
+    and run those last: the stack lives from its first test to the end of the session, and the
+    tests that measure this process (``tests/core/test_scan_memory.py``'s tracemalloc peaks) must
+    not count its threads' allocations."""
+    uses_stack = [item for item in items if "stack" in getattr(item, "fixturenames", ())]
+    for item in uses_stack:
+        item.add_marker(pytest.mark.stack)
+    marked = set(map(id, uses_stack))
+    items[:] = [item for item in items if id(item) not in marked] + uses_stack

@@ -201,7 +201,7 @@ def identified_head_ct(
     modality: str = "CT",
 ) -> list[Any]:
     """A head CT series in Hounsfield units that the tests' tiny model reads like
-    ``tests.pipeline.conftest.head_frames`` (a dim head inside a skull, a bright bleed from ``bleed_from`` on),
+    ``tests.stack_fixtures.head_frames`` (a dim head inside a skull, a bright bleed from ``bleed_from`` on),
     carrying :data:`tests.patient_identifiers.PATIENT_IDENTIFIERS` in every field."""
     import numpy as np
     from pydicom.uid import MRImageStorage

@@ -20,7 +20,7 @@ from ichseg.media_types import UPLOAD_TYPES
 
 # ichseg.windowing's DEFAULT_WINDOW.name, repeated rather than imported: windowing imports numpy,
 # and the API and authorizer images (infrastructure/lambda/Dockerfile.api) import this module
-# without numpy installed. tests/test_lean_functions.py checks that the copy equals the original.
+# without numpy installed. tests/pipeline/test_lean_functions.py checks that the copy equals the original.
 _DEFAULT_WINDOW_NAME = "ct-ich-brain"
 
 REQUEST_BYTES_BUDGET = _SAGEMAKER_MAX_PAYLOAD_BYTES - 64 * 1024

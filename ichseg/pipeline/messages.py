@@ -147,8 +147,8 @@ class ScanManifest:
     dicom: DicomSource | None = field(default=None)
     """The source series when the input was DICOM (its headers are stored beside the manifest)."""
     slice_extents_mm: tuple[float, ...] | None = None
-    """Each slice's extent along the normal (the volume's per-slice weights); None: unknown, or a
-    manifest written before they were carried."""
+    """Each slice's extent along the normal (the volume's per-slice weights); None: unknown (input
+    without slice geometry)."""
     series: SeriesSelection | None = None
     """DICOM: the series segmented and the ones skipped, for the report."""
 

@@ -9,7 +9,6 @@ parsed on its way through the upload (:func:`source_headers`): the zip is decomp
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from ichseg import __version__
+from ichseg.dicom_identity import dicom_file_bytes
 from ichseg.limits import ScanLimits
 from ichseg.readers.archive import iter_zip_members
 from ichseg.readers.detect import HEAD_BYTES, Content, detect_content
@@ -209,9 +209,7 @@ def build_seg(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegUnavailable(f"the source series cannot carry a DICOM SEG ({exc})") from exc
-    buffer = io.BytesIO()
-    seg.save_as(buffer)
-    return buffer.getvalue()
+    return dicom_file_bytes(seg)
 
 
 def headers_to_json(headers: list[dict[str, Any]]) -> bytes:

@@ -33,6 +33,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from ichseg.dicom_identity import dicom_file_bytes
 from ichseg.findings import Finding
 from ichseg.writers.dicom_seg import MANUFACTURER, DerivedObject, datasets_from_headers, derived_object_attributes
 
@@ -158,9 +159,7 @@ def build_sr(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SrUnavailable(f"the report cannot be written as a DICOM SR ({exc})") from exc
-    buffer = io.BytesIO()
-    sr.save_as(buffer)
-    return buffer.getvalue()
+    return dicom_file_bytes(sr)
 
 
 def _segmented_sources(seg: Dataset, sources: Sequence[Dataset]) -> list[Dataset]:

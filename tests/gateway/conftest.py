@@ -21,8 +21,8 @@ from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from tests.patient_identifiers import PATIENT_IDENTIFIERS
-from tests.pipeline.conftest import aws_client, create_jobs_table
 from tests.scan_fixtures import new_instance
+from tests.stack_fixtures import aws_client, create_jobs_table
 
 DCMTK = all(shutil.which(tool) for tool in ("storescu", "echoscu", "storescp"))
 if not DCMTK:  # `make test` installs dcmtk; without it these tests cannot run at all

@@ -17,8 +17,8 @@ from ichseg.pipeline.config import ALLOWED_UPLOAD_TYPES
 from ichseg.pipeline.jobs import JobSource
 from infrastructure.local_stack import LocalStack
 from infrastructure.token_issuer import ID_TOKEN_CERT_URL
-from tests.pipeline.conftest import AppClient, decode_policy
-from tests.pipeline.settled import json_log_lines
+from tests.settled import json_log_lines
+from tests.stack_fixtures import AppClient, decode_policy
 
 
 def _start(stack: LocalStack, token: str | None) -> requests.Response:
@@ -70,7 +70,7 @@ def test_expired_and_forged_tokens_are_refused_by_the_authorizer(stack: LocalSta
         response = _start(stack, token)
         assert response.status_code == 403, f"{name}: {response.status_code} {response.text}"
         assert response.json() == {"message": "Forbidden"}
-    # Each refusal is logged with its reason, and no token is (tests/test_authorizer_logs.py has the
+    # Each refusal is logged with its reason, and no token is (tests/pipeline/test_authorizer_logs.py has the
     # malformed ones, and every piece of them).
     reasons = {
         line.get("reason") for line in json_log_lines(stack, "authorizer") if line.get("message") == "token rejected"

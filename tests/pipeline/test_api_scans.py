@@ -17,8 +17,8 @@ from ichseg.pipeline import keys
 from ichseg.pipeline.api_models import ScanStatus
 from infrastructure.api_front import MAX_BODY_BYTES
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient, head_frames, video_bytes
-from tests.pipeline.settled import json_log_lines, settled_invocations
+from tests.settled import json_log_lines, settled_invocations
+from tests.stack_fixtures import AppClient, head_frames, video_bytes
 
 
 def _list(client: AppClient, **params: object) -> requests.Response:

@@ -32,7 +32,7 @@ from ichseg.pipeline.parts import BatchPart, ModelChanged, model_of, render_batc
 from ichseg.segmentation import masks_from_probabilities, masks_from_u8_probabilities
 from ichseg.writers.outputs import output_files, write_outputs
 from ichseg.writers.report import build_report, report_from_areas
-from tests.pipeline.conftest import head_frames
+from tests.stack_fixtures import head_frames
 from training.metrics import volume_ml
 
 JOB = "0123456789abcdef0123456789abcdef"

@@ -21,8 +21,8 @@ from ichseg.readers import read_scan
 from ichseg.writers.report import build_report
 from infrastructure.event_pump import Invocation
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient, head_frames, video_bytes
-from tests.pipeline.settled import json_log_lines, settled_invocations
+from tests.settled import json_log_lines, settled_invocations
+from tests.stack_fixtures import AppClient, head_frames, video_bytes
 
 
 def _get(url: str) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ichseg.pipeline.jobs import Job, JobState, MirrorState
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient, head_frames, video_bytes
+from tests.stack_fixtures import AppClient, head_frames, video_bytes
 
 
 def test_a_killed_function_worker_is_replaced_and_later_jobs_finish(

@@ -22,7 +22,7 @@ import requests
 
 from infrastructure.local_stack import LocalStack
 from tests.conftest import REPO
-from tests.pipeline.conftest import head_frames, video_bytes
+from tests.stack_fixtures import head_frames, video_bytes
 
 GENERATOR = Path(sys.executable).with_name("openapi-generator-cli")
 PACKAGE = "ichseg_api_client"

@@ -9,7 +9,7 @@ import pytest
 
 from ichseg.errors import ErrorCode
 from ichseg.pipeline.jobs import TOMBSTONE_MIN_SECONDS, JobDeleted, JobNotFound, JobSource, JobState, JobStore, Stage
-from tests.pipeline.conftest import aws_client, create_jobs_table
+from tests.stack_fixtures import aws_client, create_jobs_table
 
 
 class Clock:

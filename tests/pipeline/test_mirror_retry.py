@@ -32,7 +32,7 @@ from ichseg.pipeline.jobs import JobDeleted, JobState, MirrorState, StageOutcome
 from ichseg.pipeline.messages import MirrorMessage, SegmentMessage
 from ichseg.pipeline.mirror import FirebaseMirror
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import head_frames, receive_all, video_bytes
+from tests.stack_fixtures import head_frames, receive_all, video_bytes
 
 REFUSED = "http://127.0.0.1:9"
 """Nothing listens on the discard port: every upload is refused, as in a Firebase outage."""

@@ -16,7 +16,7 @@ import requests
 from client.api import ScansClient
 from ichseg.pipeline.jobs import JobState
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient
+from tests.stack_fixtures import AppClient
 
 MiB = 1024 * 1024
 SIZE = 12 * MiB + 12345

@@ -22,8 +22,8 @@ from infrastructure.event_pump import Invocation
 from infrastructure.local_stack import LocalStack
 from tests.pacs_fixtures import identified_head_ct
 from tests.patient_identifiers import PATIENT_FOLDER, PATIENT_IDENTIFIERS, identifier_leaks
-from tests.pipeline.settled import all_logs, json_log_lines, settled_invocations
 from tests.scan_fixtures import dicom_bytes
+from tests.settled import all_logs, json_log_lines, settled_invocations
 
 
 def _patient_zip(series: list[pydicom.Dataset], corrupt: int | None = None) -> bytes:

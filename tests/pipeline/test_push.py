@@ -31,7 +31,7 @@ from ichseg.pipeline.jobs import JobSource, JobState, Stage, StageOutcome
 from ichseg.pipeline.messages import SegmentMessage
 from ichseg.pipeline.split import split_scan_into_batches
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient, head_frames, receive_all, video_bytes
+from tests.stack_fixtures import AppClient, head_frames, receive_all, video_bytes
 
 PROJECT = "ichseg-push-test"
 TOKEN_URI = "https://oauth2.googleapis.com/token"

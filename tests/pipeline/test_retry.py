@@ -26,7 +26,7 @@ from ichseg.pipeline.parts import BatchPart
 from ichseg.pipeline.retry import RetryRefused, retry_job
 from ichseg.pipeline.split import split_scan_into_batches
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import head_frames, receive_all, video_bytes
+from tests.stack_fixtures import head_frames, receive_all, video_bytes
 
 
 def _uploaded(ctx: PipelineContext, uid: str, tmp_path: Path, frames: int = 6) -> str:

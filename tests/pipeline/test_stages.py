@@ -35,7 +35,7 @@ from ichseg.pipeline.assemble import AssemblyClaim
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobDeleted, JobSource, JobState, MirrorState, StageOutcome
 from ichseg.pipeline.parts import BatchPart
-from tests.pipeline.conftest import head_frames, receive_all, video_bytes
+from tests.stack_fixtures import head_frames, receive_all, video_bytes
 
 
 def _upload(ctx: PipelineContext, uid: str, data: bytes) -> UploadRef:

@@ -1,9 +1,11 @@
-"""Fixtures for the pipeline tests: one local stack for the session, an app client, core resources.
+"""The local stack for every test that needs one (pytest plugin, registered in ``tests/conftest.py``).
 
-The stack is the real thing (moto server, storage emulator, the inference server with a tiny ONNX
-model from ``tests/onnx_fixtures.py``, the functions in worker processes, the event pump), tuned
-for speed: short visibility timeouts (a failed message comes back in seconds) and fast endpoint
-retries.
+One stack for the whole session, started by the first test that asks for ``stack`` (or ``alice``,
+``bob``, ``core``): the real thing (moto server, storage emulator, the inference server with a tiny
+ONNX model from ``tests/onnx_fixtures.py``, the functions in worker processes, the event pump, and
+Orthanc as the PACS), tuned for speed: short visibility timeouts (a failed message comes back in
+seconds) and fast endpoint retries. Tests that use it are marked ``stack`` and run after the others
+(``tests/conftest.py``); ``pytest -m "not stack"`` runs the rest alone.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def create_jobs_table(client: Any, name: str) -> None:
     )
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The 0.2 interface: each slice with its neighbours (so batches must carry context slices),
     # the intracranial region, and subtype probabilities.
@@ -113,7 +115,7 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
     """The hospital's PACS (Orthanc): where the stack's DICOM gateway sends results."""
     workdir = tmp_path_factory.mktemp("pacs")
@@ -131,7 +133,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
     orthanc.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def stack(tiny_model: Path, pacs: OrthancPacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     settings = StackSettings(
         state_dir=tmp_path_factory.mktemp("stack"),

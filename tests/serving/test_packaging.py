@@ -21,9 +21,9 @@ from ichseg.endpoint_protocol import (
 from model_export.packaging import CARD_NAME, DEFAULT_MODEL_NAME, archive_members, main, package_model
 from serving.server import create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
-from tests.test_endpoint_server import ping_status, start_endpoint, stop_endpoint, wait_until
+from tests.serving.test_endpoint_server import ping_status, start_endpoint, stop_endpoint, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "infrastructure" / "endpoint" / "serve"
 
 

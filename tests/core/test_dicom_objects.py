@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from ichseg.dicom_identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ichseg.limits import ScanLimits
 from ichseg.model_metadata import ModelMetadata
 from ichseg.pipeline import (
@@ -37,8 +38,8 @@ from ichseg.writers.dicom_seg import DerivedObject, build_seg, capture_headers, 
 from ichseg.writers.dicom_sr import SrUnavailable, build_sr
 from ichseg.writers.report import Report, report_from_areas
 from tests.dicom_tools import dciodvfy_errors
-from tests.pipeline.conftest import receive_all
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
+from tests.stack_fixtures import receive_all
 
 SLICES, ROWS, COLS = 5, 32, 40
 SPACING = (0.5, 0.45)
@@ -151,6 +152,14 @@ def test_seg_and_sr_are_valid_dicom(headers: list[dict[str, Any]], tmp_path: Pat
     seg, sr, _ = _build(headers, bleed, "job-valid")
     assert _valid(tmp_path, "seg.dcm", seg) == []
     assert _valid(tmp_path, "sr.dcm", sr) == []
+
+
+def test_seg_and_sr_name_ichseg_as_their_implementation(headers: list[dict[str, Any]]) -> None:
+    """PS3.10 file meta: ichseg's own Implementation Class UID and Version Name, not highdicom's."""
+    for data in _build(headers, True, "job-identity")[:2]:
+        meta = _read(data).file_meta
+        assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
 
 
 def test_the_validator_catches_a_broken_object(headers: list[dict[str, Any]], tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobState
 from infrastructure.api_front import aws_link_origins, viewer_csp, viewer_headers
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import AppClient, head_frames, video_bytes
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
+from tests.stack_fixtures import AppClient, head_frames, video_bytes
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -32,13 +32,7 @@ def test_segment_image_zip_writes_masks_overlay_and_report(tmp_path: Path) -> No
     with zipfile.ZipFile(upload, "w") as archive:
         for index, image in enumerate(slices, start=8):
             archive.writestr(f"{index}.png", png_bytes(image))
-    result = subprocess.run(
-        [str(ICHSEG), "segment", str(upload), "--out", str(tmp_path / "out"), "--model", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_segment(upload, tmp_path / "out", model)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["10.png", "8.png", "9.png"]
@@ -63,13 +57,7 @@ def test_segment_image_zip_writes_masks_overlay_and_report(tmp_path: Path) -> No
 def test_segment_dicom_reports_area_and_volume(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "tiny.onnx", slice_threshold=0.0)
     write_dicom_series(tmp_path / "series", dicom_series(count=3, rows=64, cols=64))
-    result = subprocess.run(
-        [str(ICHSEG), "segment", str(tmp_path / "series"), "--out", str(tmp_path / "out"), "--model", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_segment(tmp_path / "series", tmp_path / "out", model)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["0000.png", "0001.png", "0002.png"]
@@ -126,6 +114,7 @@ def test_segment_non_dicom_and_multiframe_say_why_there_is_no_seg(tmp_path: Path
 
 
 def run_segment(source: Path, out: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    """``ichseg segment SOURCE --out OUT --model MODEL`` as a person runs it."""
     return subprocess.run(
         [str(ICHSEG), "segment", str(source), "--out", str(out), "--model", str(model)],
         capture_output=True,
@@ -138,13 +127,7 @@ def run_segment(source: Path, out: Path, model: Path) -> subprocess.CompletedPro
 def test_segment_bad_input_is_one_error_line(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "tiny.onnx")
     (tmp_path / "notes.txt").write_text("not a scan")
-    result = subprocess.run(
-        [str(ICHSEG), "segment", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "out"), "--model", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_segment(tmp_path / "notes.txt", tmp_path / "out", model)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
 
 

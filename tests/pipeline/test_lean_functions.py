@@ -219,7 +219,7 @@ def test_handlers_run_with_only_the_slim_requirements_installed(
     import boto3
 
     from infrastructure.lambda_runtime import authorizer_event, http_api_event
-    from tests.pipeline.conftest import create_jobs_table
+    from tests.stack_fixtures import create_jobs_table
 
     cert_url, issuer = certificate_server
     if SLIM_PYTHON:

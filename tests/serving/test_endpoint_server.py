@@ -45,7 +45,7 @@ from serving.request_checks import MAX_SIDE, MIN_SIDE
 from serving.server import create_app
 from tests.onnx_fixtures import build_tiny_model, head_phantom
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PIXEL_THRESHOLD = 0.37
 SLICE_THRESHOLD = 0.61
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from infrastructure.local_stack import LocalStack
-from tests.pipeline.conftest import head_frames, video_bytes
+from tests.stack_fixtures import head_frames, video_bytes
 
 
 def scans(

@@ -31,10 +31,11 @@ from infrastructure.deploy_endpoint import (
     main,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "infrastructure" / "endpoint" / "Dockerfile"
 EC2 = REPO / "infrastructure" / "ec2"
-ROLE = "arn:aws:iam::123456789012:role/ichseg-sagemaker"
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/ichseg-sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/ichseg-endpoint:1.0.0"
 MODEL_DATA = "s3://ichseg-models/ichseg/1.0.0/model.tar.gz"
 CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -52,12 +53,13 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def aws(moto_url: str) -> tuple[Any, Any, Any]:
-    # A clean slate for this module's three services only: moto keeps one state per process, and a
-    # full reset (/moto-api/reset) would also wipe the session's other moto servers.
+    # A clean slate for this module's three services in its account and region only: moto keeps one
+    # state per process, and resetting a whole service's backends (or /moto-api/reset) wipes every
+    # service of the session's other moto servers too, the local stack's queues and table included.
     from moto.backends import get_backend
 
     for service in ("sagemaker", "applicationautoscaling", "cloudwatch"):
-        get_backend(service).reset()
+        get_backend(service)[ACCOUNT][CREDENTIALS["region_name"]].reset()
     return (
         boto3.client("sagemaker", endpoint_url=moto_url, **CREDENTIALS),
         boto3.client("application-autoscaling", endpoint_url=moto_url, **CREDENTIALS),

@@ -16,7 +16,7 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 DOCKERFILE = "infrastructure/lambda/Dockerfile"
 
@@ -187,7 +187,7 @@ def test_every_function_is_the_shared_image_with_a_fixed_handler(resources: dict
         p = fn["Properties"]
         assert p["PackageType"] == "Image", name
         assert p["ImageConfig"]["Command"] == [HANDLERS[name]], name
-        # api and authorizer run the slim image (tests/test_lean_functions.py checks what it lacks).
+        # api and authorizer run the slim image (tests/pipeline/test_lean_functions.py checks what it lacks).
         dockerfile = f"{DOCKERFILE}.api" if name in ("ApiFunction", "AuthorizerFunction") else DOCKERFILE
         docker = {k: v for k, v in fn["Metadata"].items() if k != "checkov"}  # checkov: see test_checkov_skips
         assert docker == {"Dockerfile": dockerfile, "DockerContext": ".", "DockerTag": "python3.11"}, name
@@ -537,7 +537,7 @@ def test_http_api_uses_the_firebase_authorizer(resources: dict[str, Any]) -> Non
         for e in props(resources, "ApiFunction")["Events"].values()
         if e["Type"] == "HttpApi" and e["Properties"]["ApiId"] == {"Ref": "HttpApi"}
     }
-    # The generated OpenAPI document's routes (tests/test_api_contract.py checks the local front too).
+    # The generated OpenAPI document's routes (tests/pipeline/test_api_contract.py checks the local front too).
     from infrastructure.api_front import routes_from_openapi
 
     assert routes == {(route.method, route.template) for route in routes_from_openapi()}
