@@ -1,6 +1,5 @@
-"""Assemble function: a segmented batch's masks into ``results/`` while the scan is still being
-segmented, and, once every batch is in, the joined H.264 overlay, report, contact sheet, DICOM SEG,
-Firebase mirror; job DONE (see :mod:`ichseg.pipeline.assemble`)."""
+"""Assemble function: once every batch of a job is segmented, the joined H.264 overlay, report,
+contact sheet, DICOM SEG and SR, Firebase mirror; job DONE (see :mod:`ichseg.pipeline.assemble`)."""
 
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ processor = BatchProcessor(event_type=EventType.SQS, model=AssembleRecord)
 def record_handler(record: AssembleRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()
     message = record.body
-    logger.thread_safe_append_keys(job_id=message.job_id, batch_id=message.batch_id)
+    logger.thread_safe_append_keys(job_id=message.job_id)
     # The message id claims the final assembly: a redelivery of this message may take it again, a
     # duplicate message may not; the lease lasts as long as this invocation may still run.
     remaining = lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context else 900.0

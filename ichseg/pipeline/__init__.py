@@ -5,9 +5,10 @@ the benchmark and the tests call the very same functions (through the same handl
 
 - :func:`~ichseg.pipeline.api.create_scan`, :func:`~ichseg.pipeline.api.scan_status`: the app's API
 - :func:`~ichseg.pipeline.split.split_scan_into_batches`: upload -> frame batches + segment messages
-- :func:`~ichseg.pipeline.segment.segment_batch`: one batch -> endpoint -> its rendered part; the last completes the job
-- :func:`~ichseg.pipeline.assemble.assemble_results`: a batch's masks early; finally the parts joined -> video,
-  report, contact sheet, DICOM SEG, mirror
+- :func:`~ichseg.pipeline.segment.segment_batch`: one batch -> endpoint -> its masks and frames in results/ and
+  its rendered part; the last completes the job
+- :func:`~ichseg.pipeline.assemble.assemble_results`: the parts joined -> video, report, contact sheet,
+  DICOM SEG and SR, mirror
 - :func:`~ichseg.pipeline.assemble.retry_mirror`: a DONE job's Firebase copy that missed the assembly's budget
 - :func:`~ichseg.pipeline.failures.fail_job`, :func:`~ichseg.pipeline.failures.fail_overdue_jobs`: failure as a state
 

@@ -1,32 +1,31 @@
 """Assemble: the results of a segmented scan, built batch by batch while the endpoint still works.
 
-Three steps, so that almost nothing is left to do once the last batch is segmented:
+Two steps, so that almost nothing is left to do once the last batch is segmented:
 
 1. **Render a batch** (:func:`ichseg.pipeline.parts.render_batch`, run by the segment stage the moment the endpoint
    answers, with the frames and probabilities still in memory): masks, overlays, the batch's
-   H.264 video segment, contact-sheet thumbnails, mask PNGs and plain frame JPEGs, stored with the endpoint's
-   attributes as one object, the batch's :class:`BatchPart` (``work/{job}/parts/{batch}.npz``).
-   One object per batch makes it atomic: a redelivered message that renders again replaces the
-   whole part, never half of it, with the same content for the same endpoint answer.
-2. **Write a batch's masks** (:func:`assemble_results` with a batch message, sent by the segment
-   stage after each batch but the last): ``results/{job}/masks/<slice id>.png`` and the plain
-   windowed slice ``results/{job}/frames/<slice id>.jpg`` (what the viewer draws its outline on). The segment
-   function may write only ``work/``; this function owns ``results/``. A redelivery rewrites the
-   same bytes; a job already DONE or FAILED is left alone. Masks therefore appear while the job
-   runs, and a job that fails later keeps the ones written (this function may not delete): what
-   counts is the job record, which lists results only once it is DONE.
-3. **Final assembly** (:func:`assemble_results` with the job's message): the report from the
+   H.264 video segment, contact-sheet thumbnails, mask PNGs and plain frame JPEGs. The segment
+   stage writes the per-slice files at once (``results/{job}/masks/<slice id>.png`` and the plain
+   windowed slice ``results/{job}/frames/<slice id>.jpg``, what the viewer draws its outline on;
+   its IAM policy may write only those two prefixes of ``results/``), so masks appear while the job
+   runs, and stores the rest with the endpoint's attributes as one object, the batch's
+   :class:`BatchPart` (``work/{job}/parts/{batch}.npz``). One object per batch makes it atomic: a
+   redelivered message that renders again replaces the whole part, never half of it, with the same
+   content for the same endpoint answer; the per-slice files are written once (``If-None-Match``).
+   A job that fails later keeps the files written: what counts is the job record, which lists
+   results only once it is DONE.
+2. **Final assembly** (:func:`assemble_results`, the job's message): the report from the
    parts' attributes and mask areas (:func:`ichseg.writers.report.report_from_areas`, the same
    document ``ichseg segment`` writes), the video segments joined without re-encoding, the contact
-   sheet from the thumbnails, any masks that no batch message wrote yet (a lost or late message
-   costs time, never a mask), the DICOM SEG for DICOM input; an app job's video and report are
-   mirrored to Firebase Storage. Only then does the job become DONE (ASSEMBLING -> DONE is
-   conditional, so a duplicate final message finds the job DONE and does nothing). A duplicate that
-   arrives while the job is still ASSEMBLING finds the assembly claimed
+   sheet from the thumbnails, any per-slice file not written yet (none, unless a batch was
+   segmented by an older version during a deploy), the DICOM SEG and SR for DICOM input; an app
+   job's video and report are mirrored to Firebase Storage. Only then does the job become DONE
+   (ASSEMBLING -> DONE is conditional, so a duplicate final message finds the job DONE and does
+   nothing). A duplicate that arrives while the job is still ASSEMBLING finds the assembly claimed
    (:meth:`~ichseg.pipeline.jobs.JobStore.claim_assembly`, a lease as long as the function may run)
    and does nothing either: its twin is still in flight, and if that one crashes, SQS redelivers it
    and it takes its own claim again. So results are written, the job logged DONE and counted once.
-4. **The mirror's retries** (:func:`retry_mirror`, the mirror function). The final assembly's copy
+3. **The mirror's retries** (:func:`retry_mirror`, the mirror function). The final assembly's copy
    to Firebase Storage has a budget (``ICHSEG_MIRROR_BUDGET_SECONDS``), so a Firebase outage never
    holds a job back from DONE. If the copy misses it, the assembly sends ``{"job_id"}`` to the mirror
    queue (with a delay: Firebase has just failed for a whole budget) and the job is DONE with its
@@ -45,7 +44,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from ichseg.pipeline.failures import fail_job, last_attempt_fails_job
 from ichseg.pipeline.jobs import Job, JobDeleted, JobNotFound, JobSource, JobState, MirrorState, Stage, StageOutcome
 from ichseg.pipeline.messages import AssembleMessage, MirrorMessage, ScanManifest
 from ichseg.pipeline.mirror import MirrorFile, mirror_files
-from ichseg.pipeline.parts import BatchPart, ModelChanged, in_background, model_of
+from ichseg.pipeline.parts import BatchPart, ModelChanged, model_of, result_files
 from ichseg.pipeline.push import JobEnded, notify_job_ended
 from ichseg.pipeline.retry import AUTOMATIC_RETRIES, retries_by_itself, retry_job
 from ichseg.scan_context import load_scan_head, scan_context
@@ -84,8 +83,8 @@ MAX_VISIBILITY_SECONDS = 43_200
 class AssembleResult:
     job_id: str
     outcome: StageOutcome
-    """``done``, ``batch`` (a batch's masks written), ``duplicate`` (the job is not waiting for this
-    any more) or ``failed`` (model changed mid-job)."""
+    """``done``, ``duplicate`` (the job is not waiting for this any more) or ``failed`` (model
+    changed mid-job)."""
     slices: int = 0
     seconds: float = 0.0
     end_to_end_seconds: float | None = None
@@ -107,37 +106,19 @@ class AssemblyClaim:
 def assemble_results(
     ctx: PipelineContext, message: AssembleMessage, receive_count: int = 1, claim: AssemblyClaim | None = None
 ) -> AssembleResult:
-    """Write one batch's masks, or every result of a fully segmented job and mark it DONE (see the module doc)."""
+    """Write every result of a fully segmented job and mark it DONE (see the module doc)."""
     with last_attempt_fails_job(ctx, message.job_id, STAGE, receive_count):
         try:
             job = ctx.store.require(message.job_id)
             if message.generation != job.generation:  # the leftover of an attempt before a retry
                 return AssembleResult(message.job_id, StageOutcome.STALE)
-            if retries_by_itself(job) and message.batch_id is None:  # redriven from the dead-letter queue
+            if retries_by_itself(job):  # redriven from the dead-letter queue
                 retry_job(ctx, job.job_id)
                 return AssembleResult(message.job_id, StageOutcome.RETRIED)
-            if message.batch_id is not None:
-                return _write_batch_masks(ctx, message.job_id, message.batch_id)
             return _assemble(ctx, message.job_id, claim or AssemblyClaim())
         except JobDeleted:  # its owner deleted it while a message was queued: consumed, never retried
             log.info("assemble message for a deleted job: nothing to do")
             return AssembleResult(message.job_id, StageOutcome.DELETED)
-
-
-def _write_batch_masks(ctx: PipelineContext, job_id: str, batch_id: str) -> AssembleResult:
-    """Step 2: a segmented batch's masks under ``results/``, while the rest of the scan is segmented."""
-    started = time.perf_counter()
-    job = ctx.store.require(job_id)
-    if job.state.terminal:  # DONE: the final assembly wrote every mask; FAILED: nothing more is written
-        return AssembleResult(job_id, StageOutcome.DUPLICATE)
-
-    def write() -> int:
-        part = BatchPart.decode(ctx.get(keys.part_key(job_id, batch_id)))
-        _put_all(ctx, _slice_files(job_id, part))
-        return part.count
-
-    count = in_background(write)  # beside the endpoint, which is still segmenting the scan
-    return AssembleResult(job_id, StageOutcome.BATCH, count, time.perf_counter() - started)
 
 
 def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> AssembleResult:
@@ -207,7 +188,9 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         video = pool.submit(joined_video, rendered)
         sheet = pool.submit(joined_contact_sheet, rendered, labels)
         dicom = pool.submit(_dicom_seg, ctx, manifest, parts, model, report)
-        # Masks and frames that no batch message has written yet (the last batch's; any lost or still queued).
+        # The segment stage wrote every batch's masks and frames before counting it done. Checked,
+        # not assumed: a batch segmented by a version before that (in flight across a deploy)
+        # gets its files here, so a DONE job has every slice's results whoever wrote them.
         written = set(_list_keys(ctx, keys.masks_prefix(job_id))) | set(
             _list_keys(ctx, keys.slice_frames_prefix(job_id))
         )
@@ -215,7 +198,7 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         uploads = [
             pool.submit(_put, ctx, key, data)
             for part in parts
-            for key, data in _slice_files(job_id, part).items()
+            for key, data in result_files(job_id, part).items()
             if key not in written
         ]
         uploads.append(pool.submit(_put, ctx, prefix + "report.json", files["report.json"]))
@@ -310,28 +293,9 @@ def _load_parts(ctx: PipelineContext, manifest: ScanManifest) -> list[BatchPart]
     return parts
 
 
-def _mask_files(job_id: str, slice_ids: Iterable[str], pngs: Iterable[bytes]) -> dict[str, bytes]:
-    return {keys.mask_key(job_id, slice_id): png for slice_id, png in zip(slice_ids, pngs, strict=True)}
-
-
-def _slice_files(job_id: str, part: BatchPart) -> dict[str, bytes]:
-    """A batch's per-slice results: its masks and (for the viewer) its plain frames."""
-    files = _mask_files(job_id, part.slice_ids, part.rendered.mask_pngs)
-    if part.rendered.frame_jpegs:  # none in parts rendered before the viewer's frames existed
-        frames = zip(part.slice_ids, part.rendered.frame_jpegs, strict=True)
-        files.update((keys.slice_frame_key(job_id, slice_id), jpeg) for slice_id, jpeg in frames)
-    return files
-
-
 def _put(ctx: PipelineContext, key: str, data: bytes) -> None:
     """Write a result object once: a redelivered message finds it written and leaves it."""
     ctx.put_once(key, data, media_type_of(key))
-
-
-def _put_all(ctx: PipelineContext, objects: dict[str, bytes]) -> None:
-    """PUT every object (key -> bytes) under the bucket, several at a time; any failure raises."""
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-        list(pool.map(lambda item: _put(ctx, *item), objects.items()))
 
 
 def _list_keys(ctx: PipelineContext, prefix: str) -> list[str]:

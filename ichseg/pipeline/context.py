@@ -8,7 +8,7 @@ clients, clock and metrics sink.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -133,6 +133,16 @@ class PipelineContext:
                 return False
             raise  # 409 ConditionalRequestConflict (a concurrent writer): SQS redelivers, then it exists
         return True
+
+    def put_once_all(self, objects: Mapping[str, bytes], threads: int = 8) -> None:
+        """:meth:`put_once` every object (key -> bytes, Content-Type from the key), ``threads`` at a
+        time; the first failure raises (the message is redelivered and the written ones are kept)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ichseg.media_types import media_type_of
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda item: self.put_once(item[0], item[1], media_type_of(item[0])), objects.items()))
 
     def get(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()

@@ -113,12 +113,9 @@ class SegmentMessage(QueueMessage):
 
 
 class AssembleMessage(QueueMessage):
-    """Assemble queue: a job whose batches are all segmented (no ``batch_id``: the final assembly,
-    ``{"job_id"}`` as ever), or one segmented batch whose share of the results can be written
-    already (``batch_id``)."""
+    """Assemble queue: a job whose batches are all segmented, to be assembled (``{"job_id"}``)."""
 
     job_id: str
-    batch_id: str | None = None
     generation: int = 0
     """The job's generation it was sent in (:mod:`ichseg.pipeline.retry`)."""
 

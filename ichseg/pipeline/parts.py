@@ -21,6 +21,7 @@ import numpy as np
 
 from ichseg.endpoint_protocol import ResponseAttributes
 from ichseg.model_metadata import ModelMetadata
+from ichseg.pipeline import keys
 from ichseg.scan_context import map_features
 from ichseg.segmentation import Segmentation, masks_from_u8_probabilities
 from ichseg.writers.outputs import RenderedSlices, render_slices, slice_captions
@@ -216,3 +217,12 @@ def render_batch(
         outlined=outlined,
         peaks=peaks,
     )
+
+
+def result_files(job_id: str, part: BatchPart) -> dict[str, bytes]:
+    """A batch's per-slice results by key: its masks and (for the viewer) its plain frames, which the
+    segment stage writes under ``results/`` as soon as the batch is rendered."""
+    files = {keys.mask_key(job_id, i): png for i, png in zip(part.slice_ids, part.rendered.mask_pngs, strict=True)}
+    frames = zip(part.slice_ids, part.rendered.frame_jpegs, strict=True)
+    files.update((keys.slice_frame_key(job_id, slice_id), jpeg) for slice_id, jpeg in frames)
+    return files

@@ -1,12 +1,12 @@
 """Segment: one batch of frames -> the endpoint -> the batch's rendered part in S3 -> batch marked done.
 
 With the frames and the endpoint's probabilities in memory, the stage also does the batch's share
-of the assembly (:func:`ichseg.pipeline.assemble.render_batch`: masks, the batch's video segment,
-thumbnails, mask PNGs) and stores it as one object, so that the final assembly only joins parts.
-Writing the part comes before marking the batch done, so a batch counted as done always has its
-part; a message redelivered before that point renders again and replaces the part as a whole.
-After each batch but the last it asks the assemble function (which owns ``results/``) to write
-the batch's masks; if that message is lost, the final assembly writes them.
+of the assembly (:func:`ichseg.pipeline.parts.render_batch`: masks, the batch's video segment,
+thumbnails, mask PNGs, plain frames). It writes the batch's per-slice results (its masks and
+frames, ``results/{job}/masks|frames/``, each written once) and stores the rest as one object, the
+part, so that the final assembly only joins parts. Both come before marking the batch done, so a
+batch counted as done always has its results and its part; a message redelivered before that point
+renders again, finds the results written and replaces the part as a whole.
 
 The batch is marked done by adding its id to the job's string set under a condition that it is
 not there yet (so a redelivered message never counts twice). The update returns the job as it now
@@ -92,19 +92,25 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     # Only the batch's own slices are kept: the context slices belong to the neighbouring batches.
     # The attributes are the CustomAttributes as received (model identity, thresholds,
     # probabilities of the batch's slices); the part keeps them beside what was rendered from them.
-    from ichseg.pipeline.parts import in_background, render_batch  # PyAV, OpenCV: loaded on first use
+    from ichseg.pipeline.parts import in_background, render_batch, result_files  # PyAV, OpenCV: on first use
 
-    part = in_background(  # at a lower priority than the endpoint segmenting the next batches
-        lambda: render_batch(
+    def render_and_write() -> bytes:
+        part = render_batch(
             trim_context(frames, before, after),
             result.probabilities_u8,
             result.attributes,
             message.start,
             message.slice_ids,
             ctx.config.video_fps,
-        ).encode()
-    )
-    ctx.put(keys.part_key(job.job_id, message.batch_id), part)
+        )
+        # The batch's masks and plain frames go to results/ now, once each (the viewer and the API
+        # list them while the rest of the scan is segmented); the part keeps what the final
+        # assembly joins. Nothing is read back to be copied.
+        ctx.put_once_all(result_files(job.job_id, part))
+        return part.encode()
+
+    # At a lower priority than the endpoint segmenting the next batches.
+    ctx.put(keys.part_key(job.job_id, message.batch_id), in_background(render_and_write))
     ctx.metrics.add_metric("FramesSegmented", "Count", message.count)
 
     updated = ctx.store.mark_batch_done(job.job_id, message.batch_id, message.count)
@@ -116,9 +122,6 @@ def _segment(ctx: PipelineContext, message: SegmentMessage) -> SegmentResult:
     done, total = len(updated.done_batches), updated.total_batches or 0
     log.info("batch %s done (%d/%d batches)", message.batch_id, done, total)
     started = done == total and start_assembly(ctx, job)
-    if done < total:
-        # The last batch's masks are written by the final assembly, which follows at once.
-        _send(ctx, AssembleMessage(job_id=job.job_id, batch_id=message.batch_id, generation=job.generation))
     return SegmentResult(
         job.job_id, message.batch_id, StageOutcome.SEGMENTED, message.count, result.seconds, result.attempts, started
     )
@@ -133,14 +136,11 @@ def start_assembly(ctx: PipelineContext, job: Job) -> bool:
 
 
 def _send_assembly(ctx: PipelineContext, job: Job) -> None:
-    _send(ctx, AssembleMessage(job_id=job.job_id, generation=job.generation))
+    ctx.config.require("assemble_queue_url")
+    message = AssembleMessage(job_id=job.job_id, generation=job.generation)
+    ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=message.to_json())
     ctx.store.mark_assembly_enqueued(job.job_id)
     log.info("all batches done; assembly enqueued")
-
-
-def _send(ctx: PipelineContext, message: AssembleMessage) -> None:
-    ctx.config.require("assemble_queue_url")
-    ctx.sqs.send_message(QueueUrl=ctx.config.assemble_queue_url, MessageBody=message.to_json())
 
 
 def _repair_assembly(ctx: PipelineContext, job: Job) -> bool:

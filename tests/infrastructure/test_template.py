@@ -398,7 +398,8 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
 
     assert prefixes("ApiFunctionRole", "s3:PutObject") == {"uploads/*"}
     assert prefixes("SplitFunctionRole", "s3:PutObject") == {"work/*"}
-    assert prefixes("SegmentFunctionRole", "s3:PutObject") == {"work/*"}
+    # Segment writes each batch's masks and plain frames as it renders them, nothing else of results/.
+    assert prefixes("SegmentFunctionRole", "s3:PutObject") == {"work/*", "results/*/masks/*", "results/*/frames/*"}
     for role in ("SegmentFunctionRole", "AssembleFunctionRole"):  # a job retried by itself (retry.py)
         assert prefixes(role, "s3:DeleteObject") == {"work/*", "results/*"}, role
         assert {"uploads/*", "ingest/*"} <= prefixes(role, "s3:GetObject"), role

@@ -157,8 +157,8 @@ def test_messages_carry_keys_never_pixels_and_reject_garbage() -> None:
     assert message.frames_key == f"work/{JOB}/frames/b0001.npy" and len(message.to_json()) < 512
     assert AssembleMessage.from_json(AssembleMessage(job_id=JOB).to_json()) == AssembleMessage(job_id=JOB)
     assert json.loads(AssembleMessage(job_id=JOB).to_json()) == {"job_id": JOB}  # the final message's shape
-    batch_message = AssembleMessage(job_id=JOB, batch_id="b0003")
-    assert AssembleMessage.from_json(batch_message.to_json()) == batch_message and batch_message.batch_id is not None
+    # A per-batch message of an earlier version (in flight across a deploy) reads as the final one.
+    assert AssembleMessage.from_json(json.dumps({"job_id": JOB, "batch_id": "b0003"})) == AssembleMessage(job_id=JOB)
     for body in ("", "[]", "{}", '{"job_id": "x"}', "not json"):
         with pytest.raises(MalformedMessage):
             SegmentMessage.from_json(body)

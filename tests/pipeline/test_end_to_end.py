@@ -19,7 +19,6 @@ from ichseg.model_metadata import SUBTYPES
 from ichseg.pipeline.jobs import JobSource, JobState
 from ichseg.readers import read_scan
 from ichseg.writers.report import build_report
-from infrastructure.event_pump import Invocation
 from infrastructure.local_stack import LocalStack
 from tests.settled import json_log_lines, settled_invocations
 from tests.stack_fixtures import AppClient, head_frames, video_bytes
@@ -142,7 +141,7 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     # before they were sent): the replayed segment message, and a second final assembly.
     replayed_segment = json.dumps(segment)
     settled_invocations(stack, "segment", job_id, lambda found: any(i.bodies == [replayed_segment] for i in found))
-    settled_invocations(stack, "assemble", job_id, lambda found: len(_final_assemblies(found)) >= 2)
+    settled_invocations(stack, "assemble", job_id, lambda found: len(found) >= 2)
     settled_invocations(stack, "split", job_id, lambda found: len(found) >= 3)
 
     after = stack.inspect.store.require(job_id)
@@ -150,20 +149,10 @@ def test_duplicate_s3_events_and_sqs_deliveries_make_one_job_and_one_assembly(
     assert after.done_batches == frozenset({"b0000", "b0001"}) and after.done_slices == 6
     assert len(stack.inspect.invocations_of("split", job_id)) == 3
     assembles = stack.inspect.invocations_of("assemble", job_id)
-    finals = _final_assemblies(assembles)
-    assert len(finals) == 2  # the pipeline's final assembly, and the replay
-    # One request to write the masks of the batch that finished first early (the last one's come with
-    # the final assembly); two segment workers may finish the batches in either order.
-    early = [json.loads(i.bodies[0]).get("batch_id") for i in assembles if i not in finals]
-    assert early in (["b0000"], ["b0001"])
+    assert len(assembles) == 2  # the pipeline's final assembly, and the replay: nothing per batch
     assert all(not i.failed_ids for i in assembles)
     # Only one assemble message ever came from the pipeline itself: one transition to ASSEMBLING.
     assert stack.inspect.store.require(job_id).stamps["assembling"] == job.stamps["assembling"]
-
-
-def _final_assemblies(invocations: list[Invocation]) -> list[Invocation]:
-    """The invocations for a job's final assembly (the per-batch ones name a ``batch_id``)."""
-    return [i for i in invocations if "batch_id" not in json.loads(i.bodies[0])]
 
 
 def test_corrupt_upload_fails_with_the_scan_library_reason(alice: AppClient, stack: LocalStack, tmp_path: Path) -> None:
@@ -303,7 +292,7 @@ def test_function_logs_carry_the_job_id_and_emit_emf_metrics(
     job_id = alice.upload(video_bytes(tmp_path, head_frames(3)))
     assert alice.wait(job_id).state == JobState.DONE
     # The assemble function logs its outcome after DONE: its lines are on disk once it has returned.
-    settled_invocations(stack, "assemble", job_id, lambda found: bool(_final_assemblies(found)))
+    settled_invocations(stack, "assemble", job_id, lambda found: bool(found))
     for function in ("split", "segment", "assemble"):
         lines = json_log_lines(stack, function)
         logs = [line for line in lines if line.get("job_id") == job_id]

@@ -52,8 +52,7 @@ def _segment_messages(ctx: PipelineContext) -> list[SegmentMessage]:
 
 
 def _assemble_messages(ctx: PipelineContext) -> list[AssembleMessage]:
-    messages = [AssembleMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.assemble_queue_url)]
-    return sorted(messages, key=lambda m: m.batch_id or "~")  # the final message (no batch) last
+    return [AssembleMessage.from_json(m["Body"]) for m in receive_all(ctx, ctx.config.assemble_queue_url)]
 
 
 def _mask_keys(ctx: PipelineContext, job_id: str) -> set[str]:
@@ -96,19 +95,13 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     assert len(part.attributes.subtype_probabilities) == 4  # the context slices' answers are dropped
     assert part.slice_ids == ("0004", "0005", "0006", "0007") and len(part.rendered.thumbnails) == 4
 
-    # Every batch but the last asked for its masks to be written; the last one started the assembly.
+    # Each batch wrote its masks and frames as it was rendered (nothing is read back to be copied);
+    # the last one started the assembly, the one message on the assemble queue.
+    assert _mask_keys(core, upload.job_id) == {layout.mask_key(upload.job_id, f"{i:04d}") for i in range(9)}
+    assert core.store.require(upload.job_id).state == JobState.ASSEMBLING
     assemble = _assemble_messages(core)
-    assert assemble == [
-        AssembleMessage(job_id=upload.job_id, batch_id="b0000"),
-        AssembleMessage(job_id=upload.job_id, batch_id="b0001"),
-        AssembleMessage(job_id=upload.job_id),
-    ]
-    written = assemble_results(core, assemble[0])
-    assert (written.outcome, written.slices) == ("batch", 4)
-    assert _mask_keys(core, upload.job_id) == {layout.mask_key(upload.job_id, f"{i:04d}") for i in range(4)}
-    assert core.store.require(upload.job_id).state == JobState.ASSEMBLING  # a batch's masks change no state
-    # b0001's message is lost: the final assembly writes its masks, and the last batch's.
-    done = assemble_results(core, assemble[2])
+    assert assemble == [AssembleMessage(job_id=upload.job_id)]
+    done = assemble_results(core, assemble[0])
     assert done.outcome == "done" and done.slices == 9 and done.mirror_error is None
     job = core.store.require(upload.job_id)
     # Frames 5-8 bleed; frame 5, read with its normal neighbour 4, stays under the gate.
@@ -127,13 +120,10 @@ def test_stages_in_sequence_take_a_scan_from_upload_to_results(core: PipelineCon
     report = json.loads(core.get(job.results["report"]))
     assert [s["area_px"] > 0 for s in report["slices"]] == [False] * 6 + [True] * 3
     assert [s["area_px"] for s in report["slices"][6:]] == [int((mask > 0).sum())] * 3  # the same blob
-    # The lost message, delivered late, finds the job DONE and writes nothing.
-    assert assemble_results(core, assemble[1]).outcome == "duplicate"
-
     # Replays after the fact change nothing.
     assert split_scan_into_batches(core, upload).outcome == "duplicate"
     assert segment_batch(core, messages[0]).outcome == "skipped"
-    assert assemble_results(core, assemble[2]).outcome == "duplicate"
+    assert assemble_results(core, assemble[0]).outcome == "duplicate"
     assert receive_all(core, core.config.segment_queue_url, wait=0.3) == []
     assert core.store.require(upload.job_id).stamps["done"] == job.stamps["done"]
 
@@ -147,11 +137,8 @@ def test_a_duplicate_segment_delivery_during_the_job_counts_once(core: PipelineC
     assert core.store.require(upload.job_id).progress == (4, 8)
     assert segment_batch(core, second).started_assembly
     assert segment_batch(core, second).outcome == "duplicate"
-    # One request for the first batch's masks, one final assembly: the duplicates sent nothing.
-    assert _assemble_messages(core) == [
-        AssembleMessage(job_id=upload.job_id, batch_id=first.batch_id),
-        AssembleMessage(job_id=upload.job_id),
-    ]
+    # One final assembly: the duplicates sent nothing.
+    assert _assemble_messages(core) == [AssembleMessage(job_id=upload.job_id)]
 
 
 def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
@@ -164,17 +151,12 @@ def test_a_batch_redelivered_before_it_was_recorded_renders_the_same_part(
     key = layout.part_key(upload.job_id, first.batch_id)
     part = core.get(key)
     # The worker wrote the part and died before the batch was recorded: undo the record.
-    core.store.client.update_item(
-        TableName=core.config.table,
-        Key={"job_id": {"S": upload.job_id}},
-        UpdateExpression="DELETE done_batches :b ADD done_slices :minus",
-        ExpressionAttributeValues={":b": {"SS": [first.batch_id]}, ":minus": {"N": "-4"}},
-    )
+    _forget_batch(core, upload.job_id, first.batch_id, first.count)
     assert segment_batch(core, first).outcome == "segmented"
     assert core.get(key) == part  # rendered again, bit for bit (the part is replaced whole, never mixed)
     assert core.store.require(upload.job_id).progress == (4, 8)
     assert segment_batch(core, second).started_assembly
-    assert [m.batch_id for m in _assemble_messages(core)] == [first.batch_id, first.batch_id, None]
+    assert _assemble_messages(core) == [AssembleMessage(job_id=upload.job_id)]
     assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == "done"
     report = json.loads(core.get(core.store.require(upload.job_id).results["report"]))
     assert len(report["slices"]) == 8 and len(_mask_keys(core, upload.job_id)) == 8
@@ -208,22 +190,47 @@ def test_a_duplicate_final_message_during_assembly_does_nothing_and_done_is_coun
     } == written
 
 
-def test_redelivered_batch_mask_messages_write_each_mask_once(core: PipelineContext, tmp_path: Path) -> None:
+def test_a_batch_rendered_again_writes_each_mask_once(core: PipelineContext, tmp_path: Path) -> None:
     """With bucket versioning (as template.yaml configures it), a rewrite would show as a second version."""
     core.s3.put_bucket_versioning(Bucket=core.config.bucket, VersioningConfiguration={"Status": "Enabled"})
     upload = _upload(core, "frank", video_bytes(tmp_path, head_frames(8, bleed_from=2)))
     split_scan_into_batches(core, upload)
     first, second = _segment_messages(core)
+    for _ in range(3):  # a worker that dies after writing, before the batch is recorded, twice
+        assert segment_batch(core, first).outcome == StageOutcome.SEGMENTED
+        _forget_batch(core, upload.job_id, first.batch_id, first.count)
     segment_batch(core, first)
-    batch = AssembleMessage(job_id=upload.job_id, batch_id=first.batch_id)
-    for _ in range(3):  # SQS at-least-once: the same request three times
-        assert assemble_results(core, batch).outcome == StageOutcome.BATCH
     segment_batch(core, second)
     assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == StageOutcome.DONE
     versions = core.s3.list_object_versions(Bucket=core.config.bucket, Prefix=f"results/{upload.job_id}/")
     keys = [v["Key"] for v in versions.get("Versions", [])]
     # 8 masks, 8 frames, overlay, report, contact sheet: one version each
     assert len(keys) == len(set(keys)) == 8 + 8 + 3
+
+
+def test_the_assembly_writes_the_slice_files_a_batch_left_unwritten(core: PipelineContext, tmp_path: Path) -> None:
+    """A batch segmented by a version that left its masks to the assembly (a deploy while jobs run)."""
+    upload = _upload(core, "gina", video_bytes(tmp_path, head_frames(8, bleed_from=2)))
+    messages = _run_to_assembly(core, upload)
+    missing = [layout.mask_key(upload.job_id, i) for i in messages[0].slice_ids]
+    missing += [layout.slice_frame_key(upload.job_id, i) for i in messages[0].slice_ids]
+    core.s3.delete_objects(Bucket=core.config.bucket, Delete={"Objects": [{"Key": k} for k in missing]})
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == StageOutcome.DONE
+    assert _mask_keys(core, upload.job_id) == {layout.mask_key(upload.job_id, f"{i:04d}") for i in range(8)}
+    assert all(core.get(key) for key in missing)
+    # The message of that version (it named the batch) is read as the final one: nothing left to do.
+    old = AssembleMessage.from_json(json.dumps({"job_id": upload.job_id, "batch_id": messages[0].batch_id}))
+    assert assemble_results(core, old).outcome == StageOutcome.DUPLICATE
+
+
+def _forget_batch(ctx: PipelineContext, job_id: str, batch_id: str, count: int) -> None:
+    """Undo a batch's record, as if its worker died after writing it and before recording it."""
+    ctx.store.client.update_item(
+        TableName=ctx.config.table,
+        Key={"job_id": {"S": job_id}},
+        UpdateExpression="DELETE done_batches :b ADD done_slices :minus",
+        ExpressionAttributeValues={":b": {"SS": [batch_id]}, ":minus": {"N": str(-count)}},
+    )
 
 
 def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_path: Path) -> None:
@@ -238,7 +245,9 @@ def test_an_expired_assembly_claim_can_be_taken_over(core: PipelineContext, tmp_
 
 def _result_keys(ctx: PipelineContext, job_id: str) -> list[str]:
     listed = ctx.s3.list_objects_v2(Bucket=ctx.config.bucket, Prefix=f"results/{job_id}/")
-    return sorted(o["Key"] for o in listed.get("Contents", []) if "/masks/" not in o["Key"])
+    # The assembly's own results: the per-slice masks and frames are the segment stage's.
+    keys = (o["Key"] for o in listed.get("Contents", []))
+    return sorted(k for k in keys if "/masks/" not in k and "/frames/" not in k)
 
 
 def test_a_split_that_died_after_recording_resumes_from_the_manifest(core: PipelineContext, tmp_path: Path) -> None:
@@ -432,7 +441,7 @@ def test_a_done_hospital_job_is_announced_on_the_delivery_queue_and_an_app_job_i
     app = _upload(ctx, "dave", data)
     for upload in (hospital, app):
         _run_to_assembly(ctx, upload)
-        [final] = [m for m in _assemble_messages(ctx) if m.batch_id is None]
+        [final] = _assemble_messages(ctx)
         assert assemble_results(ctx, final).outcome == "done"
     assert [json.loads(m["Body"]) for m in receive_all(ctx, queue)] == [{"job_id": hospital.job_id}]
     assert hospital.job_id == layout.ingest_job_id(key, "any etag")  # the key alone names the job
@@ -479,14 +488,13 @@ def test_stale_segment_and_assemble_messages_of_a_deleted_job_are_consumed(
     first, second = _segment_messages(core)
     segment_batch(core, first)
     segment_batch(core, second)
-    batch, final = _assemble_messages(core)
+    [final] = _assemble_messages(core)
     assert assemble_results(core, final).outcome == StageOutcome.DONE
     delete_scan(core, "judy", upload.job_id)
     # Late copies of every message (SQS is at-least-once), even on their last delivery: nothing to
     # do, nothing raised (no retries into the dead-letter queues), nothing written.
     last = core.config.max_receive_count
     assert segment_batch(core, first, receive_count=last).outcome == StageOutcome.DELETED
-    assert assemble_results(core, batch, receive_count=last).outcome == StageOutcome.DELETED
     assert assemble_results(core, final, receive_count=last).outcome == StageOutcome.DELETED
     assert core.store.get(upload.job_id) is None and _work_keys(core, upload.job_id) == []
     assert receive_all(core, core.config.assemble_queue_url, wait=0.3) == []
