@@ -64,7 +64,11 @@ class TrainConfig:
     slice_loss_weight: float = 0.5
     subtype_loss_weight: float = 0.3
     initial_weights: str | None = None
-    """Start from a saved model's weights (fine-tuning)."""
+    """Start from a saved model's weights (fine-tuning), or a run's weights-only checkpoint."""
+    initial_epoch: int = 0
+    """With ``initial_weights`` from a run's ``last.weights.h5``: the epochs it had done, so the
+    schedule and the log go on (a run continued on a machine that lost its checkpoint folder; its
+    optimizer state starts afresh). A checkpoint found by ``resume`` takes precedence."""
     resume: bool = False
     """Continue from the newest checkpoint of an interrupted run with this ``out``."""
     max_minutes: float | None = None
@@ -283,9 +287,12 @@ def compile_model(
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
     """After every epoch: weights, optimizer state, the epoch and the best validation loss so far,
-    in each of ``folders`` (the run's own, and SageMaker's synced one when present)."""
+    in each of ``folders`` (the run's own, and SageMaker's synced one when present). Beside them,
+    the weights alone (``last.weights.h5``, a third of the size) with the learning rate in the state:
+    small enough to commit, so that a long run survives the loss of its machine (``initial_epoch``)."""
 
     STATE = "state.json"
+    WEIGHTS = "last.weights.h5"
 
     def __init__(self, folders: list[Path], monitor: str, best: float = math.inf) -> None:
         super().__init__()
@@ -301,8 +308,11 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
             checkpoint.write(str(folder / "last"))
+            self.model.save_weights(str(folder / self.WEIGHTS))
+            learning_rate = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
             # The state file is written last: a checkpoint without it is incomplete and ignored.
-            (folder / self.STATE).write_text(json.dumps({"epoch": epoch + 1, "best": self.best}))
+            state = {"epoch": epoch + 1, "best": self.best, "learning_rate": learning_rate}
+            (folder / self.STATE).write_text(json.dumps(state))
 
 
 def restore_checkpoint(model: tf.keras.Model, folders: list[Path]) -> tuple[int, float]:
@@ -346,6 +356,7 @@ def train(config: TrainConfig) -> dict[str, object]:
     if SAGEMAKER_CHECKPOINTS.is_dir():
         checkpoint_folders.append(SAGEMAKER_CHECKPOINTS)
     initial_epoch, best = restore_checkpoint(model, checkpoint_folders) if config.resume else (0, math.inf)
+    initial_epoch = initial_epoch or config.initial_epoch
     callbacks: list[tf.keras.callbacks.Callback] = []
     if config.horovod:
         import horovod.tensorflow.keras as hvd
@@ -396,11 +407,12 @@ def train(config: TrainConfig) -> dict[str, object]:
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     earlier = out / "training_summary.json"
+    if initial_epoch:
+        summary["resumed_after_epoch"] = initial_epoch
     if initial_epoch and earlier.is_file():  # a resumed run reports the whole run, not just its tail
         before = json.loads(earlier.read_text())
         summary["seconds"] = round(float(before.get("seconds", 0.0)) + seconds, 1)
         summary["epoch_seconds"] = [*before.get("epoch_seconds", [])[:initial_epoch], *summary["epoch_seconds"]]  # type: ignore[misc]
-        summary["resumed_after_epoch"] = initial_epoch
     if dist.is_chief:
         # model.h5 is the best epoch by validation loss; the last epoch is kept beside it.
         model.save(out / "model-last.h5")
@@ -442,6 +454,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--slice-loss-weight", type=float, default=0.5)
     parser.add_argument("--subtype-loss-weight", type=float, default=0.3)
     parser.add_argument("--initial-weights", default=None, help="start from this saved model's weights")
+    parser.add_argument(
+        "--initial-epoch", type=int, default=0, help="with --initial-weights from a run's last.weights.h5: its epochs"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this --out")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after the last epoch that fits")
     parser.add_argument("--horovod", action="store_true", help="run as one rank of a horovodrun job")

@@ -151,6 +151,17 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tiny_training_set: Path,
     assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["epoch"] == 3
     lines = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]  # one log across the interruption
+    # Its machine lost: the weights-only checkpoint (committed) and the state carry the run on elsewhere.
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["learning_rate"] > 0
+    weights = tmp_path / "run" / "checkpoints" / "last.weights.h5"
+    moved = {**common, "out": str(tmp_path / "elsewhere")}
+    carried = train(
+        TrainConfig(**moved, epochs=4, steps_per_epoch=2, resume=True, initial_weights=str(weights), initial_epoch=3)  # type: ignore[arg-type]
+    )
+    assert len(carried["history"]["loss"]) == 1 and carried["resumed_after_epoch"] == 3
+    lines = (tmp_path / "elsewhere" / "history.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["3"]
     # Nothing to resume from is not an error: the run starts afresh.
     fresh = train(TrainConfig(**{**common, "out": str(tmp_path / "new")}, epochs=1, steps_per_epoch=1, resume=True))  # type: ignore[arg-type]
     assert len(fresh["epoch_seconds"]) == 1

@@ -470,7 +470,8 @@ def test_hyperparameter_schema_matches_train_config() -> None:
     assert VARIANT_CHOICES == VARIANTS
     # Paths and the process role are not hyperparameters (SageMaker passes data and weights as channels;
     # the entry point always resumes from /opt/ml/checkpoints when a spot job restarts).
-    assert set(hints) - set(HYPERPARAMETERS) == {"data", "out", "horovod", "extra", "initial_weights", "resume"}
+    not_hyperparameters = {"data", "out", "horovod", "extra", "initial_weights", "initial_epoch", "resume"}
+    assert set(hints) - set(HYPERPARAMETERS) == not_hyperparameters
 
 
 def test_entry_main_trains_the_config_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
