@@ -11,8 +11,9 @@ read its measurements. The SR says what the report says, in codes:
 - where the mask holds any pixel, a volumetric group (TID 1411) whose region is segment 1 of the
   SEG, with the hemorrhage volume in mL; with an empty mask there is no region to point at, so
   the volume (0 mL) goes into the scan-level group instead;
-- per-subtype volumes only where the report has them (today's mask head cannot separate the
-  subtypes: a text note says so rather than inventing numbers);
+- a group per subtype, most probable first: the subtype as a coded finding (private scheme), its
+  scan-level probability, and its volume only where the report has one (today's mask head cannot
+  separate the subtypes: a text note says so rather than inventing numbers);
 - a text note of what codes cannot say (the slices' ids, why a volume is missing or 0 mL, the input
   warnings, the disclaimer).
 
@@ -180,27 +181,55 @@ def _segmented_sources(seg: Dataset, sources: Sequence[Dataset]) -> list[Dataset
 
 
 def _subtype_groups(report: Mapping[str, Any], algorithm: Any, job_id: str) -> list[Any]:
-    """One group per subtype volume, only where the report has them (never invented)."""
+    """One group per subtype the model names, most probable first: the subtype as a coded finding
+    (the private scheme: the model's own words), its scan-level probability, and its volume where
+    the report has one (never invented)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
-    by_subtype = report.get("volume_ml_by_subtype") or {}
-    return [
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=pydicom.uid.generate_uid(entropy_srcs=["ichseg", job_id, "sr", "subtype", name]),
-                identifier=f"ichseg subtype {name}"[:64],
-            ),
-            finding_type=Code(name[:16], PRIVATE_SCHEME, name[:64]),
-            algorithm_id=algorithm,
-            measurements=[
-                hd.sr.Measurement(name=codes.SCT.Volume, value=float(ml), unit=MILLILITER, algorithm_id=algorithm)
-            ],
+    probabilities = report.get("subtypes") or {}
+    volumes = report.get("volume_ml_by_subtype") or {}
+    names = sorted(
+        {*probabilities, *(n for n, ml in volumes.items() if ml is not None)},
+        key=lambda n: (-float(probabilities.get(n) or 0.0), n),
+    )
+    groups = []
+    for name in names:
+        measurements = []
+        if probabilities.get(name) is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.DCM.Probability,
+                    value=float(probabilities[name]),
+                    unit=codes.UCUM.NoUnits,
+                    algorithm_id=algorithm,
+                )
+            )
+        if volumes.get(name) is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.Volume, value=float(volumes[name]), unit=MILLILITER, algorithm_id=algorithm
+                )
+            )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=pydicom.uid.generate_uid(entropy_srcs=["ichseg", job_id, "sr", "subtype", name]),
+                    identifier=f"ichseg subtype {name}"[:64],
+                ),
+                finding_type=subtype_code(name),
+                algorithm_id=algorithm,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
+                measurements=measurements,
+            )
         )
-        for name, ml in sorted(by_subtype.items())
-        if ml is not None
-    ]
+    return groups
+
+
+def subtype_code(name: str) -> Code:
+    """A hemorrhage subtype as a coded concept of the private scheme (the model's own word)."""
+    return Code(name[:16], PRIVATE_SCHEME, f"{name} hemorrhage"[:64])
 
 
 def _notes(report: Mapping[str, Any]) -> Dataset:

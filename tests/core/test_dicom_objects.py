@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,8 @@ def test_sr_of_a_hemorrhage_reports_the_volume_of_the_seg_segment(
     seg, sr = _read(seg_bytes), _read(sr_bytes)
     assert report["volume_ml"] is not None and report["volume_ml"] > 0
     assert _numbers(sr, VOLUME) == [pytest.approx(report["volume_ml"])]
-    assert _numbers(sr, PROBABILITY) == [pytest.approx(report["hemorrhage_probability"])]
+    # The scan's probability, then each subtype's (the report's scan-level subtypes: 0.2 each here).
+    assert _numbers(sr, PROBABILITY) == pytest.approx([report["hemorrhage_probability"], 0.2, 0.2])
     assert _evaluation(sr) == PRESENT
     [segment] = _segment_references(sr)
     assert segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
@@ -288,6 +290,32 @@ def test_subtype_volumes_appear_only_when_the_report_has_them(headers: list[dict
     sr_bytes = build_sr(headers, seg, with_subtypes, MODEL.name, MODEL.version, "job-subtypes")
     assert _valid(tmp_path, "sr.dcm", sr_bytes) == []
     assert sorted(_numbers(_read(sr_bytes), VOLUME)) == pytest.approx([0.012, 0.027, report["volume_ml"]])
+
+
+def test_subtypes_are_coded_findings_with_their_probabilities_and_dsrdump_shows_them(
+    headers: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    masks, report = _case(True)
+    report = {**report, "subtypes": {"epidural": 0.31, "subdural": 0.74}}
+    seg = build_seg(headers, masks, MODEL.name, MODEL.version, "job-subtype-probabilities")
+    sr_bytes = build_sr(headers, seg, report, MODEL.name, MODEL.version, "job-subtype-probabilities")
+    assert _valid(tmp_path, "sr.dcm", sr_bytes) == []
+    sr = _read(sr_bytes)
+    findings = [
+        str(item.ConceptCodeSequence[0].CodeMeaning)
+        for item in _items(sr)
+        if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodingSchemeDesignator == "99ICHSEG"
+    ]
+    assert findings == ["subdural hemorrhage", "epidural hemorrhage"]  # the most probable first
+    scan_probability = report["hemorrhage_probability"]
+    assert _numbers(sr, PROBABILITY) == pytest.approx([scan_probability, 0.74, 0.31])
+    # What a PACS administrator sees with dcmtk: the tree, the subtype and its probability in it.
+    (tmp_path / "sr.dcm").write_bytes(sr_bytes)
+    dump = subprocess.run(["dsrdump", str(tmp_path / "sr.dcm")], capture_output=True, text=True, timeout=60, check=True)
+    groups = dump.stdout.split('CONTAINER:(,,"Measurement Group")')
+    [subdural] = [g for g in groups if '"ichseg subtype subdural"' in g]
+    assert '<contains CODE:(,,"Finding")=(subdural,99ICHSEG,"subdural hemorrhage")>' in subdural
+    assert '<contains NUM:(,,"Probability")="0.74" (1,UCUM,"no units")>' in subdural
 
 
 def test_a_report_that_does_not_fit_the_series_is_a_clear_error(headers: list[dict[str, Any]]) -> None:
