@@ -183,3 +183,9 @@ _.ImplementationClassUID  # unused attribute (ichseg/dicom_identity.py)
 _.ImplementationVersionName  # unused attribute (ichseg/dicom_identity.py)
 _.implementation_class_uid  # unused attribute (gateway/application_entity.py): read by pynetdicom
 _.implementation_version_name  # unused attribute (gateway/application_entity.py): read by pynetdicom
+
+# --- The stage graph (ichseg/pipeline/graph.py): a declaration the template is tested against.
+GRAPH  # unused variable (ichseg/pipeline/graph.py)
+_.reads  # unused attribute (ichseg/pipeline/graph.py)
+_.sends  # unused attribute (ichseg/pipeline/graph.py)
+_.does  # unused attribute (ichseg/pipeline/graph.py)

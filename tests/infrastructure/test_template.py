@@ -16,6 +16,8 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
+from ichseg.pipeline.graph import GRAPH, Queue
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 DOCKERFILE = "infrastructure/lambda/Dockerfile"
@@ -410,15 +412,19 @@ def test_pipeline_roles_touch_only_their_prefixes_and_queues(resources: dict[str
     def queues(role: str, action: str) -> set[str]:
         return {r["Fn::GetAtt"][0] for r in allowed_resources(resources, role, action)}
 
-    assert queues("SplitFunctionRole", "sqs:ReceiveMessage") == {"IngestQueue"}
-    assert queues("SplitFunctionRole", "sqs:SendMessage") == {"SegmentQueue"}
-    assert queues("SegmentFunctionRole", "sqs:ReceiveMessage") == {"SegmentQueue"}
-    # ... and the ingest queue, where a job retried by itself sends its upload's event again.
-    assert queues("SegmentFunctionRole", "sqs:SendMessage") == {"AssembleQueue", "IngestQueue"}
-    assert queues("AssembleFunctionRole", "sqs:ReceiveMessage") == {"AssembleQueue"}
-    assert queues("AssembleFunctionRole", "sqs:SendMessage") == {"DeliveryQueue", "MirrorQueue", "IngestQueue"}
-    assert queues("MirrorFunctionRole", "sqs:ReceiveMessage") == {"MirrorQueue"}
-    assert not allowed_resources(resources, "MirrorFunctionRole", "sqs:SendMessage")
+    # The stage graph (ichseg/pipeline/graph.py) is the template's: each function reads its queue
+    # and may send to exactly the queues the graph gives it.
+    for step in GRAPH:
+        role = f"{step.function.title()}FunctionRole"
+        assert queues(role, "sqs:ReceiveMessage") == {step.reads.logical_id}, step.function
+        assert queues(role, "sqs:SendMessage") == {q.logical_id for q in step.sends}, step.function
+        event = resources[f"{step.function.title()}Function"]["Properties"]["Events"]
+        assert [e["Properties"]["Queue"]["Fn::GetAtt"][0] for e in event.values() if e["Type"] == "SQS"] == [
+            step.reads.logical_id
+        ], step.function
+    assert {q.logical_id for q in Queue} == {n for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"} - {
+        n for n in resources if n.endswith("DeadLetterQueue")
+    }
 
     secret_readers = {o for o, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])}
     # Assemble mirrors results to Firebase Storage, the mirror function retries that copy; the API
