@@ -205,7 +205,7 @@ def delete_scan(ctx: PipelineContext, uid: str, job_id: str) -> None:
         f"{keys.WORK_PREFIX}{job_id}/",
         keys.results_prefix(job_id),
     ):
-        delete_all_versions(ctx, prefix)
+        ctx.delete_prefix(prefix, every_version=True)
     if ctx.mirror is not None:
         ctx.mirror.delete(keys.mirror_prefix(uid, job_id))
     if not ctx.store.delete_ended(job_id, uid):  # deleted concurrently by another request
@@ -227,26 +227,6 @@ def remove_device(ctx: PipelineContext, uid: str, device_id: str) -> None:
     """Stop notifying one of the caller's devices; 404 if it is not registered (to them)."""
     if not DeviceRegistry(ctx.store).remove(uid, device_id):
         raise ApiError(ProblemCode.DEVICE_NOT_FOUND, f"no device {device_id!r}")
-
-
-def delete_all_versions(ctx: PipelineContext, prefix: str) -> int:
-    """Delete every version and delete marker under ``prefix`` (the bucket is versioned); how many."""
-    bucket = ctx.config.bucket
-    deleted = 0
-    for page in ctx.s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-        objects = [
-            {"Key": entry["Key"], "VersionId": entry["VersionId"]}
-            for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])
-        ]
-        for start in range(0, len(objects), 1000):  # DeleteObjects takes at most 1000 keys
-            answer = ctx.s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
-            )
-            if answer.get("Errors"):
-                first = answer["Errors"][0]
-                raise RuntimeError(f"deleting {first.get('Key')} failed: {first.get('Code')} {first.get('Message')}")
-        deleted += len(objects)
-    return deleted
 
 
 def _error(job: Job) -> JobError | None:

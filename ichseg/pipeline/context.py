@@ -144,5 +144,31 @@ class PipelineContext:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(lambda item: self.put_once(item[0], item[1], media_type_of(item[0])), objects.items()))
 
+    def delete_prefix(self, prefix: str, every_version: bool = False) -> int:
+        """Delete the objects under ``prefix``; how many. The bucket is versioned: by default only the
+        current objects go (older versions stay for the lifecycle rules, and a write-once check sees
+        the delete marker: a retried job writes its results again); with ``every_version``, every
+        version and delete marker too (an owner's DELETE leaves nothing). A failed key raises."""
+        bucket = self.config.bucket
+        listing = "list_object_versions" if every_version else "list_objects_v2"
+        deleted = 0
+        for page in self.s3.get_paginator(listing).paginate(Bucket=bucket, Prefix=prefix):
+            if every_version:
+                entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
+                objects = [{"Key": e["Key"], "VersionId": e["VersionId"]} for e in entries]
+            else:
+                objects = [{"Key": e["Key"]} for e in page.get("Contents", [])]
+            for start in range(0, len(objects), 1000):  # DeleteObjects takes at most 1000 keys
+                answer = self.s3.delete_objects(
+                    Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise RuntimeError(
+                        f"deleting {first.get('Key')} failed: {first.get('Code')} {first.get('Message')}"
+                    )
+            deleted += len(objects)
+        return deleted
+
     def get(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()

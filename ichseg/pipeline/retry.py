@@ -86,7 +86,7 @@ def retry_job(ctx: PipelineContext, job_id: str, *, force: bool = False) -> Job:
             ) from None
         raise
     for prefix in (f"{keys.WORK_PREFIX}{job_id}/", keys.results_prefix(job_id)):
-        _delete_prefix(ctx, prefix)
+        ctx.delete_prefix(prefix)
     if not ctx.store.reset_for_retry(job_id, job.generation, config.job_deadline_seconds):
         raise RetryRefused(f"job {job_id} changed while it was being retried (retried by someone else?)")
     ctx.sqs.send_message(
@@ -115,15 +115,3 @@ def upload_event(bucket: str, key: str, head: dict[str, object]) -> str:
         },
     }
     return json.dumps({"Records": [record]})
-
-
-def _delete_prefix(ctx: PipelineContext, prefix: str) -> int:
-    """Delete the current objects under ``prefix`` (the bucket is versioned: older versions stay
-    for the lifecycle rules, and a write-once check sees the delete marker); how many."""
-    deleted = 0
-    for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=ctx.config.bucket, Prefix=prefix):
-        objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-        if objects:
-            ctx.s3.delete_objects(Bucket=ctx.config.bucket, Delete={"Objects": objects, "Quiet": True})
-            deleted += len(objects)
-    return deleted
