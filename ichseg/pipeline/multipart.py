@@ -47,7 +47,8 @@ def start_multipart(ctx: PipelineContext, job_id: str, key: str, content_type: s
 
 def multipart_status(ctx: PipelineContext, uid: str, job_id: str) -> MultipartUpload:
     """The caller's upload in progress: the parts S3 has, fresh URLs for the others."""
-    job, upload_id, size = _in_progress(ctx, uid, job_id)
+    job = owned_job(ctx, uid, job_id)
+    upload_id, size = _in_progress(job)
     return _upload(ctx, job_id, job.upload_key, upload_id, size, _received(ctx, job.upload_key, upload_id))
 
 
@@ -56,7 +57,7 @@ def complete_multipart(ctx: PipelineContext, uid: str, job_id: str) -> Job:
     job = owned_job(ctx, uid, job_id)
     if job.multipart_upload_id is None and job.upload_size is not None:
         return job  # completed already: this is a retry of a call whose answer was lost
-    job, upload_id, size = _in_progress(ctx, uid, job_id)
+    upload_id, size = _in_progress(job)
     received = _received(ctx, job.upload_key, upload_id)
     plan = part_plan(size, ctx.config.multipart_part_bytes)
     wrong = [number for number, _, part in plan if received.get(number, (None, -1))[1] != part]
@@ -76,11 +77,11 @@ def complete_multipart(ctx: PipelineContext, uid: str, job_id: str) -> Job:
     return ctx.store.require(job_id)
 
 
-def _in_progress(ctx: PipelineContext, uid: str, job_id: str) -> tuple[Job, str, int]:
-    job = owned_job(ctx, uid, job_id)
+def _in_progress(job: Job) -> tuple[str, int]:
+    """The job's multipart upload id and declared size; 409 if no upload in parts is in progress."""
     if job.multipart_upload_id is None or job.state != JobState.RECEIVED or job.upload_size is None:
-        raise ApiError(ProblemCode.NOT_A_MULTIPART_UPLOAD, f"scan {job_id!r} has no upload in parts in progress")
-    return job, job.multipart_upload_id, job.upload_size
+        raise ApiError(ProblemCode.NOT_A_MULTIPART_UPLOAD, f"scan {job.job_id!r} has no upload in parts in progress")
+    return job.multipart_upload_id, job.upload_size
 
 
 def _received(ctx: PipelineContext, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
