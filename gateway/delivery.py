@@ -1,4 +1,5 @@
-"""Results back to the PACS: a DONE hospital job's SEG and SR, by C-STORE, to its site's destination.
+"""Results back to the PACS: a DONE hospital job's SEG and SR (and, for a destination with
+``?overlay``, its overlay series), by C-STORE, to its site's destination.
 
 The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before it marks the job DONE
 (so a crash cannot lose the message). For each message this module reads the job and decides:
@@ -30,6 +31,7 @@ import logging
 import socket
 import ssl
 import threading
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,7 +51,10 @@ from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobState, JobSto
 log = logging.getLogger("gateway.delivery")
 
 DELIVERED_NAMES = ("seg", "sr")
-"""The job's results that go back to the PACS (names in :attr:`Job.results`), in sending order."""
+"""The job's results that go back to every PACS (names in :attr:`Job.results`), in sending order."""
+OVERLAY_SERIES = "overlay_series"
+"""The result a ``?overlay`` destination gets after them: a zip of secondary-capture instances, each
+C-STOREd on its own; it counts as delivered once the PACS stored every one of them."""
 MAX_VISIBILITY_SECONDS = 43_200
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 """Success, and the storage warnings (coerced / elements discarded / does not match): stored all the same."""
@@ -168,9 +173,15 @@ def store_objects(
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60
+    # One presentation context per SOP class (an association holds at most 128; an overlay series
+    # has an image per slice), offering each transfer syntax its objects are in, then the defaults.
+    contexts: dict[str, list[str]] = {}
     for dataset in datasets.values():
-        syntaxes = [dataset.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys(syntaxes)))
+        contexts.setdefault(dataset.SOPClassUID, []).append(dataset.file_meta.TransferSyntaxUID)
+    for sop_class, syntaxes in contexts.items():
+        ae.add_requested_context(
+            sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        )
     context = None
     if destination.tls:
         context = tls_context
@@ -203,6 +214,16 @@ def store_objects(
         if assoc.is_established:
             assoc.release()
     return StoreResult(frozenset(stored), failure)
+
+
+def dicom_files(name: str, data: bytes) -> dict[str, bytes]:
+    """A result's DICOM files by name: the result itself, or an overlay series' images
+    (``overlay_series/0001.dcm``...) out of its zip, in slice order."""
+    if name != OVERLAY_SERIES:
+        return {name: data}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        images = sorted(member for member in archive.namelist() if member.endswith(".dcm"))
+        return {f"{name}/{member}": archive.read(member) for member in images}
 
 
 class Deliverer:
@@ -279,26 +300,33 @@ class Deliverer:
     def _deliver(self, job: Job, receives: int) -> Decision:
         site = keys.ingest_site(job.upload_key)
         destination = self.settings.destination_for(site) if site else self.settings.default_destination
-        pending = {n: job.results[n] for n in DELIVERED_NAMES if n in job.results and n not in job.delivered_objects}
         if destination is None:
             return self._give_up(job, f"no DICOM destination configured for site {site or '(none)'}", (), True)
+        names = (*DELIVERED_NAMES, OVERLAY_SERIES) if destination.overlay else DELIVERED_NAMES
+        pending = {n: job.results[n] for n in names if n in job.results and n not in job.delivered_objects}
         if not pending and not job.delivered_objects:
             # A router upload that was no DICOM (a NIfTI, a video) has no SEG/SR: nothing failed.
             log.info("job %s: no DICOM results to deliver", job.job_id)
             return Decision(DeliveryOutcome.NOTHING_TO_SEND, True)
         objects: dict[str, bytes] = {}
+        members: dict[str, list[str]] = {}
         try:
             for name, key in pending.items():
-                objects[name] = self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
-            result = StoreResult(frozenset(), None)
+                files = dicom_files(name, self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
+                members[name] = list(files)
+                objects.update(files)
+            sent = StoreResult(frozenset(), None)
             if objects:
-                result = store_objects(self.settings.ae_title, destination, objects, self.tls_context)
+                sent = store_objects(self.settings.ae_title, destination, objects, self.tls_context)
+            # A result is stored once each of its files is (an overlay series: every image).
+            stored = frozenset(name for name, files in members.items() if set(files) <= sent.stored)
+            result = StoreResult(stored, sent.failure)
         except Exception as exc:  # S3 trouble, an unreadable result file: a failed attempt, retried
             code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
             result = StoreResult(frozenset(), f"could not send the results: {type(exc).__name__} {code}".strip())
         if result.failure is None:
             self.records.mark_delivered(job.job_id, result.stored)
-            log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(objects)) or "nothing new", destination)
+            log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(members)) or "nothing new", destination)
             self.metrics.add_metric("Deliveries", "Count", 1)
             return Decision(DeliveryOutcome.DELIVERED, True)
         if receives >= self.settings.delivery_attempts:

@@ -83,7 +83,13 @@ class GatewayService:
         self.spool = Spool(settings.spool_dir, settings.max_spool_bytes)
         s3 = self._client("s3")
         self.uploader = Uploader(
-            self.spool, s3, settings.bucket, settings.idle_seconds, settings.sent_retention_seconds, self.metrics
+            self.spool,
+            s3,
+            settings.bucket,
+            settings.idle_seconds,
+            settings.sent_retention_seconds,
+            self.metrics,
+            settings.wants_overlay,
         )
         self._stop.clear()
         interval = min(1.0, settings.idle_seconds / 4)

@@ -30,6 +30,10 @@ _DESTINATION = re.compile(
 )
 TLS_OPTION = "tls"
 """``AE@host:port?tls``: deliver to this destination over DICOM TLS (PS3.15 Annex B)."""
+OVERLAY_OPTION = "overlay"
+"""``AE@host:port?overlay``: send this destination the overlay series too (secondary captures with the
+outline burned in, for PACS viewers that show no SEG); options combine: ``?tls&overlay``."""
+DESTINATION_OPTIONS = (TLS_OPTION, OVERLAY_OPTION)
 _SITE_KEPT = re.compile(r"[A-Za-z0-9_-]")
 """AE title characters a site name keeps as they are; every other one is escaped (:func:`site_of`)."""
 SITE_ESCAPE = "."
@@ -74,11 +78,15 @@ class Destination:
     port: int
     tls: bool = False
     """Deliver over DICOM TLS; the PACS's certificate must chain to ``delivery_tls_ca`` and name ``host``."""
+    overlay: bool = False
+    """Also send the overlay series (:data:`OVERLAY_OPTION`); the gateway asks the pipeline for it
+    when it uploads the site's studies."""
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """``AE@host:port``, or ``AE@host:port?tls`` for DICOM TLS (IPv6 hosts in brackets);
-        :class:`SettingsError` (a ValueError) if malformed."""
+        """``AE@host:port``, with options after ``?`` joined by ``&``: ``tls`` for DICOM TLS,
+        ``overlay`` for the overlay series (IPv6 hosts in brackets); :class:`SettingsError` (a
+        ValueError) if malformed."""
         if "://" in text:  # a URL-style scheme would otherwise pass as part of the AE title
             raise SettingsError(f"destination {text!r} is not AE@host:port (for DICOM TLS write AE@host:port?tls)")
         match = _DESTINATION.match(text.strip())
@@ -87,16 +95,25 @@ class Destination:
         port = int(match["port"])
         if not 0 < port < 65536:
             raise SettingsError(f"destination {text!r}: port {port} is out of range")
-        option = match["option"]
-        if option is not None and option.strip().lower() != TLS_OPTION:
+        options = [o.strip().lower() for o in match["option"].split("&")] if match["option"] is not None else []
+        unknown = [o for o in options if o not in DESTINATION_OPTIONS]
+        if unknown:
             raise SettingsError(
-                f"destination {text!r}: unknown option {option!r} (the only one is ?tls, for DICOM TLS)"
+                f"destination {text!r}: unknown option {unknown[0]!r} (options: ?tls for DICOM TLS, "
+                "?overlay for the overlay series, or both: ?tls&overlay)"
             )
-        return cls(valid_ae_title(match["ae"]), match["host"].strip("[]"), port, tls=option is not None)
+        return cls(
+            valid_ae_title(match["ae"]),
+            match["host"].strip("[]"),
+            port,
+            tls=TLS_OPTION in options,
+            overlay=OVERLAY_OPTION in options,
+        )
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}" + (f"?{TLS_OPTION}" if self.tls else "")
+        options = [name for name, on in ((TLS_OPTION, self.tls), (OVERLAY_OPTION, self.overlay)) if on]
+        return f"{self.ae_title}@{host}:{self.port}" + (f"?{'&'.join(options)}" if options else "")
 
 
 @contextmanager
@@ -284,6 +301,11 @@ class GatewaySettings:
     def destination_for(self, site: str) -> Destination | None:
         """Where a site's results go: its own destination, else the default, else nowhere."""
         return self.destinations.get(site, self.default_destination)
+
+    def wants_overlay(self, site: str) -> bool:
+        """Whether the site's destination asks for the overlay series (``?overlay``)."""
+        destination = self.destination_for(site)
+        return destination is not None and destination.overlay
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:

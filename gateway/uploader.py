@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,17 @@ class Uploader:
     """Uploads complete studies from the spool (:meth:`run_once` is one pass; :meth:`run` loops)."""
 
     def __init__(
-        self, spool: Spool, s3: Any, bucket: str, idle_seconds: float, retention_seconds: float, metrics: MetricsSink
+        self,
+        spool: Spool,
+        s3: Any,
+        bucket: str,
+        idle_seconds: float,
+        retention_seconds: float,
+        metrics: MetricsSink,
+        wants_overlay: Callable[[str], bool] = lambda site: False,
     ) -> None:
+        self.wants_overlay = wants_overlay
+        """Per site: ask the pipeline for the overlay series (the upload's ``overlay-series`` metadata)."""
         self.spool = spool
         self.s3 = s3
         self.bucket = bucket
@@ -92,11 +102,14 @@ class Uploader:
             if created:
                 from boto3.s3.transfer import TransferConfig
 
+                extra: dict[str, Any] = {"ContentType": "application/zip"}
+                if self.wants_overlay(ref.site):
+                    extra["Metadata"] = {keys.OVERLAY_SERIES_METADATA: "yes"}
                 self.s3.upload_file(
                     str(packed.path),
                     self.bucket,
                     key,
-                    ExtraArgs={"ContentType": "application/zip"},
+                    ExtraArgs=extra,
                     Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD),
                 )
         finally:

@@ -207,7 +207,7 @@ def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> Assemb
         mirrored = {name: files[name] for name in MIRRORED_FILES}
         mirror = pool.submit(_mirror, ctx, job, mirrored) if _mirrored(ctx, job) else None
         uploads.append(pool.submit(_put, ctx, prefix + "contact_sheet.png", sheet.result()))
-        for name, data in dicom.result().items():  # seg.dcm, sr.dcm: results "seg", "sr"
+        for name, data in dicom.result().items():  # seg.dcm, sr.dcm, overlay_series.zip: results by stem
             uploads.append(pool.submit(_put, ctx, prefix + name, data))
             results[Path(name).stem] = prefix + name
         for upload in uploads:
@@ -310,7 +310,8 @@ def _list_keys(ctx: PipelineContext, prefix: str) -> list[str]:
 def _dicom_seg(
     ctx: PipelineContext, manifest: ScanManifest, parts: Sequence[BatchPart], model: ModelMetadata, report: Report
 ) -> dict[str, bytes]:
-    """The DICOM SEG and SR for DICOM input by file name (``seg.dcm``, ``sr.dcm``); none for other input.
+    """The DICOM SEG and SR for DICOM input by file name (``seg.dcm``, ``sr.dcm``, and
+    ``overlay_series.zip`` where the site asked for it); none for other input.
 
     Neither is fatal (:func:`ichseg.writers.dicom_results.dicom_results`): the job is DONE either way,
     with a warning for what is missing. Their UIDs come from the job id, so a re-run of the assembly
@@ -331,7 +332,17 @@ def _dicom_seg(
             for png in part.rendered.mask_pngs
         ]
     )
-    results = dicom_results(headers, masks, report, model.name, model.version, manifest.job_id)
+    # The overlay series draws on the plain windowed slices the viewer shows (JPEG, quality 90).
+    overlay_slices = (
+        [
+            cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+            for p in parts
+            for jpeg in p.rendered.frame_jpegs
+        ]
+        if manifest.dicom.overlay_series
+        else None
+    )
+    results = dicom_results(headers, masks, report, model.name, model.version, manifest.job_id, overlay_slices)
     if results.unavailable:
         log.warning(results.unavailable)
     return results.files

@@ -65,6 +65,11 @@ def is_valid_site(site: str) -> bool:
     return bool(_SITE.match(site))
 
 
+OVERLAY_SERIES_METADATA = "overlay-series"
+"""S3 user metadata on a gateway upload (``x-amz-meta-overlay-series: yes``): the site's PACS also
+wants the overlay series (:mod:`ichseg.writers.dicom_sc`); the split records it in the manifest."""
+
+
 def gateway_ingest_key(site: str, digest: str) -> str:
     """Where the DICOM gateway puts a complete study: ``ingest/{site}/{sha256 hex of the zip}.zip``."""
     key = f"{INGEST_PREFIX}{site}/{digest}.zip"

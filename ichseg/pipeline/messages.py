@@ -43,20 +43,22 @@ class QueueMessage(BaseModel):
 
 @dataclass(frozen=True)
 class DicomSource:
-    """What the manifest keeps of a DICOM input: the series a SEG points back at, and whether one
-    can be made (``seg_unavailable`` says why not: the job still finishes, without a SEG)."""
+    """What the manifest keeps of a DICOM input: the series a SEG points back at, whether one can be
+    made (``seg_unavailable`` says why not: the job still finishes, without a SEG), and whether the
+    site asked for the overlay series too (a gateway upload's ``overlay-series`` metadata)."""
 
     series: DicomSeriesRef
     seg_unavailable: str | None = None
+    overlay_series: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.series), "seg_unavailable": self.seg_unavailable}
+        return {**asdict(self.series), "seg_unavailable": self.seg_unavailable, "overlay_series": self.overlay_series}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DicomSource:
-        fields = {k: v for k, v in data.items() if k != "seg_unavailable"}
+        fields = {k: v for k, v in data.items() if k not in ("seg_unavailable", "overlay_series")}
         fields["sop_instance_uids"] = tuple(fields["sop_instance_uids"])
-        return cls(DicomSeriesRef(**fields), data.get("seg_unavailable"))
+        return cls(DicomSeriesRef(**fields), data.get("seg_unavailable"), bool(data.get("overlay_series", False)))
 
 
 @dataclass(frozen=True)

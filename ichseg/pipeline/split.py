@@ -208,20 +208,25 @@ def _windowed(scan: Scan, window: Window) -> np.ndarray:
     return out
 
 
-def _read_slices(ctx: PipelineContext, upload: UploadRef) -> DecodedUpload:
-    """Download and decode the upload (its bytes are dropped once it is read)."""
+def _read_slices(ctx: PipelineContext, upload: UploadRef) -> tuple[DecodedUpload, bool]:
+    """Download and decode the upload (its bytes are dropped once it is read); and whether it asks
+    for the overlay series (a hospital upload's metadata, :data:`~ichseg.pipeline.keys.OVERLAY_SERIES_METADATA`)."""
     limits = request_sized_limits(ScanLimits.from_env())
     if upload.size > limits.max_bytes:  # the event says how big it is: no need to download it first
         raise ScanTooLargeError(
             f"upload is {upload.size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB"
         )
-    data = ctx.s3.get_object(Bucket=upload.bucket, Key=upload.key)["Body"].read()
-    return decode_upload(data, upload.source, limits, ctx.config.window)
+    response = ctx.s3.get_object(Bucket=upload.bucket, Key=upload.key)
+    data = response["Body"].read()
+    overlay = (
+        upload.source == JobSource.INGEST and response.get("Metadata", {}).get(keys.OVERLAY_SERIES_METADATA) == "yes"
+    )
+    return decode_upload(data, upload.source, limits, ctx.config.window), overlay
 
 
 def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.ndarray]:
     """Decode and window the scan, plan its batches and store the manifest; ScanError for anything not a scan."""
-    decoded = _read_slices(ctx, upload)
+    decoded, overlay_series = _read_slices(ctx, upload)
     scan = decoded.scan
     height, width = scan.original_size
     if height * width * (1 + 2 * CONTEXT_SLICES) > REQUEST_BYTES_BUDGET:  # one slice and its context
@@ -232,7 +237,7 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
     batches = plan_batches(scan.num_slices, ctx.config.slices_per_request(height, width), CONTEXT_SLICES)
     dicom = None
     if scan.dicom is not None:
-        dicom = _store_dicom_headers(ctx, upload.job_id, decoded.dicom_headers, scan.dicom)
+        dicom = _store_dicom_headers(ctx, upload.job_id, decoded.dicom_headers, scan.dicom, overlay_series)
     manifest = ScanManifest(
         job_id=upload.job_id,
         format=scan.format,
@@ -253,10 +258,10 @@ def _decode(ctx: PipelineContext, upload: UploadRef) -> tuple[ScanManifest, np.n
 
 
 def _store_dicom_headers(
-    ctx: PipelineContext, job_id: str, headers: Sequence[Dataset], series: DicomSeriesRef
+    ctx: PipelineContext, job_id: str, headers: Sequence[Dataset], series: DicomSeriesRef, overlay_series: bool
 ) -> DicomSource:
-    """Keep the source headers the reader collected for the DICOM SEG; a SEG problem is reported,
-    never fatal to the job."""
+    """Keep the source headers the reader collected for the DICOM SEG (and the overlay series, when
+    asked for); a SEG problem is reported, never fatal to the job."""
     from ichseg.writers.dicom_seg import SegUnavailable, headers_to_json, source_headers
 
     try:
@@ -265,7 +270,7 @@ def _store_dicom_headers(
         log.warning("no DICOM SEG possible: %s", exc)
         return DicomSource(series, seg_unavailable=str(exc))
     ctx.put(keys.dicom_headers_key(job_id), headers_to_json(captured), "application/json")
-    return DicomSource(series)
+    return DicomSource(series, overlay_series=overlay_series)
 
 
 def _store_and_enqueue(ctx: PipelineContext, manifest: ScanManifest, slices: np.ndarray, generation: int) -> None:

@@ -52,17 +52,20 @@ class DerivedObject(StrEnum):
 
     SEG = "seg"
     SR = "sr"
+    OVERLAY = "overlay_series"
+    """The secondary-capture series: the slices with the outline burned in (:mod:`~ichseg.writers.dicom_sc`)."""
 
     @property
     def series_number(self) -> int:
         """High and fixed, so a PACS lists ichseg's series after the scanner's, always the same."""
-        return {DerivedObject.SEG: 9301, DerivedObject.SR: 9302}[self]
+        return {DerivedObject.SEG: 9301, DerivedObject.SR: 9302, DerivedObject.OVERLAY: 9303}[self]
 
     @property
     def series_description(self) -> str:
         return {
             DerivedObject.SEG: "ichseg hemorrhage segmentation (research use only)",
             DerivedObject.SR: "ichseg hemorrhage report (research use only)",
+            DerivedObject.OVERLAY: "ichseg hemorrhage overlay (not for clinical use)",
         }[self]
 
 
@@ -74,8 +77,9 @@ class DerivedUids:
     sop_instance_uid: str
 
 
-def derived_uids(job_id: str, kind: DerivedObject) -> DerivedUids:
-    """The UIDs of a job's SEG or SR, the same on every build for the job.
+def derived_uids(job_id: str, kind: DerivedObject, instance: int = 1) -> DerivedUids:
+    """The UIDs of a job's SEG, SR or overlay instance (``instance``, from 1), the same on every
+    build for the job.
 
     A re-run of the assembly, or a re-delivery to a PACS, must make the very same instances: a
     PACS de-duplicates by SOP Instance UID, so fresh UIDs would file a second copy.
@@ -84,21 +88,24 @@ def derived_uids(job_id: str, kind: DerivedObject) -> DerivedUids:
 
     if not job_id:
         raise ValueError("a job id is required to derive DICOM UIDs")
+    numbered = [str(instance)] if instance != 1 else []  # the first instance's UID predates numbering
     return DerivedUids(
         series_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "series"]),
-        sop_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "instance"]),
+        sop_instance_uid=generate_uid(entropy_srcs=["ichseg", job_id, kind.value, "instance", *numbered]),
     )
 
 
-def derived_object_attributes(job_id: str, kind: DerivedObject, model_version: str) -> dict[str, Any]:
-    """What the SEG and the SR say alike of themselves (highdicom's keyword arguments): the job's
-    UIDs, their own series, ichseg as the manufacturer, the software and model versions."""
-    uids = derived_uids(job_id, kind)
+def derived_object_attributes(
+    job_id: str, kind: DerivedObject, model_version: str, instance: int = 1
+) -> dict[str, Any]:
+    """What ichseg's derived objects say alike of themselves (highdicom's keyword arguments): the
+    job's UIDs, their own series, ichseg as the manufacturer, the software and model versions."""
+    uids = derived_uids(job_id, kind, instance)
     return {
         "series_instance_uid": uids.series_instance_uid,
         "series_number": kind.series_number,
         "sop_instance_uid": uids.sop_instance_uid,
-        "instance_number": 1,
+        "instance_number": instance,
         "manufacturer": MANUFACTURER,
         "software_versions": f"ichseg {__version__}; model {model_version}",
         "series_description": kind.series_description,

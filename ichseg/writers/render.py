@@ -51,11 +51,14 @@ def overlay_mask(
     return rgb
 
 
-def caption_frame(frame: np.ndarray, text: str) -> np.ndarray:
-    """Write one line of text into the top-left corner of an RGB ``(H, W, 3)`` frame, in place."""
+def caption_frame(frame: np.ndarray, text: str, bottom: bool = False) -> np.ndarray:
+    """Write one line of text into the top-left (or bottom-left) corner of an RGB ``(H, W, 3)``
+    frame, in place."""
     scale = max(0.35, frame.shape[0] / 900)
     thickness = max(1, round(scale * 1.5))
-    origin = (max(4, frame.shape[1] // 100), max(14, round(24 * scale)))
+    margin = max(4, frame.shape[1] // 100)
+    baseline = max(14, round(24 * scale))
+    origin = (margin, frame.shape[0] - margin if bottom else baseline)
     # A dark halo under light text stays readable on bone and on air alike.
     cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
     cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 180), thickness, cv2.LINE_AA)

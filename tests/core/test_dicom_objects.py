@@ -1,4 +1,4 @@
-"""The DICOM objects a DICOM scan gets back: the SEG and the SR measurement report.
+"""The DICOM objects a DICOM scan gets back: the SEG, the SR measurement report and the overlay series.
 
 Both are built from a real pydicom series through the split's own header capture, checked by
 dciodvfy (0 errors), and read back: what the SR says must be what ``report.json`` says, what it
@@ -7,9 +7,11 @@ points at must be the SEG and the source images, and the UIDs must be the job's 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from ichseg.pipeline import keys as layout
 from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import JobState
 from ichseg.scan import DicomSeriesRef
+from ichseg.writers.dicom_results import overlay_series_zip
+from ichseg.writers.dicom_sc import OverlayUnavailable, build_overlay_series, finding_banner, patient_orientation
 from ichseg.writers.dicom_seg import DerivedObject, build_seg, capture_headers, derived_uids
 from ichseg.writers.dicom_sr import SrUnavailable, build_sr
 from ichseg.writers.report import Report, report_from_areas
@@ -63,12 +67,9 @@ def series() -> list[Dataset]:
     return datasets
 
 
-@pytest.fixture(scope="module")
-def headers(series: list[Dataset], tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def _captured(series: list[Dataset], folder: Path) -> list[dict[str, Any]]:
     """The headers as the split keeps them: captured from the uploaded zip, in slice order."""
-    archive = zip_files(
-        tmp_path_factory.mktemp("upload") / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)}
-    )
+    archive = zip_files(folder / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)})
     first = series[0]
     ref = DicomSeriesRef(
         study_instance_uid=str(first.StudyInstanceUID),
@@ -77,6 +78,11 @@ def headers(series: list[Dataset], tmp_path_factory: pytest.TempPathFactory) -> 
         sop_class_uid=str(first.SOPClassUID),
     )
     return capture_headers(archive.read_bytes(), ref, ScanLimits())
+
+
+@pytest.fixture(scope="module")
+def headers(series: list[Dataset], tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _captured(series, tmp_path_factory.mktemp("upload"))
 
 
 def _case(bleed: bool) -> tuple[np.ndarray, Report]:
@@ -331,6 +337,18 @@ def test_a_report_that_does_not_fit_the_series_is_a_clear_error(headers: list[di
         build_sr(headers, source_bytes, report, MODEL.name, MODEL.version, "job-mismatch")
 
 
+def _run_stages(core: PipelineContext, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
+    """Upload ``data`` to ``key`` and run split, segment and assemble one by one; the job id."""
+    etag = core.s3.put_object(Bucket=core.config.bucket, Key=key, Body=data, Metadata=metadata or {})["ETag"]
+    upload = UploadRef.from_object(core.config.bucket, key, etag, len(data))
+    assert split_scan_into_batches(core, upload).outcome == "split"
+    segments = [SegmentMessage.from_json(m["Body"]) for m in receive_all(core, core.config.segment_queue_url)]
+    for message in sorted((m for m in segments if m.job_id == upload.job_id), key=lambda m: m.batch_id):
+        assert segment_batch(core, message).outcome == "segmented"
+    assert assemble_results(core, AssembleMessage(job_id=upload.job_id)).outcome == "done"
+    return upload.job_id
+
+
 def test_the_assembly_writes_seg_and_sr_for_a_dicom_upload(
     core: PipelineContext, series: list[Dataset], tmp_path: Path
 ) -> None:
@@ -338,16 +356,9 @@ def test_the_assembly_writes_seg_and_sr_for_a_dicom_upload(
     archive = zip_files(tmp_path / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)})
     data = archive.read_bytes()
     ticket = create_scan(core, "dana", "application/zip", len(data))
-    key = layout.upload_key("dana", ticket.job_id)
-    etag = core.s3.put_object(Bucket=core.config.bucket, Key=key, Body=data)["ETag"]
-    job_id = ticket.job_id
-    assert split_scan_into_batches(core, UploadRef.from_object(core.config.bucket, key, etag, len(data))).outcome == (
-        "split"
-    )
-    segments = [SegmentMessage.from_json(m["Body"]) for m in receive_all(core, core.config.segment_queue_url)]
-    for message in sorted((m for m in segments if m.job_id == job_id), key=lambda m: m.batch_id):
-        assert segment_batch(core, message).outcome == "segmented"
-    assert assemble_results(core, AssembleMessage(job_id=job_id)).outcome == "done"
+    # An app's upload cannot ask for the overlay series: only the gateway's uploads are hospital jobs.
+    job_id = _run_stages(core, layout.upload_key("dana", ticket.job_id), data, {layout.OVERLAY_SERIES_METADATA: "yes"})
+    assert "overlay_series" not in core.store.require(job_id).results
 
     job = core.store.require(job_id)
     assert job.state == JobState.DONE
@@ -361,3 +372,132 @@ def test_the_assembly_writes_seg_and_sr_for_a_dicom_upload(
     assert _numbers(sr, VOLUME) == [pytest.approx(report["volume_ml"])]
     assert _evaluation(sr) == (PRESENT if report["finding"] == "Hemorrhage detected" else ABSENT)
     assert sr.StudyInstanceUID == series[0].StudyInstanceUID
+
+
+# ------------------------------------------------------------------------------ the overlay series
+
+
+OVERLAY_SIZE = 160
+"""The overlay tests' slices: room for the banners above and below the bleed, as on a real slice."""
+
+
+@pytest.fixture(scope="module")
+def overlay_series(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    datasets = dicom_series(count=SLICES, rows=OVERLAY_SIZE, cols=OVERLAY_SIZE, pixel_spacing=SPACING, step_mm=STEP_MM)
+    for ds in datasets:
+        ds.PatientName = "Test^Patient"
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def overlay_headers(overlay_series: list[Dataset], tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _captured(overlay_series, tmp_path_factory.mktemp("overlay"))
+
+
+def _overlay(headers: list[dict[str, Any]], bleed: bool, job_id: str) -> tuple[list[bytes], np.ndarray]:
+    _, report = _case(bleed)
+    masks = np.zeros((SLICES, OVERLAY_SIZE, OVERLAY_SIZE), dtype=bool)
+    if bleed:
+        masks[2, 60:90, 50:100] = True
+        masks[3, 70:80, 60:90] = True
+    slices = [np.full((OVERLAY_SIZE, OVERLAY_SIZE), 90 + 10 * i, np.uint8) for i in range(SLICES)]
+    return build_overlay_series(headers, slices, masks, report, MODEL.version, job_id), masks
+
+
+def _red_pixels(image: Dataset) -> int:
+    """Pixels of the burned-in outline's red (the banners are pale yellow on black, the slice grey)."""
+    rgb = image.pixel_array.astype(int)  # pydicom decodes JPEG's YCbCr to RGB
+    return int(((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)).sum())
+
+
+@pytest.mark.parametrize("bleed", [True, False], ids=["hemorrhage", "normal"])
+def test_the_overlay_series_is_valid_secondary_capture_of_every_slice(
+    overlay_headers: list[dict[str, Any]], overlay_series: list[Dataset], tmp_path: Path, bleed: bool
+) -> None:
+    files, masks = _overlay(overlay_headers, bleed, "job-overlay")
+    assert len(files) == SLICES
+    images = [_read(data) for data in files]
+    for number, (data, image, source) in enumerate(zip(files, images, overlay_series, strict=True), start=1):
+        assert _valid(tmp_path, f"sc{number}.dcm", data) == []
+        assert image.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+        assert image.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"  # JPEG baseline: every PACS decodes it
+        assert (image.StudyInstanceUID, image.PatientName) == (source.StudyInstanceUID, source.PatientName)
+        assert (image.SeriesNumber, image.InstanceNumber, image.BurnedInAnnotation) == (9303, number, "YES")
+        assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert [float(v) for v in image.PixelSpacing] == list(SPACING)
+        assert image.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        # The outline is burned in where the mask has pixels, and nowhere else.
+        assert (_red_pixels(image) > 0) == bool(masks[number - 1].any()), f"slice {number}"
+    assert len({str(image.SeriesInstanceUID) for image in images}) == 1
+    assert len({str(image.SOPInstanceUID) for image in images}) == SLICES
+
+
+def test_the_overlay_series_is_the_same_instances_on_every_build(overlay_headers: list[dict[str, Any]]) -> None:
+    """A re-run of the assembly (or a re-delivery) must not file a second overlay series in the PACS."""
+    first, _ = _overlay(overlay_headers, True, "job-again")
+    again, _ = _overlay(overlay_headers, True, "job-again")
+    other, _ = _overlay(overlay_headers, True, "job-other")
+    uids = [str(_read(data).SOPInstanceUID) for data in first]
+    assert uids == [str(_read(data).SOPInstanceUID) for data in again]
+    assert uids[0] == derived_uids("job-again", DerivedObject.OVERLAY).sop_instance_uid
+    assert not set(uids) & {str(_read(data).SOPInstanceUID) for data in other}
+    # The zip adds nothing of its own (no clock in its member times): the same images, the same bytes.
+    packed = overlay_series_zip(first)
+    assert packed == overlay_series_zip(list(first))
+    with zipfile.ZipFile(io.BytesIO(packed)) as archive:
+        assert archive.namelist() == [f"{n:04d}.dcm" for n in range(1, SLICES + 1)]
+        assert [archive.read(name) for name in archive.namelist()] == first
+
+
+def test_the_overlay_banner_says_the_finding_probability_volume_and_flags() -> None:
+    _, report = _case(True)
+    assert finding_banner(report) == (
+        f"ichseg: Hemorrhage detected (probability {report['hemorrhage_probability']:.2f}), "
+        f"{report['volume_ml']:.1f} mL, input flagged: see the SR"  # 5 slices: fewer than the model's context
+    )
+    _, normal = _case(False)
+    assert finding_banner({**normal, "warnings": []}) == (
+        f"ichseg: Normal (probability {normal['hemorrhage_probability']:.2f})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("orientation", "letters"),
+    [
+        ((1, 0, 0, 0, 1, 0), ("L", "P")),  # axial
+        ((1, 0, 0, 0, 0, -1), ("L", "F")),  # coronal
+        ((0, 1, 0, 0, 0, -1), ("P", "F")),  # sagittal
+        ((0.94, 0.34, 0, -0.34, 0.94, 0), ("LP", "PR")),  # a gantry-tilted axial
+    ],
+)
+def test_patient_orientation_comes_from_the_direction_cosines(
+    orientation: tuple[float, ...], letters: tuple[str, str]
+) -> None:
+    assert patient_orientation(orientation) == letters
+
+
+def test_an_overlay_series_that_does_not_fit_the_series_is_a_clear_error(headers: list[dict[str, Any]]) -> None:
+    masks, report = _case(True)
+    with pytest.raises(OverlayUnavailable, match="5 source instance"):
+        build_overlay_series(headers, [np.zeros((ROWS, COLS), np.uint8)] * 3, masks[:3], report, "1", "job")
+
+
+def test_a_hospital_upload_asking_for_the_overlay_series_gets_it(
+    core: PipelineContext, series: list[Dataset], tmp_path: Path
+) -> None:
+    """The gateway's upload metadata (``?overlay`` on the site's destination) -> the split's manifest ->
+    the assembly's ``overlay_series.zip``: one valid secondary capture per source slice, in order."""
+    archive = zip_files(tmp_path / "series.zip", {f"IM{i}": dicom_bytes(ds) for i, ds in enumerate(series)})
+    data = archive.read_bytes()
+    key = layout.gateway_ingest_key("SITEA", hashlib.sha256(data).hexdigest())
+    job_id = _run_stages(core, key, data, {layout.OVERLAY_SERIES_METADATA: "yes"})
+
+    job = core.store.require(job_id)
+    assert job.state == JobState.DONE and job.results["overlay_series"] == f"results/{job_id}/overlay_series.zip"
+    with zipfile.ZipFile(io.BytesIO(core.get(job.results["overlay_series"]))) as packed:
+        images = [packed.read(name) for name in packed.namelist()]
+    assert len(images) == SLICES
+    assert _valid(tmp_path, "sc.dcm", images[-1]) == []
+    sources = [str(_read(image).SourceImageSequence[0].ReferencedSOPInstanceUID) for image in images]
+    assert sources == [str(ds.SOPInstanceUID) for ds in series]
+    assert {"seg", "sr"} <= set(job.results)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage, generate_uid
 
 from gateway.delivery import Deliverer, DeliveryOutcome
 from gateway.service import GatewayService
@@ -19,6 +19,7 @@ from gateway.settings import Destination, GatewaySettings
 from ichseg.errors import ErrorCode
 from ichseg.pipeline import keys
 from ichseg.pipeline.jobs import DeliveryState, Job, JobSource, JobStore, Stage
+from ichseg.writers.dicom_results import overlay_series_zip
 from tests.gateway.conftest import Aws, RecordingMetrics, free_port, wait_until
 from tests.patient_identifiers import identifier_leaks
 from tests.scan_fixtures import dicom_bytes, new_instance
@@ -273,3 +274,31 @@ def test_a_site_without_destination_fails_delivery_with_that_reason(
     assert failed.delivery_reason == "no DICOM destination configured for site ELSEWHERE"
     assert metrics.count("DeliveryFailures") == 1
     assert queued(aws) == 0
+
+
+def test_a_destination_with_overlay_gets_the_overlay_series_image_by_image_and_others_do_not(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, store: JobStore, pacs: Pacs, metrics: RecordingMetrics
+) -> None:
+    """The overlay series travels as one zip in S3 and reaches the PACS as one C-STORE per image, on
+    the association of the SEG and SR; a destination without ``?overlay`` gets the SEG and SR only."""
+    pacs.start()
+    plain = pacs.destination
+    settings = make_settings(
+        delivery_queue_url=aws.queue_url,
+        destinations={SITE: Destination(plain.ae_title, plain.host, plain.port, overlay=True), "SITEB": plain},
+    )
+    images = [result_object(SecondaryCaptureImageStorage, "OT") for _ in range(3)]
+    jobs = {site: job_in(aws, store, site=site, done=False) for site in (SITE, "SITEB")}
+    for job in jobs.values():
+        prefix = keys.results_prefix(job.job_id)  # job_in wrote seg.dcm and sr.dcm there
+        results = {"seg": f"{prefix}seg.dcm", "sr": f"{prefix}sr.dcm", "overlay_series": f"{prefix}overlay_series.zip"}
+        aws.s3.put_object(Bucket=aws.bucket, Key=results["overlay_series"], Body=overlay_series_zip(images))
+        store.mark_done(job.job_id, results, {"finding": "hemorrhage"}, None, None)
+
+    gateway = deliverer(settings, aws, store, metrics)
+    assert gateway.handle(json.dumps({"job_id": jobs[SITE].job_id}), 1).outcome == DeliveryOutcome.DELIVERED
+    assert store.require(jobs[SITE].job_id).delivered_objects == {"seg", "sr", "overlay_series"}
+    assert pacs.received() == ["SC", "SC", "SC", "SG", "SR3"]
+    assert gateway.handle(json.dumps({"job_id": jobs["SITEB"].job_id}), 1).outcome == DeliveryOutcome.DELIVERED
+    assert store.require(jobs["SITEB"].job_id).delivered_objects == {"seg", "sr"}
+    assert pacs.received() == ["SC", "SC", "SC", "SG", "SG", "SR3", "SR3"]

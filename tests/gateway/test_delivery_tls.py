@@ -233,6 +233,11 @@ def test_destination_forms() -> None:
     assert Destination.parse("MAIN@[fd00::1]:2762?TLS") == Destination("MAIN", "fd00::1", 2762, tls=True)
     assert str(Destination("MAIN", "fd00::1", 2762, tls=True)) == "MAIN@[fd00::1]:2762?tls"
     assert str(Destination("PACS", "10.0.0.5", 104)) == "PACS@10.0.0.5:104"
+    # The overlay series is a per-destination option too, alone or with TLS, in either order.
+    assert Destination.parse("PACS@h:104?overlay") == Destination("PACS", "h", 104, overlay=True)
+    both = Destination("PACS", "h", 2762, tls=True, overlay=True)
+    assert Destination.parse("PACS@h:2762?overlay&TLS") == both == Destination.parse(str(both))
+    assert str(both) == "PACS@h:2762?tls&overlay"
     assert parse_destinations("CT1=PACS1@10.0.0.5:2762?tls,CT2=PACS2@10.0.0.6:104") == {
         "CT1": Destination("PACS1", "10.0.0.5", 2762, tls=True),
         "CT2": Destination("PACS2", "10.0.0.6", 104),
@@ -251,8 +256,9 @@ def test_destination_forms() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("PACS@h:2762?ssl", "unknown option 'ssl' (the only one is ?tls, for DICOM TLS)"),
-        ("PACS@h:2762?", "unknown option '' (the only one is ?tls"),
+        ("PACS@h:2762?ssl", "unknown option 'ssl' (options: ?tls for DICOM TLS, ?overlay for the overlay series"),
+        ("PACS@h:2762?", "unknown option '' (options: ?tls"),
+        ("PACS@h:2762?tls&sc", "unknown option 'sc'"),
         ("PACS@h:2762?tls?tls", "is not AE@host:port"),
         ("PACS@h?tls:2762", "is not AE@host:port"),
         ("tls://PACS@h:2762", "is not AE@host:port (for DICOM TLS write AE@host:port?tls)"),

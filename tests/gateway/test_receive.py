@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 
 from gateway.service import GatewayService
-from gateway.settings import GatewaySettings
+from gateway.settings import Destination, GatewaySettings
 from ichseg.pipeline import keys
 from tests.gateway.conftest import Aws, RecordingMetrics, ct_series, mr_instance, storescu, wait_until
 from tests.patient_identifiers import identifier_leaks
@@ -135,3 +135,18 @@ def test_a_full_spool_answers_out_of_resources_until_uploads_free_room(
         wait_until(lambda: len(aws.ingest_keys()) == 1)
         again = storescu(service.address, files[1:])
         assert "Received Store Response (Success)" in again, again
+
+
+def test_a_site_whose_destination_wants_the_overlay_series_asks_for_it_on_its_uploads(
+    make_settings: Callable[..., GatewaySettings], aws: Aws, tmp_path: Path, metrics: RecordingMetrics
+) -> None:
+    """``?overlay`` on a site's destination puts ``overlay-series: yes`` on its uploads (the pipeline
+    then makes the series); another site's uploads carry no such request."""
+    pacs = Destination.parse("PACS@127.0.0.1:104")
+    settings = make_settings(destinations={"SITEA": Destination.parse("PACS@127.0.0.1:104?overlay"), "SITEB": pacs})
+    with GatewayService(settings, metrics=metrics) as gateway:
+        storescu(gateway.address, ct_series(tmp_path / "a", 2), calling="SITEA")
+        storescu(gateway.address, ct_series(tmp_path / "b", 2), calling="SITEB")
+        uploads = wait_until(lambda: len(aws.ingest_keys()) == 2 and aws.ingest_keys())
+    asked = {keys.ingest_site(key): aws.s3.head_object(Bucket=aws.bucket, Key=key)["Metadata"] for key in uploads}
+    assert asked == {"SITEA": {keys.OVERLAY_SERIES_METADATA: "yes"}, "SITEB": {}}
