@@ -184,6 +184,12 @@ _.ImplementationVersionName  # unused attribute (ichseg/dicom_identity.py)
 _.implementation_class_uid  # unused attribute (gateway/application_entity.py): read by pynetdicom
 _.implementation_version_name  # unused attribute (gateway/application_entity.py): read by pynetdicom
 
+# --- DICOM attributes written by keyword on the overlay series' images (read by every DICOM reader).
+_.BurnedInAnnotation  # unused attribute (ichseg/writers/dicom_sc.py)
+_.ConversionType  # unused attribute (ichseg/writers/dicom_sc.py)
+_.DerivationDescription  # unused attribute (ichseg/writers/dicom_sc.py)
+_.ReferencedSOPClassUID  # unused attribute (ichseg/writers/dicom_sc.py)
+
 # --- The stage graph (ichseg/pipeline/graph.py): a declaration the template is tested against.
 GRAPH  # unused variable (ichseg/pipeline/graph.py)
 _.reads  # unused attribute (ichseg/pipeline/graph.py)

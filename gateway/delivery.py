@@ -39,7 +39,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.application_entity import ichseg_ae
 from gateway.settings import Destination, GatewaySettings, SettingsError, load_pem_certificate
@@ -173,15 +173,18 @@ def store_objects(
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60
-    # One presentation context per SOP class (an association holds at most 128; an overlay series
-    # has an image per slice), offering each transfer syntax its objects are in, then the defaults.
-    contexts: dict[str, list[str]] = {}
+    # One presentation context per SOP class and kind of encoding, not per object (an association
+    # holds at most 128; an overlay series has an image per slice). The PACS accepts one transfer
+    # syntax per context: uncompressed objects offer both little-endian syntaxes (pynetdicom re-encodes
+    # between them), a compressed one (the overlay's JPEG) gets a context of its own, as it cannot be
+    # re-encoded here (the gateway holds no image codecs): a PACS refusing it is a failed attempt.
+    contexts: dict[tuple[str, tuple[str, ...]], None] = {}
     for dataset in datasets.values():
-        contexts.setdefault(dataset.SOPClassUID, []).append(dataset.file_meta.TransferSyntaxUID)
-    for sop_class, syntaxes in contexts.items():
-        ae.add_requested_context(
-            sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        )
+        syntax = UID(dataset.file_meta.TransferSyntaxUID)
+        offered = (syntax,) if syntax.is_compressed else (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        contexts[(dataset.SOPClassUID, tuple(dict.fromkeys(offered)))] = None
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, list(syntaxes))
     context = None
     if destination.tls:
         context = tls_context

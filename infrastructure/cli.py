@@ -17,7 +17,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stack.add_argument(
         "--pacs",
         metavar="AE@HOST:PORT",
-        help="start the DICOM gateway; each hospital job's SEG and SR go to this PACS (e.g. ORTHANC@127.0.0.1:4242)",
+        help=(
+            "start the DICOM gateway; each hospital job's SEG and SR go to this PACS (e.g. ORTHANC@127.0.0.1:4242; "
+            "add ?overlay for the overlay series too, ?tls for DICOM TLS)"
+        ),
     )
     stack.add_argument(
         "--gateway", action="store_true", help="start the DICOM gateway even without --pacs (results stay in S3)"

@@ -113,7 +113,8 @@ class StackSettings:
     environment: Mapping[str, str] = field(default_factory=dict)
     """Extra variables for every function and the gateway (e.g. ``ICHSEG_JOB_DEADLINE_SECONDS``)."""
     pacs: str | None = None
-    """``AE@HOST:PORT``: start the DICOM gateway with this PACS as the default destination of results."""
+    """``AE@HOST:PORT`` (options as the gateway's destinations: ``?overlay``, ``?tls``): start the DICOM
+    gateway with this PACS as the default destination of results."""
     gateway: bool = False
     """Start the DICOM gateway even without a PACS (it receives and uploads; results stay in S3)."""
     gateway_idle_seconds: float = 10.0

@@ -187,6 +187,16 @@ class OrthancPacs:
     def instance_file(self, instance_id: str) -> bytes:
         return bytes(self._call("GET", f"/instances/{instance_id}/file").content)
 
+    def find_instances(self, sop_instance_uid: str) -> list[str]:
+        """Orthanc's ids of the instances with this SOP Instance UID."""
+        query = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}}
+        found: list[str] = self._call("POST", "/tools/find", json=query)
+        return found
+
+    def preview(self, instance_id: str) -> bytes:
+        """Orthanc's own rendering of an instance (PNG), as its web interface shows it."""
+        return bytes(self._call("GET", f"/instances/{instance_id}/preview").content)
+
     def statistics(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/statistics")
         return result

@@ -141,7 +141,7 @@ def stack(tiny_model: Path, pacs: OrthancPacs, tmp_path_factory: pytest.TempPath
         visibility_timeout={"ingest": 6, "segment": 4, "assemble": 8, "delivery": 3},
         watchdog_interval_seconds=3600,  # tests tick it themselves
         environment=TEST_ENVIRONMENT,
-        pacs=pacs.address,
+        pacs=f"{pacs.address}?overlay",  # the hospital asks for the overlay series too
         gateway_idle_seconds=1.0,
     )
     with LocalStack(settings) as running:

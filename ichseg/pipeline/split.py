@@ -121,7 +121,7 @@ def _split(ctx: PipelineContext, upload: UploadRef, receive_count: int) -> Split
                 ctx.store.mark_split(job.job_id, len(manifest.batches), manifest.num_slices, manifest.summary())
             else:  # an earlier run recorded the split but may have died before every batch was out: resume
                 manifest = ScanManifest.from_json(ctx.get(keys.manifest_key(job.job_id)))
-                slices = _read_slices(ctx, upload).slices
+                slices = _read_slices(ctx, upload)[0].slices
         except ScanError as exc:
             fail_job(ctx, job.job_id, exc.code, str(exc), STAGE)
             return SplitResult(job.job_id, StageOutcome.REJECTED, seconds=time.perf_counter() - started)

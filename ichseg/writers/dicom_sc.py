@@ -39,15 +39,14 @@ class OverlayUnavailable(RuntimeError):
     """The overlay series cannot be made for this job (said in a warning, never a job failure)."""
 
 
-def finding_banner(report: Mapping[str, Any]) -> str:
-    """The top banner of every overlay image: the scan's verdict, as the report gives it."""
-    text = f"ichseg: {report['finding']} (probability {report['hemorrhage_probability']:.2f})"
+def finding_banner(report: Mapping[str, Any]) -> list[str]:
+    """The top banner of every overlay image, line by line: the scan's verdict, as the report gives it."""
+    lines = [f"ichseg: {report['finding']}, probability {report['hemorrhage_probability']:.2f}"]
     volume = report.get("volume_ml")
-    if report["finding"] == Finding.HEMORRHAGE_DETECTED and volume:
-        text += f", {volume:.1f} mL"
+    details = [f"volume {volume:.1f} mL"] if report["finding"] == Finding.HEMORRHAGE_DETECTED and volume else []
     if report.get("warnings"):
-        text += ", input flagged: see the SR"
-    return text
+        details.append("input flagged: see the SR")
+    return lines + (["; ".join(details)] if details else [])
 
 
 def patient_orientation(image_orientation: Sequence[float]) -> tuple[str, str]:
@@ -85,7 +84,8 @@ def build_overlay_series(
     files = []
     for number, (source, grey, mask) in enumerate(zip(sources, slices_u8, masks, strict=True), start=1):
         image = overlay_mask(grey, mask, opacity=0.0)  # the outline alone
-        caption_frame(image, banner)
+        for line, text in enumerate(banner):
+            caption_frame(image, text, line=line)
         caption_frame(image, f"{NOT_FOR_CLINICAL_USE}  {number}/{len(sources)}", bottom=True)
         spacing = getattr(source, "PixelSpacing", None)
         orientation = getattr(source, "ImageOrientationPatient", None)
@@ -97,7 +97,8 @@ def build_overlay_series(
                 photometric_interpretation=hd.PhotometricInterpretationValues.YBR_FULL_422,
                 bits_allocated=8,
                 coordinate_system=hd.CoordinateSystemNames.PATIENT,
-                pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
+                # highdicom's hint says int; it writes the DS values it is given (0.45 mm stays 0.45).
+                pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
                 patient_orientation=patient_orientation(orientation) if orientation else ("L", "P"),
                 transfer_syntax_uid=JPEGBaseline8Bit,
                 **attributes,

@@ -51,14 +51,16 @@ def overlay_mask(
     return rgb
 
 
-def caption_frame(frame: np.ndarray, text: str, bottom: bool = False) -> np.ndarray:
+def caption_frame(frame: np.ndarray, text: str, bottom: bool = False, line: int = 0) -> np.ndarray:
     """Write one line of text into the top-left (or bottom-left) corner of an RGB ``(H, W, 3)``
-    frame, in place."""
-    scale = max(0.35, frame.shape[0] / 900)
-    thickness = max(1, round(scale * 1.5))
+    frame, in place; ``line`` counts lines down from the top (up from the bottom). Text wider than
+    the frame is set smaller, never cut off."""
     margin = max(4, frame.shape[1] // 100)
-    baseline = max(14, round(24 * scale))
-    origin = (margin, frame.shape[0] - margin if bottom else baseline)
+    width_at_1 = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0] or 1
+    scale = min(max(0.35, frame.shape[0] / 900), (frame.shape[1] - 2 * margin) / width_at_1)
+    thickness = max(1, round(scale * 1.5))
+    step = max(14, round(28 * max(scale, 0.35)))
+    origin = (margin, frame.shape[0] - margin - line * step if bottom else step * (line + 1))
     # A dark halo under light text stays readable on bone and on air alike.
     cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
     cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 180), thickness, cv2.LINE_AA)

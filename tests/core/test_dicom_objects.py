@@ -451,14 +451,14 @@ def test_the_overlay_series_is_the_same_instances_on_every_build(overlay_headers
 
 def test_the_overlay_banner_says_the_finding_probability_volume_and_flags() -> None:
     _, report = _case(True)
-    assert finding_banner(report) == (
-        f"ichseg: Hemorrhage detected (probability {report['hemorrhage_probability']:.2f}), "
-        f"{report['volume_ml']:.1f} mL, input flagged: see the SR"  # 5 slices: fewer than the model's context
-    )
+    assert finding_banner(report) == [
+        f"ichseg: Hemorrhage detected, probability {report['hemorrhage_probability']:.2f}",
+        f"volume {report['volume_ml']:.1f} mL; input flagged: see the SR",  # 5 slices: fewer than the model's context
+    ]
     _, normal = _case(False)
-    assert finding_banner({**normal, "warnings": []}) == (
-        f"ichseg: Normal (probability {normal['hemorrhage_probability']:.2f})"
-    )
+    assert finding_banner({**normal, "warnings": []}) == [
+        f"ichseg: Normal, probability {normal['hemorrhage_probability']:.2f}"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import av
 import numpy as np
 
 from ichseg.readers import read_scan
-from ichseg.writers.render import HEMORRHAGE_RGB, contact_sheet, overlay_mask, write_h264
+from ichseg.writers.render import HEMORRHAGE_RGB, caption_frame, contact_sheet, overlay_mask, write_h264
 
 
 def test_overlay_tints_only_the_mask_and_outlines_it() -> None:
@@ -41,3 +41,18 @@ def test_h264_video_is_playable_yuv420p_faststart_even(tmp_path: Path) -> None:
 def test_contact_sheet_grid() -> None:
     sheet = contact_sheet(np.zeros((5, 20, 20), np.uint8), labels=list("abcde"), thumb=50)
     assert sheet.size == (150, 2 * (50 + 14))
+
+
+def test_a_caption_wider_than_the_frame_is_set_smaller_not_cut_off() -> None:
+    frame = np.zeros((200, 160, 3), np.uint8)
+    caption_frame(frame, "ichseg: Hemorrhage detected, probability 0.97 and more words besides")
+    columns = np.flatnonzero(frame.any(axis=(0, 2)))
+    margin = max(4, frame.shape[1] // 100)
+    assert columns[0] >= margin - 2 and columns[-1] <= frame.shape[1] - margin + 2  # the halo may pass by 1-2 px
+    assert columns[-1] > frame.shape[1] * 0.8  # and it still uses the width
+    lines = np.zeros((200, 160, 3), np.uint8)
+    caption_frame(lines, "one", line=0)
+    caption_frame(lines, "two", line=1)
+    caption_frame(lines, "bottom", bottom=True)
+    rows = np.flatnonzero(lines.any(axis=(1, 2)))
+    assert rows[0] < 20 and rows[-1] > 180 and not lines[60:160].any()  # two lines on top, one below

@@ -12,14 +12,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from botocore.exceptions import ClientError
+from PIL import Image
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from ichseg.pipeline import keys
 from ichseg.pipeline.jobs import Job, JobState
@@ -197,3 +202,62 @@ def test_a_pacs_outage_delays_the_results_and_loses_nothing(stack: LocalStack, h
     returned = _wait_for_results_in_pacs(hospital, study_uid, timeout=120)
     assert set(returned) == {"SEG", "SR"}
     assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
+
+
+def _red_pixels(rgb: np.ndarray) -> int:
+    """Pixels of the burned-in outline's red (the banners are pale yellow on black, the slice grey)."""
+    rgb = rgb[..., :3].astype(int)
+    return int(((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)).sum())
+
+
+def _orthanc_id(pacs: OrthancPacs, sop_instance_uid: str) -> str:
+    [found] = pacs.find_instances(sop_instance_uid)
+    return found
+
+
+def test_the_overlay_series_reaches_the_pacs_and_shows_in_its_own_viewer(
+    stack: LocalStack, hospital: OrthancPacs, browser: Any, tmp_path: Path
+) -> None:
+    """A site whose destination says ``?overlay`` (this stack's) gets, beside the SEG and SR, a
+    secondary-capture series any PACS viewer shows: one image per slice, the outline burned in on
+    the bleeding slices only. Orthanc renders it, and its web viewer (Orthanc Explorer, in headless
+    Chromium) shows it: the screenshot is ``docs/orthanc-overlay.png``'s source."""
+    series = identified_head_ct(count=8, bleed_from=4, rows=256, cols=256)
+    before = set(_ingest_jobs(stack).values())
+    study_uid = _send_study(hospital, series)
+    job = _wait_for_job_of(stack, study_uid, before)
+    assert job.state == JobState.DONE, job.error_reason
+    assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
+    assert stack.inspect.store.require(job.job_id).delivered_objects == {"seg", "sr", "overlay_series"}
+
+    overlay = sorted(_objects_in_pacs(hospital, study_uid, "OT"), key=lambda ds: int(ds.InstanceNumber))
+    assert [int(ds.InstanceNumber) for ds in overlay] == list(range(1, 9))
+    assert {int(ds.SeriesNumber) for ds in overlay} == {9303} and len({ds.SeriesInstanceUID for ds in overlay}) == 1
+    assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in overlay] == [
+        ds.SOPInstanceUID for ds in series
+    ]
+    overlay[5].save_as(tmp_path / "sc.dcm")
+    assert dciodvfy_errors(tmp_path / "sc.dcm") == []
+    report = _report(stack, job)
+    outlined = [number for number, entry in enumerate(report["slices"]) if entry["area_px"] > 0]
+    assert outlined, "the bleed was not outlined: nothing to show"
+    # Orthanc's own rendering of each image: red where the report outlined the slice, nowhere else.
+    previews = [Image.open(io.BytesIO(hospital.preview(_orthanc_id(hospital, ds.SOPInstanceUID)))) for ds in overlay]
+    assert [n for n, image in enumerate(previews) if _red_pixels(np.asarray(image.convert("RGB")))] == outlined
+
+    # Orthanc Explorer, the PACS's web interface: the instance page, then its preview.
+    bleeding = overlay[outlined[0]]
+    browser.get(f"{hospital.url}/app/explorer.html#instance?uuid={_orthanc_id(hospital, bleeding.SOPInstanceUID)}")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "instance-preview").is_displayed())
+    browser.find_element(By.ID, "instance-preview").click()
+
+    def outline_on_screen(driver: Any) -> bytes | None:
+        shot = driver.get_screenshot_as_png()
+        return shot if _red_pixels(np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))) else None
+
+    # The lightbox loads the image and fades it in: the screen is read until the outline shows.
+    screenshot = WebDriverWait(browser, 30).until(outline_on_screen, "the outline never showed in Orthanc Explorer")
+    shot = tmp_path / "orthanc-overlay.png"
+    shot.write_bytes(screenshot)
+    if os.environ.get("ICHSEG_DOCS_SCREENSHOTS"):  # how the picture in the docs is made
+        Path(os.environ["ICHSEG_DOCS_SCREENSHOTS"], shot.name).write_bytes(shot.read_bytes())

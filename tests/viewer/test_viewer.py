@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import threading
 import time
@@ -38,8 +37,6 @@ from infrastructure.local_stack import LocalStack
 from tests.scan_fixtures import dicom_bytes, dicom_series, zip_files
 from tests.stack_fixtures import AppClient, head_frames, video_bytes
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 20.0
 QUIET_SECONDS = 3.0
 """How long a server that must get nothing is watched after the page has settled."""
@@ -56,36 +53,6 @@ EXPECTED_FIXED_DIRECTIVES = {
     "frame-ancestors": {"'none'"},
 }
 """The directives that name no deployment's origins: the same everywhere."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module, its console log kept (``goog:loggingPrefs``)."""
-    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        # A failure, not a skip: make test installs them, and a skipped browser test would hide a broken viewer.
-        pytest.fail(
-            f"{CHROMIUM} and {CHROMEDRIVER} are needed: run `make browser` (apt-get install chromium chromium-driver)"
-        )
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for (or download) a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
