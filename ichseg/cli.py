@@ -7,8 +7,10 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,7 +20,9 @@ from ichseg import __version__
 from ichseg.errors import ScanError
 
 if TYPE_CHECKING:
-    from ichseg.inference import OnnxSegmenter
+    import numpy as np
+
+    from ichseg.model_metadata import ModelMetadata
     from ichseg.scan import DicomSeriesRef
     from ichseg.segmentation import Segmentation
     from ichseg.writers.report import Report
@@ -59,7 +63,8 @@ def preview_command(args: argparse.Namespace) -> int:
 
 def segment_command(args: argparse.Namespace) -> int:
     """Segment a scan with the ONNX model; write masks, overlay video, contact sheet and report, and for
-    DICOM input the DICOM SEG and SR a PACS would get back."""
+    DICOM input the DICOM SEG and SR a PACS would get back (and with ``--overlay-series``, the
+    secondary-capture series a ``?overlay`` site gets)."""
     from ichseg.inference import OnnxSegmenter, read_in_context, segment_scan
     from ichseg.readers import read_scan_and_headers
     from ichseg.scan_context import load_scan_head
@@ -85,8 +90,12 @@ def segment_command(args: argparse.Namespace) -> int:
         write_outputs(args.out, scan.slice_ids, slices, segmentation, report, model=segmenter.metadata)
     )
     if scan.dicom is not None:
-        dicom = _write_dicom_results(Path(args.out), read.dicom_headers, scan.dicom, segmentation, report, segmenter)
-        paths.update(dicom)
+        overlay_slices = list(slices) if args.overlay_series else None
+        paths.update(
+            _write_dicom_results(
+                Path(args.out), read.dicom_headers, scan.dicom, segmentation, report, segmenter.metadata, overlay_slices
+            )
+        )
     summary = {**headline(report), "slices_with_hemorrhage": report["slices_with_hemorrhage"]}
     print(json.dumps({**summary, **{k: str(v) for k, v in paths.items()}}))
     return 0
@@ -98,22 +107,29 @@ def _write_dicom_results(
     series: DicomSeriesRef,
     segmentation: Segmentation,
     report: Report,
-    segmenter: OnnxSegmenter,
+    model: ModelMetadata,
+    overlay_slices: list[np.ndarray] | None,
 ) -> dict[str, Path | str]:
-    """``seg.dcm`` and ``sr.dcm`` beside the report, or the reason in ``dicom_unavailable``."""
-    from ichseg.writers.dicom_results import dicom_results, local_job_id
+    """``seg.dcm`` and ``sr.dcm`` beside the report (and the overlay series' images in
+    ``overlay_series/``), or the reason in ``dicom_unavailable``."""
+    from ichseg.writers.dicom_results import OVERLAY_SERIES_FILE, dicom_results, local_job_id
     from ichseg.writers.dicom_seg import SegUnavailable, source_headers
 
-    model = segmenter.metadata
     try:
         captured = source_headers(headers, series)
     except SegUnavailable as exc:
         return {"dicom_unavailable": f"no DICOM SEG: {exc}"}
-    results = dicom_results(
-        captured, segmentation.masks, report, model.name, model.version, local_job_id(series, model.version)
-    )
+    job_id = local_job_id(series, model.version)
+    results = dicom_results(captured, segmentation.masks, report, model.name, model.version, job_id, overlay_slices)
     written: dict[str, Path | str] = {}
     for name, data in results.files.items():
+        if name == OVERLAY_SERIES_FILE:  # a folder of .dcm files: what a viewer's import takes
+            folder = out / name.removesuffix(".zip")
+            folder.mkdir(exist_ok=True)
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                archive.extractall(folder)
+            written[folder.name] = folder
+            continue
         (out / name).write_bytes(data)
         written[name.removesuffix(".dcm")] = out / name
     if results.unavailable:
@@ -146,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", default=str(SHIPPED_MODEL), help="ONNX model (default: the shipped one)")
     segment.add_argument(
         "--scan-head", default=None, help="the model's scan head (.onnx; default: the shipped one, if it pairs)"
+    )
+    segment.add_argument(
+        "--overlay-series",
+        action="store_true",
+        help="DICOM input: also write the overlay series (secondary captures with the outline burned in)",
     )
     segment.set_defaults(handler=segment_command)
 

@@ -74,8 +74,8 @@ def test_segment_dicom_writes_the_seg_and_sr_a_pacs_gets(tmp_path: Path) -> None
     sources = dicom_series(count=3, rows=64, cols=64)
     write_dicom_series(tmp_path / "series", sources)
 
-    def segment(out: str) -> dict[str, str]:
-        result = run_segment(tmp_path / "series", tmp_path / out, model)
+    def segment(out: str, *options: str) -> dict[str, str]:
+        result = run_segment(tmp_path / "series", tmp_path / out, model, *options)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -98,9 +98,18 @@ def test_segment_dicom_writes_the_seg_and_sr_a_pacs_gets(tmp_path: Path) -> None
     assert referenced <= set(by_position.values())
     assert int(seg.pixel_array.sum()) == sum(s["area_px"] for s in painted)
     assert dciodvfy_errors(out / "seg.dcm") == [] and dciodvfy_errors(out / "sr.dcm") == []
-    again = segment("again")
+    assert "overlay_series" not in summary and not (out / "overlay_series").exists()  # only when asked
+    again = segment("again", "--overlay-series")
     assert pydicom.dcmread(again["seg"]).SOPInstanceUID == seg.SOPInstanceUID
     assert pydicom.dcmread(again["sr"]).SOPInstanceUID == sr.SOPInstanceUID
+    # --overlay-series: the secondary captures a ?overlay site gets, one per slice, as files to import.
+    images = sorted(Path(again["overlay_series"]).iterdir())
+    assert [p.name for p in images] == ["0001.dcm", "0002.dcm", "0003.dcm"]
+    overlay = [pydicom.dcmread(p) for p in images]
+    assert [o.SourceImageSequence[0].ReferencedSOPInstanceUID for o in overlay] == [
+        by_position[position] for position in sorted(by_position)
+    ]
+    assert dciodvfy_errors(images[0]) == []
 
 
 def test_segment_non_dicom_and_multiframe_say_why_there_is_no_seg(tmp_path: Path) -> None:
@@ -113,10 +122,10 @@ def test_segment_non_dicom_and_multiframe_say_why_there_is_no_seg(tmp_path: Path
     assert not (tmp_path / "out" / "seg.dcm").exists()
 
 
-def run_segment(source: Path, out: Path, model: Path) -> subprocess.CompletedProcess[str]:
-    """``ichseg segment SOURCE --out OUT --model MODEL`` as a person runs it."""
+def run_segment(source: Path, out: Path, model: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``ichseg segment SOURCE --out OUT --model MODEL [OPTIONS]`` as a person runs it."""
     return subprocess.run(
-        [str(ICHSEG), "segment", str(source), "--out", str(out), "--model", str(model)],
+        [str(ICHSEG), "segment", str(source), "--out", str(out), "--model", str(model), *options],
         capture_output=True,
         text=True,
         timeout=120,
