@@ -18,6 +18,7 @@ from gateway.delivery import Deliverer
 from gateway.receiver import Receiver
 from gateway.settings import GatewaySettings, SettingsError
 from gateway.spool import Spool
+from gateway.status import StatusServer
 from gateway.uploader import Uploader
 from ichseg.pipeline.context import MetricsSink
 from ichseg.pipeline.jobs import JobStore
@@ -63,6 +64,7 @@ class GatewayService:
         self.receiver: Receiver | None = None
         self.uploader: Uploader | None = None
         self.deliverer: Deliverer | None = None
+        self.status: StatusServer | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -95,12 +97,14 @@ class GatewayService:
         interval = min(1.0, settings.idle_seconds / 4)
         self._spawn("gateway-upload", self.uploader.run, self._stop, interval)
         try:
-            if settings.delivery_queue_url:
-                store = JobStore(self._client("dynamodb"), settings.table)
+            store = JobStore(self._client("dynamodb"), settings.table) if settings.table else None
+            if settings.delivery_queue_url and store is not None:
                 self.deliverer = Deliverer(settings, store, s3, self._client("sqs"), self.metrics)
                 self._spawn("gateway-delivery", self.deliverer.run, self._stop)
             self.receiver = Receiver(settings, self.spool, self.metrics)
             self._address = self.receiver.start()
+            if settings.status_port is not None:
+                self.status = StatusServer(settings, self.spool, store, self._address[1]).start()
         except BaseException:
             self.stop()
             raise
@@ -123,6 +127,9 @@ class GatewayService:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=self.settings.poll_seconds + 10)

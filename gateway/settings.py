@@ -10,6 +10,7 @@ Secrets Manager): ``ICHSEG_GATEWAY_DELIVERY_TLS_CA_PEM``, ``ICHSEG_GATEWAY_TLS_C
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -37,6 +38,11 @@ DESTINATION_OPTIONS = (TLS_OPTION, OVERLAY_OPTION)
 _SITE_KEPT = re.compile(r"[A-Za-z0-9_-]")
 """AE title characters a site name keeps as they are; every other one is escaped (:func:`site_of`)."""
 SITE_ESCAPE = "."
+
+
+PRIVATE_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,::1/128,fc00::/7"
+"""The default of ``ICHSEG_GATEWAY_STATUS_ALLOWED_NETWORKS``: a hospital's own address space."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -114,6 +120,19 @@ class Destination:
         host = f"[{self.host}]" if ":" in self.host else self.host
         options = [name for name, on in ((TLS_OPTION, self.tls), (OVERLAY_OPTION, self.overlay)) if on]
         return f"{self.ae_title}@{host}:{self.port}" + (f"?{'&'.join(options)}" if options else "")
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """``10.0.0.0/8,fd00::/8`` -> networks; :class:`SettingsError` naming a bad entry."""
+    networks = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"ICHSEG_GATEWAY_STATUS_ALLOWED_NETWORKS: {entry!r} is not a network (e.g. 10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
 
 
 @contextmanager
@@ -248,6 +267,12 @@ class GatewaySettings:
     """Empty: the gateway receives and uploads but delivers nothing."""
     poll_seconds: int = 20
     """SQS long-poll wait (at most 20)."""
+    status_port: int | None = None
+    """The status page's HTTP port (:mod:`gateway.status`); None: no status page; 0: any free port."""
+    status_host: str | None = None
+    """Where the status page listens; None: :attr:`host`."""
+    status_allowed_networks: tuple[Network, ...] = parse_networks(PRIVATE_NETWORKS)
+    """Clients the status page answers; any other gets 403."""
 
     def __post_init__(self) -> None:
         valid_ae_title(self.ae_title)
@@ -255,6 +280,8 @@ class GatewaySettings:
             valid_ae_title(title)
         if not 0 <= self.port < 65536:
             raise SettingsError(f"port {self.port} is out of range")
+        if self.status_port is not None and not 0 <= self.status_port < 65536:
+            raise SettingsError(f"status port {self.status_port} is out of range")
         if (
             self.idle_seconds <= 0
             or self.max_associations < 1
@@ -360,6 +387,9 @@ class GatewaySettings:
             "table": text("ICHSEG_TABLE") or None,
             "delivery_queue_url": text("ICHSEG_DELIVERY_QUEUE_URL") or None,
             "poll_seconds": number("ICHSEG_GATEWAY_POLL_SECONDS", int),
+            "status_port": number("ICHSEG_GATEWAY_STATUS_PORT", int),
+            "status_host": text("ICHSEG_GATEWAY_STATUS_HOST") or None,
+            "status_allowed_networks": parse_networks(text("ICHSEG_GATEWAY_STATUS_ALLOWED_NETWORKS")) or None,
         }
         spool = text("ICHSEG_GATEWAY_SPOOL_DIR")
         if not spool:

@@ -5,6 +5,7 @@
     {spool}/incoming/{site}/{study uid}/{series uid}/{sop uid}.dcm   being received
     {spool}/claimed/{site}/{study uid}/{series uid}/...              complete, being uploaded
     {spool}/sent/{site}/{study uid}/{series uid}/...                 uploaded, kept for the retention
+    {spool}/sent/{site}/{study uid}/upload.json                      its upload: S3 key and job id
     {spool}/tmp/                                                     files being written, zips being built
 
 The unit of completion is the **study**: a PACS routing rule sends a whole study (scouts, thin and
@@ -28,6 +29,7 @@ again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -50,6 +52,8 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's timestamp: the zip's bytes depend on the instances only."""
 INCOMING, CLAIMED, SENT, TMP = "incoming", "claimed", "sent", "tmp"
+UPLOAD_RECORD = "upload.json"
+"""Beside a sent study's series: its latest upload's key and job id (what the status page shows)."""
 COPY_CHUNK = 1 << 20
 """Bytes per read when copying an instance in or out: the memory one instance costs, whatever its size."""
 
@@ -116,6 +120,21 @@ class SeriesRef:
 
     def __str__(self) -> str:
         return f"{self.site}/series-{uid_tag(self.series_uid)}"
+
+
+@dataclass(frozen=True)
+class SpooledStudy:
+    """What the spool knows of one study: where it stands, how big it is, its last upload."""
+
+    ref: StudyRef
+    stage: str
+    """``incoming`` (being received), ``claimed`` (being uploaded) or ``sent``."""
+    series: int
+    instances: int
+    updated_at: float
+    """Epoch seconds of its last change (an instance received, the move to ``sent/``)."""
+    upload: dict[str, str] | None
+    """``{"key": ..., "job_id": ...}`` once uploaded."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +309,9 @@ class Spool:
         series = {name.split("/", 1)[0] for name in members}
         return StudyZip(path, digest.hexdigest(), len(series), len(members))
 
-    def mark_sent(self, ref: StudyRef) -> None:
-        """S3 has the claimed study: move its instances into ``sent/`` (the study's retention clock restarts)."""
+    def mark_sent(self, ref: StudyRef, upload: dict[str, str] | None = None) -> None:
+        """S3 has the claimed study: move its instances into ``sent/`` (the study's retention clock
+        restarts), with ``upload`` (its key and job id) recorded beside them."""
         with self._lock:
             source = self.root / CLAIMED / ref.relative
             target = self.root / SENT / ref.relative
@@ -303,12 +323,34 @@ class Spool:
                     self._used -= replaced.stat().st_size
                 os.replace(path, replaced)
             target.mkdir(parents=True, exist_ok=True)
+            if upload is not None:
+                record = self.root / TMP / f"{uuid.uuid4().hex}.json"
+                record.write_text(json.dumps(upload))
+                os.replace(record, target / UPLOAD_RECORD)
             for folder in (p for p in target.iterdir() if p.is_dir()):
                 _fsync_dir(folder)
             _fsync_dir(target)
             os.utime(target)
             shutil.rmtree(source, ignore_errors=True)
             _prune(self.root / CLAIMED, source.parent)
+
+    def overview(self) -> list[SpooledStudy]:
+        """Every study in the spool, newest change first (for the status page: no file is opened
+        but the small upload records)."""
+        found = []
+        for stage in (INCOMING, CLAIMED, SENT):
+            for ref in self.studies(stage):
+                folder = self.root / stage / ref.relative
+                files = _study_files(folder)
+                try:
+                    updated = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in files)])
+                    record = folder / UPLOAD_RECORD
+                    upload = json.loads(record.read_text()) if record.is_file() else None
+                except (OSError, ValueError):  # moved or expired meanwhile: it shows on the next look
+                    continue
+                series = len({p.parent.name for p in files})
+                found.append(SpooledStudy(ref, stage, series, len(files), updated, upload))
+        return sorted(found, key=lambda study: -study.updated_at)
 
     # ------------------------------------------------------------------ forgetting
 

@@ -114,8 +114,8 @@ class Uploader:
                 )
         finally:
             packed.path.unlink(missing_ok=True)
-        self.spool.mark_sent(ref)
         job_id = keys.ingest_job_id(key, "")
+        self.spool.mark_sent(ref, {"key": key, "job_id": job_id})
         log.info(
             "study %s: %d series, %d instances %s",
             ref,

@@ -392,6 +392,8 @@ class LocalStack:
             "ICHSEG_GATEWAY_AE_TITLE": s.gateway_ae_title,
             "ICHSEG_GATEWAY_HOST": "127.0.0.1",
             "ICHSEG_GATEWAY_PORT": str(s.gateway_port),
+            "ICHSEG_GATEWAY_STATUS_HOST": "127.0.0.1",
+            "ICHSEG_GATEWAY_STATUS_PORT": "0",  # any free port: describe() says which
             "ICHSEG_GATEWAY_SPOOL_DIR": str(Path(s.state_dir) / "gateway-spool"),
             "ICHSEG_GATEWAY_IDLE_SECONDS": str(s.gateway_idle_seconds),
             "ICHSEG_GATEWAY_DEFAULT_DESTINATION": s.pacs or "",
@@ -474,11 +476,13 @@ class LocalStack:
     def _describe_gateway(gateway: GatewayService) -> dict[str, Any]:
         host, port = gateway.address
         destination = gateway.settings.default_destination
+        status = gateway.status.address if gateway.status is not None else None
         return {
             "ae_title": gateway.settings.ae_title,
             "host": host,
             "port": port,
             "destination": None if destination is None else str(destination),
+            "status_url": f"http://{status[0]}:{status[1]}/" if status else None,
         }
 
 

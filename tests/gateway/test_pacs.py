@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 from selenium.webdriver.common.by import By
@@ -229,6 +230,14 @@ def test_the_overlay_series_reaches_the_pacs_and_shows_in_its_own_viewer(
     assert job.state == JobState.DONE, job.error_reason
     assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
     assert stack.inspect.store.require(job.job_id).delivered_objects == {"seg", "sr", "overlay_series"}
+    # The hospital's view of it, without an AWS login: the gateway's status page.
+    status = requests.get(stack.describe()["dicom_gateway"]["status_url"] + "status.json", timeout=30).json()
+    [entry] = [study for study in status["studies"] if study["job_id"] == job.job_id]
+    assert (entry["job_state"], entry["delivery_state"], entry["delivered"]) == (
+        "DONE",
+        "DELIVERED",
+        ["overlay_series", "seg", "sr"],
+    )
 
     overlay = sorted(_objects_in_pacs(hospital, study_uid, "OT"), key=lambda ds: int(ds.InstanceNumber))
     assert [int(ds.InstanceNumber) for ds in overlay] == list(range(1, 9))

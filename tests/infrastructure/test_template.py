@@ -792,6 +792,7 @@ GATEWAY_RESOURCES = {  # everything the gateway adds, and its type; all of it on
     "GatewayLoadBalancerSecurityGroup": "AWS::EC2::SecurityGroup",
     "GatewayLoadBalancerTlsIngress": "AWS::EC2::SecurityGroupIngress",
     "GatewayLoadBalancerToTasks": "AWS::EC2::SecurityGroupEgress",
+    "GatewayLoadBalancerToTasksStatus": "AWS::EC2::SecurityGroupEgress",
     "GatewaySecurityGroup": "AWS::EC2::SecurityGroup",
     "GatewayTasksToSpool": "AWS::EC2::SecurityGroupEgress",
     "GatewaySpoolSecurityGroup": "AWS::EC2::SecurityGroup",
@@ -799,6 +800,8 @@ GATEWAY_RESOURCES = {  # everything the gateway adds, and its type; all of it on
     "GatewayTargetGroup": "AWS::ElasticLoadBalancingV2::TargetGroup",
     "GatewayDicomListener": "AWS::ElasticLoadBalancingV2::Listener",
     "GatewayDicomTlsListener": "AWS::ElasticLoadBalancingV2::Listener",
+    "GatewayStatusTargetGroup": "AWS::ElasticLoadBalancingV2::TargetGroup",
+    "GatewayStatusListener": "AWS::ElasticLoadBalancingV2::Listener",
     "GatewayTaskDefinition": "AWS::ECS::TaskDefinition",
     "GatewayService": "AWS::ECS::Service",
     "DeliveryFailuresAlarm": "AWS::CloudWatch::Alarm",
@@ -879,34 +882,55 @@ def test_gateway_listens_on_104_and_dicom_tls_on_2762_only_with_a_certificate(re
         "ip",
         "TCP",
     )
-    assert container(resources)["PortMappings"] == [{"ContainerPort": 11112, "Protocol": "tcp"}]
+    assert container(resources)["PortMappings"] == [
+        {"ContainerPort": 11112, "Protocol": "tcp"},
+        {"ContainerPort": 8080, "Protocol": "tcp"},
+    ]
     service = props(resources, "GatewayService")
     assert service["LoadBalancers"] == [
-        {"ContainerName": "gateway", "ContainerPort": 11112, "TargetGroupArn": {"Ref": "GatewayTargetGroup"}}
+        {"ContainerName": "gateway", "ContainerPort": 11112, "TargetGroupArn": {"Ref": "GatewayTargetGroup"}},
+        {"ContainerName": "gateway", "ContainerPort": 8080, "TargetGroupArn": {"Ref": "GatewayStatusTargetGroup"}},
     ]
     assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
-    assert "GatewayDicomListener" in resources["GatewayService"]["DependsOn"]
+    assert {"GatewayDicomListener", "GatewayStatusListener"} <= set(resources["GatewayService"]["DependsOn"])
+
+
+def test_the_status_page_is_served_on_8080_behind_the_same_internal_load_balancer(resources: dict[str, Any]) -> None:
+    listener = props(resources, "GatewayStatusListener")
+    assert (listener["Protocol"], listener["Port"], listener["LoadBalancerArn"]) == (
+        "TCP",
+        8080,
+        {"Ref": "GatewayLoadBalancer"},
+    )
+    assert listener["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "GatewayStatusTargetGroup"}}]
+    group = props(resources, "GatewayStatusTargetGroup")
+    assert (group["Port"], group["HealthCheckProtocol"], group["HealthCheckPath"]) == (8080, "HTTP", "/healthz")
+    environment = {e["Name"]: e["Value"] for e in container(resources)["Environment"]}
+    assert environment["ICHSEG_GATEWAY_STATUS_PORT"] == "8080"
+    # The load balancer's address is the VPC's: the page's own allow-list (private ranges) admits it,
+    # and the hospital-only rule is the security group's (test_only_the_hospital_network_reaches_the_gateway).
+    assert "ICHSEG_GATEWAY_STATUS_ALLOWED_NETWORKS" not in environment
 
 
 def test_only_the_hospital_network_reaches_the_gateway(resources: dict[str, Any]) -> None:
     hospital = {"Ref": "GatewayAllowedCidr"}
     ingress = [*props(resources, "GatewayLoadBalancerSecurityGroup")["SecurityGroupIngress"]]
     ingress.append(props(resources, "GatewayLoadBalancerTlsIngress"))
-    assert {(r["FromPort"], r["ToPort"]) for r in ingress} == {(104, 104), (2762, 2762)}
+    assert {(r["FromPort"], r["ToPort"]) for r in ingress} == {(104, 104), (2762, 2762), (8080, 8080)}
     assert all(r["CidrIp"] == hospital and r["IpProtocol"] == "tcp" for r in ingress)
     balancer_group = {"Fn::GetAtt": ["GatewayLoadBalancerSecurityGroup", "GroupId"]}
     task_group = {"Fn::GetAtt": ["GatewaySecurityGroup", "GroupId"]}
     assert props(resources, "GatewayLoadBalancer")["SecurityGroups"] == [balancer_group]
-    (tasks_in,) = props(resources, "GatewaySecurityGroup")["SecurityGroupIngress"]
-    assert (tasks_in["FromPort"], tasks_in["ToPort"], tasks_in["SourceSecurityGroupId"]) == (
-        11112,
-        11112,
-        balancer_group,
-    )
+    tasks_in = props(resources, "GatewaySecurityGroup")["SecurityGroupIngress"]
+    assert {(r["FromPort"], r["ToPort"], json.dumps(r["SourceSecurityGroupId"])) for r in tasks_in} == {
+        (11112, 11112, json.dumps(balancer_group)),
+        (8080, 8080, json.dumps(balancer_group)),
+    }
     (spool_in,) = props(resources, "GatewaySpoolSecurityGroup")["SecurityGroupIngress"]
     assert (spool_in["FromPort"], spool_in["SourceSecurityGroupId"]) == (2049, task_group)
     # egress: the load balancer only to the tasks; the tasks to AWS APIs (443) and the hospital (its PACS)
-    assert props(resources, "GatewayLoadBalancerToTasks")["DestinationSecurityGroupId"] == task_group
+    for name in ("GatewayLoadBalancerToTasks", "GatewayLoadBalancerToTasksStatus"):
+        assert props(resources, name)["DestinationSecurityGroupId"] == task_group
     egress = props(resources, "GatewaySecurityGroup")["SecurityGroupEgress"]
     assert {(r["FromPort"], r["ToPort"], str(r["CidrIp"])) for r in egress} == {
         (443, 443, "0.0.0.0/0"),
