@@ -1192,6 +1192,7 @@ def test_gateway_outputs(template: dict[str, Any]) -> None:
         "GatewayTls",
     )
     assert outputs["GatewayAeTitle"]["Value"] == {"Ref": "GatewayAeTitle"}
+    assert outputs["GatewayStatusUrl"]["Value"] == {"Fn::Sub": "http://${GatewayLoadBalancer.DNSName}:8080/"}
     assert outputs["DeliveryQueueUrl"]["Value"] == {"Ref": "DeliveryQueue"}
 
 
