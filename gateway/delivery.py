@@ -1,5 +1,9 @@
-"""Results back to the PACS: a DONE hospital job's SEG and SR (and, for a destination with
-``?overlay``, its overlay series), by C-STORE, to its site's destination.
+"""Results back to the hospital: a DONE hospital job's SEG and SR (and, for a destination with
+``?overlay``, its overlay series), by C-STORE, to its site's PACS; and, where the site has them,
+an HL7 ORU^R01 to its RIS and a FHIR DiagnosticReport to its EHR (:mod:`gateway.result_messages`).
+Each of these is a part of the delivery: a part done is never sent again, a failed one is retried
+with the others, and one failing does not hold back the rest (a PACS outage must not keep a
+positive off the worklist).
 
 The assemble stage sends ``{"job_id": ...}`` to the delivery queue just before it marks the job DONE
 (so a crash cannot lose the message). For each message this module reads the job and decides:
@@ -32,8 +36,9 @@ import socket
 import ssl
 import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -52,6 +57,8 @@ log = logging.getLogger("gateway.delivery")
 
 DELIVERED_NAMES = ("seg", "sr")
 """The job's results that go back to every PACS (names in :attr:`Job.results`), in sending order."""
+HL7, FHIR = "hl7", "fhir"
+"""The message parts of a delivery (names in :attr:`Job.delivered_objects` beside the DICOM ones)."""
 OVERLAY_SERIES = "overlay_series"
 """The result a ``?overlay`` destination gets after them: a zip of secondary-capture instances, each
 C-STOREd on its own; it counts as delivered once the PACS stored every one of them."""
@@ -219,6 +226,13 @@ def store_objects(
     return StoreResult(frozenset(stored), failure)
 
 
+def _problem(exc: Exception) -> str:
+    """An exception as a failure's reason: its type and AWS error code, never its text (which may
+    quote a file's content)."""
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    return f"{type(exc).__name__} {code}".strip()
+
+
 def dicom_files(name: str, data: bytes) -> dict[str, bytes]:
     """A result's DICOM files by name: the result itself, or an overlay series' images
     (``overlay_series/0001.dcm``...) out of its zip, in slice order."""
@@ -311,6 +325,14 @@ class Deliverer:
             # A router upload that was no DICOM (a NIfTI, a video) has no SEG/SR: nothing failed.
             log.info("job %s: no DICOM results to deliver", job.job_id)
             return Decision(DeliveryOutcome.NOTHING_TO_SEND, True)
+        result = self._store_in_pacs(destination, pending)
+        messages = self._send_messages(job, site or "")
+        stored = result.stored | messages.stored
+        failure = "; ".join(filter(None, (result.failure, messages.failure))) or None
+        return self._settle(job, receives, StoreResult(stored, failure), [*pending, *messages.stored], destination)
+
+    def _store_in_pacs(self, destination: Destination, pending: Mapping[str, str]) -> StoreResult:
+        """C-STORE the pending results (name -> S3 key) over one association."""
         objects: dict[str, bytes] = {}
         members: dict[str, list[str]] = {}
         try:
@@ -323,13 +345,55 @@ class Deliverer:
                 sent = store_objects(self.settings.ae_title, destination, objects, self.tls_context)
             # A result is stored once each of its files is (an overlay series: every image).
             stored = frozenset(name for name, files in members.items() if set(files) <= sent.stored)
-            result = StoreResult(stored, sent.failure)
+            return StoreResult(stored, sent.failure)
         except Exception as exc:  # S3 trouble, an unreadable result file: a failed attempt, retried
-            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-            result = StoreResult(frozenset(), f"could not send the results: {type(exc).__name__} {code}".strip())
+            return StoreResult(frozenset(), f"could not send the results: {_problem(exc)}")
+
+    def _send_messages(self, job: Job, site: str) -> StoreResult:
+        """The site's HL7 and FHIR messages not sent yet; the ones taken, and why any other was not."""
+        from gateway import result_messages as messages
+
+        hl7 = self.settings.hl7_destinations.get(site) if HL7 not in job.delivered_objects else None
+        fhir = self.settings.fhir_destinations.get(site) if FHIR not in job.delivered_objects else None
+        if (hl7 is None and fhir is None) or "sr" not in job.results or "report" not in job.results:
+            return StoreResult(frozenset(), None)  # nothing asked for, or no patient to name (no SR)
+        try:
+            report = json.loads(self._read(job.results["report"]))
+            facts = messages.result_facts(job.job_id, self._read(job.results["sr"]), report)
+        except Exception as exc:
+            return StoreResult(frozenset(), f"could not build the messages: {_problem(exc)}")
+        now = datetime.now(UTC)
+        sends: list[tuple[str, Callable[[], None]]] = []
+        if hl7 is not None:
+            sends.append(
+                (HL7, lambda: messages.send_mllp(hl7, messages.oru_r01(facts, self.settings.ae_title, hl7, now)))
+            )
+        if fhir is not None:
+            bundle = lambda: messages.diagnostic_report_bundle(facts, site, now)  # noqa: E731
+            sends.append((FHIR, lambda: messages.post_fhir(fhir, bundle(), self.settings.fhir_ca)))
+        sent: set[str] = set()
+        failures = []
+        for name, send in sends:
+            try:
+                send()
+                sent.add(name)
+            except messages.MessageRefused as exc:
+                failures.append(str(exc))
+            except Exception as exc:  # a value the message cannot carry: its text may quote the patient
+                failures.append(f"{name}: the message could not be built ({type(exc).__name__})")
+        return StoreResult(frozenset(sent), "; ".join(failures) or None)
+
+    def _read(self, key: str) -> bytes:
+        body: bytes = self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+        return body
+
+    def _settle(
+        self, job: Job, receives: int, result: StoreResult, sent: list[str], destination: Destination
+    ) -> Decision:
+        """Record the attempt: DELIVERED, or its failure (retried, or FAILED on the last receive)."""
         if result.failure is None:
             self.records.mark_delivered(job.job_id, result.stored)
-            log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(members)) or "nothing new", destination)
+            log.info("job %s: %s delivered to %s", job.job_id, "+".join(sorted(sent)) or "nothing new", destination)
             self.metrics.add_metric("Deliveries", "Count", 1)
             return Decision(DeliveryOutcome.DELIVERED, True)
         if receives >= self.settings.delivery_attempts:

@@ -16,14 +16,17 @@ import re
 import shutil
 import ssl
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+from gateway.result_messages import FhirDestination, MllpDestination
 from ichseg.limits import MiB
 from ichseg.pipeline import keys
 
+T = TypeVar("T")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 """DICOM AE titles: 1-16 characters of the default repertoire without backslash (PS3.5 6.2)."""
 _DESTINATION = re.compile(
@@ -187,12 +190,37 @@ def parse_destinations(text: str) -> dict[str, Destination]:
     :func:`site_of`. :class:`SettingsError` for an entry that is not ``AE=PACS@host:port``, or for
     two entries for one calling AE (``CT1`` and `` CT1 ``): which PACS would get its results is
     ambiguous, and a silent "last one wins" once sent a hospital's results to another hospital."""
-    found: dict[str, Destination] = {}
+    return per_site(text, Destination.parse, "AE@host:port")
+
+
+def parse_hl7_destination(text: str) -> MllpDestination:
+    """``[APPLICATION[^FACILITY]@]host:port``: an HL7 v2 receiver over MLLP, with the receiving
+    application and facility its MSH-5 and MSH-6 name (both optional)."""
+    who, _, address = text.strip().rpartition("@")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"HL7 destination {text!r} is not [APPLICATION[^FACILITY]@]host:port")
+    application, _, facility = who.partition("^")
+    return MllpDestination(host.strip("[]"), int(port), application, facility)
+
+
+def parse_fhir_destination(text: str) -> FhirDestination:
+    """``https://fhir.example/r4``: a FHIR R4 server's base URL."""
+    try:
+        return FhirDestination(text.strip())
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def per_site(text: str, parse: Callable[[str], T], form: str) -> dict[str, T]:
+    """``AE=<value>,AE2=<value>`` -> {site: parsed value}; :class:`SettingsError` for a malformed
+    entry or two entries for one calling AE title (see :func:`parse_destinations`)."""
+    found: dict[str, T] = {}
     written: dict[str, str] = {}
     for entry in filter(None, (part.strip() for part in text.split(","))):
         title, sep, destination = entry.partition("=")
         if not sep or not title.strip():
-            raise SettingsError(f"destination {entry!r} is not SITE=AE@host:port")
+            raise SettingsError(f"destination {entry!r} is not SITE={form}")
         try:
             calling = valid_ae_title(title)
         except SettingsError:
@@ -206,7 +234,7 @@ def parse_destinations(text: str) -> dict[str, Destination]:
                 "give each calling AE title one destination"
             )
         written[site] = title
-        found[site] = Destination.parse(destination)
+        found[site] = parse(destination)
     return found
 
 
@@ -273,6 +301,12 @@ class GatewaySettings:
     """Where the status page listens; None: :attr:`host`."""
     status_allowed_networks: tuple[Network, ...] = parse_networks(PRIVATE_NETWORKS)
     """Clients the status page answers; any other gets 403."""
+    hl7_destinations: Mapping[str, MllpDestination] = field(default_factory=dict)
+    """Site -> the HL7 v2 receiver (RIS, interface engine) its ORU^R01 goes to (:mod:`gateway.result_messages`)."""
+    fhir_destinations: Mapping[str, FhirDestination] = field(default_factory=dict)
+    """Site -> the FHIR R4 server its DiagnosticReport goes to."""
+    fhir_ca: Path | None = None
+    """CA bundle the FHIR servers' certificates must chain to; none: the system trust store."""
 
     def __post_init__(self) -> None:
         valid_ae_title(self.ae_title)
@@ -390,6 +424,13 @@ class GatewaySettings:
             "status_port": number("ICHSEG_GATEWAY_STATUS_PORT", int),
             "status_host": text("ICHSEG_GATEWAY_STATUS_HOST") or None,
             "status_allowed_networks": parse_networks(text("ICHSEG_GATEWAY_STATUS_ALLOWED_NETWORKS")) or None,
+            "hl7_destinations": per_site(text("ICHSEG_GATEWAY_HL7_DESTINATIONS"), parse_hl7_destination, "host:port")
+            or None,
+            "fhir_destinations": per_site(
+                text("ICHSEG_GATEWAY_FHIR_DESTINATIONS"), parse_fhir_destination, "https://..."
+            )
+            or None,
+            "fhir_ca": path("ICHSEG_GATEWAY_FHIR_CA"),
         }
         spool = text("ICHSEG_GATEWAY_SPOOL_DIR")
         if not spool:
