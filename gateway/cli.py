@@ -45,10 +45,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--destination",
         action="append",
         default=[],
-        metavar="SITE=AE@HOST:PORT[?tls]",
-        help="a site's PACS (repeatable; ?tls: DICOM TLS)",
+        metavar="SITE=AE@HOST:PORT[?tls&overlay]",
+        help="a site's PACS (repeatable; ?tls: DICOM TLS; ?overlay: the overlay series too)",
     )
-    parser.add_argument("--default-destination", metavar="AE@HOST:PORT[?tls]", help="PACS for sites without their own")
+    parser.add_argument(
+        "--default-destination", metavar="AE@HOST:PORT[?tls&overlay]", help="PACS for sites without their own"
+    )
+    parser.add_argument(
+        "--hl7-destination",
+        action="append",
+        default=[],
+        metavar="SITE=[APP[^FACILITY]@]HOST:PORT",
+        help="a site's RIS: an HL7 ORU^R01 of each result over MLLP (repeatable)",
+    )
+    parser.add_argument(
+        "--fhir-destination",
+        action="append",
+        default=[],
+        metavar="SITE=https://...",
+        help="a site's FHIR R4 server: a DiagnosticReport of each result (repeatable)",
+    )
+    parser.add_argument(
+        "--status-port",
+        type=int,
+        help="the read-only status page's HTTP port (ICHSEG_GATEWAY_STATUS_PORT; default off)",
+    )
     parser.add_argument(
         "--tls-certificate", type=Path, help="DICOM TLS: our certificate (PEM; also shown to ?tls PACS)"
     )
@@ -64,7 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
     """The environment's settings with the flags given applied on top."""
-    from gateway.settings import Destination, GatewaySettings, parse_destinations
+    from gateway.settings import (
+        Destination,
+        GatewaySettings,
+        parse_destinations,
+        parse_fhir_destination,
+        parse_hl7_destination,
+        per_site,
+    )
 
     env = dict(os.environ if environ is None else environ)
     if args.spool_dir is not None:
@@ -84,6 +112,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "delivery_tls_ca": args.delivery_tls_ca,
+        "hl7_destinations": per_site(",".join(args.hl7_destination), parse_hl7_destination, "host:port") or None,
+        "fhir_destinations": per_site(",".join(args.fhir_destination), parse_fhir_destination, "https://...") or None,
+        "status_port": args.status_port,
     }
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

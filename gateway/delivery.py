@@ -365,12 +365,19 @@ class Deliverer:
         now = datetime.now(UTC)
         sends: list[tuple[str, Callable[[], None]]] = []
         if hl7 is not None:
-            sends.append(
-                (HL7, lambda: messages.send_mllp(hl7, messages.oru_r01(facts, self.settings.ae_title, hl7, now)))
-            )
+            to_ris = hl7
+
+            def send_oru() -> None:
+                messages.send_mllp(to_ris, messages.oru_r01(facts, self.settings.ae_title, to_ris, now))
+
+            sends.append((HL7, send_oru))
         if fhir is not None:
-            bundle = lambda: messages.diagnostic_report_bundle(facts, site, now)  # noqa: E731
-            sends.append((FHIR, lambda: messages.post_fhir(fhir, bundle(), self.settings.fhir_ca)))
+            to_ehr = fhir
+
+            def post_report() -> None:
+                messages.post_fhir(to_ehr, messages.diagnostic_report_bundle(facts, site, now), self.settings.fhir_ca)
+
+            sends.append((FHIR, post_report))
         sent: set[str] = set()
         failures = []
         for name, send in sends:

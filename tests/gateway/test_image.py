@@ -23,7 +23,10 @@ def pins(name: str) -> dict[str, str]:
 def test_the_gateway_pins_the_versions_the_other_images_pin() -> None:
     gateway = pins("gateway.txt")
     others = {**pins("core.txt"), **pins("lambda.txt"), **pins("runtime.txt")}
-    assert set(gateway) == {"pydicom", "pynetdicom", "boto3", "botocore", "aws-lambda-powertools"}
+    assert set(gateway) == {
+        *("pydicom", "pynetdicom", "boto3", "botocore", "aws-lambda-powertools"),
+        *("hl7apy", "fhir.resources", "fhir-core", "pydantic", "requests"),  # the RIS's and EHR's messages
+    }
     assert {name: others[name] for name in gateway} == gateway
 
 

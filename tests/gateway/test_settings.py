@@ -177,3 +177,27 @@ def test_a_configuration_mistake_is_one_line_and_status_2(tmp_path: Path) -> Non
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "error: destination 'nonsense' is not AE@host:port"
+
+
+def test_the_command_line_flags_for_the_overlay_ris_ehr_and_status_page() -> None:
+    import argparse
+
+    from gateway.cli import add_arguments, settings_from
+    from gateway.result_messages import FhirDestination, MllpDestination
+    from gateway.settings import Destination
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("--spool-dir", "/spool", "--status-port", "8080"),
+            *("--destination", "CT1=PACS@10.0.0.5:104?overlay"),
+            *("--hl7-destination", "CT1=RIS^STBRIGID@10.0.0.7:2575"),
+            *("--fhir-destination", "CT1=https://ehr.example/fhir/r4"),
+        ]
+    )
+    settings = settings_from(args, {})
+    assert settings.status_port == 8080
+    assert settings.destinations == {"CT1": Destination("PACS", "10.0.0.5", 104, overlay=True)}
+    assert settings.hl7_destinations == {"CT1": MllpDestination("10.0.0.7", 2575, "RIS", "STBRIGID")}
+    assert settings.fhir_destinations == {"CT1": FhirDestination("https://ehr.example/fhir/r4")}

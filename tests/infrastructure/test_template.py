@@ -1067,6 +1067,8 @@ def test_gateway_container_environment_is_what_the_gateway_reads(resources: dict
     assert env["ICHSEG_GATEWAY_PORT"] == "11112"
     assert env["ICHSEG_GATEWAY_AE_TITLE"] == {"Ref": "GatewayAeTitle"}
     assert env["ICHSEG_GATEWAY_DESTINATIONS"] == {"Ref": "GatewayDestinations"}
+    assert env["ICHSEG_GATEWAY_HL7_DESTINATIONS"] == {"Ref": "GatewayHl7Destinations"}
+    assert env["ICHSEG_GATEWAY_FHIR_DESTINATIONS"] == {"Ref": "GatewayFhirDestinations"}
     assert env["ICHSEG_BUCKET"] == {"Ref": "DataBucket"} and env["ICHSEG_TABLE"] == {"Ref": "JobsTable"}
     assert env["ICHSEG_DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
     # the gateway's last receive fails the delivery: the delivery queue's own redrive count
@@ -1322,3 +1324,34 @@ def test_rollouts_are_guarded_and_roll_back_on_alarms(template: dict[str, Any], 
     rollback = props(resources, "EndpointRollbackAlarm")
     assert rollback["MetricName"] == "Invocation5XXErrors"
     assert rollback["Dimensions"][0]["Value"] == endpoint["EndpointName"]
+
+
+@pytest.mark.parametrize(
+    ("parameter", "variable", "value"),
+    [
+        ("GatewayDestinations", "ICHSEG_GATEWAY_DESTINATIONS", "CT1=PACS@10.0.0.5:104"),
+        ("GatewayDestinations", "ICHSEG_GATEWAY_DESTINATIONS", "CT1=PACS@h:2762?tls&overlay,CT2=P2@h:104?overlay"),
+        ("GatewayDestinations", "ICHSEG_GATEWAY_DESTINATIONS", "CT1=PACS@h:104?ssl"),
+        ("GatewayDestinations", "ICHSEG_GATEWAY_DESTINATIONS", "CT1=PACS@h"),
+        ("GatewayDefaultDestination", "ICHSEG_GATEWAY_DEFAULT_DESTINATION", "PACS@h:104?overlay"),
+        ("GatewayDefaultDestination", "ICHSEG_GATEWAY_DEFAULT_DESTINATION", "PACS@h:104?sc"),
+        ("GatewayHl7Destinations", "ICHSEG_GATEWAY_HL7_DESTINATIONS", "CT1=RIS^STBRIGID@10.0.0.7:2575,CT2=h:2575"),
+        ("GatewayHl7Destinations", "ICHSEG_GATEWAY_HL7_DESTINATIONS", "CT1=ris"),
+        ("GatewayFhirDestinations", "ICHSEG_GATEWAY_FHIR_DESTINATIONS", "CT1=https://ehr.example/fhir/r4"),
+        ("GatewayFhirDestinations", "ICHSEG_GATEWAY_FHIR_DESTINATIONS", "CT1=http://ehr.example/fhir"),
+    ],
+)
+def test_a_gateway_parameter_the_template_accepts_is_one_the_gateway_reads(
+    template: dict[str, Any], parameter: str, variable: str, value: str
+) -> None:
+    """The template's pattern and the gateway's parser agree: CloudFormation refuses at deploy time
+    exactly what would stop the task at start."""
+    from gateway.settings import GatewaySettings, SettingsError
+
+    accepted = re.fullmatch(template["Parameters"][parameter]["AllowedPattern"], value) is not None
+    try:
+        GatewaySettings.from_env({"ICHSEG_GATEWAY_SPOOL_DIR": "/spool", variable: value})
+        read = True
+    except SettingsError:
+        read = False
+    assert accepted == read, (value, accepted, read)
