@@ -167,8 +167,10 @@ class OrthancPacs:
         return result
 
     def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
-        """Tell Orthanc about a DICOM peer (what a PACS admin does for a new AI node)."""
+        """Tell Orthanc about a DICOM peer (what a PACS admin does for a new AI node); kept in its
+        configuration too, so that the peer is still known after a restart (:meth:`down`)."""
         self._call("PUT", f"/modalities/{name}", json={"AET": ae_title, "Host": host, "Port": port})
+        self.modalities[name] = (ae_title, host, port)
 
     def echo(self, modality: str) -> bool:
         """C-ECHO a known modality from Orthanc."""

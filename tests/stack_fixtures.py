@@ -30,6 +30,7 @@ from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job
 from infrastructure.cloud_template import CloudTemplate
 from infrastructure.local_stack import LocalStack, StackSettings
+from tests.gateway.receivers import Ris
 from tests.onnx_fixtures import build_tiny_model
 from tests.pacs_fixtures import OrthancPacs, PortInUse
 from tests.scan_fixtures import encode_video
@@ -134,13 +135,28 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model: Path, pacs: OrthancPacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def ris() -> Iterator[Ris]:
+    """The hospital's RIS: the stack's gateway sends it an HL7 ORU^R01 of every hospital job."""
+    receiver = Ris()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tiny_model: Path, pacs: OrthancPacs, ris: Ris, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    destination = ris.destination
     settings = StackSettings(
         state_dir=tmp_path_factory.mktemp("stack"),
         model=tiny_model,
         visibility_timeout={"ingest": 6, "segment": 4, "assemble": 8, "delivery": 3},
         watchdog_interval_seconds=3600,  # tests tick it themselves
-        environment=TEST_ENVIRONMENT,
+        environment={
+            **TEST_ENVIRONMENT,
+            # The PACS's calling AE title is the site.
+            "ICHSEG_GATEWAY_HL7_DESTINATIONS": f"{pacs.ae_title}=RIS@{destination.host}:{destination.port}",
+        },
         pacs=f"{pacs.address}?overlay",  # the hospital asks for the overlay series too
         gateway_idle_seconds=1.0,
     )

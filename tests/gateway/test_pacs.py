@@ -33,6 +33,7 @@ from ichseg.pipeline.keys import UploadRef
 from ichseg.pipeline.messages import ScanManifest
 from infrastructure.local_stack import LocalStack
 from tests.dicom_tools import dciodvfy_errors
+from tests.gateway.receivers import Ris
 from tests.pacs_fixtures import OrthancPacs, identified_head_ct
 from tests.patient_identifiers import identifier_leaks
 from tests.scan_fixtures import dicom_bytes
@@ -120,6 +121,11 @@ def _wait_for_results_in_pacs(pacs: OrthancPacs, study_uid: str, timeout: float 
     raise AssertionError(f"no SEG and SR in the PACS for the study within {timeout:.0f} s")
 
 
+def report_of_job_in(message: str, job_id: str) -> bool:
+    """Is this HL7 message the ORU of ``job_id`` (its order's filler number)?"""
+    return f"|{job_id}^ICHSEG|" in message
+
+
 def _numeric_items(item: Any) -> Iterator[tuple[str, float, str]]:
     """(concept meaning, value, unit) of every NUM content item in an SR tree."""
     for child in getattr(item, "ContentSequence", []):
@@ -137,7 +143,7 @@ def _report(stack: LocalStack, job: Job) -> dict[str, Any]:
 
 
 def test_a_study_sent_by_the_pacs_comes_back_as_a_valid_seg_and_sr(
-    stack: LocalStack, hospital: OrthancPacs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    stack: LocalStack, hospital: OrthancPacs, ris: Ris, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)  # the gateway runs in this process: its log lines and metrics
     assert hospital.echo(GATEWAY), "the gateway does not answer C-ECHO"
@@ -174,7 +180,13 @@ def test_a_study_sent_by_the_pacs_comes_back_as_a_valid_seg_and_sr(
     }
     assert str(seg.SOPInstanceUID) in referenced_seg
     assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
-    # The patient is in the returned objects (above) and nowhere else: gateway logs, the job row.
+    # The RIS heard of it too: an ORU^R01 naming the patient, the accession, the study and the answer.
+    [oru] = [m.split("\r") for m in ris.received if report_of_job_in(m, job.job_id)]
+    assert oru[1].startswith(f"PID|1||{series[0].PatientID}^")
+    assert oru[3].startswith(f"OBR|1|{series[0].AccessionNumber}|{job.job_id}^ICHSEG|")
+    assert any(f"|ST|110180^Study Instance UID^DCM||{study_uid}|" in segment for segment in oru)
+    assert ("TQ1|1||||||||S^Stat^HL70485" in oru) == (report["finding"] == "Hemorrhage detected")
+    # The patient is in the returned objects and messages (above) and nowhere else: gateway logs, the job row.
     assert any(record.name.startswith("gateway") for record in caplog.records)
     item = stack.aws("dynamodb").get_item(TableName=stack.settings.table, Key={"job_id": {"S": job.job_id}})
     assert identifier_leaks(caplog.text + json.dumps(item["Item"])) == []
@@ -229,14 +241,14 @@ def test_the_overlay_series_reaches_the_pacs_and_shows_in_its_own_viewer(
     job = _wait_for_job_of(stack, study_uid, before)
     assert job.state == JobState.DONE, job.error_reason
     assert _delivery_state_settles(stack, job.job_id) == "DELIVERED"
-    assert stack.inspect.store.require(job.job_id).delivered_objects == {"seg", "sr", "overlay_series"}
+    assert stack.inspect.store.require(job.job_id).delivered_objects == {"seg", "sr", "overlay_series", "hl7"}
     # The hospital's view of it, without an AWS login: the gateway's status page.
     status = requests.get(stack.describe()["dicom_gateway"]["status_url"] + "status.json", timeout=30).json()
     [entry] = [study for study in status["studies"] if study["job_id"] == job.job_id]
     assert (entry["job_state"], entry["delivery_state"], entry["delivered"]) == (
         "DONE",
         "DELIVERED",
-        ["overlay_series", "seg", "sr"],
+        ["hl7", "overlay_series", "seg", "sr"],
     )
 
     overlay = sorted(_objects_in_pacs(hospital, study_uid, "OT"), key=lambda ds: int(ds.InstanceNumber))
