@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from infrastructure.cloud_template import TEMPLATE, CloudTemplate
@@ -204,7 +205,7 @@ def gateway_stack(stack: LocalStack) -> Iterator[LocalStack]:
 
 def test_the_gateway_answers_c_echo_where_describe_says(gateway_stack: LocalStack) -> None:
     described = gateway_stack.describe()["dicom_gateway"]
-    assert set(described) == {"ae_title", "host", "port", "destination"}
+    assert set(described) == {"ae_title", "host", "port", "destination", "status_url"}
     assert described["ae_title"] == gateway_stack.settings.gateway_ae_title == "ICHSEG"
     assert described["host"] == "127.0.0.1" and isinstance(described["port"], int) and described["port"] > 0
     assert described["destination"] == gateway_stack.settings.pacs
@@ -213,6 +214,10 @@ def test_the_gateway_answers_c_echo_where_describe_says(gateway_stack: LocalStac
     command = [echoscu, "-aet", "TEST", "-aec", described["ae_title"], described["host"], str(described["port"])]
     echo = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stdout + echo.stderr
+    # The hospital's status page answers where describe says, from this (loopback) address.
+    assert described["status_url"].startswith("http://127.0.0.1:")
+    status = requests.get(described["status_url"] + "status.json", timeout=30).json()
+    assert status["gateway"]["dicom_port"] == described["port"]
     # Its log is in the stack's log folder with the functions' (written before start() returned).
     log = (gateway_stack.log_dir / "gateway.log").read_text()
     assert f"listening on 127.0.0.1:{described['port']}" in log
