@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
 from ichseg.pipeline.config import PipelineConfig
 from ichseg.pipeline.jobs import JobStore
+
+PUT_THREADS = 8
+"""Concurrent PUTs of one batch's per-slice files (boto3's pool holds 10 connections)."""
 
 
 class MetricsSink(Protocol):
@@ -134,15 +138,18 @@ class PipelineContext:
             raise  # 409 ConditionalRequestConflict (a concurrent writer): SQS redelivers, then it exists
         return True
 
-    def put_once_all(self, objects: Mapping[str, bytes], threads: int = 8) -> None:
-        """:meth:`put_once` every object (key -> bytes, Content-Type from the key), ``threads`` at a
-        time; the first failure raises (the message is redelivered and the written ones are kept)."""
-        from concurrent.futures import ThreadPoolExecutor
+    @cached_property
+    def _writers(self) -> ThreadPoolExecutor:
+        """The threads :meth:`put_once_all` writes with: started once per warm context (a Lambda
+        container keeps them between invocations), not for every batch."""
+        return ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="ichseg-put")
 
+    def put_once_all(self, objects: Mapping[str, bytes]) -> None:
+        """:meth:`put_once` every object (key -> bytes, Content-Type from the key), :data:`PUT_THREADS`
+        at a time; the first failure raises (the message is redelivered and the written ones are kept)."""
         from ichseg.media_types import media_type_of
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda item: self.put_once(item[0], item[1], media_type_of(item[0])), objects.items()))
+        list(self._writers.map(lambda item: self.put_once(item[0], item[1], media_type_of(item[0])), objects.items()))
 
     def delete_prefix(self, prefix: str, every_version: bool = False) -> int:
         """Delete the objects under ``prefix``; how many. The bucket is versioned: by default only the
