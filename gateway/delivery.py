@@ -355,11 +355,16 @@ class Deliverer:
 
         hl7 = self.settings.hl7_destinations.get(site) if HL7 not in job.delivered_objects else None
         fhir = self.settings.fhir_destinations.get(site) if FHIR not in job.delivered_objects else None
-        if (hl7 is None and fhir is None) or "sr" not in job.results or "report" not in job.results:
-            return StoreResult(frozenset(), None)  # nothing asked for, or no patient to name (no SR)
+        # The patient and study come from the SR (or the SEG: both copy them from the source series).
+        named_by = job.results.get("sr") or job.results.get("seg")
+        if hl7 is None and fhir is None:
+            return StoreResult(frozenset(), None)
+        if named_by is None or "report" not in job.results:
+            log.warning("job %s: no SR or SEG names the patient: no HL7 or FHIR message", job.job_id)
+            return StoreResult(frozenset(), None)
         try:
             report = json.loads(self._read(job.results["report"]))
-            facts = messages.result_facts(job.job_id, self._read(job.results["sr"]), report)
+            facts = messages.result_facts(job.job_id, self._read(named_by), report)
         except Exception as exc:
             return StoreResult(frozenset(), f"could not build the messages: {_problem(exc)}")
         now = datetime.now(UTC)

@@ -79,9 +79,10 @@ class ResultFacts:
         return self.finding == Finding.HEMORRHAGE_DETECTED
 
 
-def result_facts(job_id: str, sr: bytes, report: Mapping[str, Any]) -> ResultFacts:
-    """The facts of a DONE hospital job: its SR's patient and study attributes, its report's answer."""
-    dataset = dcmread(io.BytesIO(sr), stop_before_pixels=True)
+def result_facts(job_id: str, named_by: bytes, report: Mapping[str, Any]) -> ResultFacts:
+    """The facts of a DONE hospital job: the patient and study attributes of its SR (or SEG), its
+    report's answer."""
+    dataset = dcmread(io.BytesIO(named_by), stop_before_pixels=True)
 
     def text(keyword: str) -> str:
         return str(getattr(dataset, keyword, "") or "")

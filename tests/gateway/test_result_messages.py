@@ -5,6 +5,7 @@ an outage, a lost answer, a re-sent delivery message; patient identifiers only i
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,7 +189,10 @@ def test_the_ris_and_the_ehr_hear_of_a_positive_through_nak_outage_and_lost_answ
     caplog.set_level("DEBUG")
     store = JobStore(aws.dynamodb, aws.table)
     job = hospital_job(aws, store)
-    unreachable = FhirDestination(f"https://127.0.0.1:{free_port()}/fhir")
+    # A port bound and never listened on: connecting is refused, and no other process can take it.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    unreachable = FhirDestination(f"https://127.0.0.1:{closed.getsockname()[1]}/fhir")
     body = json.dumps({"job_id": job.job_id})
 
     def deliverer(fhir: FhirDestination) -> Deliverer:
@@ -229,5 +233,6 @@ def test_the_ris_and_the_ehr_hear_of_a_positive_through_nak_outage_and_lost_answ
     assert oru[1].startswith("PID|1||MRN-QZ44871093^^^") and "TQ1|1||||||||S^Stat^HL70485" in oru
     assert any(seg.startswith("OBR|1|ACC-QZ77120594|") for seg in oru)
     # The identifiers travel in the messages only: not in a log line, the job's row or a reason.
+    closed.close()
     item = aws.dynamodb.get_item(TableName=aws.table, Key={"job_id": {"S": job.job_id}})["Item"]
     assert identifier_leaks(caplog.text + json.dumps(item)) == []
