@@ -83,8 +83,20 @@ class FakeLambdaContext:
 _worker: dict[str, Any] = {}
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the stack's process is gone: a stack killed by a signal runs none of its
+    clean-up, and a worker blocked waiting for work would otherwise live on, holding memory and ports."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
 def _init_worker(spec: FunctionSpec, environment: Mapping[str, str], log_path: str) -> None:
     """Runs once per worker process: environment, log file, local setup hook, then the import (cold start)."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="ichseg-parent-watch", daemon=True).start()
     for name in _SCRUBBED:
         os.environ.pop(name, None)
     os.environ.update(environment)
