@@ -14,9 +14,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module, its console log kept (``goog:loggingPrefs``)."""
+def headless_chromium() -> Any:
+    """Debian's Chromium, headless, driven by its chromedriver (no driver download), its console log
+    kept (``goog:loggingPrefs``); the caller quits it."""
     if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
         # A failure, not a skip: make test installs them, and a skipped browser test would hide a broken viewer.
         pytest.fail(
@@ -37,7 +37,13 @@ def browser() -> Iterator[Any]:
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module."""
+    driver = headless_chromium()
     try:
         yield driver
     finally:

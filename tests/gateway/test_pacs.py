@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,7 +233,7 @@ def test_the_overlay_series_reaches_the_pacs_and_shows_in_its_own_viewer(
     """A site whose destination says ``?overlay`` (this stack's) gets, beside the SEG and SR, a
     secondary-capture series any PACS viewer shows: one image per slice, the outline burned in on
     the bleeding slices only. Orthanc renders it, and its web viewer (Orthanc Explorer, in headless
-    Chromium) shows it: the screenshot is ``docs/orthanc-overlay.png``'s source."""
+    Chromium) shows it."""
     series = identified_head_ct(count=8, bleed_from=4, rows=256, cols=256)
     before = set(_ingest_jobs(stack).values())
     study_uid = _send_study(hospital, series)
@@ -278,7 +277,4 @@ def test_the_overlay_series_reaches_the_pacs_and_shows_in_its_own_viewer(
 
     # The lightbox loads the image and fades it in: the screen is read until the outline shows.
     screenshot = WebDriverWait(browser, 30).until(outline_on_screen, "the outline never showed in Orthanc Explorer")
-    shot = tmp_path / "orthanc-overlay.png"
-    shot.write_bytes(screenshot)
-    if os.environ.get("ICHSEG_DOCS_SCREENSHOTS"):  # how the picture in the docs is made
-        Path(os.environ["ICHSEG_DOCS_SCREENSHOTS"], shot.name).write_bytes(shot.read_bytes())
+    (tmp_path / "orthanc-overlay.png").write_bytes(screenshot)  # docs/make_orthanc_picture.py makes the docs' one
