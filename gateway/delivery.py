@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -370,19 +371,11 @@ class Deliverer:
         now = datetime.now(UTC)
         sends: list[tuple[str, Callable[[], None]]] = []
         if hl7 is not None:
-            to_ris = hl7
-
-            def send_oru() -> None:
-                messages.send_mllp(to_ris, messages.oru_r01(facts, self.settings.ae_title, to_ris, now))
-
-            sends.append((HL7, send_oru))
+            oru = partial(messages.oru_r01, facts, self.settings.ae_title, hl7, now)
+            sends.append((HL7, lambda: messages.send_mllp(hl7, oru())))
         if fhir is not None:
-            to_ehr = fhir
-
-            def post_report() -> None:
-                messages.post_fhir(to_ehr, messages.diagnostic_report_bundle(facts, site, now), self.settings.fhir_ca)
-
-            sends.append((FHIR, post_report))
+            bundle = partial(messages.diagnostic_report_bundle, facts, site, now)
+            sends.append((FHIR, lambda: messages.post_fhir(fhir, bundle(), self.settings.fhir_ca)))
         sent: set[str] = set()
         failures = []
         for name, send in sends:

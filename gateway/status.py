@@ -26,7 +26,7 @@ import ipaddress
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from http import HTTPStatus
@@ -91,18 +91,16 @@ def study_status(spooled: SpooledStudy, store: JobStore | None) -> StudyStatus:
     job_id = (spooled.upload or {}).get("job_id")
     job = store.get(job_id) if store is not None and job_id else None
     if job is None:
-        return StudyStatus(**{**asdict(status), "job_id": job_id})
-    return StudyStatus(
-        **{
-            **asdict(status),
-            "job_id": job.job_id,
-            "job_state": job.state.value,
-            "error_code": job.error_code.value if job.error_code else None,
-            "delivery_state": job.delivery_state.value if job.delivery_state else None,
-            "delivery_attempts": job.delivery_attempts,
-            "delivered": sorted(job.delivered_objects),
-            "delivery_reason": job.delivery_reason,
-        }
+        return replace(status, job_id=job_id)
+    return replace(
+        status,
+        job_id=job.job_id,
+        job_state=job.state.value,
+        error_code=job.error_code.value if job.error_code else None,
+        delivery_state=job.delivery_state.value if job.delivery_state else None,
+        delivery_attempts=job.delivery_attempts,
+        delivered=sorted(job.delivered_objects),
+        delivery_reason=job.delivery_reason,
     )
 
 
