@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -30,10 +30,12 @@ from ichseg.pipeline.context import PipelineContext
 from ichseg.pipeline.jobs import Job
 from infrastructure.cloud_template import CloudTemplate
 from infrastructure.local_stack import LocalStack, StackSettings
-from tests.gateway.receivers import Ris
 from tests.onnx_fixtures import build_tiny_model
 from tests.pacs_fixtures import OrthancPacs, PortInUse
 from tests.scan_fixtures import encode_video
+
+if TYPE_CHECKING:
+    from tests.gateway.receivers import Ris
 
 TEST_ENVIRONMENT = {
     "ICHSEG_BATCH_SLICES": "4",
@@ -137,6 +139,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
 @pytest.fixture(scope="session")
 def ris() -> Iterator[Ris]:
     """The hospital's RIS: the stack's gateway sends it an HL7 ORU^R01 of every hospital job."""
+    # Imported here: this plugin loads in the training environment too, which has no HL7 library.
+    from tests.gateway.receivers import Ris
+
     receiver = Ris()
     yield receiver
     receiver.stop()
