@@ -35,6 +35,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -368,7 +369,8 @@ class Deliverer:
             facts = messages.result_facts(job.job_id, self._read(named_by), report)
         except Exception as exc:
             return StoreResult(frozenset(), f"could not build the messages: {_problem(exc)}")
-        now = datetime.now(UTC)
+        # The messages' times are the job's DONE time: a re-send is the very same message.
+        now = datetime.fromtimestamp(job.stamps.get("done") or time.time(), UTC)
         sends: list[tuple[str, Callable[[], None]]] = []
         if hl7 is not None:
             oru = partial(messages.oru_r01, facts, self.settings.ae_title, hl7, now)
