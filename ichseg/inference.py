@@ -85,7 +85,7 @@ class OnnxSegmenter:
         pixel_maps, slice_scores, subtype_scores = [], [], []
         for start in range(0, len(batch.inputs), self.batch_size):
             chunk = batch.inputs[start : start + self.batch_size]
-            outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
+            outputs = self._run(chunk)
             pixel_maps.append(outputs[MASK_OUTPUT][..., 0] * batch.regions[start : start + len(chunk)])
             slice_scores.append(outputs[SLICE_OUTPUT].reshape(-1))
             if meta.subtypes:
@@ -98,6 +98,17 @@ class OnnxSegmenter:
             else np.zeros((len(slice_probabilities), 0), np.float32)
         )
         return Prediction(probabilities, slice_probabilities, subtypes)
+
+    def _run(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's raw outputs for ``(n, S, S, C)`` inputs, averaged with the left-right mirror's
+        when the model's metadata asks for it (the mirrored maps mirrored back first)."""
+        outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
+        if not self.metadata.test_time_flip:
+            return outputs
+        mirrored = np.ascontiguousarray(chunk[:, :, ::-1, :])
+        again = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: mirrored}), strict=True))
+        again[MASK_OUTPUT] = again[MASK_OUTPUT][:, :, ::-1, :]
+        return {name: (outputs[name] + again[name]) / 2 for name in outputs}
 
 
 def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segmentation]:

@@ -49,6 +49,10 @@ class ModelMetadata:
     """Names of the ``subtypes`` output's columns (:data:`SUBTYPES`); empty for a model without it."""
     subtype_calibration: tuple[tuple[float, float], ...] = ()
     """Platt scaling per subtype column (empty: as trained)."""
+    test_time_flip: bool = False
+    """Read every slice also mirrored left-right and average the two answers (twice the compute).
+    A head is nearly symmetric and bleeds occur on either side, so the mirror is a second honest
+    look; the thresholds and calibration are chosen with it on (``training.evaluate``)."""
     architecture: str = "unet"
     parameters: int = 0
     gflop_per_frame: float = 0.0

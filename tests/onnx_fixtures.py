@@ -50,13 +50,20 @@ def build_tiny_model(
     channels: int = 1,
     intracranial_only: bool = False,
     subtypes: bool = False,
+    lean: float = 0.0,
+    test_time_flip: bool = False,
 ) -> Path:
-    """Write an ONNX model (``slices`` -> ``mask``, ``hemorrhage`` [, ``subtypes``]) with ichseg metadata."""
+    """Write an ONNX model (``slices`` -> ``mask``, ``hemorrhage`` [, ``subtypes``]) with ichseg metadata.
+
+    ``lean`` adds ``lean * (column / size - 0.5)`` to the pixel logits: a model whose answer for a
+    mirrored slice is not the mirror of its answer (what a mirrored second reading changes).
+    """
     centre = (channels - 1) // 2
     nodes = [
         helper.make_node("Slice", [INPUT_NAME, "centre_start", "centre_end", "channel_axis"], ["centre"]),
         helper.make_node("Sub", ["centre", "pixel_centre"], ["centred"]),
-        helper.make_node("Mul", ["centred", "gain"], ["pixel_logits"]),
+        helper.make_node("Mul", ["centred", "gain"], ["upright_logits"]),
+        helper.make_node("Add", ["upright_logits", "lean"], ["pixel_logits"]),
         helper.make_node("Sigmoid", ["pixel_logits"], [MASK_OUTPUT]),
         # opset 17: ReduceMean takes its axes as an attribute (an input only from opset 18)
         helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[1, 2, 3], keepdims=0),
@@ -87,6 +94,7 @@ def build_tiny_model(
         ]
         + [helper.make_tensor("subtype_centres", TensorProto.FLOAT, [len(SUBTYPES)], list(SUBTYPE_CENTRES))] * subtypes
         + [
+            helper.make_tensor("lean", TensorProto.FLOAT, [1, 1, size, 1], list(lean * (np.arange(size) / size - 0.5))),
             helper.make_tensor("centre_start", TensorProto.INT64, [1], [centre]),
             helper.make_tensor("centre_end", TensorProto.INT64, [1], [centre + 1]),
             helper.make_tensor("channel_axis", TensorProto.INT64, [1], [3]),
@@ -105,6 +113,7 @@ def build_tiny_model(
             pixel_threshold=pixel_threshold,
             slice_threshold=slice_threshold,
             subtypes=SUBTYPES if subtypes else (),
+            test_time_flip=test_time_flip,
             architecture="tiny-test",
             opset=OPSET,
         )

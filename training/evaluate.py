@@ -594,16 +594,23 @@ def evaluate(
     choose_thresholds: bool = False,
     figures: Path | None = None,
     split_file: Path = CT_ICH_SPLIT_FILE,
+    test_time_flip: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` of the pinned CT-ICH ``split_file`` (choosing its operating
-    point first, on val only)."""
+    point first, on val only). ``test_time_flip`` (with ``choose_thresholds``) turns the mirrored
+    second reading on or off in the model's metadata before its operating point is chosen."""
     if choose_thresholds and split != "val":
         raise ValueError("thresholds and calibration are chosen on validation patients only, never on test")
+    if test_time_flip is not None and not choose_thresholds:
+        raise ValueError("the mirrored reading changes what the thresholds mean: choose them again with it")
     if choose_thresholds:
         from ichseg.model_file import read_metadata, stamp_metadata
 
         # Calibration is fitted to the raw heads: evaluate without any earlier calibration.
-        stamp_metadata(model, read_metadata(model).with_updates(slice_calibration=(1.0, 0.0), subtype_calibration=()))
+        raw = read_metadata(model).with_updates(slice_calibration=(1.0, 0.0), subtype_calibration=())
+        if test_time_flip is not None:
+            raw = raw.with_updates(test_time_flip=test_time_flip)
+        stamp_metadata(model, raw)
         choose_operating_point(model, run_split(OnnxSegmenter(model), data, "val", split_file))
     segmenter = OnnxSegmenter(model)
     results = run_split(segmenter, data, split, split_file)
@@ -632,10 +639,17 @@ def main() -> None:
         default=CT_ICH_SPLIT_FILE,
         help="the pinned CT-ICH split (training/splits/ct-ich-0.2.json for ichseg-unet 0.2.0)",
     )
+    parser.add_argument(
+        "--test-time-flip",
+        choices=("on", "off"),
+        default=None,
+        help="with --choose-thresholds: read each slice also mirrored left-right (kept in the model's metadata)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    flip = None if args.test_time_flip is None else args.test_time_flip == "on"
     report = evaluate(
-        args.model, args.split, args.data, args.out, args.choose_thresholds, args.figures, args.split_file
+        args.model, args.split, args.data, args.out, args.choose_thresholds, args.figures, args.split_file, flip
     )
     print(markdown_table(report))
 

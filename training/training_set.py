@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ichseg.inference import OnnxSegmenter
 from ichseg.preprocess import InputSpec, model_input_spec, place_mask, prepare_batch
 from ichseg.readers import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
@@ -37,6 +38,7 @@ from training.datasets import (
     pinned_ct_ich_split,
     split_by_patient,
 )
+from training.self_training import pseudo_target
 from training.synthetic import SUBTYPES, synthetic_slice
 from training.weak_labels import weak_target
 
@@ -147,8 +149,17 @@ def _to_model_space(
 
 
 def add_ct_ich(
-    rows: _Rows, root: Path, spec: InputSpec, limit: int | None = None, split_file: Path = CT_ICH_SPLIT_FILE
+    rows: _Rows,
+    root: Path,
+    spec: InputSpec,
+    limit: int | None = None,
+    split_file: Path = CT_ICH_SPLIT_FILE,
+    teacher: OnnxSegmenter | None = None,
 ) -> None:
+    """CT-ICH rows, patient by patient; with a ``teacher``, training patients' bleeding slices
+    without a radiologist mask take its confident outline (:mod:`training.self_training`).
+    Validation and test rows keep the weak targets, so that validation loss stays comparable
+    between rounds."""
     slices = list_ct_ich_slices(root)[:limit]
     splits = pinned_ct_ich_split(slices, split_file)
     split_of = {p: name for name, patients in splits.items() for p in patients}
@@ -159,8 +170,10 @@ def add_ct_ich(
         # The patient's folder read as a user's upload: serving order, real neighbours.
         scan = read_scan(root / "Patients_CT" / patient)
         stack = np.asarray(scan.slices, np.uint8)
+        taught = teacher is not None and split_of[patient] == "train"
+        probabilities = teacher.predict(stack).probabilities if teacher is not None and taught else None
         masks, weights, real = [], [], []
-        for image, slice_id in zip(stack, scan.slice_ids, strict=True):
+        for index, (image, slice_id) in enumerate(zip(stack, scan.slice_ids, strict=True)):
             item = items.get(slice_id)
             real_mask = load_ct_ich_mask(item) if item is not None and item.mask_path is not None else None
             if real_mask is not None:  # the release's radiologist masks win over weak targets
@@ -168,6 +181,8 @@ def add_ct_ich(
             else:
                 positive = item is not None and item.any_hemorrhage
                 target = weak_target(image, positive)
+                if positive and probabilities is not None:
+                    target = pseudo_target(probabilities[index], target)
                 # Weak positives are guesses: they count half as much as exact masks.
                 mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if positive else 1.0)
             masks.append(mask)
@@ -247,12 +262,14 @@ def build_training_set(
     seed: int = 11,
     ct_ich_limit: int | None = None,
     split_file: Path = CT_ICH_SPLIT_FILE,
+    teacher: Path | None = None,
 ) -> TrainingSet:
     """Assemble every source into model space with the serving preprocessing (CT-ICH patients
-    split as the pinned ``split_file`` says)."""
+    split as the pinned ``split_file`` says; a ``teacher`` model for self-training)."""
     spec = model_input_spec(size)
     rows = _Rows()
-    add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit, split_file=split_file)
+    segmenter = OnnxSegmenter(teacher, providers=("CPUExecutionProvider",)) if teacher is not None else None
+    add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit, split_file=split_file, teacher=segmenter)
     add_mbh(rows, shared_data / "mbhseg25-mini", spec)
     add_synthetic(rows, synthetic_count, spec, seed)
     return rows.build()
@@ -270,10 +287,16 @@ def main() -> None:
         default=CT_ICH_SPLIT_FILE,
         help="the pinned CT-ICH split (training/splits/ct-ich-0.2.json rebuilds 0.2.0's training set)",
     )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="an exported model (.onnx) whose confident outlines replace the weak targets (self-training)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    data = build_training_set(args.data, args.size, args.synthetic, split_file=args.split_file)
+    data = build_training_set(args.data, args.size, args.synthetic, split_file=args.split_file, teacher=args.teacher)
     data.save(args.out)
     for split in ("train", "val", "test"):
         for source in ("ct-ich", "mbh", "synthetic"):
