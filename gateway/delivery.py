@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -327,19 +327,24 @@ class Deliverer:
             # A router upload that was no DICOM (a NIfTI, a video) has no SEG/SR: nothing failed.
             log.info("job %s: no DICOM results to deliver", job.job_id)
             return Decision(DeliveryOutcome.NOTHING_TO_SEND, True)
-        result = self._store_in_pacs(destination, pending)
-        messages = self._send_messages(job, site or "")
+        # One attempt reads each result file once, whichever part needs it (the SR goes to the PACS
+        # and names the patient in the HL7 and FHIR messages).
+        read = cache(self._read)
+        result = self._store_in_pacs(destination, pending, read)
+        messages = self._send_messages(job, site or "", read)
         stored = result.stored | messages.stored
         failure = "; ".join(filter(None, (result.failure, messages.failure))) or None
         return self._settle(job, receives, StoreResult(stored, failure), [*pending, *messages.stored], destination)
 
-    def _store_in_pacs(self, destination: Destination, pending: Mapping[str, str]) -> StoreResult:
+    def _store_in_pacs(
+        self, destination: Destination, pending: Mapping[str, str], read: Callable[[str], bytes]
+    ) -> StoreResult:
         """C-STORE the pending results (name -> S3 key) over one association."""
         objects: dict[str, bytes] = {}
         members: dict[str, list[str]] = {}
         try:
             for name, key in pending.items():
-                files = dicom_files(name, self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
+                files = dicom_files(name, read(key))
                 members[name] = list(files)
                 objects.update(files)
             sent = StoreResult(frozenset(), None)
@@ -351,7 +356,7 @@ class Deliverer:
         except Exception as exc:  # S3 trouble, an unreadable result file: a failed attempt, retried
             return StoreResult(frozenset(), f"could not send the results: {_problem(exc)}")
 
-    def _send_messages(self, job: Job, site: str) -> StoreResult:
+    def _send_messages(self, job: Job, site: str, read: Callable[[str], bytes]) -> StoreResult:
         """The site's HL7 and FHIR messages not sent yet; the ones taken, and why any other was not."""
         from gateway import result_messages as messages
 
@@ -365,8 +370,8 @@ class Deliverer:
             log.warning("job %s: no SR or SEG names the patient: no HL7 or FHIR message", job.job_id)
             return StoreResult(frozenset(), None)
         try:
-            report = json.loads(self._read(job.results["report"]))
-            facts = messages.result_facts(job.job_id, self._read(named_by), report)
+            report = json.loads(read(job.results["report"]))
+            facts = messages.result_facts(job.job_id, read(named_by), report)
         except Exception as exc:
             return StoreResult(frozenset(), f"could not build the messages: {_problem(exc)}")
         # The messages' times are the job's DONE time: a re-send is the very same message.

@@ -75,6 +75,7 @@ def build_overlay_series(
     mask's outline and the banners, as DICOM files. :class:`OverlayUnavailable` if the slices do
     not match the source instances one to one (multi-frame input)."""
     import highdicom as hd
+    from pydicom import Dataset
     from pydicom.uid import JPEGBaseline8Bit
 
     sources = datasets_from_headers(headers)
@@ -111,7 +112,7 @@ def build_overlay_series(
         sc.BodyPartExamined = getattr(source, "BodyPartExamined", "") or "HEAD"
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.DerivationDescription = "Hemorrhage outline and finding burned in by ichseg"
-        reference = type(source)()
+        reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
         sc.SourceImageSequence = [reference]

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
@@ -208,7 +209,17 @@ def test_the_ris_and_the_ehr_hear_of_a_positive_through_nak_outage_and_lost_answ
 
     # 1. The RIS answers AE (a NAK), the EHR is down: the PACS gets its objects all the same.
     ris.answers = ["AE"]
-    first = deliverer(unreachable).handle(body, 1)
+    reads: list[str] = []
+
+    def count_read(params: dict[str, Any], **_: Any) -> None:
+        reads.append(params["Key"])
+
+    aws.s3.meta.events.register("before-parameter-build.s3.GetObject", count_read)
+    try:
+        first = deliverer(unreachable).handle(body, 1)
+    finally:
+        aws.s3.meta.events.unregister("before-parameter-build.s3.GetObject", count_read)
+    assert sorted(reads) == sorted(job.results.values())  # the SR serves the PACS and both messages: read once
     assert first.outcome == DeliveryOutcome.RETRY
     row = store.require(job.job_id)
     assert (row.delivery_state, row.delivered_objects) == (DeliveryState.PENDING, {"seg", "sr"})
