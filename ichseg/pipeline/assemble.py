@@ -115,16 +115,17 @@ def assemble_results(
             if retries_by_itself(job):  # redriven from the dead-letter queue
                 retry_job(ctx, job.job_id)
                 return AssembleResult(message.job_id, StageOutcome.RETRIED)
-            return _assemble(ctx, message.job_id, claim or AssemblyClaim())
+            return _assemble(ctx, job, claim or AssemblyClaim())
         except JobDeleted:  # its owner deleted it while a message was queued: consumed, never retried
             log.info("assemble message for a deleted job: nothing to do")
             return AssembleResult(message.job_id, StageOutcome.DELETED)
 
 
-def _assemble(ctx: PipelineContext, job_id: str, claim: AssemblyClaim) -> AssembleResult:
-    """Step 3: join the parts into the results, mirror, DONE."""
+def _assemble(ctx: PipelineContext, job: Job, claim: AssemblyClaim) -> AssembleResult:
+    """Step 3: join the parts into the results, mirror, DONE (``job`` as just read: the claim below
+    is the conditional write that settles any race)."""
     started = time.perf_counter()
-    job = ctx.store.require(job_id)
+    job_id = job.job_id
     if job.state != JobState.ASSEMBLING:
         log.info("assembly skipped: job is %s", job.state.value)
         return AssembleResult(job_id, StageOutcome.DUPLICATE)
