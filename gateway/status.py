@@ -25,7 +25,6 @@ import html
 import ipaddress
 import json
 import logging
-import threading
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +34,7 @@ from typing import Any
 
 from gateway.settings import GatewaySettings
 from gateway.spool import CLAIMED, INCOMING, Spool, SpooledStudy, uid_tag
+from ichseg.background_server import BackgroundServer
 from ichseg.pipeline.jobs import JobStore
 
 log = logging.getLogger("gateway.status")
@@ -211,23 +211,20 @@ class StatusServer:
             server_version = "ichseg-gateway"
             sys_version = ""
 
-        self._server = ThreadingHTTPServer((settings.status_host or settings.host, settings.status_port or 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gateway-status", daemon=True)
+        server = ThreadingHTTPServer((settings.status_host or settings.host, settings.status_port or 0), Handler)
+        server.daemon_threads = True
+        self._serving = BackgroundServer(server, "gateway-status")
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) it listens on."""
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._serving.address
 
     def start(self) -> StatusServer:
         """Serve in the background; returns at once."""
-        self._thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and close the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._serving.stop()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,23 +245,3 @@ def _proxy_response(response: dict[str, Any]) -> tuple[int, dict[str, str], byte
     for name, values in (response.get("multiValueHeaders") or {}).items():
         headers[name] = ",".join(str(v) for v in values)
     return int(response["statusCode"]), headers, data
-
-
-class ServerThread:
-    """A werkzeug server on 127.0.0.1 (port 0: any free port) in a daemon thread."""
-
-    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server(host, port, app, threaded=True)
-        self.port = self.server.server_port
-        self.url = f"http://{host}:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="ichseg-api-front", daemon=True)
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

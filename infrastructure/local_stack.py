@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ichseg.background_server import BackgroundServer
 from ichseg.paths import REPO_ROOT, SHIPPED_MODEL
 from infrastructure.cloud_template import TEMPLATE, CloudTemplate, TemplateError
 from infrastructure.event_pump import EventPump, PumpSettings, QueueInfo
@@ -371,14 +372,16 @@ class LocalStack:
             future.result(timeout=300)
 
     def _start_front(self) -> None:
-        from infrastructure.api_front import ApiFront, ServerThread
+        from werkzeug.serving import make_server
+
+        from infrastructure.api_front import ApiFront
 
         front = ApiFront(
             self.functions["authorizer"], self.functions["api"], self.settings.region, mint_token=self.issuer.mint
         )
-        server = ServerThread(front).start()
+        server = BackgroundServer(make_server("127.0.0.1", 0, front, threaded=True), "ichseg-api-front").start()
         self._running.callback(server.stop)
-        self.api_url = server.url
+        self.api_url = "http://{}:{}".format(*server.address)
 
     # ------------------------------------------------------------------ the DICOM gateway
 

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ichseg.background_server import BackgroundServer
+
 S3_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
@@ -58,15 +60,14 @@ class MotoServer:
         # moto reads this per object; the stack's process is the emulator's, so it is set here.
         os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(S3_IN_MEMORY_BYTES))
         app = SerializedDynamoDB(Dispatcher(create_backend_app))
-        self._server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
-        self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ichseg-moto", daemon=True)
+        self._serving = BackgroundServer(
+            make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler), "ichseg-moto"
+        )
+        self.url = f"http://{host}:{self._serving.address[1]}"
 
     def start(self) -> MotoServer:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._serving.stop()

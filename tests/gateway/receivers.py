@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
 
 from gateway.result_messages import FhirDestination, MllpDestination
+from ichseg.background_server import BackgroundServer
 from tests.gateway.certificates import CertificateAuthority
 
 
@@ -41,17 +41,14 @@ class Ris:
                 ack.msa.msa_2 = message.msh.msh_10.value
                 return str(ack.to_mllp())  # the server writes the reply as it is: framed here
 
-        self.server = MLLPServer("127.0.0.1", 0, {"ORU^R01^ORU_R01": (Handler,)})
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serving = BackgroundServer(MLLPServer("127.0.0.1", 0, {"ORU^R01^ORU_R01": (Handler,)}), "ris").start()
 
     @property
     def destination(self) -> MllpDestination:
-        return MllpDestination("127.0.0.1", int(self.server.server_address[1]), "RIS", "STBRIGID")
+        return MllpDestination("127.0.0.1", self._serving.address[1], "RIS", "STBRIGID")
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serving.stop()
 
 
 class Ehr:
@@ -97,20 +94,18 @@ class Ehr:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(certificate, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._serving = BackgroundServer(server, "ehr").start()
 
     @property
     def destination(self) -> FhirDestination:
-        return FhirDestination(f"https://127.0.0.1:{self.server.server_address[1]}/fhir")
+        return FhirDestination(f"https://127.0.0.1:{self._serving.address[1]}/fhir")
 
     def kinds(self) -> list[str]:
         return [c["resource"]["resourceType"] for c in self.created]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serving.stop()
