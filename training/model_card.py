@@ -119,6 +119,12 @@ def write_card(
         "(`models/SCAN_HEAD_CARD.md`); the figures below are this model's own, with the scan's finding "
         "as its most confident slice's."
     )
+    mirrored = (
+        " Every slice is read twice, as it is and mirrored left-right (the mirror's map mirrored back),"
+        " and the two answers are averaged (`test_time_flip`): twice the compute per frame."
+        if meta.test_time_flip
+        else ""
+    )
     scale, bias = meta.slice_calibration
     seg_test = test.get("segmentation_ct_ich", {})
     text = f"""# Model card: {meta.name} {meta.version}
@@ -132,7 +138,7 @@ per-slice "hemorrhage detected" probability from the bottleneck.{subtypes}
 {meta.parameters:,} parameters, {meta.gflop_per_frame} GFLOP per {spec.size}x{spec.size} frame.
 Input: {context}, windowed (CT-ICH brain window L40/W120 for HU inputs; 8-bit inputs pass through),
 cropped to the head with the centre slice's square, resized to {spec.size} px, scaled to [0, 1].{region}
-Masks are kept only on slices whose detection probability reaches the slice threshold.
+Masks are kept only on slices whose detection probability reaches the slice threshold.{mirrored}
 
 Operating point (chosen on validation patients, never on test): slice threshold
 {meta.slice_threshold} (the highest threshold that finds 85 % of the validation hemorrhage slices
