@@ -36,6 +36,9 @@ from training.synthetic import SUBTYPES
 
 log = logging.getLogger(__name__)
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""Where ``../shared/data`` sits beside the checkout (read only; never copied into the repo)."""
+
 SPLITS = ("train", "val", "test")
 
 CT_ICH_DEMO_PATIENT = "051"

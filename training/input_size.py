@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ichseg.preprocess import model_input_spec, place_mask, prepare_batch, restore_probabilities
+from training.datasets import SHARED_DATA
 from training.self_training import dice
 
 SIZE_CLASSES = ((0, 500, "small (< 500 px)"), (500, 2000, "medium"), (2000, 10**9, "large (>= 2000 px)"))
@@ -73,8 +74,6 @@ def held_in_outlines(data: Path) -> Iterator[Outline]:
 
 
 def main() -> None:
-    from training.training_set import SHARED_DATA
-
     parser = argparse.ArgumentParser(description="The Dice ceiling each input size puts on outlines.")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--sizes", type=int, nargs="+", default=[160, 224, 256])

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from training.datasets import SHARED_DATA
 from training.weak_labels import MIN_AREA_AT_650, WeakTarget, weak_target
 
 log = logging.getLogger("ichseg.self_training")
@@ -111,8 +112,6 @@ def compare_targets(teacher_path: Path, data: Path, split: str) -> list[TargetAg
 
 
 def main() -> None:
-    from training.training_set import SHARED_DATA
-
     parser = argparse.ArgumentParser(description="Compare weak and teacher targets with radiologist masks.")
     parser.add_argument("--teacher", type=Path, required=True, help="an exported ichseg model (.onnx)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ct-ich")

@@ -31,6 +31,7 @@ from ichseg.readers import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
 from training.datasets import (
     CT_ICH_SPLIT_FILE,
+    SHARED_DATA,
     CtIchSlice,
     list_ct_ich_slices,
     load_ct_ich_mask,
@@ -45,7 +46,6 @@ from training.weak_labels import weak_target
 log = logging.getLogger("ichseg.training_set")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SPLIT_SEED = 2026
 MBH_FRACTIONS = (0.3, 0.2, 0.5)
 """MBH-Seg holds the only real masks: half its scans are kept for testing Dice."""
