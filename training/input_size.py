@@ -21,7 +21,7 @@ import numpy as np
 
 from ichseg.preprocess import model_input_spec, place_mask, prepare_batch, restore_probabilities
 from training.datasets import SHARED_DATA
-from training.self_training import dice
+from training.metrics import dice
 
 SIZE_CLASSES = ((0, 500, "small (< 500 px)"), (500, 2000, "medium"), (2000, 10**9, "large (>= 2000 px)"))
 """Bleed area in the slice's own pixels (CT-ICH 650 px, MBH-Seg 512 px across)."""
@@ -60,7 +60,8 @@ def held_in_outlines(data: Path) -> Iterator[Outline]:
     from training.training_set import MBH_FRACTIONS, SPLIT_SEED, mbh_to_ct_ich_orientation
 
     slices = list_ct_ich_slices(data / "ct-ich")
-    held_in = pinned_ct_ich_split(slices)["train"] | pinned_ct_ich_split(slices)["val"]
+    split = pinned_ct_ich_split(slices)
+    held_in = split["train"] | split["val"]
     for item in slices:
         mask = load_ct_ich_mask(item) if item.patient in held_in and item.mask_path is not None else None
         if mask is not None and mask.any():

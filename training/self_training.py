@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.datasets import SHARED_DATA
+from training.metrics import dice
 from training.weak_labels import MIN_AREA_AT_650, WeakTarget, weak_target
 
 log = logging.getLogger("ichseg.self_training")
@@ -68,12 +69,6 @@ class TargetAgreement:
     teacher_dice: float
     teacher_used: bool
     """False: the teacher was confident of nothing and the weak target stands."""
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def compare_targets(teacher_path: Path, data: Path, split: str) -> list[TargetAgreement]:

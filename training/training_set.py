@@ -22,10 +22,10 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ichseg.inference import OnnxSegmenter
 from ichseg.preprocess import InputSpec, model_input_spec, place_mask, prepare_batch
 from ichseg.readers import read_scan
 from ichseg.windowing import CT_ICH_BRAIN, apply_window
@@ -42,6 +42,9 @@ from training.datasets import (
 from training.self_training import pseudo_target
 from training.synthetic import SUBTYPES, synthetic_slice
 from training.weak_labels import weak_target
+
+if TYPE_CHECKING:  # ONNX Runtime only for a self-training build, never at a training run's start
+    from ichseg.inference import OnnxSegmenter
 
 log = logging.getLogger("ichseg.training_set")
 
@@ -268,7 +271,11 @@ def build_training_set(
     split as the pinned ``split_file`` says; a ``teacher`` model for self-training)."""
     spec = model_input_spec(size)
     rows = _Rows()
-    segmenter = OnnxSegmenter(teacher, providers=("CPUExecutionProvider",)) if teacher is not None else None
+    segmenter = None
+    if teacher is not None:
+        from ichseg.inference import OnnxSegmenter
+
+        segmenter = OnnxSegmenter(teacher, providers=("CPUExecutionProvider",))
     add_ct_ich(rows, shared_data / "ct-ich", spec, limit=ct_ich_limit, split_file=split_file, teacher=segmenter)
     add_mbh(rows, shared_data / "mbhseg25-mini", spec)
     add_synthetic(rows, synthetic_count, spec, seed)

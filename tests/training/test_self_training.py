@@ -10,7 +10,8 @@ import pytest
 from ichseg.inference import OnnxSegmenter
 from ichseg.preprocess import model_input_spec
 from tests.onnx_fixtures import build_tiny_model
-from training.self_training import BACKGROUND, CONFIDENT, dice, pseudo_target
+from training.metrics import dice
+from training.self_training import BACKGROUND, CONFIDENT, pseudo_target
 from training.training_set import SHARED_DATA, _Rows, add_ct_ich
 from training.weak_labels import WeakTarget
 
