@@ -16,37 +16,55 @@ from typing import Any
 from ichseg.model_file import read_metadata, stamp_metadata
 from training.evaluate import markdown_table
 
+DEFAULT_SET = "build/training-set-160.npz"
+"""Where ``training.training_set`` writes the set without a teacher."""
 
-def reproduce_commands(stages: list[dict[str, Any]], version: str) -> str:
-    """The exact commands behind the model: one training command per stage (later stages start
-    from the previous stage's weights), then export, threshold choice, test evaluation and this card."""
+
+def _train_command(config: dict[str, Any]) -> str:
+    """The ``training.train`` command a stage's saved config came from."""
+    start = f" --initial-weights {config['initial_weights']}" if config.get("initial_weights") else ""
+    return (
+        f".venv-train/bin/python -m training.train --data {config.get('data')} --out {config.get('out')} \\\n"
+        f"    --epochs {config.get('epochs')} --steps-per-epoch {config.get('steps_per_epoch')} "
+        f"--batch-size {config.get('batch_size')} --learning-rate {config.get('learning_rate')}{start}"
+    )
+
+
+def reproduce_commands(stages: list[dict[str, Any]], version: str, teachers: list[str] | None = None) -> str:
+    """The exact commands behind the model, read from each stage's saved config: the training set
+    (a self-training stage's with its teacher, ``teachers`` in stage order after the first), each
+    training stage (``--resume`` after any interruption), then export of the last stage's best
+    epoch by validation loss, threshold choice, test evaluation and this card."""
+    teachers = list(teachers or [])
     lines = [
         "```sh",
         "make train-env                                          # .venv-train (TensorFlow 2.15, Horovod, tf2onnx)",
-        ".venv-train/bin/python -m training.training_set         # build/training-set-160.npz from ../shared/data",
+        f".venv-train/bin/python -m training.training_set         # {DEFAULT_SET} from ../shared/data",
     ]
-    outs = [f"build/model-stage{i + 1}" for i in range(len(stages))]
-    for i, stage in enumerate(stages):
+    for stage in stages:
         config = stage.get("config", {})
-        start = f" --initial-weights {outs[i - 1]}/model.h5" if i else ""
-        lines.append(
-            f".venv-train/bin/python -m training.train --data build/training-set-160.npz --out {outs[i]} \\\n"
-            f"    --epochs {config.get('epochs')} --steps-per-epoch {config.get('steps_per_epoch')} "
-            f"--batch-size {config.get('batch_size')} --learning-rate {config.get('learning_rate')}{start}"
-            f"  # {round(float(stage.get('seconds', 0)) / 60, 1)} min on 2 CPU cores"
-        )
-    summaries = " ".join(f"--summary {out}/training_summary.json" for out in outs)
+        data = str(config.get("data"))
+        if data != DEFAULT_SET and teachers:
+            teacher = teachers.pop(0)
+            lines.append(f".venv-train/bin/python -m training.training_set --teacher {teacher} --out {data}")
+        minutes = round(float(stage.get("seconds", 0)) / 60, 1)
+        lines.append(f"{_train_command(config)}  # {minutes} min on 2 CPU cores")
+    last = stages[-1].get("config", {}).get("out")
+    summaries = " ".join(f"--summary {stage.get('config', {}).get('out')}/training_summary.json" for stage in stages)
     lines += [
-        "# the last epoch: its validation AUC (0.917) beat the best-validation-loss epoch's (0.902)",
-        f".venv-train/bin/python -m model_export.export --keras {outs[-1]}/model-last.h5 \\",
-        f"    --out models/ichseg-unet.onnx --summary {outs[-1]}/training_summary.json --version {version} \\",
+        f".venv-train/bin/python -m model_export.export --keras {last}/model.h5 \\",
+        f"    --out models/ichseg-unet.onnx --summary {last}/training_summary.json --version {version} \\",
         "    --keras-out models/ichseg-unet.keras.h5",
         ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split val \\",
-        "    --choose-thresholds --figures models/figures",
+        "    --choose-thresholds --figures models/figures --out build/eval",
         ".venv-train/bin/python -m training.evaluate --model models/ichseg-unet.onnx --split test \\",
-        "    --figures models/figures",
+        "    --figures models/figures --out build/eval",
         f".venv-train/bin/python -m training.model_card --model models/ichseg-unet.onnx {summaries} \\",
-        f"    --eval build/eval --figures models/figures --history {outs[-1]}/history.csv --out models/MODEL_CARD.md",
+        f"    --eval build/eval --figures models/figures --history {last}/history.csv --out models/MODEL_CARD.md",
+        "# the scan head paired with it (models/SCAN_HEAD_CARD.md)",
+        f".venv-train/bin/python -m model_export.scan_head --model models/ichseg-unet.onnx --features "
+        f"build/scan-features-{version}.npz \\",
+        "    --out models/ichseg-scan-head.onnx --summary models/scan-head-eval.json --evaluate-test",
         "```",
     ]
     return "\n".join(lines)
@@ -93,7 +111,11 @@ def write_card(
     test: dict[str, Any],
     out: Path,
     figures: Path | None = None,
+    teachers: list[str] | None = None,
 ) -> str:
+    """Write the card for ``model`` from its training ``stages`` (each stage's training_summary.json)
+    and its ``val``/``test`` evaluation reports; ``teachers``: the models whose outlines built the
+    self-training stages' sets. Stamps the held-out figures into the model's metadata."""
     meta = read_metadata(model)
     spec = meta.input
     context = (
@@ -123,6 +145,13 @@ def write_card(
         " Every slice is read twice, as it is and mirrored left-right (the mirror's map mirrored back),"
         " and the two answers are averaged (`test_time_flip`): twice the compute per frame."
         if meta.test_time_flip
+        else ""
+    )
+    taught = (
+        " In the self-training stages, the training patients' hemorrhage slices without a radiologist"
+        " mask learn from the previous stage's confident outlines instead of the weak targets"
+        " (`training/self_training.py`: inside the intracranial region, never on normal slices)."
+        if teachers
         else ""
     )
     scale, bias = meta.slice_calibration
@@ -155,13 +184,14 @@ before and after.
   slices with slice-level and subtype labels, and 22 radiologist pixel masks on 13 patients. Split
   by patient into train / validation / test, pinned in `training/splits/ct-ich.json` so that new
   data never moves a patient (made by `training/datasets.py: split_ct_ich`, seed 2026, stratified on
-  hemorrhage, then masked patients held out by hand; patient 051, the demo sample, in test); masked
-  patients sit in validation and test so that Dice on real CT-ICH masks can be chosen on and reported.
+  hemorrhage, then masked patients placed by hand; patient 051, the demo sample, in test); each masked
+  patient sits in one split, three in validation and three in test, so that Dice on real CT-ICH
+  masks can be chosen on and reported (`models/TRAINING_LOG.md` says which patients moved).
   The mask head learns from the real masks where they exist (oversampled
   x4), from weak targets on the other hemorrhage slices (dense intracranial regions,
   `training/weak_labels.py`, half weight, ambiguous pixels ignored) and from empty masks on normal
-  slices. Every patient is read as a whole scan, as a user's folder is, so slices get their real
-  neighbours.
+  slices.{taught} Every patient is read as a whole scan, as a user's folder is, so slices get their
+  real neighbours.
 - **MBH-Seg mini** (36 real slices with radiologist masks, 25 scans, MIT): split by scan, half of
   the scans held out for the Dice figures below (single slices: their neighbours repeat the slice).
 - **Synthetic head CT** (`training/synthetic.py`): 1,200 slices with exact masks for all five subtypes.
@@ -199,7 +229,7 @@ What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
 {meta.intended_use}
 
 ## Reproduce
-{reproduce_commands(stages, meta.version)}
+{reproduce_commands(stages, meta.version, teachers)}
 """
     out.write_text(text)
     stamp_metadata(model, meta.with_updates(metrics={"test": test, "validation": val}))
@@ -216,6 +246,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("models/MODEL_CARD.md"))
     parser.add_argument("--figures", type=Path, default=None, help="folder of the evaluation's PNGs")
     parser.add_argument("--history", type=Path, default=None, help="history.csv of the last stage: training curves")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        help="the model (.onnx) whose outlines built a self-training stage's set, one per such stage, in order",
+    )
     args = parser.parse_args()
     stages = [json.loads(path.read_text()) for path in args.summary]
     val = json.loads((args.eval / "val.json").read_text())
@@ -224,7 +260,7 @@ def main() -> None:
         from training.figures import write_training_curves
 
         write_training_curves(args.history, args.figures / "training-curves.png")
-    write_card(args.model, stages, val, test, args.out, args.figures)
+    write_card(args.model, stages, val, test, args.out, args.figures, args.teacher)
     print(args.out)
 
 
