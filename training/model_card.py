@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ichseg.model_file import read_metadata, stamp_metadata
+from ichseg.model_metadata import ModelMetadata
 from training.evaluate import markdown_table
 
 DEFAULT_SET = "build/training-set-160.npz"
@@ -30,7 +32,9 @@ def _train_command(config: dict[str, Any]) -> str:
     )
 
 
-def reproduce_commands(stages: list[dict[str, Any]], version: str, teachers: list[str] | None = None) -> str:
+def reproduce_commands(
+    stages: list[dict[str, Any]], version: str, teachers: list[str] | None = None, head_version: str | None = None
+) -> str:
     """The exact commands behind the model, read from each stage's saved config: the training set
     (a self-training stage's with its teacher, ``teachers`` in stage order after the first), each
     training stage (``--resume`` after any interruption), then export of the last stage's best
@@ -64,10 +68,72 @@ def reproduce_commands(stages: list[dict[str, Any]], version: str, teachers: lis
         "# the scan head paired with it (models/SCAN_HEAD_CARD.md)",
         f".venv-train/bin/python -m model_export.scan_head --model models/ichseg-unet.onnx --features "
         f"build/scan-features-{version}.npz \\",
-        "    --out models/ichseg-scan-head.onnx --summary models/scan-head-eval.json --evaluate-test",
+        "    --out models/ichseg-scan-head.onnx --summary models/scan-head-eval.json --evaluate-test"
+        + (f" --version {head_version}" if head_version else ""),
         "```",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One held-out target the model is built to reach (issue 18's list)."""
+
+    measure: str
+    goal: float
+    value: float
+    at_most: bool = False
+    """The target is a ceiling (false alarms), not a floor."""
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.goal if self.at_most else self.value >= self.goal
+
+    def row(self) -> str:
+        sign = "<=" if self.at_most else ">="
+        verdict = "met" if self.met else f"missed by {abs(self.value - self.goal):.3f}"
+        return f"| {self.measure} | {sign} {self.goal} | {self.value} | {verdict} |"
+
+
+MIN_SUBTYPE_SLICES = 5
+"""A subtype's AUC is held to its target only with this many positive test slices."""
+
+
+def targets(report: dict[str, Any]) -> list[Target]:
+    """The targets read against one evaluation report (the test split's)."""
+    detection = report.get("detection", {})
+    found = [
+        Target("slice ROC AUC", 0.93, detection.get("roc_auc", 0.0)),
+        Target("scan sensitivity (every bleeding patient found)", 1.0, detection.get("scan_sensitivity", 0.0)),
+        Target("scan specificity", 0.70, detection.get("scan_specificity", 0.0)),
+        Target("scan ROC AUC", 0.90, detection.get("scan_roc_auc", 0.0)),
+    ]
+    for name, figures in detection.get("subtype_head_roc_auc", {}).items():
+        if figures.get("positive_slices", 0) >= MIN_SUBTYPE_SLICES:
+            found.append(Target(f"subtype ROC AUC, {name}", 0.85, figures["roc_auc"]))
+    if "scan_subtypes" in report:
+        found.append(
+            Target("top subtype right, per bleeding patient", 0.80, report["scan_subtypes"]["top_subtype_accuracy"])
+        )
+    pooled, slices = 0.0, 0
+    for key, label in (("segmentation_ct_ich", "CT-ICH"), ("segmentation_mbh", "MBH-Seg")):
+        seg = report.get(key, {})
+        if seg.get("slices_with_hemorrhage"):
+            found.append(Target(f"Dice, {label} radiologist masks", 0.45, seg["dice"]))
+            pooled += seg["dice"] * seg["slices_with_hemorrhage"]
+            slices += seg["slices_with_hemorrhage"]
+    if slices:
+        found.append(Target("Dice, both sources pooled (per slice)", 0.45, round(pooled / slices, 4)))
+    found.append(
+        Target("normal slices with any painted pixel", 0.05, detection.get("normal_slices_painted", 1.0), True)
+    )
+    return found
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    """Markdown: each target, the value reached and by how much it is missed."""
+    rows = [t.row() for t in targets(report)]
+    return "\n".join(["| measure | target | test | |", "|---|---|---|---|", *rows]) + "\n"
 
 
 def training_description(stages: list[dict[str, Any]]) -> str:
@@ -104,6 +170,50 @@ def _figure_links(figures: Path | None, out: Path) -> str:
     return "\n".join(f"![{title}]({relative / name})" for name, title in shown) + "\n"
 
 
+def scan_threshold_limitation(val: dict[str, Any], test: dict[str, Any]) -> str:
+    """A limitation line when the scan threshold, chosen to find every bleeding validation patient,
+    misses bleeding test patients."""
+    held, chosen = test.get("detection", {}), val.get("detection", {})
+    positives = held.get("scan_positives", 0)
+    if not positives or held.get("scan_sensitivity", 1.0) >= 1.0:
+        return ""
+    found = round(held["scan_sensitivity"] * positives)
+    return (
+        f"- **Missed bleeds at the scan threshold.** The scan threshold finds every bleeding validation patient "
+        f"({chosen.get('scan_positives', 0)} of them) by construction, and found {found} of {positives} bleeding "
+        "test patients: read off a handful of patients, it sits at the edge of the weakest one. "
+        "Thresholds chosen out of fold over more patients (k-fold) would hold better.\n"
+    )
+
+
+def one_subtype_limitation(report: dict[str, Any]) -> str:
+    """A limitation line when the model names one subtype first for every bleeding patient: its
+    top-subtype figure then only counts the patients who have that subtype."""
+    confusion = report.get("scan_subtypes", {}).get("confusion", {})
+    named = {first for row in confusion.values() for first, count in row.items() if count}
+    if len(named) != 1 or len(confusion) < 2:
+        return ""
+    (subtype,) = named
+    having = sum(confusion.get(subtype, {}).values())
+    total = sum(sum(row.values()) for row in confusion.values())
+    return (
+        f"- **One subtype named first for everyone.** {subtype.capitalize()} comes first for all {total} "
+        f"bleeding test patients; the top-subtype figure counts the {having} who have it. The subtype head "
+        "learns from CT-ICH's bleeding patients, most of them epidural; more subtype-labelled patients "
+        "would change that, a prior correction did not (`models/TRAINING_LOG.md` step 11).\n"
+    )
+
+
+def _paired_head_version(model: ModelMetadata) -> str | None:
+    """The committed scan head's version where it reads ``model`` (the card names it in Reproduce)."""
+    from ichseg.scan_context import SCAN_HEAD, ScanHead
+
+    if not SCAN_HEAD.is_file():
+        return None
+    head = ScanHead(SCAN_HEAD).metadata
+    return head.version if head.pairs_with(model) else None
+
+
 def write_card(
     model: Path,
     stages: list[dict[str, Any]],
@@ -137,9 +247,9 @@ def write_card(
         if meta.subtypes
         else ""
     ) + (
-        " The scan's finding comes from a separate scan head that reads every slice's answers in order "
-        "(`models/SCAN_HEAD_CARD.md`); the figures below are this model's own, with the scan's finding "
-        "as its most confident slice's."
+        " A separate scan head reads every slice's answers in order; `models/SCAN_HEAD_CARD.md` says which"
+        " of its outputs the report takes. The figures below are this model's own, with the scan's"
+        " finding as its most confident slice's."
     )
     mirrored = (
         " Every slice is read twice, as it is and mirrored left-right (the mirror's map mirrored back),"
@@ -207,6 +317,9 @@ excluded by construction), except the pooled per-patient Dice, which also counts
 painted on the patient's normal slices as a false positive.
 
 {markdown_table(test)}
+Against the targets set for this model (test patients):
+
+{targets_table(test)}
 Validation (used to choose the operating point and the calibration):
 
 {markdown_table(val)}
@@ -218,8 +331,9 @@ Validation (used to choose the operating point and the calibration):
 - Slice-level figures come from {test.get("detection", {}).get("patients", 0)} test patients: the
   intervals are wide. Subtypes with few positive slices (intraventricular, subarachnoid) have
   unreliable AUCs.
-- 2.5-D context is one slice on each side, whatever the slice spacing (CT-ICH is 5 mm): on a
-  thin-slice scan the neighbours are closer than in training and add less context.
+{scan_threshold_limitation(val, test)}{one_subtype_limitation(test)}- 2.5-D context is one slice on each
+  side, whatever the slice spacing (CT-ICH is 5 mm): on a thin-slice scan the neighbours are closer
+  than in training and add less context.
 - 8-bit video/JPEG inputs must already be in a brain-type window; a bone-window video is out of
   distribution. The intracranial region needs the skull to be visible as bone (>= ~93 HU).
 
@@ -229,7 +343,7 @@ What each training step gained on held-out patients: `models/TRAINING_LOG.md`.
 {meta.intended_use}
 
 ## Reproduce
-{reproduce_commands(stages, meta.version, teachers)}
+{reproduce_commands(stages, meta.version, teachers, _paired_head_version(meta))}
 """
     out.write_text(text)
     stamp_metadata(model, meta.with_updates(metrics={"test": test, "validation": val}))

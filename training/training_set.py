@@ -169,6 +169,7 @@ def add_ct_ich(
     by_patient: dict[str, dict[str, CtIchSlice]] = {}
     for item in slices:
         by_patient.setdefault(item.patient, {})[str(item.slice_number)] = item
+    taught_count = candidates = 0
     for patient, items in by_patient.items():
         # The patient's folder read as a user's upload: serving order, real neighbours.
         scan = read_scan(root / "Patients_CT" / patient)
@@ -185,7 +186,9 @@ def add_ct_ich(
                 positive = item is not None and item.any_hemorrhage
                 target = weak_target(image, positive)
                 if positive and probabilities is not None:
-                    target = pseudo_target(probabilities[index], target)
+                    weak, target = target, pseudo_target(probabilities[index], target)
+                    candidates += 1
+                    taught_count += target is not weak
                 # Weak positives are guesses: they count half as much as exact masks.
                 mask, weight = target.mask, target.weight * (WEAK_POSITIVE_WEIGHT if positive else 1.0)
             masks.append(mask)
@@ -209,6 +212,10 @@ def add_ct_ich(
                 slice_id,
                 real[index],
             )
+    if teacher is not None:
+        log.info(
+            "teacher outlined %d of %d training bleeding slices without a radiologist mask", taught_count, candidates
+        )
 
 
 def add_mbh(rows: _Rows, root: Path, spec: InputSpec) -> None:
