@@ -102,15 +102,13 @@ class OnnxSegmenter:
     def _run(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs for ``(n, S, S, C)`` inputs, averaged with the left-right mirror's
         when the model's metadata asks for it (the mirrored maps mirrored back first)."""
+        outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
         if not self.metadata.test_time_flip:
-            return dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: chunk}), strict=True))
-        # The chunk and its mirror in one batch of 2n: one call, which a GPU runs nearly as fast as n.
-        n = len(chunk)
-        both = np.concatenate([chunk, chunk[:, :, ::-1, :]])
-        outputs = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: both}), strict=True))
-        mirrored_back = {name: value[n:] for name, value in outputs.items()}
-        mirrored_back[MASK_OUTPUT] = mirrored_back[MASK_OUTPUT][:, :, ::-1, :]
-        return {name: (value[:n] + mirrored_back[name]) / 2 for name, value in outputs.items()}
+            return outputs
+        mirrored = np.ascontiguousarray(chunk[:, :, ::-1, :])
+        again = dict(zip(self._outputs, self.session.run(None, {INPUT_NAME: mirrored}), strict=True))
+        again[MASK_OUTPUT] = again[MASK_OUTPUT][:, :, ::-1, :]
+        return {name: (outputs[name] + again[name]) / 2 for name in outputs}
 
 
 def segment_scan(scan: Scan, segmenter: OnnxSegmenter) -> tuple[np.ndarray, Segmentation]:
