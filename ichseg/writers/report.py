@@ -81,7 +81,7 @@ class Report(TypedDict):
 
     finding: Finding
     hemorrhage_probability: float
-    """The scan's probability: the scan head's where there is one, else the most confident slice's."""
+    """The scan's probability: the scan head's where its card adopted the finding, else the most confident slice's."""
     finding_note: str | None
     """Where the scan's finding and its slices' seem to disagree, why; None otherwise."""
     slices_with_hemorrhage: list[str]
@@ -128,6 +128,11 @@ DETECTED_WITHOUT_SLICE_NOTE = (
 NORMAL_WITH_SLICES_NOTE = (
     "The scan head reads the scan as a whole as normal ({probability:.2f} < {threshold:g}), though the slice "
     "head flags {count} slice(s) on its own: {slices}. Read them."
+)
+BELOW_SCAN_THRESHOLD_NOTE = (
+    "No slice reaches the scan threshold ({threshold:g}; the most confident reaches {probability:.2f}), so the "
+    "scan reads as normal, though {count} slice(s) reach the slice threshold ({slice:g}) and are outlined: "
+    "{slices}. Read them."
 )
 VOLUME_WITHOUT_SLICES_NOTE = (
     "0 mL: the scan head finds hemorrhage in the scan as a whole, but no slice reached the slice threshold, "
@@ -242,7 +247,8 @@ def report_from_areas(
     return {
         "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
         "hemorrhage_probability": round(scan_probability, 4),
-        "finding_note": _finding_note(context, slice_ids, flagged, model.slice_threshold),
+        "finding_note": _finding_note(context, slice_ids, flagged, model.slice_threshold)
+        or _below_scan_threshold_note(detected, scan_probability, scan_threshold, flagged, model.slice_threshold),
         "slices_with_hemorrhage": flagged,
         "subtypes": scan_subtypes,
         "volume_ml": volume,
@@ -275,6 +281,22 @@ def _volume_note(detected: bool, volume_ml: float | None, flagged_slices: int) -
             return VOLUME_WITHOUT_SLICES_NOTE
         return VOLUME_WITHOUT_OUTLINE_NOTE.format(count=flagged_slices)
     return None
+
+
+def _below_scan_threshold_note(
+    detected: bool, probability: float, threshold: float, flagged: list[str], slice_threshold: float
+) -> str | None:
+    """A normal finding beside flagged slices: the scan threshold sits above the slice threshold
+    (chosen to call fewer normal heads), so the slices are named for the reader, never left unexplained."""
+    if detected or not flagged:
+        return None
+    return BELOW_SCAN_THRESHOLD_NOTE.format(
+        threshold=threshold,
+        probability=probability,
+        count=len(flagged),
+        slice=slice_threshold,
+        slices=", ".join(flagged),
+    )
 
 
 def _finding_note(

@@ -144,6 +144,18 @@ def test_a_normal_scan_with_slices_the_slice_head_flags_says_to_read_them() -> N
     assert "reads the scan as a whole as normal" in report["finding_note"] and "0001" in report["finding_note"]
 
 
+def test_a_normal_finding_beside_slices_flagged_below_the_scan_threshold_names_them() -> None:
+    # No head finding: the most confident slice (0.55) is flagged (>= 0.5) but under the scan threshold (0.6).
+    report = _report([0.2, 0.55, 0.52, 0.1], [0, 12, 8, 0], None)
+    assert report["finding"] == Finding.NORMAL and report["slices_with_hemorrhage"] == ["0001", "0002"]
+    note = report["finding_note"]
+    assert note.startswith("No slice reaches the scan threshold (0.6; the most confident reaches 0.55)")
+    assert "2 slice(s) reach the slice threshold (0.5) and are outlined: 0001, 0002. Read them." in note
+    # Flagged and detected agree (0.65 >= 0.6), and nothing flagged is nothing to explain.
+    assert _report([0.2, 0.65, 0.1], [0, 12, 0], None)["finding_note"] is None
+    assert _report([0.2, 0.3, 0.1], [0, 0, 0], None)["finding_note"] is None
+
+
 def test_the_report_takes_from_the_head_only_what_its_card_adopted() -> None:
     subtypes_kept = _report([0.1, 0.7, 0.8], [0, 40, 60], _context(0.83, [0.1, 0.6, 0.9], (ScanOutput.FINDING,)))
     assert subtypes_kept["hemorrhage_probability"] == 0.83 and subtypes_kept["subtypes"]["epidural"] == 0.9
