@@ -247,8 +247,9 @@ def report_from_areas(
     return {
         "finding": HEMORRHAGE_DETECTED if detected else NORMAL,
         "hemorrhage_probability": round(scan_probability, 4),
-        "finding_note": _finding_note(context, slice_ids, flagged, model.slice_threshold)
-        or _below_scan_threshold_note(detected, scan_probability, scan_threshold, flagged, model.slice_threshold),
+        "finding_note": _finding_note(
+            context, detected, scan_probability, scan_threshold, slice_ids, flagged, model.slice_threshold
+        ),
         "slices_with_hemorrhage": flagged,
         "subtypes": scan_subtypes,
         "volume_ml": volume,
@@ -283,40 +284,35 @@ def _volume_note(detected: bool, volume_ml: float | None, flagged_slices: int) -
     return None
 
 
-def _below_scan_threshold_note(
-    detected: bool, probability: float, threshold: float, flagged: list[str], slice_threshold: float
+def _finding_note(
+    context: ScanContext | None,
+    detected: bool,
+    scan_probability: float,
+    scan_threshold: float,
+    slice_ids: Sequence[str],
+    flagged: list[str],
+    slice_threshold: float,
 ) -> str | None:
-    """A normal finding beside flagged slices: the scan threshold sits above the slice threshold
-    (chosen to call fewer normal heads), so the slices are named for the reader, never left unexplained."""
+    """Where the scan's finding and its slices' flags disagree, says so and names the slices to read.
+    The finding is the scan head's where it gives it, else the most confident slice's: that one can
+    only disagree one way, normal beside slices flagged below the scan threshold."""
+    by_head = context is not None and context.gives(ScanOutput.FINDING)
+    if detected and not flagged and context is not None and by_head:
+        order = np.argsort(-context.slice_probabilities, kind="stable")[:MOST_WEIGHED_SLICES]
+        named = ", ".join(slice_ids[i] for i in sorted(order))
+        return DETECTED_WITHOUT_SLICE_NOTE.format(
+            probability=scan_probability, threshold=scan_threshold, slice=slice_threshold, slices=named
+        )
     if detected or not flagged:
         return None
-    return BELOW_SCAN_THRESHOLD_NOTE.format(
-        threshold=threshold,
-        probability=probability,
+    template = NORMAL_WITH_SLICES_NOTE if by_head else BELOW_SCAN_THRESHOLD_NOTE
+    return template.format(
+        probability=scan_probability,
+        threshold=scan_threshold,
         count=len(flagged),
         slice=slice_threshold,
         slices=", ".join(flagged),
     )
-
-
-def _finding_note(
-    context: ScanContext | None, slice_ids: Sequence[str], flagged: list[str], slice_threshold: float
-) -> str | None:
-    """Where the scan head's finding and the slice head's flags disagree, says so and names the slices."""
-    if context is None or not context.gives(ScanOutput.FINDING):
-        return None
-    probability, threshold = context.scan_probability, context.metadata.scan_threshold
-    if context.detected and not flagged:
-        order = np.argsort(-context.slice_probabilities, kind="stable")[:MOST_WEIGHED_SLICES]
-        named = ", ".join(slice_ids[i] for i in sorted(order))
-        return DETECTED_WITHOUT_SLICE_NOTE.format(
-            probability=probability, threshold=threshold, slice=slice_threshold, slices=named
-        )
-    if not context.detected and flagged:
-        return NORMAL_WITH_SLICES_NOTE.format(
-            probability=probability, threshold=threshold, count=len(flagged), slices=", ".join(flagged)
-        )
-    return None
 
 
 def series_report(selection: SeriesSelection) -> SeriesReport:
